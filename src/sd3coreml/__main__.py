@@ -1,0 +1,3 @@
+from sd3coreml.cli import main
+
+raise SystemExit(main())

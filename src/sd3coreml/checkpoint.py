@@ -1,0 +1,148 @@
+"""Read SD3 transformer checkpoints: the tensor table, checks against the config, lazy loads.
+
+The distilled transformer ships as a bare diffusers-format safetensors file with no config
+beside it, so its architecture comes from a pinned config that is checked against the
+file's tensor table (the safetensors header) before any job runs. Jobs then read only the
+tensors they convert.
+"""
+
+import json
+import struct
+from pathlib import Path
+
+from sd3coreml.errors import PipelineError
+
+PICKLE_SUFFIXES = {".bin", ".ckpt", ".pt", ".pth", ".pkl"}
+# The original SD3 key layout; issue-tracked support converts it with diffusers' own code.
+ORIGINAL_LAYOUT_PREFIX = "joint_blocks."
+
+
+def read_tensor_table(path: Path) -> dict[str, dict]:
+    """Return {name: {"dtype", "shape"}} from a safetensors header without loading tensors."""
+    path = Path(path)
+    if path.suffix in PICKLE_SUFFIXES:
+        raise PipelineError(
+            f"{path}: pickle checkpoints are refused (they can run code when loaded); "
+            "convert it to .safetensors first"
+        )
+    if not path.is_file():
+        raise PipelineError(f"{path}: checkpoint not found; fix the path in the config")
+    with path.open("rb") as stream:
+        size_bytes = stream.read(8)
+        if len(size_bytes) < 8:
+            raise PipelineError(f"{path}: not a safetensors file (truncated header); re-download it")
+        (header_size,) = struct.unpack("<Q", size_bytes)
+        if header_size > 100_000_000 or header_size > path.stat().st_size - 8:
+            raise PipelineError(f"{path}: corrupt safetensors header; re-download the file")
+        try:
+            header = json.loads(stream.read(header_size))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            raise PipelineError(f"{path}: corrupt safetensors header; re-download the file") from None
+    header.pop("__metadata__", None)
+    data_size = path.stat().st_size - 8 - header_size
+    if header and max(entry["data_offsets"][1] for entry in header.values()) > data_size:
+        raise PipelineError(f"{path}: safetensors file is truncated; re-download it")
+    return {name: {"dtype": e["dtype"], "shape": tuple(e["shape"])} for name, e in header.items()}
+
+
+def load_transformer_config(path: Path) -> dict:
+    path = Path(path)
+    try:
+        config = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise PipelineError(f"{path}: transformer config not found; fix the path in the config") from None
+    except json.JSONDecodeError as error:
+        raise PipelineError(f"{path}: not valid JSON ({error.msg} at line {error.lineno})") from None
+    return {key: value for key, value in config.items() if not key.startswith("_")}
+
+
+def expected_tensor_shapes(transformer_config: dict) -> dict[str, tuple]:
+    """The tensor table diffusers' `SD3Transformer2DModel` has for this config (meta device)."""
+    import torch
+    from diffusers import SD3Transformer2DModel
+
+    with torch.device("meta"):
+        model = SD3Transformer2DModel(**transformer_config)
+    return {name: tuple(tensor.shape) for name, tensor in model.state_dict().items()}
+
+
+def check_weights_match_config(weights_path: Path, config_path: Path) -> None:
+    """Fail with one line when the weights file is not the architecture the config describes."""
+    table = read_tensor_table(weights_path)
+    check_layout(weights_path, table)
+    config = load_transformer_config(config_path)
+    expected = expected_tensor_shapes(config)
+    missing = sorted(set(expected) - set(table))
+    unexpected = sorted(set(table) - set(expected))
+    if missing or unexpected:
+        detail = f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}"
+        raise PipelineError(
+            f"{weights_path}: tensors do not match {config_path} ({len(missing)} missing, "
+            f"{len(unexpected)} unexpected, e.g. {detail}); fix the config or the weights file"
+        )
+    for name, shape in expected.items():
+        if table[name]["shape"] != shape:
+            raise PipelineError(
+                f"{weights_path}: tensor {name} has shape {list(table[name]['shape'])} but "
+                f"{config_path} implies {list(shape)}; fix num_layers/widths in the config"
+            )
+
+
+def check_header_matches_config(weights_path: Path, config: dict, config_path: Path) -> None:
+    """Cheap parse-time check of depth and widths against the tensor table (no torch import)."""
+    table = read_tensor_table(weights_path)
+    check_layout(weights_path, table)
+    width = config["num_attention_heads"] * config["attention_head_dim"]
+    patch = config["patch_size"]
+    depth = len({name.split(".")[1] for name in table if name.startswith("transformer_blocks.")})
+    expected = {
+        "number of transformer_blocks": ((depth,), (config["num_layers"],)),
+        "pos_embed.proj.weight": (
+            table.get("pos_embed.proj.weight", {}).get("shape"),
+            (width, config["in_channels"], patch, patch),
+        ),
+        "context_embedder.weight": (
+            table.get("context_embedder.weight", {}).get("shape"),
+            (config["caption_projection_dim"], config["joint_attention_dim"]),
+        ),
+        "time_text_embed.text_embedder.linear_1.weight": (
+            table.get("time_text_embed.text_embedder.linear_1.weight", {}).get("shape"),
+            (width, config["pooled_projection_dim"]),
+        ),
+        "pos_embed.pos_embed": (
+            table.get("pos_embed.pos_embed", {}).get("shape"),
+            (1, config["pos_embed_max_size"] ** 2, width),
+        ),
+    }
+    for what, (found, wanted) in expected.items():
+        if found is None or tuple(found) != tuple(wanted):
+            raise PipelineError(
+                f"{weights_path}: {what} is {found} but {config_path} implies {wanted}; "
+                "fix the transformer config or point at the right weights"
+            )
+
+
+def check_layout(weights_path: Path, table: dict) -> None:
+    if any(name.startswith(ORIGINAL_LAYOUT_PREFIX) for name in table):
+        raise PipelineError(
+            f"{weights_path}: tensors are in the original SD3 layout (joint_blocks.*); "
+            "convert them to the diffusers layout first"
+        )
+    if not any(name.startswith("transformer_blocks.") for name in table):
+        raise PipelineError(
+            f"{weights_path}: not an SD3 transformer (no transformer_blocks.* tensors); "
+            "point the config at a diffusers-format SD3 transformer"
+        )
+
+
+def load_tensors(weights_path: Path, names: list[str]) -> dict:
+    """Read only the named tensors, as float32 (conversion traces in fp32)."""
+    import torch
+    from safetensors import safe_open
+
+    with safe_open(str(weights_path), framework="pt") as handle:
+        available = set(handle.keys())
+        missing = [name for name in names if name not in available]
+        if missing:
+            raise PipelineError(f"{weights_path}: tensor {missing[0]} is missing; is this the right file?")
+        return {name: handle.get_tensor(name).to(torch.float32) for name in names}

@@ -1,0 +1,279 @@
+"""Compile `.mlpackage`s to the `.mlmodelc`s the app loads, and hand a packages folder to a Mac.
+
+Only Apple's `coremlcompiler` (macOS, Xcode) can compile; nothing here imitates it. The
+compiler is a command template, so tests and unusual installs can name another program.
+`compile_folder` is the Mac hand-off: a packages folder built on any host becomes the
+app folder, with the packages' manifest carried inside the new one.
+
+The compiler's `--deployment-target` (e.g. 18.2) is not the conversion target
+(`ct.target.iOS18`) that shaped the packages; the two are separate settings.
+"""
+
+import json
+import re
+import shlex
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+from sd3coreml import checksums, folder
+from sd3coreml.atomic import replace_path
+from sd3coreml.errors import PipelineError
+
+DEFAULT_COMPILER = (
+    "xcrun coremlcompiler compile {package} {output_dir} --platform iOS --deployment-target {deployment_target}"
+)
+DEFAULT_DEPLOYMENT_TARGET = "18.2"
+TEMPLATE_FIELDS = "{package}, {output_dir}, {deployment_target}"
+DEPLOYMENT_TARGET = re.compile(r"[0-9]+(\.[0-9]+)*")
+HAND_OFF = "python -m sd3coreml compile-folder <packages folder> <app folder>"
+TOOL_TIMEOUT_SECONDS = 60
+
+
+def compiler_command(command_template: str, package: Path, output_dir: Path, deployment_target: str) -> list[str]:
+    """The argument list for one compile: the template filled with shell-quoted values."""
+    if not DEPLOYMENT_TARGET.fullmatch(deployment_target):
+        raise PipelineError(f"deployment target {deployment_target!r}: write it as a version such as 18.2")
+    try:
+        command = command_template.format(
+            package=shlex.quote(str(package)),
+            output_dir=shlex.quote(str(output_dir)),
+            deployment_target=shlex.quote(deployment_target),
+        )
+        return shlex.split(command)
+    except (KeyError, IndexError, ValueError) as error:
+        raise PipelineError(
+            f"compiler template {command_template!r}: {error!r}; use only the fields {TEMPLATE_FIELDS}"
+        ) from None
+
+
+def _template_words(command_template: str) -> list[str]:
+    try:
+        words = shlex.split(command_template)
+    except ValueError as error:
+        raise PipelineError(f"compiler template {command_template!r}: {error}; fix its quoting") from None
+    if not words:
+        raise PipelineError("compiler template is empty; use the default or name a compiler program")
+    return words
+
+
+def _xcrun_tool(command_template: str) -> str | None:
+    """The tool an `xcrun <tool> ...` template runs, or None for any other template."""
+    words = _template_words(command_template)
+    return words[1] if words[0] == "xcrun" and len(words) > 1 else None
+
+
+def _xcrun_finds(tool: str) -> bool:
+    if shutil.which("xcrun") is None:
+        return False
+    try:
+        found = subprocess.run(
+            ["xcrun", "--find", tool], capture_output=True, timeout=TOOL_TIMEOUT_SECONDS, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return found.returncode == 0
+
+
+def compiler_available(command_template: str) -> bool:
+    """Whether the template's compiler can run here.
+
+    For an `xcrun <tool>` template (the default) that is `xcrun --find <tool>` succeeding;
+    for any other, its first word is an executable on PATH or an executable path.
+    """
+    tool = _xcrun_tool(command_template)
+    if tool is not None:
+        return _xcrun_finds(tool)
+    return shutil.which(_template_words(command_template)[0]) is not None
+
+
+def _unavailable_reason(command_template: str) -> str:
+    tool = _xcrun_tool(command_template)
+    if tool is not None:
+        return f"Apple's Core ML compiler is not available on this host ('xcrun --find {tool}' failed)"
+    program = _template_words(command_template)[0]
+    return f"the compiler {program!r} of the compiler template is not an executable on this host"
+
+
+def require_compiler(command_template: str, packages_target_hint: str) -> None:
+    """Fail early, in one line, when the compiler cannot run here, naming the hand-off."""
+    if not compiler_available(command_template):
+        raise PipelineError(
+            f"{_unavailable_reason(command_template)}: build '{packages_target_hint}' here, "
+            f"then on a Mac run: {HAND_OFF}"
+        )
+
+
+def compiler_version(command_template: str) -> str | None:
+    """`xcrun coremlcompiler version` for xcrun templates; None for custom ones or on failure."""
+    tool = _xcrun_tool(command_template)
+    if tool is None or not _xcrun_finds(tool):
+        return None
+    try:
+        result = subprocess.run(
+            ["xcrun", tool, "version"], capture_output=True, text=True, timeout=TOOL_TIMEOUT_SECONDS, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if result.returncode != 0 or not result.stdout.strip():
+        return None
+    return result.stdout.strip()
+
+
+def _last_line(text: str) -> str:
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[-1] if lines else "(no output)"
+
+
+def _run_compiler(command: list[str], package: Path) -> None:
+    shown = shlex.join(command)
+    try:
+        result = subprocess.run(command, capture_output=True, text=True, check=False)
+    except OSError as error:
+        raise PipelineError(
+            f"{package}: cannot run the compiler ({error.strerror}: {command[0]}) in `{shown}`; "
+            f"install Xcode, fix the compiler template, or run on a Mac: {HAND_OFF}"
+        ) from None
+    if result.returncode != 0:
+        raise PipelineError(
+            f"{package}: compiler exited with {result.returncode} "
+            f"({_last_line(result.stderr or result.stdout)}) running `{shown}`"
+        )
+
+
+def _single_modelc(output_dir: Path, package: Path, command: list[str]) -> Path:
+    produced = sorted(output_dir.glob("*.mlmodelc"))
+    if len(produced) != 1:
+        found = ", ".join(path.name for path in produced) or "none"
+        raise PipelineError(
+            f"{package}: expected exactly one .mlmodelc from `{shlex.join(command)}`, found {found}; "
+            "check the compiler template's {output_dir}"
+        )
+    return produced[0]
+
+
+def compile_package(package: Path, out_modelc: Path, command_template: str, deployment_target: str) -> None:
+    """Compile one `.mlpackage` to `out_modelc` (the contract name, e.g. TextEncoder.mlmodelc).
+
+    The compiler writes into a fresh temporary folder beside `out_modelc`; a previous
+    `out_modelc` is replaced only once the compile succeeded.
+    """
+    package, out_modelc = Path(package), Path(out_modelc)
+    if package.suffix != ".mlpackage" or not package.is_dir():
+        raise PipelineError(f"{package}: not an .mlpackage folder; build the packages target first")
+    if out_modelc.suffix != ".mlmodelc":
+        raise PipelineError(f"{out_modelc}: a compiled model's name ends in .mlmodelc; rename the output")
+    out_modelc.parent.mkdir(parents=True, exist_ok=True)
+    work_dir = Path(tempfile.mkdtemp(prefix=f".{out_modelc.name}.compile-", dir=out_modelc.parent))
+    try:
+        command = compiler_command(command_template, package.resolve(), work_dir.resolve(), deployment_target)
+        _run_compiler(command, package)
+        replace_path(_single_modelc(work_dir, package, command), out_modelc)
+    finally:
+        shutil.rmtree(work_dir, ignore_errors=True)
+
+
+def _verified_packages_manifest(packages_dir: Path) -> dict:
+    """The packages folder's manifest, after its SHA256SUMS proved the folder unmodified."""
+    if not packages_dir.is_dir():
+        raise PipelineError(f"{packages_dir}: no such packages folder; build the packages target first")
+    problems = checksums.check_sha256sums(packages_dir)
+    if problems:
+        shown = ", ".join(problems[:3]) + (f" and {len(problems) - 3} more" if len(problems) > 3 else "")
+        raise PipelineError(
+            f"{packages_dir}: does not match its SHA256SUMS ({shown}); rebuild or re-copy the packages folder"
+        )
+    manifest_path = packages_dir / folder.MANIFEST_NAME
+    if not manifest_path.is_file():
+        raise PipelineError(f"{manifest_path}: missing; rebuild the packages folder with the pipeline")
+    try:
+        return json.loads(manifest_path.read_text(encoding="utf-8"))
+    except ValueError as error:
+        raise PipelineError(f"{manifest_path}: not JSON ({error}); rebuild the packages folder") from None
+
+
+def _hand_off_items(packages_dir: Path) -> tuple[list[Path], list[Path]]:
+    """(packages to compile, other files to carry over) of a packages folder."""
+    skipped = {checksums.SUMS_NAME, folder.MANIFEST_NAME, checksums.SNAKEMAKE_MARKER}
+    items = sorted(path for path in packages_dir.iterdir() if path.name not in skipped)
+    packages = [path for path in items if path.suffix == ".mlpackage"]
+    if not packages:
+        raise PipelineError(f"{packages_dir}: holds no .mlpackage; point compile-folder at a packages folder")
+    return packages, [path for path in items if path.suffix != ".mlpackage"]
+
+
+def compile_folder(
+    packages_dir: Path,
+    app_dir: Path,
+    command_template: str = DEFAULT_COMPILER,
+    deployment_target: str = DEFAULT_DEPLOYMENT_TARGET,
+) -> None:
+    """Turn a verified packages folder into the app folder: every `X.mlpackage` compiled to
+    `X.mlmodelc`, the tokenizer files copied, and a manifest that carries the packages'
+    manifest under `packages` plus the compiler settings."""
+    packages_dir, app_dir = Path(packages_dir), Path(app_dir)
+    if packages_dir.resolve() == app_dir.resolve():
+        raise PipelineError(f"{app_dir}: the app folder must differ from the packages folder; name another folder")
+    packages_manifest = _verified_packages_manifest(packages_dir)
+    if not compiler_available(command_template):
+        raise PipelineError(f"{_unavailable_reason(command_template)}: run compile-folder on a Mac with Xcode")
+    packages, carried = _hand_off_items(packages_dir)
+    # Name problems surface before minutes of compiling, not after.
+    folder.validate_entry_names([path.name for path in carried] + [f"{path.stem}.mlmodelc" for path in packages])
+    app_dir.parent.mkdir(parents=True, exist_ok=True)
+    work_dir = Path(tempfile.mkdtemp(prefix=f".{app_dir.name}.compile-", dir=app_dir.parent))
+    try:
+        entries = {path.name: path for path in carried}
+        for package in packages:
+            modelc = work_dir / f"{package.stem}.mlmodelc"
+            compile_package(package, modelc, command_template, deployment_target)
+            entries[modelc.name] = modelc
+        manifest = {
+            "packages": packages_manifest,
+            "compiler": command_template,
+            "deployment_target": deployment_target,
+        }
+        version = compiler_version(command_template)
+        if version is not None:
+            manifest["compiler_version"] = version
+        folder.assemble_folder(entries, app_dir, manifest)
+    finally:
+        shutil.rmtree(work_dir, ignore_errors=True)
+
+
+def run_compile_package(args) -> None:
+    compile_package(args.package, args.out, args.compiler, args.deployment_target)
+
+
+def run_compile_folder(args) -> None:
+    compile_folder(args.packages_dir, args.app_dir, args.compiler, args.deployment_target)
+
+
+def _add_compiler_options(parser) -> None:
+    parser.add_argument(
+        "--compiler",
+        default=DEFAULT_COMPILER,
+        help=f"command template with the fields {TEMPLATE_FIELDS} (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--deployment-target",
+        default=DEFAULT_DEPLOYMENT_TARGET,
+        help="the compiler's --deployment-target, not the conversion target (default: %(default)s)",
+    )
+
+
+def register_cli(subparsers) -> None:
+    package = subparsers.add_parser("compile-package", help="compile one .mlpackage to a .mlmodelc (macOS)")
+    package.add_argument("--package", type=Path, required=True)
+    package.add_argument("--out", type=Path, required=True, help="the .mlmodelc to write, e.g. TextEncoder.mlmodelc")
+    _add_compiler_options(package)
+    package.set_defaults(func=run_compile_package)
+
+    hand_off = subparsers.add_parser(
+        "compile-folder", help="compile a packages folder into the app folder (the Mac hand-off)"
+    )
+    hand_off.add_argument("packages_dir", type=Path)
+    hand_off.add_argument("app_dir", type=Path)
+    _add_compiler_options(hand_off)
+    hand_off.set_defaults(func=run_compile_folder)

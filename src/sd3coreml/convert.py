@@ -1,0 +1,40 @@
+"""PyTorch module -> fp16 ML Program, with the contract's input and output names.
+
+Inputs are float32 and outputs float16 (DESIGN section 1). Tracing runs the real fp32
+forward, so a caller may trace with smaller example inputs than the package's shapes when
+its module has no shape-dependent constants; `ct.convert` receives the full shapes.
+"""
+
+from dataclasses import dataclass
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    shape: tuple[int, ...]
+
+
+def random_inputs(shapes) -> tuple:
+    import torch
+
+    generator = torch.Generator().manual_seed(0)
+    return tuple(torch.randn(*shape, generator=generator) for shape in shapes)
+
+
+def convert_module(module, inputs: list[TensorSpec], output_names: list[str], target: str, example=None):
+    """Trace `module` on `example` (default: seeded noise of the input shapes) and convert it."""
+    import coremltools as ct
+    import numpy as np
+    import torch
+
+    example = example if example is not None else random_inputs([spec.shape for spec in inputs])
+    with torch.no_grad():
+        traced = torch.jit.trace(module.eval(), example, check_trace=False)
+    return ct.convert(
+        traced,
+        inputs=[ct.TensorType(name=s.name, shape=s.shape, dtype=np.float32) for s in inputs],
+        outputs=[ct.TensorType(name=name, dtype=np.float16) for name in output_names],
+        minimum_deployment_target=getattr(ct.target, target),
+        compute_precision=ct.precision.FLOAT16,
+        convert_to="mlprogram",
+        skip_model_load=True,
+    )

@@ -1,0 +1,68 @@
+"""Save `.mlpackage`s deterministically and move them into place atomically.
+
+coremltools writes random UUIDs into `Manifest.json`, serializes the spec's metadata map in
+varying order and stamps the conversion date; the weight blob itself is deterministic. We
+derive the ids from item paths, serialize the spec deterministically and take the date
+from SOURCE_DATE_EPOCH (or drop it), so the same inputs give the same bytes.
+"""
+
+import json
+import os
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path
+
+from sd3coreml.atomic import remove_path, replace_path, temporary_sibling
+
+SPEC_PATH = Path("Data/com.apple.CoreML/model.mlmodel")
+DATE_KEY = "com.github.apple.coremltools.conversion_date"
+PACKAGE_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "https://github.com/sd3-coreml")
+
+
+def stable_manifest(package: Path) -> None:
+    manifest_path = package / "Manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    renamed = {
+        old_id: str(uuid.uuid5(PACKAGE_NAMESPACE, entry["path"])).upper()
+        for old_id, entry in manifest["itemInfoEntries"].items()
+    }
+    manifest["itemInfoEntries"] = {renamed[key]: entry for key, entry in manifest["itemInfoEntries"].items()}
+    manifest["rootModelIdentifier"] = renamed[manifest["rootModelIdentifier"]]
+    manifest_path.write_text(json.dumps(manifest, indent=4, sort_keys=True) + "\n")
+
+
+def stable_spec(package: Path, metadata: dict[str, str]) -> None:
+    from coremltools.proto import Model_pb2
+
+    spec_path = package / SPEC_PATH
+    spec = Model_pb2.Model()
+    spec.ParseFromString(spec_path.read_bytes())
+    user_defined = spec.description.metadata.userDefined
+    user_defined.pop(DATE_KEY, None)
+    if "SOURCE_DATE_EPOCH" in os.environ:
+        stamp = datetime.fromtimestamp(int(os.environ["SOURCE_DATE_EPOCH"]), tz=timezone.utc)
+        user_defined[DATE_KEY] = stamp.strftime("%Y-%m-%d")
+    user_defined.update(metadata)
+    spec_path.write_bytes(spec.SerializeToString(deterministic=True))
+
+
+def save_package(mlmodel, destination: Path, metadata: dict[str, str] | None = None) -> None:
+    """Save a converted model to `destination` (.mlpackage) byte-reproducibly and atomically."""
+    destination = Path(destination)
+    temporary = temporary_sibling(destination)
+    remove_path(temporary)
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        mlmodel.save(str(temporary))
+        stable_manifest(temporary)
+        stable_spec(temporary, metadata or {})
+        replace_path(temporary, destination)
+    finally:
+        remove_path(temporary)
+
+
+def load_package(path: Path):
+    """Open a saved package for reading or compression (no Core ML runtime needed)."""
+    import coremltools as ct
+
+    return ct.models.MLModel(str(path), skip_model_load=True)

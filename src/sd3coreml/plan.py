@@ -1,0 +1,59 @@
+"""From config to plan: stage ranges and the content-derived names of every artifact.
+
+An artifact's path says what determines its content (model, block range, head, latent
+size, conversion target, precision), never its position in one layout, so two layouts that
+share a block range share the file and a stage-size change replans only what changed.
+"""
+
+from dataclasses import dataclass
+
+from sd3coreml.errors import PipelineError
+
+CONTRACT_STAGE = "MultiModalDiffusionTransformerStage{index}"
+CONTRACT_CONDITIONING = "MultiModalDiffusionTransformerConditioning"
+TEXT_ENCODERS = {"TextEncoder": "text_encoder", "TextEncoder2": "text_encoder_2"}
+TOKENIZER_FILES = ("vocab.json", "merges.txt")
+
+
+@dataclass(frozen=True)
+class BlockRange:
+    start: int
+    end: int
+    has_head: bool
+
+    @property
+    def slug(self) -> str:
+        return f"blocks{self.start}-{self.end}" + ("_head" if self.has_head else "")
+
+
+def stage_ranges(stage_sizes: list[int], depth: int, key: str = "stage_sizes") -> list[BlockRange]:
+    """Block ranges of Stage1..N; the sizes must be positive integers summing to the depth."""
+    if not stage_sizes:
+        raise PipelineError(f"config key '{key}' is empty; give block counts summing to {depth}")
+    for size in stage_sizes:
+        if isinstance(size, bool) or not isinstance(size, int) or size <= 0:
+            raise PipelineError(f"config key '{key}' holds {size!r}; each stage size must be a positive integer")
+    if sum(stage_sizes) != depth:
+        raise PipelineError(
+            f"config key '{key}' sums to {sum(stage_sizes)} but the transformer has {depth} blocks; "
+            f"make the sizes sum to {depth}"
+        )
+    ranges, start = [], 0
+    for size in stage_sizes:
+        ranges.append(BlockRange(start, start + size, has_head=start + size == depth))
+        start += size
+    return ranges
+
+
+def quantization_slug(settings: dict) -> str:
+    """A directory name for compression settings, e.g. `int8_linear_symmetric_per_channel`."""
+    mode = settings["mode"]
+    if mode == "none":
+        return "fp16"
+    if mode == "palettize":
+        return f"palettize{settings['nbits']}_{settings.get('granularity', 'per_tensor')}"
+    return f"int{settings['nbits']}_{mode}_{settings.get('granularity', 'per_channel')}"
+
+
+def latent_slug(latent_size: list[int]) -> str:
+    return f"latent{latent_size[0]}x{latent_size[1]}"
