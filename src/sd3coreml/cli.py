@@ -1,24 +1,110 @@
 """Command line: `python -m sd3coreml <step> ...`, one subcommand per pipeline step.
 
-Each step module exposes `register_cli(subparsers)`, which adds its subcommands and sets
-`func` on each to a callable taking the parsed namespace. Heavy libraries (torch,
-coremltools) are imported inside the steps, so `--help` stays fast.
+Every step the Snakemake rules run is here, so each can run by hand. Step modules that
+own their CLI expose `register_cli(subparsers)`; the conversion steps are declared below.
+Heavy libraries (torch, coremltools) are imported only when a step runs, so `--help` is fast.
 """
 
 import argparse
 import importlib
 import sys
+from pathlib import Path
 
 from sd3coreml.errors import PipelineError
 
-STEP_MODULES = [
-    "sd3coreml.synthetic",
-]
+STEP_MODULES = ["sd3coreml.synthetic", "sd3coreml.folder", "sd3coreml.compile", "sd3coreml.tokenizer"]
+
+
+def convert_conditioning(args):
+    from sd3coreml.mmdit_packages import convert_conditioning
+
+    convert_conditioning(args.weights, args.config, args.target, args.out)
+
+
+def convert_input_stage(args):
+    from sd3coreml.mmdit_packages import convert_input_stage
+
+    convert_input_stage(args.weights, args.config, tuple(args.latent), args.target, args.out)
+
+
+def convert_block_range(args):
+    from sd3coreml.mmdit_packages import convert_block_range
+
+    convert_block_range(args.weights, args.config, args.start, args.end, tuple(args.latent), args.target, args.out)
+
+
+def convert_text_encoder(args):
+    from sd3coreml.text_encoder import convert_text_encoder
+
+    convert_text_encoder(args.encoder, args.target, args.out)
+
+
+def convert_vae_decoder(args):
+    from sd3coreml.vae import convert_vae_decoder
+
+    convert_vae_decoder(args.vae, tuple(args.latent), args.target, args.out)
+
+
+def compress_package(args):
+    from sd3coreml.compress import compress_package
+
+    compress_package(args.package, args.out, args.mode, args.nbits, args.granularity)
+
+
+def add_transformer_args(parser, latent: bool = True):
+    parser.add_argument("--weights", type=Path, required=True, help="diffusers-format transformer .safetensors")
+    parser.add_argument("--config", type=Path, required=True, help="the transformer config JSON for the weights")
+    if latent:
+        parser.add_argument("--latent", type=int, nargs=2, required=True, metavar=("H", "W"))
+
+
+def add_output_args(parser):
+    parser.add_argument("--target", default="iOS18", help="coremltools minimum deployment target")
+    parser.add_argument("--out", type=Path, required=True, help="the .mlpackage to write")
+
+
+def register_conversion_steps(subparsers):
+    step = subparsers.add_parser("convert-conditioning", help="MMDiT Conditioning: time_text_embed")
+    add_transformer_args(step, latent=False)
+    add_output_args(step)
+    step.set_defaults(func=convert_conditioning)
+
+    step = subparsers.add_parser("convert-input-stage", help="MMDiT Stage0: patch and text embedding")
+    add_transformer_args(step)
+    add_output_args(step)
+    step.set_defaults(func=convert_input_stage)
+
+    step = subparsers.add_parser("convert-block-range", help="MMDiT joint blocks [start, end), head if last")
+    add_transformer_args(step)
+    step.add_argument("--start", type=int, required=True)
+    step.add_argument("--end", type=int, required=True)
+    add_output_args(step)
+    step.set_defaults(func=convert_block_range)
+
+    step = subparsers.add_parser("convert-text-encoder", help="a CLIP text encoder folder")
+    step.add_argument("--encoder", type=Path, required=True, help="e.g. COMPONENTS/text_encoder")
+    add_output_args(step)
+    step.set_defaults(func=convert_text_encoder)
+
+    step = subparsers.add_parser("convert-vae-decoder", help="the SD3 VAE decoder")
+    step.add_argument("--vae", type=Path, required=True, help="e.g. COMPONENTS/vae")
+    step.add_argument("--latent", type=int, nargs=2, required=True, metavar=("H", "W"))
+    add_output_args(step)
+    step.set_defaults(func=convert_vae_decoder)
+
+    step = subparsers.add_parser("compress-package", help="int8 quantize or palettize a saved package")
+    step.add_argument("--package", type=Path, required=True)
+    step.add_argument("--out", type=Path, required=True)
+    step.add_argument("--mode", choices=["linear_symmetric", "palettize"], required=True)
+    step.add_argument("--nbits", type=int, default=8)
+    step.add_argument("--granularity", default="per_channel")
+    step.set_defaults(func=compress_package)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m sd3coreml", description=__doc__.splitlines()[0])
     subparsers = parser.add_subparsers(dest="step", required=True, metavar="STEP")
+    register_conversion_steps(subparsers)
     for name in STEP_MODULES:
         importlib.import_module(name).register_cli(subparsers)
     return parser

@@ -9,6 +9,8 @@ from pathlib import Path
 from sd3coreml.errors import PipelineError
 from sd3coreml.package import load_package, save_package
 
+KMEANS1D_MIN_WEIGHTS = 10_000
+
 
 def require_exact_kmeans() -> None:
     # Without kmeans1d coremltools silently falls back to a randomised k-means.
@@ -25,7 +27,11 @@ def optimization_config(mode: str, nbits: int, granularity: str):
         op_config = cto.OpLinearQuantizerConfig(mode="linear_symmetric", dtype="int8", granularity=granularity)
     elif mode == "palettize":
         require_exact_kmeans()
-        op_config = cto.OpPalettizerConfig(mode="kmeans", nbits=nbits, granularity=granularity)
+        # coremltools runs the exact kmeans1d only on fp16 weights of >= 10,000 elements and
+        # a scikit-learn k-means below that; smaller weights stay fp16 so every palette is exact.
+        op_config = cto.OpPalettizerConfig(
+            mode="kmeans", nbits=nbits, granularity=granularity, weight_threshold=KMEANS1D_MIN_WEIGHTS
+        )
     else:
         raise PipelineError(f"unknown compression mode {mode!r}; use linear_symmetric or palettize")
     return cto.OptimizationConfig(global_config=op_config, op_type_configs={"gather": None})

@@ -168,7 +168,8 @@ def _copy_entry(name: str, source: Path, target: Path) -> None:
 def load_spec(spec_path: Path) -> tuple[dict[str, Path], dict]:
     """Read an assemble spec `{"entries": {name: path}, "manifest": {...}}`."""
     try:
-        spec = json.loads(Path(spec_path).read_text(encoding="utf-8"))
+        text = sys.stdin.read() if str(spec_path) == "-" else Path(spec_path).read_text(encoding="utf-8")
+        spec = json.loads(text)
     except (OSError, ValueError) as error:
         raise PipelineError(f"{spec_path}: cannot read the assemble spec ({error}); write it as JSON") from None
     entries = spec.get("entries") if isinstance(spec, dict) else None
@@ -180,9 +181,15 @@ def load_spec(spec_path: Path) -> tuple[dict[str, Path], dict]:
     return {name: Path(path) for name, path in entries.items()}, manifest
 
 
+def hash_inputs(manifest: dict) -> dict:
+    """Replace `input_files` {label: path} by {label: sha256}, so no host path reaches a folder."""
+    files = manifest.pop("input_files", {})
+    return {**manifest, "inputs": {label: checksums.tree_sha256(Path(path)) for label, path in files.items()}}
+
+
 def run_assemble_folder(args) -> None:
     entries, manifest = load_spec(args.spec)
-    assemble_folder(entries, args.out, manifest)
+    assemble_folder(entries, args.out, hash_inputs(manifest))
 
 
 def run_verify_folder(args) -> None:
@@ -199,7 +206,7 @@ def register_cli(subparsers) -> None:
         "assemble-folder", help="build a resource folder from a JSON spec, replacing the old one whole"
     )
     assemble.add_argument(
-        "--spec", type=Path, required=True, help='JSON: {"entries": {name: path}, "manifest": {...}}'
+        "--spec", type=Path, required=True, help='JSON file or - for stdin: {"entries": {name: path}, "manifest": {..., "input_files": {label: path}}}',
     )
     assemble.add_argument("--out", type=Path, required=True, help="the folder to (re)build")
     assemble.set_defaults(func=run_assemble_folder)

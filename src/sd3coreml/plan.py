@@ -55,5 +55,15 @@ def quantization_slug(settings: dict) -> str:
     return f"int{settings['nbits']}_{mode}_{settings.get('granularity', 'per_channel')}"
 
 
+def compression_settings(slug: str) -> dict:
+    """Invert `quantization_slug`: the settings a compression directory name stands for."""
+    if slug.startswith("palettize"):
+        nbits, granularity = slug.removeprefix("palettize").split("_", 1)
+        return {"mode": "palettize", "nbits": int(nbits), "granularity": granularity}
+    bits, rest = slug.split("_", 1)
+    mode, granularity = rest.rsplit("_per_", 1)
+    return {"mode": mode, "nbits": int(bits.removeprefix("int")), "granularity": f"per_{granularity}"}
+
+
 def latent_slug(latent_size: list[int]) -> str:
     return f"latent{latent_size[0]}x{latent_size[1]}"

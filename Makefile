@@ -1,0 +1,31 @@
+# Two commands on a fresh machine with Python 3.11 and pip: `make demo` and `make test`.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+CORES ?= 2
+
+.PHONY: demo test bench lint clean
+
+$(STAMP): requirements.txt pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -r requirements.txt
+	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e .
+	touch $(STAMP)
+
+demo: $(STAMP)
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/snakemake --configfile config/demo.yaml -c$(CORES) \
+		coremlsd3_4step_packages coremlsd3_2step_packages
+	cd results/demo/coremlsd3_4step_packages && sha256sum -c --quiet SHA256SUMS
+	cd results/demo/coremlsd3_2step_packages && sha256sum -c --quiet SHA256SUMS
+	@echo "demo folders: results/demo/coremlsd3_4step_packages results/demo/coremlsd3_2step_packages"
+
+test: $(STAMP)
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/snakemake --lint --configfile config/demo.yaml
+
+clean:
+	rm -rf results .snakemake

@@ -1,0 +1,42 @@
+# sd3-coreml: SD3 checkpoints -> the Core ML resource folders of the MobileDiffuser app.
+# `snakemake coremlsd3_4step_packages` builds anywhere; `snakemake coremlsd3_4step` needs
+# Apple's compiler (a Mac). See README.md.
+
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config/config.yaml"
+
+
+include: "rules/common.smk"
+include: "rules/checkpoints.smk"
+include: "rules/mmdit.smk"
+include: "rules/compress.smk"
+include: "rules/text_encoders.smk"
+include: "rules/vae.smk"
+include: "rules/tokenizer.smk"
+include: "rules/compile.smk"
+include: "rules/folders.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        [f"{ROOT}/coremlsd3_{model}_packages/SHA256SUMS" for model in MODELS],
+
+
+for model in MODELS:
+
+    rule:
+        name:
+            f"coremlsd3_{model}_packages"
+        input:
+            f"{ROOT}/coremlsd3_{model}_packages/SHA256SUMS",
+
+    rule:
+        name:
+            f"coremlsd3_{model}"
+        input:
+            f"{ROOT}/coremlsd3_{model}/SHA256SUMS",

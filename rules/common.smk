@@ -1,0 +1,177 @@
+# Config validation, the plan, and the input functions every rule file uses.
+import json
+import sys
+from pathlib import Path
+
+from snakemake.exceptions import WorkflowError
+from snakemake.utils import validate
+
+from sd3coreml import toolchain
+from sd3coreml.compile import require_compiler
+from sd3coreml.config import plan_models
+from sd3coreml.errors import PipelineError
+from sd3coreml.plan import (
+    CONTRACT_CONDITIONING,
+    CONTRACT_STAGE,
+    TEXT_ENCODERS,
+    TOKENIZER_FILES,
+    compression_settings,
+    latent_slug,
+    quantization_slug,
+)
+
+
+def fail(message):
+    # One line and a non-zero exit, before any job runs.
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(1)
+
+
+try:
+    validate(config, workflow.source_path("../config/schema.yaml"))
+except WorkflowError as error:
+    fail("config: " + " ".join(str(error).split("\n")[1:2] or [str(error)]).strip())
+
+try:
+    MODELS = plan_models(config)
+except PipelineError as error:
+    fail(error)
+
+ROOT = config["output_root"].rstrip("/")
+TARGET = config["conversion_target"]
+LATENT = latent_slug(config["latent_size"])
+TOOLCHAIN = toolchain.installed_versions()
+TOOLCHAIN_FINGERPRINT = toolchain.fingerprint(TOOLCHAIN)
+SRC = Path(workflow.basedir) / "src" / "sd3coreml"
+
+
+def library(*modules):
+    """Library modules a rule runs: Snakemake reruns a job when one of them changes."""
+    return [str(SRC / f"{name}.py") for name in modules]
+
+
+wildcard_constraints:
+    model="|".join(MODELS),
+    target="iOS\d+",
+    latent="latent\d+x\d+",
+    start="\d+",
+    end="\d+",
+    head="(_head)?",
+    encoder="TextEncoder2?",
+    compression="int8_linear_symmetric_per_(channel|tensor)|palettize[468]_per_tensor",
+
+
+def compressed(path_stem, family):
+    slug = quantization_slug(config["compression"][family])
+    return f"{path_stem}.{slug}.mlpackage"
+
+
+def mmdit_dir(model):
+    return f"{ROOT}/mmdit/{model}/{TARGET}"
+
+
+def conditioning_package(model):
+    return compressed(f"{mmdit_dir(model)}/conditioning", "mmdit")
+
+
+def stage_packages(model):
+    """Stage0..N in app order; block ranges are named by content, not by index."""
+    stem = f"{mmdit_dir(model)}/{LATENT}"
+    ranges = [f"{stem}/{block_range.slug}" for block_range in MODELS[model].ranges]
+    return [compressed(path, "mmdit") for path in [f"{stem}/input", *ranges]]
+
+
+def text_encoder_package(name):
+    return compressed(f"{ROOT}/text_encoders/{TARGET}/{name}", "text_encoders")
+
+
+def vae_package():
+    return f"{ROOT}/vae/{TARGET}/{LATENT}/VAEDecoder.fp16.mlpackage"
+
+
+def folder_packages(model):
+    """Contract name (without suffix) -> package path, for one model's folder."""
+    entries = {name: text_encoder_package(name) for name in TEXT_ENCODERS}
+    entries["VAEDecoder"] = vae_package()
+    entries[CONTRACT_CONDITIONING] = conditioning_package(model)
+    for index, package in enumerate(stage_packages(model)):
+        entries[CONTRACT_STAGE.format(index=index)] = package
+    return entries
+
+
+def tokenizer_files():
+    return {name: f"{ROOT}/tokenizer/{name}" for name in TOKENIZER_FILES}
+
+
+def compiled(package):
+    relative = Path(package).relative_to(ROOT).with_suffix(".mlmodelc")
+    return f"{ROOT}/compiled/ios{config['compiler']['deployment_target']}/{relative}"
+
+
+def text_encoder_folder(wildcards):
+    return TEXT_ENCODERS[wildcards.encoder]
+
+
+def compression_params(wildcards):
+    return compression_settings(wildcards.compression)
+
+
+def transformer_inputs(wildcards):
+    model = MODELS[wildcards.model]
+    return {"weights": str(model.weights), "config": str(model.config_path)}
+
+
+def folder_manifest(model, kind):
+    """What shaped a folder: recorded in its manifest.json (no host paths, no times)."""
+    plan = MODELS[model]
+    return {
+        "kind": kind,
+        "model": model,
+        "config": {
+            "stage_sizes": [r.end - r.start for r in plan.ranges],
+            "stage_block_ranges": [[r.start, r.end] for r in plan.ranges],
+            "latent_size": config["latent_size"],
+            "batch_size": config["batch_size"],
+            "conversion_target": TARGET,
+            "compression": config["compression"],
+        },
+        "toolchain": TOOLCHAIN,
+        "input_files": {
+            "transformer_weights": str(plan.weights),
+            "transformer_config": str(plan.config_path),
+            "components": config["components"],
+        },
+    }
+
+
+def packages_targets():
+    return [f"coremlsd3_{model}_packages" for model in MODELS]
+
+
+def packages_folder_inputs(wildcards):
+    entries = {f"{name}.mlpackage": path for name, path in folder_packages(wildcards.model).items()}
+    return {**entries, **tokenizer_files()}
+
+
+def app_folder_inputs(wildcards):
+    entries = {f"{name}.mlmodelc": compiled(path) for name, path in folder_packages(wildcards.model).items()}
+    return {**entries, **tokenizer_files()}
+
+
+def folder_spec(entries, manifest):
+    return json.dumps({"entries": entries, "manifest": manifest}, sort_keys=True)
+
+
+def packages_folder_spec(wildcards, input):
+    entries = {name: input[name] for name in packages_folder_inputs(wildcards)}
+    return folder_spec(entries, folder_manifest(wildcards.model, "packages"))
+
+
+def app_folder_spec(wildcards, input):
+    entries = {name: input[name] for name in app_folder_inputs(wildcards)}
+    manifest = folder_manifest(wildcards.model, "app")
+    manifest["compiler"] = {
+        "command": config["compiler"]["command"],
+        "deployment_target": config["compiler"]["deployment_target"],
+    }
+    return folder_spec(entries, manifest)

@@ -1,0 +1,39 @@
+# .mlpackage -> .mlmodelc with Apple's compiler (macOS only). It runs where the Snakemake
+# process runs; on another host the app-folder targets stop before any job (see onstart).
+
+
+localrules:
+    compile_package,
+
+
+rule compile_package:
+    input:
+        package=f"{ROOT}/{{path}}.mlpackage",
+        code=library("compile", "atomic"),
+    output:
+        directory(f"{ROOT}/compiled/ios{{deployment_target}}/{{path}}.mlmodelc"),
+    params:
+        command=config["compiler"]["command"],
+    log:
+        f"{ROOT}/logs/compile/ios{{deployment_target}}/{{path}}.log",
+    benchmark:
+        f"{ROOT}/benchmarks/compile/ios{{deployment_target}}/{{path}}.tsv"
+    wildcard_constraints:
+        deployment_target="\d+(\.\d+)*",
+    resources:
+        mem_mb=4000,
+    shell:
+        "python -m sd3coreml compile-package --package {input.package} --out {output}"
+        " --compiler {params.command:q} --deployment-target {wildcards.deployment_target} > {log} 2>&1"
+
+
+def compile_jobs_planned():
+    return any(job.rule.name == "compile_package" for job in workflow.dag.needrun_jobs())
+
+
+onstart:
+    if compile_jobs_planned():
+        try:
+            require_compiler(config["compiler"]["command"], " or ".join(packages_targets()))
+        except PipelineError as error:
+            fail(error)

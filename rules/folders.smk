@@ -1,0 +1,46 @@
+# The user-facing folders: packages (any OS) and the app's compiled folder (macOS).
+# Their declared output is SHA256SUMS, a file: a directory() output would get Snakemake's
+# .snakemake_timestamp marker inside, and nothing of the build machinery may reach a folder.
+
+
+rule packages_folder:
+    input:
+        unpack(packages_folder_inputs),
+        code=library("folder", "checksums", "atomic"),
+    output:
+        f"{ROOT}/coremlsd3_{{model}}_packages/SHA256SUMS",
+    params:
+        spec=packages_folder_spec,
+    log:
+        f"{ROOT}/logs/folders/coremlsd3_{{model}}_packages.log",
+    benchmark:
+        f"{ROOT}/benchmarks/folders/coremlsd3_{{model}}_packages.tsv"
+    resources:
+        mem_mb=1000,
+    conda:
+        "../envs/convert.yaml"
+    shell:
+        "echo {params.spec:q} | python -m sd3coreml assemble-folder --spec - --out $(dirname {output})"
+        " > {log} 2>&1"
+
+
+rule app_folder:
+    input:
+        unpack(app_folder_inputs),
+        code=library("folder", "checksums", "atomic"),
+    output:
+        f"{ROOT}/coremlsd3_{{model}}/SHA256SUMS",
+    params:
+        spec=app_folder_spec,
+        compiler=config["compiler"],
+    log:
+        f"{ROOT}/logs/folders/coremlsd3_{{model}}.log",
+    benchmark:
+        f"{ROOT}/benchmarks/folders/coremlsd3_{{model}}.tsv"
+    resources:
+        mem_mb=1000,
+    conda:
+        "../envs/convert.yaml"
+    shell:
+        "echo {params.spec:q} | python -m sd3coreml assemble-folder --spec - --out $(dirname {output})"
+        " > {log} 2>&1"
