@@ -7,7 +7,11 @@ from snakemake.utils import min_version
 min_version("9.0")
 
 
-configfile: "config/config.yaml"
+# The real build's config, unless one is given (`--configfile config/demo.yaml`); merging
+# the two would leave keys of the real build in the demo.
+if not config:
+
+    configfile: "config/config.yaml"
 
 
 include: "rules/common.smk"

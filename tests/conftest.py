@@ -1,0 +1,57 @@
+"""Shared fixtures: one demo build per test session, in a scratch working directory."""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+FAKE_COMPILER = Path(__file__).parent / "fake_coremlcompiler"
+DEMO_TARGETS = ["coremlsd3_4step_packages", "coremlsd3_2step_packages"]
+
+
+def snakemake(workdir: Path, *args: str, config: str = "config/demo.yaml", check: bool = True):
+    """Run the project's Snakefile in `workdir`; shell steps find this interpreter's `python`."""
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    command = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir)]
+    command += ["--configfile", str(workdir / config), *args]
+    result = subprocess.run(command, capture_output=True, text=True, env=env)
+    if check and result.returncode != 0:
+        raise AssertionError(f"snakemake {' '.join(args)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+    return result
+
+
+def write_config(workdir: Path, name: str, **changes) -> str:
+    """A variant of the demo config under `workdir/config/`, returned as a relative path."""
+    config = yaml.safe_load((workdir / "config" / "demo.yaml").read_text())
+    config.update(changes)
+    (workdir / "config" / name).write_text(yaml.safe_dump(config))
+    return f"config/{name}"
+
+
+def new_workdir(path: Path) -> Path:
+    shutil.copytree(REPO / "config", path / "config")
+    return path
+
+
+@pytest.fixture(scope="session")
+def demo_workdir(tmp_path_factory) -> Path:
+    """The demo's two packages folders, built once from nothing like `make demo` does."""
+    workdir = new_workdir(tmp_path_factory.mktemp("demo"))
+    snakemake(workdir, "-c2", *DEMO_TARGETS)
+    return workdir
+
+
+@pytest.fixture(scope="session")
+def demo_app_workdir(demo_workdir) -> Path:
+    """The demo plus its 4-step app folder, compiled by the test-double compiler."""
+    command = f"{FAKE_COMPILER} compile {{package}} {{output_dir}} --platform iOS --deployment-target {{deployment_target}}"
+    config = yaml.safe_load((demo_workdir / "config" / "demo.yaml").read_text())
+    config["compiler"]["command"] = command
+    (demo_workdir / "config" / "demo_fake_compiler.yaml").write_text(yaml.safe_dump(config))
+    snakemake(demo_workdir, "-c2", "coremlsd3_4step", config="config/demo_fake_compiler.yaml")
+    return demo_workdir
