@@ -108,6 +108,11 @@ def compiled(package):
     return f"{ROOT}/compiled/ios{config['compiler']['deployment_target']}/{relative}"
 
 
+def compiler_command(wildcards):
+    # A function, so Snakemake leaves the template's {package} fields alone.
+    return config["compiler"]["command"]
+
+
 def text_encoder_folder(wildcards):
     return TEXT_ENCODERS[wildcards.encoder]
 

@@ -13,7 +13,7 @@ rule compile_package:
     output:
         directory(f"{ROOT}/compiled/ios{{deployment_target}}/{{path}}.mlmodelc"),
     params:
-        command=config["compiler"]["command"],
+        command=compiler_command,
     log:
         f"{ROOT}/logs/compile/ios{{deployment_target}}/{{path}}.log",
     benchmark:

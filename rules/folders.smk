@@ -32,7 +32,6 @@ rule app_folder:
         f"{ROOT}/coremlsd3_{{model}}/SHA256SUMS",
     params:
         spec=app_folder_spec,
-        compiler=config["compiler"],
     log:
         f"{ROOT}/logs/folders/coremlsd3_{{model}}.log",
     benchmark:

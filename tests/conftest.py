@@ -34,14 +34,18 @@ def write_config(workdir: Path, name: str, **changes) -> str:
 
 
 def new_workdir(path: Path) -> Path:
-    shutil.copytree(REPO / "config", path / "config")
+    shutil.copytree(REPO / "config", path / "config", dirs_exist_ok=True)
     return path
 
 
 @pytest.fixture(scope="session")
 def demo_workdir(tmp_path_factory) -> Path:
-    """The demo's two packages folders, built once from nothing like `make demo` does."""
-    workdir = new_workdir(tmp_path_factory.mktemp("demo"))
+    """The demo's two packages folders, built once from nothing like `make demo` does.
+
+    SD3COREML_DEMO_WORKDIR names a folder to build in and keep, for quick reruns by hand.
+    """
+    kept = os.environ.get("SD3COREML_DEMO_WORKDIR")
+    workdir = new_workdir(Path(kept) if kept else tmp_path_factory.mktemp("demo"))
     snakemake(workdir, "-c2", *DEMO_TARGETS)
     return workdir
 

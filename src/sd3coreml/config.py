@@ -74,8 +74,8 @@ def check_latent(shape: MMDiTShape, key: str) -> None:
         if side // shape.patch_size > shape.pos_embed_max_size:
             limit = shape.pos_embed_max_size * shape.patch_size
             raise PipelineError(
-                f"config key 'latent_size' holds {side}, beyond model '{key}''s positional embedding "
-                f"(at most {limit}); lower it"
+                f"config key 'latent_size' holds {side}, beyond the positional embedding of model "
+                f"'{key}' (at most {limit}); lower it"
             )
 
 

@@ -1,0 +1,95 @@
+"""Snakemake planning on a built demo: a change replans exactly what depends on it."""
+
+import re
+
+import yaml
+
+from conftest import DEMO_TARGETS, new_workdir, snakemake, write_config
+
+FOLDER_JOBS = {"packages_folder": 1, "coremlsd3_4step_packages": 1}
+
+
+def planned_jobs(result) -> dict[str, int]:
+    """The `Job stats:` table of a dry run, as {rule: count}; empty when nothing is to be done."""
+    if "Nothing to be done" in result.stdout:
+        return {}
+    table = result.stdout.split("Job stats:", 1)[1].split("total", 1)[0]
+    return {name: int(count) for name, count in re.findall(r"^(\w+)\s+(\d+)$", table, re.MULTILINE)}
+
+
+def dry_run(workdir, config, *targets):
+    return planned_jobs(snakemake(workdir, "-n", *(targets or ["coremlsd3_4step_packages"]), config=config))
+
+
+def test_unchanged_config_plans_nothing(demo_workdir):
+    assert dry_run(demo_workdir, "config/demo.yaml", *DEMO_TARGETS) == {}
+
+
+def test_resizing_last_two_stages_plans_only_their_block_ranges(demo_workdir):
+    config = write_config(demo_workdir, "resized.yaml", stage_sizes=[1, 3, 1])
+    result = snakemake(demo_workdir, "-n", "coremlsd3_4step_packages", config=config)
+    assert planned_jobs(result) == {"mmdit_block_range": 2, "compress_package": 2, **FOLDER_JOBS}
+    assert "blocks1-4.fp16" in result.stdout and "blocks4-5_head.fp16" in result.stdout
+
+
+def test_changing_compression_plans_only_compression_and_folders(demo_workdir):
+    compression = {"mmdit": {"mode": "palettize", "nbits": 8}, "text_encoders": {"mode": "palettize", "nbits": 6}}
+    config = write_config(demo_workdir, "palettized.yaml", compression=compression)
+    assert dry_run(demo_workdir, config) == {"compress_package": 5, **FOLDER_JOBS}
+
+
+def test_changing_conversion_target_plans_every_conversion(demo_workdir):
+    config = write_config(demo_workdir, "ios17.yaml", conversion_target="iOS17")
+    assert dry_run(demo_workdir, config) == {
+        "mmdit_conditioning": 1,
+        "mmdit_input_stage": 1,
+        "mmdit_block_range": 3,
+        "text_encoder": 2,
+        "vae_decoder": 1,
+        "compress_package": 7,
+        **FOLDER_JOBS,
+    }
+
+
+def test_changing_compiler_target_plans_only_compiles_and_app_folder(demo_app_workdir):
+    config = yaml.safe_load((demo_app_workdir / "config" / "demo_fake_compiler.yaml").read_text())
+    config["compiler"]["deployment_target"] = "18.4"
+    (demo_app_workdir / "config" / "fake_compiler_18_4.yaml").write_text(yaml.safe_dump(config))
+    jobs = dry_run(demo_app_workdir, "config/fake_compiler_18_4.yaml", "coremlsd3_4step")
+    assert jobs == {"compile_package": 8, "app_folder": 1, "coremlsd3_4step": 1}
+
+
+def test_app_folder_holds_compiled_contract_files(demo_app_workdir):
+    folder = demo_app_workdir / "results" / "demo" / "coremlsd3_4step"
+    names = {path.name for path in folder.iterdir()}
+    stages = {f"MultiModalDiffusionTransformerStage{index}.mlmodelc" for index in range(4)}
+    models = {"TextEncoder", "TextEncoder2", "VAEDecoder", "MultiModalDiffusionTransformerConditioning"}
+    assert names == stages | {f"{m}.mlmodelc" for m in models} | {"vocab.json", "merges.txt", "manifest.json", "SHA256SUMS"}
+    assert '"deployment_target": "18.2"' in (folder / "TextEncoder.mlmodelc" / "metadata.json").read_text()
+    assert not list(folder.rglob(".snakemake_timestamp"))
+
+
+def test_folders_pass_sha256sum_check(demo_app_workdir):
+    import subprocess
+
+    for name in ["coremlsd3_4step_packages", "coremlsd3_2step_packages", "coremlsd3_4step"]:
+        folder = demo_app_workdir / "results" / "demo" / name
+        result = subprocess.run(["sha256sum", "-c", "--strict", "SHA256SUMS"], cwd=folder, capture_output=True)
+        assert result.returncode == 0, result.stdout
+        listed = {line.split("  ", 1)[1] for line in (folder / "SHA256SUMS").read_text().splitlines()}
+        on_disk = {str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()} - {"SHA256SUMS"}
+        assert listed == on_disk
+
+
+def test_app_folder_without_compiler_stops_before_any_job(tmp_path):
+    workdir = new_workdir(tmp_path)
+    result = snakemake(workdir, "-c1", "coremlsd3_4step", check=False)
+    assert result.returncode == 1
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "coremlsd3_4step_packages" in errors[0] and "compile-folder" in errors[0]
+    assert not (workdir / "results").exists()
+
+
+def test_dry_run_of_app_folder_plans_everywhere(tmp_path):
+    jobs = dry_run(new_workdir(tmp_path), "config/demo.yaml", "coremlsd3_4step")
+    assert jobs["compile_package"] == 8 and jobs["app_folder"] == 1
