@@ -92,6 +92,10 @@ def plan_model(config: dict, key: str, generated: bool) -> ModelPlan:
     entry = config["models"][key]
     weights, config_path = Path(entry["weights"]), Path(entry["config"])
     transformer_config = load_transformer_config(config_path)
+    if transformer_config.get("dual_attention_layers") or transformer_config.get("qk_norm"):
+        raise PipelineError(
+            f"{config_path}: dual attention layers or qk_norm (SD3.5) are not supported; use an SD3 Medium config"
+        )
     shape = MMDiTShape.from_config(transformer_config, *config["latent_size"])
     check_latent(shape, key)
     sizes_key = f"models.{key}.stage_sizes" if "stage_sizes" in entry else "stage_sizes"

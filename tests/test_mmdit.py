@@ -1,0 +1,89 @@
+"""The staged MMDiT equals diffusers' whole transformer, and each stage holds only its blocks."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from diffusers import SD3Transformer2DModel
+from safetensors import safe_open
+
+from sd3coreml.geometry import MMDiTShape
+from sd3coreml.mmdit import build_block_range, build_conditioning, build_input_stage
+from sd3coreml.plan import stage_ranges
+from sd3coreml.synthetic import write_synthetic_transformer
+
+REPO = Path(__file__).resolve().parents[1]
+DEMO_LAYOUT = [1, 2, 2]
+
+
+@pytest.fixture(scope="module")
+def tiny_transformer(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tiny")
+    weights, config = folder / "t.safetensors", folder / "t.json"
+    write_synthetic_transformer("tiny", 4, weights, config)
+    return weights, json.loads((REPO / "config" / "transformers" / "sd3-tiny.json").read_text())
+
+
+def test_synthetic_config_is_the_pinned_demo_config(tiny_transformer, tmp_path):
+    weights, pinned = tiny_transformer
+    written = json.loads(weights.with_suffix(".json").read_text())
+    assert {k: v for k, v in written.items() if not k.startswith("_")} == {k: v for k, v in pinned.items() if not k.startswith("_")}
+
+
+def test_stages_in_sequence_equal_the_whole_transformer(tiny_transformer):
+    weights, config = tiny_transformer
+    shape = MMDiTShape.from_config(config, 16, 16)
+    whole = SD3Transformer2DModel.from_config(config).eval()
+    with safe_open(str(weights), framework="pt") as handle:
+        whole.load_state_dict({name: handle.get_tensor(name) for name in handle.keys()}, strict=True)
+
+    generator = torch.Generator().manual_seed(1)
+    latent = torch.randn(1, 16, 16, 16, generator=generator)
+    text = torch.randn(1, 154, shape.joint_attention_dim, generator=generator)
+    pooled = torch.randn(1, shape.pooled_projection_dim, generator=generator)
+    timestep = torch.tensor([750.0])
+    with torch.no_grad():
+        expected = whole(latent, text, pooled, timestep).sample
+        modulation = build_conditioning(shape, weights)(pooled.reshape(1, -1, 1, 1), timestep)
+        image, tokens = build_input_stage(shape, weights)(latent, text.transpose(1, 2).unsqueeze(2), modulation)
+        for block_range in stage_ranges(DEMO_LAYOUT, shape.depth):
+            out = build_block_range(shape, block_range.start, block_range.end, weights)(image, tokens, modulation)
+            if not block_range.has_head:
+                image, tokens = out
+    assert out.shape == expected.shape
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+
+
+def blob_constants(package: Path) -> dict[str, int]:
+    """Weight constants stored in the package's blob file: {name: element count}."""
+    from coremltools.proto import Model_pb2
+
+    spec = Model_pb2.Model()
+    spec.ParseFromString((package / "Data" / "com.apple.CoreML" / "model.mlmodel").read_bytes())
+    block = next(iter(spec.mlProgram.functions["main"].block_specializations.values()))
+    constants = {}
+    for operation in block.operations:
+        value = operation.attributes["val"] if operation.type == "const" else None
+        if value is not None and value.HasField("blobFileValue"):
+            dims = [d.constant.size for d in value.type.tensorType.dimensions]
+            constants[operation.outputs[0].name] = int(np.prod(dims))
+    return constants
+
+
+def checkpoint_sizes(weights: Path, prefixes: tuple[str, ...]) -> int:
+    with safe_open(str(weights), framework="pt") as handle:
+        return sum(int(np.prod(handle.get_slice(k).get_shape())) for k in handle.keys() if k.startswith(prefixes))
+
+
+@pytest.mark.parametrize("start, end, head", [(0, 1, ""), (1, 3, ""), (3, 5, "_head")])
+def test_stage_package_holds_only_its_block_range(demo_workdir, start, end, head):
+    root = demo_workdir / "results" / "demo"
+    package = root / "mmdit" / "4step" / "iOS18" / "latent16x16" / f"blocks{start}-{end}{head}.fp16.mlpackage"
+    prefixes = tuple(f"transformer_blocks.{index}." for index in range(start, end))
+    prefixes += ("norm_out.", "proj_out.") if head else ()
+    constants = blob_constants(package)
+    assert all(name.startswith(tuple(p.replace(".", "_") for p in prefixes)) for name in constants)
+    weights = root / "checkpoints" / "sd3-tiny-seed4.safetensors"
+    assert sum(constants.values()) == checkpoint_sizes(weights, prefixes)
