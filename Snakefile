@@ -15,6 +15,21 @@ if not config:
 
 
 include: "rules/common.smk"
+
+
+# Artifact paths name their content; these keep each wildcard to what it names.
+wildcard_constraints:
+    model="|".join(MODELS),
+    target="iOS\d+",
+    height="\d+",
+    width="\d+",
+    start="\d+",
+    end="\d+",
+    head="(_head)?",
+    encoder="TextEncoder2?",
+    compression="int8_linear_symmetric_per_(channel|tensor)|palettize[468]_per_tensor",
+
+
 include: "rules/checkpoints.smk"
 include: "rules/mmdit.smk"
 include: "rules/compress.smk"

@@ -46,19 +46,8 @@ SRC = Path(workflow.basedir) / "src" / "sd3coreml"
 
 
 def library(*modules):
-    """Library modules a rule runs: Snakemake reruns a job when one of them changes."""
+    """Library modules a job runs; Snakemake reruns the job when one of them changes."""
     return [str(SRC / f"{name}.py") for name in modules]
-
-
-wildcard_constraints:
-    model="|".join(MODELS),
-    target="iOS\d+",
-    latent="latent\d+x\d+",
-    start="\d+",
-    end="\d+",
-    head="(_head)?",
-    encoder="TextEncoder2?",
-    compression="int8_linear_symmetric_per_(channel|tensor)|palettize[468]_per_tensor",
 
 
 def compressed(path_stem, family):
@@ -147,6 +136,10 @@ def folder_manifest(model, kind):
             "components": config["components"],
         },
     }
+
+
+def compile_jobs_planned():
+    return any(job.rule.name == "compile_package" for job in workflow.dag.needrun_jobs())
 
 
 def packages_targets():

@@ -22,13 +22,11 @@ rule compile_package:
         deployment_target="\d+(\.\d+)*",
     resources:
         mem_mb=4000,
+    conda:
+        "../envs/convert.yaml"
     shell:
         "python -m sd3coreml compile-package --package {input.package} --out {output}"
         " --compiler {params.command:q} --deployment-target {wildcards.deployment_target} > {log} 2>&1"
-
-
-def compile_jobs_planned():
-    return any(job.rule.name == "compile_package" for job in workflow.dag.needrun_jobs())
 
 
 onstart:

@@ -6,7 +6,8 @@ rule tokenizer_files:
         components=config["components"],
         code=library("tokenizer", "atomic"),
     output:
-        list(tokenizer_files().values()),
+        vocab=tokenizer_files()["vocab.json"],
+        merges=tokenizer_files()["merges.txt"],
     log:
         f"{ROOT}/logs/tokenizer.log",
     benchmark:
@@ -17,4 +18,4 @@ rule tokenizer_files:
         "../envs/convert.yaml"
     shell:
         "python -m sd3coreml copy-tokenizer --tokenizer {input.components}/tokenizer"
-        " --out-dir $(dirname {output[0]}) > {log} 2>&1"
+        " --out-dir $(dirname {output.vocab}) > {log} 2>&1"
