@@ -53,7 +53,9 @@ def demo_workdir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def demo_app_workdir(demo_workdir) -> Path:
     """The demo plus its 4-step app folder, compiled by the test-double compiler."""
-    command = f"{FAKE_COMPILER} compile {{package}} {{output_dir}} --platform iOS --deployment-target {{deployment_target}}"
+    command = (
+        f"{FAKE_COMPILER} compile {{package}} {{output_dir}} --platform iOS --deployment-target {{deployment_target}}"
+    )
     config = yaml.safe_load((demo_workdir / "config" / "demo.yaml").read_text())
     config["compiler"]["command"] = command
     (demo_workdir / "config" / "demo_fake_compiler.yaml").write_text(yaml.safe_dump(config))

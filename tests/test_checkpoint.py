@@ -32,7 +32,9 @@ def test_matching_weights_pass_both_checks(tiny_weights):
     check_weights_match_config(tiny_weights, TINY_CONFIG)
 
 
-@pytest.mark.parametrize("key, value", [("num_layers", 6), ("joint_attention_dim", 256), ("pooled_projection_dim", 128)])
+@pytest.mark.parametrize(
+    "key, value", [("num_layers", 6), ("joint_attention_dim", 256), ("pooled_projection_dim", 128)]
+)
 def test_config_disagreeing_with_weights_is_named(tiny_weights, key, value):
     with pytest.raises(PipelineError, match=str(TINY_CONFIG)):
         check_header_matches_config(tiny_weights, {**tiny_config(), key: value}, TINY_CONFIG)

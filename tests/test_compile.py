@@ -199,7 +199,7 @@ def write_fake_xcrun(bin_dir: Path, finds: bool) -> None:
     xcrun.write_text(
         "#!/bin/sh\n"
         'if [ "$1" = --find ] && [ "$2" = coremlcompiler ]; then '
-        f'{"echo /x/coremlcompiler; exit 0" if finds else "exit 1"}; fi\n'
+        f"{'echo /x/coremlcompiler; exit 0' if finds else 'exit 1'}; fi\n"
         'if [ "$1" = coremlcompiler ] && [ "$2" = version ]; then echo 3505.4.1; exit 0; fi\n'
         "exit 1\n"
     )

@@ -1,7 +1,6 @@
 """Config checks at parse time: each bad value fails with one line naming the key."""
 
 import pytest
-
 from conftest import new_workdir, snakemake, write_config
 
 

@@ -54,6 +54,8 @@ def test_package_meets_contract(demo_workdir, folder, name):
 def test_token_ids_are_cast_to_integers_before_any_fp16_op(demo_workdir):
     spec = read_spec(demo_workdir / "results" / "demo" / FOLDERS[0] / "TextEncoder.mlpackage")
     block = next(iter(spec.mlProgram.functions["main"].block_specializations.values()))
-    first_use = next(op for op in block.operations if "input_ids" in {a.name for arg in op.inputs.values() for a in arg.arguments})
+    first_use = next(
+        op for op in block.operations if "input_ids" in {a.name for arg in op.inputs.values() for a in arg.arguments}
+    )
     assert first_use.type == "cast"
     assert first_use.outputs[0].type.tensorType.dataType in MIL_INTEGER_TYPES

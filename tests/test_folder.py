@@ -224,3 +224,11 @@ def test_cli_assemble_folder_from_a_json_spec(tmp_path, monkeypatch):
 
     spec.write_text(json.dumps({"entries": ["vocab.json"]}))
     assert run_cli(monkeypatch, ["assemble-folder", "--spec", str(spec), "--out", str(out_dir)]) == 1
+
+
+def test_input_files_are_recorded_by_hash_not_path(tmp_path):
+    weights = tmp_path / "weights.safetensors"
+    weights.write_bytes(b"tensor bytes")
+    manifest = folder.hash_inputs({"input_files": {"weights": str(weights)}, "inputs": {"given": "abc"}})
+    assert manifest == {"inputs": {"given": "abc", "weights": checksums.file_sha256(weights)}}
+    assert str(tmp_path) not in json.dumps(manifest)

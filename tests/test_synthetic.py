@@ -12,14 +12,12 @@ import torch
 
 from sd3coreml.errors import PipelineError
 from sd3coreml.synthetic import (
-    PRESETS,
-    get_preset,
-    relation_problems,
     synthetic_tensor,
     transformer_tensor_shapes,
     write_synthetic_components,
     write_synthetic_transformer,
 )
+from sd3coreml.synthetic_presets import PRESETS, get_preset, relation_problems
 from sd3coreml.synthetic_tokenizer import bytes_to_unicode, clip_merges
 
 SRC = Path(__file__).resolve().parents[1] / "src"

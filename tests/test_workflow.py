@@ -3,7 +3,6 @@
 import re
 
 import yaml
-
 from conftest import DEMO_TARGETS, new_workdir, snakemake, write_config
 
 FOLDER_JOBS = {"packages_folder": 1, "coremlsd3_4step_packages": 1}
@@ -64,7 +63,8 @@ def test_app_folder_holds_compiled_contract_files(demo_app_workdir):
     names = {path.name for path in folder.iterdir()}
     stages = {f"MultiModalDiffusionTransformerStage{index}.mlmodelc" for index in range(4)}
     models = {"TextEncoder", "TextEncoder2", "VAEDecoder", "MultiModalDiffusionTransformerConditioning"}
-    assert names == stages | {f"{m}.mlmodelc" for m in models} | {"vocab.json", "merges.txt", "manifest.json", "SHA256SUMS"}
+    others = {"vocab.json", "merges.txt", "manifest.json", "SHA256SUMS"}
+    assert names == stages | {f"{model}.mlmodelc" for model in models} | others
     assert '"deployment_target": "18.2"' in (folder / "TextEncoder.mlmodelc" / "metadata.json").read_text()
     assert not list(folder.rglob(".snakemake_timestamp"))
 

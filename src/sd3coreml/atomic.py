@@ -7,6 +7,7 @@ is complete.
 
 import os
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -44,3 +45,17 @@ def replace_path(new: Path, target: Path) -> None:
             os.rename(aside, target)
         raise
     remove_path(aside)
+
+
+@contextmanager
+def written_atomically(path: Path):
+    """Yield a temporary sibling to write (a file or a folder); move it into place on success."""
+    path = Path(path)
+    temporary = temporary_sibling(path)
+    remove_path(temporary)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        yield temporary
+        replace_path(temporary, path)
+    finally:
+        remove_path(temporary)

@@ -22,8 +22,7 @@ def read_tensor_table(path: Path) -> dict[str, dict]:
     path = Path(path)
     if path.suffix in PICKLE_SUFFIXES:
         raise PipelineError(
-            f"{path}: pickle checkpoints are refused (they can run code when loaded); "
-            "convert it to .safetensors first"
+            f"{path}: pickle checkpoints are refused (they can run code when loaded); convert it to .safetensors first"
         )
     if not path.is_file():
         raise PipelineError(f"{path}: checkpoint not found; fix the path in the config")

@@ -17,7 +17,9 @@ def require_exact_kmeans() -> None:
     try:
         import kmeans1d  # noqa: F401
     except ImportError:
-        raise PipelineError("palettization needs the 'kmeans1d' package for exact, deterministic k-means; pip install kmeans1d") from None
+        raise PipelineError(
+            "palettization needs the 'kmeans1d' package for exact, deterministic k-means; pip install kmeans1d"
+        ) from None
 
 
 def optimization_config(mode: str, nbits: int, granularity: str):

@@ -42,9 +42,7 @@ def parse_version(text: str, key: str) -> tuple[int, ...]:
 def check_targets(config: dict) -> None:
     target = config["conversion_target"]
     if target not in CONVERSION_TARGETS:
-        raise PipelineError(
-            f"config key 'conversion_target' is {target!r}; use one of {', '.join(CONVERSION_TARGETS)}"
-        )
+        raise PipelineError(f"config key 'conversion_target' is {target!r}; use one of {', '.join(CONVERSION_TARGETS)}")
     compiler_target = parse_version(config["compiler"]["deployment_target"], "compiler.deployment_target")
     if compiler_target < (CONVERSION_TARGETS[target],):
         raise PipelineError(

@@ -7,6 +7,7 @@ its module has no shape-dependent constants; `ct.convert` receives the full shap
 
 from dataclasses import dataclass
 
+
 @dataclass(frozen=True)
 class TensorSpec:
     name: str

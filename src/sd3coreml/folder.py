@@ -182,9 +182,10 @@ def load_spec(spec_path: Path) -> tuple[dict[str, Path], dict]:
 
 
 def hash_inputs(manifest: dict) -> dict:
-    """Replace `input_files` {label: path} by {label: sha256}, so no host path reaches a folder."""
+    """Replace `input_files` {label: path} by their sha256 under `inputs`, so no host path reaches a folder."""
     files = manifest.pop("input_files", {})
-    return {**manifest, "inputs": {label: checksums.tree_sha256(Path(path)) for label, path in files.items()}}
+    hashes = {label: checksums.tree_sha256(Path(path)) for label, path in files.items()}
+    return {**manifest, "inputs": {**manifest.get("inputs", {}), **hashes}}
 
 
 def run_assemble_folder(args) -> None:
@@ -206,7 +207,10 @@ def register_cli(subparsers) -> None:
         "assemble-folder", help="build a resource folder from a JSON spec, replacing the old one whole"
     )
     assemble.add_argument(
-        "--spec", type=Path, required=True, help='JSON file or - for stdin: {"entries": {name: path}, "manifest": {..., "input_files": {label: path}}}',
+        "--spec",
+        type=Path,
+        required=True,
+        help='JSON file or - for stdin: {"entries": {name: path}, "manifest": {..., "input_files": {label: path}}}',
     )
     assemble.add_argument("--out", type=Path, required=True, help="the folder to (re)build")
     assemble.set_defaults(func=run_assemble_folder)

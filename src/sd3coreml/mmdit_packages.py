@@ -63,6 +63,8 @@ def convert_block_range(weights: Path, config_path: Path, start: int, end: int, 
         outputs, example = ["noise_pred"], None
     else:
         outputs = ["latent_image_embeddings_out", "token_level_text_embeddings_out"]
-        example = random_inputs([(1, TRACE_IMAGE_TOKENS, shape.width), (1, TRACE_TEXT_TOKENS, shape.width), (1, shape.width)])
+        example = random_inputs(
+            [(1, TRACE_IMAGE_TOKENS, shape.width), (1, TRACE_TEXT_TOKENS, shape.width), (1, shape.width)]
+        )
     mlmodel = convert_module(module, body_specs(shape), outputs, target, example=example)
     save_package(mlmodel, Path(out), {"sd3coreml.artifact": f"MMDiT blocks {start}-{end}"})

@@ -22,9 +22,7 @@ MODEL_MAX_LENGTH = 77
 def bytes_to_unicode() -> list[str]:
     """The 256 printable characters that stand for bytes 0..255, in GPT-2's order."""
     printable = (
-        list(range(ord("!"), ord("~") + 1))
-        + list(range(ord("¡"), ord("¬") + 1))
-        + list(range(ord("®"), ord("ÿ") + 1))
+        list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
     )
     byte_values = list(printable)
     code_points = list(printable)
