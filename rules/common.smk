@@ -27,10 +27,22 @@ def fail(message):
     sys.exit(1)
 
 
+def schema_problem(schema_path):
+    """`config key 'a.b': <what is wrong>`, for the first value the schema refuses."""
+    import jsonschema
+    import yaml
+
+    schema = yaml.safe_load(Path(schema_path).read_text())
+    error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(schema).iter_errors(config))
+    key = ".".join(str(part) for part in error.absolute_path) or "(top level)"
+    return f"config key '{key}': {error.message}; see config/schema.yaml"
+
+
+CONFIG_SCHEMA = workflow.source_path("../config/schema.yaml")
 try:
-    validate(config, workflow.source_path("../config/schema.yaml"))
-except WorkflowError as error:
-    fail("config: " + " ".join(str(error).split("\n")[1:2] or [str(error)]).strip())
+    validate(config, CONFIG_SCHEMA)
+except WorkflowError:
+    fail(schema_problem(CONFIG_SCHEMA))
 
 try:
     MODELS = plan_models(config)

@@ -14,7 +14,8 @@ from conftest import new_workdir, snakemake, write_config
         ({"compiler": {"deployment_target": "17.0"}}, "'compiler.deployment_target' (17.0) is older"),
         ({"latent_size": [15, 16]}, "not a positive multiple of the patch size"),
         ({"latent_size": [64, 64]}, "beyond the positional embedding of model"),
-        ({"batch_size": 2}, "config: "),
+        ({"batch_size": 2}, "config key 'batch_size': 2 is not one of [1]"),
+        ({"compression": {"mmdit": {"mode": "int3"}}}, "config key 'compression.mmdit.mode'"),
     ],
 )
 def test_bad_config_fails_in_one_line(tmp_path, changes, expected):

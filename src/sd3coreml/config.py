@@ -98,7 +98,8 @@ def plan_model(config: dict, key: str, generated: bool) -> ModelPlan:
     check_latent(shape, key)
     sizes_key = f"models.{key}.stage_sizes" if "stage_sizes" in entry else "stage_sizes"
     ranges = stage_ranges(entry.get("stage_sizes", config["stage_sizes"]), shape.depth, sizes_key)
-    if not generated:
+    # Synthetic weights are made by a job; once they exist they are checked like any others.
+    if weights.exists() or not generated:
         check_header_matches_config(weights, transformer_config, config_path)
     return ModelPlan(key, weights, config_path, shape, tuple(ranges))
 
