@@ -3,8 +3,8 @@
 
 rule synthetic_transformer:
     output:
-        weights=f"{ROOT}/checkpoints/sd3-{{preset}}-seed{{seed}}.safetensors",
-        config=f"{ROOT}/checkpoints/sd3-{{preset}}-seed{{seed}}.json",
+        weights=f"{ROOT}/checkpoints/{{preset}}-seed{{seed}}.safetensors",
+        config=f"{ROOT}/checkpoints/{{preset}}-seed{{seed}}.json",
     params:
         toolchain=TOOLCHAIN_FINGERPRINT,
     input:
@@ -27,7 +27,7 @@ rule synthetic_transformer:
 
 rule synthetic_components:
     output:
-        directory(f"{ROOT}/checkpoints/sd3-{{preset}}-components-seed{{seed}}"),
+        directory(f"{ROOT}/checkpoints/{{preset}}-components-seed{{seed}}"),
     params:
         toolchain=TOOLCHAIN_FINGERPRINT,
     input:

@@ -86,5 +86,5 @@ def test_stage_package_holds_only_its_block_range(demo_workdir, start, end, head
     prefixes += ("norm_out.", "proj_out.") if head else ()
     constants = blob_constants(package)
     assert all(name.startswith(tuple(p.replace(".", "_") for p in prefixes)) for name in constants)
-    weights = root / "checkpoints" / "sd3-tiny-seed4.safetensors"
+    weights = root / "checkpoints" / "tiny-seed4.safetensors"
     assert sum(constants.values()) == checkpoint_sizes(weights, prefixes)
