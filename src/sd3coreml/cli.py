@@ -11,41 +11,54 @@ import sys
 from pathlib import Path
 
 from sd3coreml.errors import PipelineError
+from sd3coreml.frameworks import skip_unused_frameworks
 
-STEP_MODULES = ["sd3coreml.synthetic", "sd3coreml.folder", "sd3coreml.compile", "sd3coreml.tokenizer"]
+STEP_MODULES = [
+    "sd3coreml.synthetic",
+    "sd3coreml.folder",
+    "sd3coreml.compile",
+    "sd3coreml.tokenizer",
+    "sd3coreml.bench_report",
+]
 
 
 def convert_conditioning(args):
+    skip_unused_frameworks("sklearn", "transformers")
     from sd3coreml.mmdit_packages import convert_conditioning
 
     convert_conditioning(args.weights, args.config, args.target, args.out)
 
 
 def convert_input_stage(args):
+    skip_unused_frameworks("sklearn", "transformers")
     from sd3coreml.mmdit_packages import convert_input_stage
 
     convert_input_stage(args.weights, args.config, tuple(args.latent), args.target, args.out)
 
 
 def convert_block_range(args):
+    skip_unused_frameworks("sklearn", "transformers")
     from sd3coreml.mmdit_packages import convert_block_range
 
     convert_block_range(args.weights, args.config, args.start, args.end, tuple(args.latent), args.target, args.out)
 
 
 def convert_text_encoder(args):
+    skip_unused_frameworks("sklearn")
     from sd3coreml.text_encoder import convert_text_encoder
 
     convert_text_encoder(args.encoder, args.target, args.out)
 
 
 def convert_vae_decoder(args):
+    skip_unused_frameworks("sklearn", "transformers")
     from sd3coreml.vae import convert_vae_decoder
 
     convert_vae_decoder(args.vae, tuple(args.latent), args.target, args.out)
 
 
 def compress_package(args):
+    skip_unused_frameworks("torch", "sklearn", "transformers")
     from sd3coreml.compress import compress_package
 
     compress_package(args.package, args.out, args.mode, args.nbits, args.granularity)

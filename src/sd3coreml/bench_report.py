@@ -1,0 +1,109 @@
+"""`docs/PERFORMANCE.md` from a build's Snakemake `benchmark:` files.
+
+Each rule's `benchmark:` TSV records the job's wall time (`s`) and peak resident memory
+(`max_rss`, MiB); this module tabulates them per job and per rule, adds the disk use of the
+artifacts and a description of the machine, and writes Markdown.
+"""
+
+import csv
+import os
+import platform
+import shutil
+from collections import defaultdict
+from pathlib import Path
+
+from sd3coreml.atomic import written_atomically
+
+SYNTHETIC_PREFIX = "synthetic_"
+
+
+def read_benchmarks(benchmarks: Path) -> list[dict]:
+    """One row per job: rule (first folder), job (the rest of the path), wall s, max_rss MiB."""
+    rows = []
+    for tsv in sorted(Path(benchmarks).rglob("*.tsv")):
+        with tsv.open() as stream:
+            record = next(csv.DictReader(stream, delimiter="\t"))
+        relative = tsv.relative_to(benchmarks).with_suffix("")
+        rows.append(
+            {
+                "rule": relative.parts[0],
+                "job": "/".join(relative.parts[1:]) or relative.parts[0],
+                "wall_s": float(record["s"]),
+                "max_rss_mib": float(record["max_rss"]) if record["max_rss"] not in ("", "-") else 0.0,
+            }
+        )
+    return rows
+
+
+def folder_size_mib(path: Path) -> float:
+    total = sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
+    return total / 2**20
+
+
+def machine_description() -> str:
+    cpu = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines() if "model name" in line]
+        cpu = names[0] if names else cpu
+    memory = ""
+    if hasattr(os, "sysconf") and "SC_PHYS_PAGES" in os.sysconf_names:
+        memory = f", {os.sysconf('SC_PHYS_PAGES') * os.sysconf('SC_PAGE_SIZE') / 2**30:.0f} GiB RAM"
+    return f"{platform.system()} {platform.release()}, {os.cpu_count()} cores ({cpu}){memory}, Python {platform.python_version()}"
+
+
+def rule_table(rows: list[dict]) -> list[str]:
+    by_rule = defaultdict(list)
+    for row in rows:
+        by_rule[row["rule"]].append(row)
+    lines = ["| rule | jobs | wall s (sum) | wall s (max) | max_rss MiB (max) |", "|---|---:|---:|---:|---:|"]
+    for rule, jobs in sorted(by_rule.items()):
+        walls = [job["wall_s"] for job in jobs]
+        rss = max(job["max_rss_mib"] for job in jobs)
+        lines.append(f"| {rule} | {len(jobs)} | {sum(walls):.1f} | {max(walls):.1f} | {rss:.0f} |")
+    return lines
+
+
+def job_table(rows: list[dict]) -> list[str]:
+    lines = ["| rule | job | wall s | max_rss MiB |", "|---|---|---:|---:|"]
+    for row in sorted(rows, key=lambda r: (r["rule"], r["job"])):
+        lines.append(f"| {row['rule']} | {row['job']} | {row['wall_s']:.1f} | {row['max_rss_mib']:.0f} |")
+    return lines
+
+
+def write_report(root: Path, folder: Path, wall_s: float, command: str, out: Path) -> None:
+    rows = [row for row in read_benchmarks(Path(root) / "benchmarks") if not row["rule"].startswith(SYNTHETIC_PREFIX)]
+    artifacts = [p for p in Path(root).iterdir() if p.is_dir() and p.name not in {"checkpoints", "logs", "benchmarks"}]
+    lines = [
+        "# Performance",
+        "",
+        f"Measured by `{command}` on {machine_description()}.",
+        "",
+        f"- whole build, wall clock: **{wall_s:.0f} s** ({len(rows)} jobs)",
+        f"- sum of job wall times: {sum(r['wall_s'] for r in rows):.0f} s",
+        f"- largest job max_rss: {max((r['max_rss_mib'] for r in rows), default=0):.0f} MiB",
+        f"- packages folder `{Path(folder).name}`: {folder_size_mib(folder):.0f} MiB;"
+        f" all artifacts under `{root}` (without checkpoints): {sum(folder_size_mib(p) for p in artifacts):.0f} MiB",
+        f"- free disk after the build: {shutil.disk_usage(root).free / 2**30:.0f} GiB",
+        "",
+        "## Per rule",
+        "",
+        *rule_table(rows),
+        "",
+        "## Per job",
+        "",
+        *job_table(rows),
+        "",
+    ]
+    with written_atomically(Path(out)) as temporary:
+        temporary.write_text("\n".join(lines))
+
+
+def register_cli(subparsers) -> None:
+    step = subparsers.add_parser("bench-report", help="tabulate a build's benchmark files into Markdown")
+    step.add_argument("--root", type=Path, required=True, help="the build's output_root")
+    step.add_argument("--folder", type=Path, required=True, help="the packages folder built")
+    step.add_argument("--wall", type=float, required=True, help="the build's wall-clock seconds")
+    step.add_argument("--command", required=True, help="the command that was timed")
+    step.add_argument("--out", type=Path, required=True)
+    step.set_defaults(func=lambda args: write_report(args.root, args.folder, args.wall, args.command, args.out))

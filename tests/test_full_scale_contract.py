@@ -1,0 +1,24 @@
+"""The `make bench` build (SD3 Medium's real dimensions) meets DESIGN section 1 exactly.
+
+Marked slow: it reads `results/bench/`, which only `make bench` builds (see README).
+"""
+
+from pathlib import Path
+
+import pytest
+from package_contract import assert_package_meets, folder_names, load_contract
+
+CONTRACT = load_contract("sd3_medium_packages.yaml")
+FOLDER = Path(__file__).resolve().parents[1] / "results" / "bench" / "coremlsd3_4step_packages"
+
+pytestmark = pytest.mark.slow
+
+
+def test_full_scale_folder_holds_exactly_the_contract_files():
+    assert FOLDER.is_dir(), "run `make bench` first"
+    assert {path.name for path in FOLDER.iterdir()} == folder_names(CONTRACT)
+
+
+@pytest.mark.parametrize("name", sorted(CONTRACT["packages"]))
+def test_full_scale_package_meets_contract(name):
+    assert_package_meets(FOLDER / f"{name}.mlpackage", CONTRACT["packages"][name], CONTRACT["spec_version"])
