@@ -31,6 +31,8 @@ wildcard_constraints:
 
 
 include: "rules/checkpoints.smk"
+include: "rules/downloads.smk"
+include: "rules/normalize.smk"
 include: "rules/mmdit.smk"
 include: "rules/compress.smk"
 include: "rules/text_encoders.smk"

@@ -10,6 +10,7 @@ from sd3coreml import toolchain
 from sd3coreml.compile import require_compiler
 from sd3coreml.config import plan_models
 from sd3coreml.errors import PipelineError
+from sd3coreml.normalize import ORIGINAL, normalized_memory_mb
 from sd3coreml.plan import (
     CONTRACT_CONDITIONING,
     CONTRACT_STAGE,
@@ -122,9 +123,24 @@ def compression_params(wildcards):
     return compression_settings(wildcards.compression)
 
 
+def normalized_transformer(model):
+    return f"{ROOT}/checkpoints/normalized/{model}.safetensors"
+
+
 def transformer_inputs(wildcards):
+    """The diffusers-format weights the MMDiT jobs read: the normalised copy of an original-layout file."""
     model = MODELS[wildcards.model]
-    return {"weights": str(model.weights), "config": str(model.config_path)}
+    weights = normalized_transformer(wildcards.model) if model.layout == ORIGINAL else str(model.weights)
+    return {"weights": weights, "config": str(model.config_path)}
+
+
+def original_transformer_inputs(wildcards):
+    model = MODELS[wildcards.model]
+    return {"original": str(model.weights), "config": str(model.config_path)}
+
+
+def normalize_mem_mb(wildcards, input):
+    return normalized_memory_mb(input.original)
 
 
 def folder_manifest(model, kind):

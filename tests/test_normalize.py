@@ -95,7 +95,7 @@ def test_original_layout_has_stability_names(files):
     assert original[f"{ORIGINAL_PREFIX}joint_blocks.0.x_block.attn.qkv.weight"].shape == (3 * width, width)
     last = f"{ORIGINAL_PREFIX}joint_blocks.{LAST_BLOCK}.context_block."
     assert f"{last}attn.qkv.weight" in original
-    assert not any(name.startswith(f"{last}attn.proj") or name.startswith(f"{last}mlp") for name in original)
+    assert not any(name.startswith((f"{last}attn.proj", f"{last}mlp")) for name in original)
     # Stability's final norm splits its linear as (shift, scale), diffusers' as (scale, shift).
     shift, scale = original[f"{ORIGINAL_PREFIX}final_layer.adaLN_modulation.1.weight"].chunk(2)
     assert torch.equal(torch.cat([scale, shift]), source["norm_out.linear.weight"])

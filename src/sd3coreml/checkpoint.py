@@ -134,14 +134,15 @@ def check_layout(weights_path: Path, table: dict) -> None:
         )
 
 
-def load_tensors(weights_path: Path, names: list[str]) -> dict:
-    """Read only the named tensors, as float32 (conversion traces in fp32)."""
+def load_tensors(weights_path: Path, names: list[str], dtype=None) -> dict:
+    """Read only the named tensors, cast to `dtype` (default float32)."""
     import torch
     from safetensors import safe_open
 
+    dtype = dtype or torch.float32
     with safe_open(str(weights_path), framework="pt") as handle:
         available = set(handle.keys())
         missing = [name for name in names if name not in available]
         if missing:
             raise PipelineError(f"{weights_path}: tensor {missing[0]} is missing; is this the right file?")
-        return {name: handle.get_tensor(name).to(torch.float32) for name in names}
+        return {name: handle.get_tensor(name).to(dtype) for name in names}

@@ -19,6 +19,8 @@ STEP_MODULES = [
     "sd3coreml.compile",
     "sd3coreml.tokenizer",
     "sd3coreml.bench_report",
+    "sd3coreml.download",
+    "sd3coreml.normalize",
 ]
 
 

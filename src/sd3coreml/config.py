@@ -12,8 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sd3coreml.checkpoint import check_header_matches_config, load_transformer_config
+from sd3coreml.download import downloaded_paths
 from sd3coreml.errors import PipelineError
 from sd3coreml.geometry import MMDiTShape
+from sd3coreml.normalize import DIFFUSERS, ORIGINAL, check_original_header_matches_config, detect_layout
 from sd3coreml.plan import BlockRange, stage_ranges
 
 # Spec versions of ML Program targets; iOS15 lacks fp16 inputs/outputs and is refused.
@@ -31,6 +33,8 @@ class ModelPlan:
     config_path: Path
     shape: MMDiTShape
     ranges: tuple[BlockRange, ...]
+    # "original": joint_blocks.* names, normalised to the diffusers layout by a job first.
+    layout: str = DIFFUSERS
 
 
 def parse_version(text: str, key: str) -> tuple[int, ...]:
@@ -86,7 +90,7 @@ def check_components(components: Path) -> None:
             )
 
 
-def plan_model(config: dict, key: str, generated: bool) -> ModelPlan:
+def plan_model(config: dict, key: str, made_by_job: bool) -> ModelPlan:
     entry = config["models"][key]
     weights, config_path = Path(entry["weights"]), Path(entry["config"])
     transformer_config = load_transformer_config(config_path)
@@ -98,10 +102,16 @@ def plan_model(config: dict, key: str, generated: bool) -> ModelPlan:
     check_latent(shape, key)
     sizes_key = f"models.{key}.stage_sizes" if "stage_sizes" in entry else "stage_sizes"
     ranges = stage_ranges(entry.get("stage_sizes", config["stage_sizes"]), shape.depth, sizes_key)
-    # Synthetic weights are made by a job; once they exist they are checked like any others.
-    if weights.exists() or not generated:
-        check_header_matches_config(weights, transformer_config, config_path)
-    return ModelPlan(key, weights, config_path, shape, tuple(ranges))
+    # Synthetic or downloaded weights are made by a job; once they exist they are checked.
+    layout = DIFFUSERS
+    if weights.exists() or not made_by_job:
+        layout = detect_layout(weights)
+        if layout == ORIGINAL:
+            # The normalised file is checked in full by its job; here depth and widths only.
+            check_original_header_matches_config(weights, transformer_config, config_path)
+        else:
+            check_header_matches_config(weights, transformer_config, config_path)
+    return ModelPlan(key, weights, config_path, shape, tuple(ranges), layout)
 
 
 def plan_models(config: dict) -> dict[str, ModelPlan]:
@@ -109,9 +119,12 @@ def plan_models(config: dict) -> dict[str, ModelPlan]:
     check_targets(config)
     check_compression(config)
     generated = "synthetic" in config
-    if not generated:
-        check_components(Path(config["components"]))
-    return {key: plan_model(config, key, generated) for key in config["models"]}
+    downloaded = downloaded_paths(config)
+    components = Path(config["components"])
+    if components.exists() or not (generated or components in downloaded):
+        check_components(components)
+    models = config["models"]
+    return {key: plan_model(config, key, generated or Path(models[key]["weights"]) in downloaded) for key in models}
 
 
 def canonical_json(value) -> str:

@@ -92,32 +92,34 @@ class MMDiTBlockRange(nn.Module):
 
     def unpatchify(self, tokens):
         s = self.shape
-        rows, cols = s.latent_height // s.patch_size, s.latent_width // s.patch_size
-        patches = tokens.reshape(1, rows, cols, s.patch_size, s.patch_size, s.out_channels)
+        # Rows are left to reshape (-1), so a trace on one row of patches converts to any
+        # latent height: a full-size trace would run the whole fp16 forward on the CPU.
+        cols = s.latent_width // s.patch_size
+        patches = tokens.reshape(1, -1, cols, s.patch_size, s.patch_size, s.out_channels)
         patches = torch.einsum("nhwpqc->nchpwq", patches)
-        return patches.reshape(1, s.out_channels, s.latent_height, s.latent_width)
+        return patches.reshape(1, s.out_channels, -1, s.latent_width)
 
 
-def load_module_weights(module: nn.Module, weights_path) -> nn.Module:
+def load_module_weights(module: nn.Module, weights_path, dtype=torch.float32) -> nn.Module:
     """Fill a meta-device module with exactly its own tensors from the checkpoint."""
     names = list(module.state_dict().keys())
-    module.load_state_dict(load_tensors(weights_path, names), strict=True, assign=True)
+    module.load_state_dict(load_tensors(weights_path, names, dtype), strict=True, assign=True)
     return module.eval()
 
 
-def build_conditioning(shape: MMDiTShape, weights_path) -> MMDiTConditioning:
+def build_conditioning(shape: MMDiTShape, weights_path, dtype=torch.float32) -> MMDiTConditioning:
     with torch.device("meta"):
         module = MMDiTConditioning(shape)
-    return load_module_weights(module, weights_path)
+    return load_module_weights(module, weights_path, dtype)
 
 
-def build_input_stage(shape: MMDiTShape, weights_path) -> MMDiTInputStage:
+def build_input_stage(shape: MMDiTShape, weights_path, dtype=torch.float32) -> MMDiTInputStage:
     with torch.device("meta"):
         module = MMDiTInputStage(shape)
-    return load_module_weights(module, weights_path)
+    return load_module_weights(module, weights_path, dtype)
 
 
-def build_block_range(shape: MMDiTShape, start: int, end: int, weights_path) -> MMDiTBlockRange:
+def build_block_range(shape: MMDiTShape, start: int, end: int, weights_path, dtype=torch.float32) -> MMDiTBlockRange:
     with torch.device("meta"):
         module = MMDiTBlockRange(shape, start, end)
-    return load_module_weights(module, weights_path)
+    return load_module_weights(module, weights_path, dtype)

@@ -6,15 +6,18 @@ its block range, not the whole transformer.
 
 from pathlib import Path
 
+import torch
+
 from sd3coreml.checkpoint import check_header_matches_config, load_transformer_config
-from sd3coreml.convert import TensorSpec, convert_module, random_inputs
+from sd3coreml.convert import Float16Inputs, TensorSpec, convert_module, random_inputs
 from sd3coreml.geometry import MMDiTShape
 from sd3coreml.mmdit import build_block_range, build_conditioning, build_input_stage
 from sd3coreml.package import save_package
 
-# Joint blocks hold no shape constants, so a small trace converts to the same program as a
-# full-size one (DESIGN section 2) at a fraction of the fp32 forward's cost.
-TRACE_IMAGE_TOKENS, TRACE_TEXT_TOKENS = 16, 8
+# Joint blocks hold no shape constants, so a trace on one row of patches and a few text
+# tokens converts to the same program as a full-size one (DESIGN section 2) at a fraction of
+# the forward's cost.
+TRACE_TEXT_TOKENS = 8
 
 
 def load_shape(weights: Path, config_path: Path, latent_size: tuple[int, int]) -> MMDiTShape:
@@ -33,7 +36,7 @@ def body_specs(shape: MMDiTShape) -> list[TensorSpec]:
 
 def convert_conditioning(weights: Path, config_path: Path, target: str, out: Path) -> None:
     shape = load_shape(weights, config_path, (0, 0))
-    module = build_conditioning(shape, weights)
+    module = Float16Inputs(build_conditioning(shape, weights, torch.float16))
     inputs = [
         TensorSpec("pooled_text_embeddings", (1, shape.pooled_projection_dim, 1, 1)),
         TensorSpec("timestep", (1,)),
@@ -44,7 +47,7 @@ def convert_conditioning(weights: Path, config_path: Path, target: str, out: Pat
 
 def convert_input_stage(weights: Path, config_path: Path, latent_size, target: str, out: Path) -> None:
     shape = load_shape(weights, config_path, latent_size)
-    module = build_input_stage(shape, weights)
+    module = Float16Inputs(build_input_stage(shape, weights, torch.float16))
     inputs = [
         TensorSpec("latent_image_embeddings", (1, shape.in_channels, shape.latent_height, shape.latent_width)),
         TensorSpec("token_level_text_embeddings", (1, shape.joint_attention_dim, 1, shape.text_tokens)),
@@ -58,13 +61,12 @@ def convert_input_stage(weights: Path, config_path: Path, latent_size, target: s
 def convert_block_range(weights: Path, config_path: Path, start: int, end: int, latent_size, target: str, out: Path):
     """Blocks [start, end); the range ending the transformer also gets the head (noise_pred)."""
     shape = load_shape(weights, config_path, latent_size)
-    module = build_block_range(shape, start, end, weights)
-    if module.has_head:
-        outputs, example = ["noise_pred"], None
+    module = Float16Inputs(build_block_range(shape, start, end, weights, torch.float16))
+    if module.module.has_head:
+        outputs = ["noise_pred"]
     else:
         outputs = ["latent_image_embeddings_out", "token_level_text_embeddings_out"]
-        example = random_inputs(
-            [(1, TRACE_IMAGE_TOKENS, shape.width), (1, TRACE_TEXT_TOKENS, shape.width), (1, shape.width)]
-        )
+    one_row = shape.latent_width // shape.patch_size
+    example = random_inputs([(1, one_row, shape.width), (1, TRACE_TEXT_TOKENS, shape.width), (1, shape.width)])
     mlmodel = convert_module(module, body_specs(shape), outputs, target, example=example)
     save_package(mlmodel, Path(out), {"sd3coreml.artifact": f"MMDiT blocks {start}-{end}"})

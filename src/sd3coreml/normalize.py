@@ -152,16 +152,22 @@ def original_layout_state_dict(diffusers_state: dict) -> dict:
 
     remaining = dict(diffusers_state)
     depth = _block_count(remaining, "transformer_blocks.")
-    original = {"pos_embed": remaining.pop("pos_embed.pos_embed")}
+    original = {}
+
+    def take(name: str):
+        if name not in remaining:
+            raise PipelineError(f"the diffusers SD3 state dict has no tensor {name}; is the file complete?")
+        return remaining.pop(name)
 
     def move(original_name: str, diffusers_name: str, transform=lambda tensor: tensor) -> None:
         for kind in ("weight", "bias"):
-            original[f"{original_name}.{kind}"] = transform(remaining.pop(f"{diffusers_name}.{kind}"))
+            original[f"{original_name}.{kind}"] = transform(take(f"{diffusers_name}.{kind}"))
 
     def swapped(tensor):
         # swap_scale_shift exchanges the two halves, so it is its own inverse.
         return swap_scale_shift(tensor, dim=None)
 
+    original["pos_embed"] = take("pos_embed.pos_embed")
     for original_name, diffusers_name in GLOBAL_RENAMES.items():
         move(original_name, diffusers_name)
     move("final_layer.adaLN_modulation.1", "norm_out.linear", swapped)
@@ -170,7 +176,7 @@ def original_layout_state_dict(diffusers_state: dict) -> dict:
         last = index == depth - 1
         for original_name, parts in QKV_PARTS.items():
             for kind in ("weight", "bias"):
-                pieces = [remaining.pop(f"{source}{part}.{kind}") for part in parts]
+                pieces = [take(f"{source}{part}.{kind}") for part in parts]
                 original[f"{block}{original_name}.{kind}"] = torch.cat(pieces, dim=0)
         for original_name, diffusers_name in BLOCK_RENAMES.items():
             move(block + original_name, source + diffusers_name)
@@ -338,7 +344,10 @@ def write_original_layout(diffusers_weights: Path, out: Path, prefix: str = ORIG
     diffusers_weights, out = Path(diffusers_weights), Path(out)
     if detect_layout(diffusers_weights) != DIFFUSERS:
         raise PipelineError(f"{diffusers_weights}: not in the diffusers layout (transformer_blocks.*)")
-    original = original_layout_state_dict(load_file(str(diffusers_weights)))
+    try:
+        original = original_layout_state_dict(load_file(str(diffusers_weights)))
+    except PipelineError as error:
+        raise PipelineError(f"{diffusers_weights}: {error}") from None
     tensors = {prefix + name: tensor.contiguous() for name, tensor in original.items()}
     with written_atomically(out) as temporary:
         _save_bare_safetensors(tensors, temporary)
