@@ -42,6 +42,10 @@ include: "rules/compile.smk"
 include: "rules/folders.smk"
 
 
+onstart:
+    check_host_before_jobs()
+
+
 rule all:
     default_target: True
     input:

@@ -9,6 +9,7 @@ from snakemake.utils import validate
 from sd3coreml import toolchain
 from sd3coreml.compile import require_compiler
 from sd3coreml.config import plan_models
+from sd3coreml.disk import component_weight_files, require_free_space
 from sd3coreml.errors import PipelineError
 from sd3coreml.normalize import ORIGINAL, normalized_memory_mb
 from sd3coreml.plan import (
@@ -166,8 +167,28 @@ def folder_manifest(model, kind):
     }
 
 
-def compile_jobs_planned():
-    return any(job.rule.name == "compile_package" for job in workflow.dag.needrun_jobs())
+def planned_jobs():
+    return list(workflow.dag.needrun_jobs())
+
+
+def weights_to_convert(jobs):
+    """The input weights of the conversions planned: what the disk estimate is made from."""
+    models = {job.wildcards.get("model") for job in jobs if job.rule.name.startswith("mmdit_")}
+    files = [MODELS[model].weights for model in models if model]
+    if any(job.rule.name in ("text_encoder", "vae_decoder") for job in jobs):
+        files += component_weight_files(Path(config["components"]))
+    return files
+
+
+def check_host_before_jobs():
+    """Apple's compiler when compiles are planned, and room on the disk; before any job runs."""
+    jobs = planned_jobs()
+    try:
+        if any(job.rule.name == "compile_package" for job in jobs):
+            require_compiler(config["compiler"]["command"], " or ".join(packages_targets()))
+        require_free_space(Path(ROOT), weights_to_convert(jobs))
+    except PipelineError as error:
+        fail(error)
 
 
 def packages_targets():

@@ -1,5 +1,6 @@
 # .mlpackage -> .mlmodelc with Apple's compiler (macOS only). It runs where the Snakemake
-# process runs; on another host the app-folder targets stop before any job (see onstart).
+# process runs; on another host the app-folder targets stop before any job (see
+# check_host_before_jobs in common.smk).
 
 
 localrules:
@@ -28,10 +29,3 @@ rule compile_package:
         "python -m sd3coreml compile-package --package {input.package} --out {output}"
         " --compiler {params.command:q} --deployment-target {wildcards.deployment_target} > {log} 2>&1"
 
-
-onstart:
-    if compile_jobs_planned():
-        try:
-            require_compiler(config["compiler"]["command"], " or ".join(packages_targets()))
-        except PipelineError as error:
-            fail(error)
