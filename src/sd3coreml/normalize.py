@@ -306,7 +306,8 @@ def normalize_transformer(original: Path, config_path: Path, out: Path) -> None:
         )
     if layout != ORIGINAL:
         raise PipelineError(
-            f"{original}: already in the diffusers layout (transformer_blocks.*); use it as the model's weights directly"
+            f"{original}: already in the diffusers layout (transformer_blocks.*); "
+            "use it as the model's weights directly"
         )
     table = read_tensor_table(original)
     stored = _stored_names(original, table)
