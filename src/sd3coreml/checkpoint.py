@@ -65,26 +65,41 @@ def expected_tensor_shapes(transformer_config: dict) -> dict[str, tuple]:
     return {name: tuple(tensor.shape) for name, tensor in model.state_dict().items()}
 
 
+# SD3.5's extra tensors (qk norm, dual attention): refused like their configs (see config.py).
+SD35_MARKERS = (".ln_q.", ".ln_k.", ".attn2.")
+
+
+def check_tensor_table(
+    weights: Path, config_path: Path, found: dict[str, tuple], expected: dict[str, tuple], what: str
+):
+    missing = sorted(set(expected) - set(found))
+    unexpected = sorted(set(found) - set(expected))
+    if any(marker in name for name in unexpected for marker in SD35_MARKERS):
+        raise PipelineError(
+            f"{weights}: holds SD3.5 tensors (qk norm or dual attention, e.g. "
+            f"{next(n for n in unexpected if any(m in n for m in SD35_MARKERS))}); only SD3 Medium is supported"
+        )
+    if missing or unexpected:
+        detail = f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}"
+        raise PipelineError(
+            f"{weights}: {what} do not match {config_path} ({len(missing)} missing, {len(unexpected)} "
+            f"unexpected, e.g. {detail}); is the file complete and the config the right one?"
+        )
+    for name, shape in expected.items():
+        if tuple(found[name]) != shape:
+            raise PipelineError(
+                f"{weights}: tensor {name} has shape {list(found[name])} but {config_path} implies "
+                f"{list(shape)}; fix num_layers/widths in the config"
+            )
+
+
 def check_weights_match_config(weights_path: Path, config_path: Path) -> None:
     """Fail with one line when the weights file is not the architecture the config describes."""
     table = read_tensor_table(weights_path)
     check_layout(weights_path, table)
     config = load_transformer_config(config_path)
-    expected = expected_tensor_shapes(config)
-    missing = sorted(set(expected) - set(table))
-    unexpected = sorted(set(table) - set(expected))
-    if missing or unexpected:
-        detail = f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}"
-        raise PipelineError(
-            f"{weights_path}: tensors do not match {config_path} ({len(missing)} missing, "
-            f"{len(unexpected)} unexpected, e.g. {detail}); fix the config or the weights file"
-        )
-    for name, shape in expected.items():
-        if table[name]["shape"] != shape:
-            raise PipelineError(
-                f"{weights_path}: tensor {name} has shape {list(table[name]['shape'])} but "
-                f"{config_path} implies {list(shape)}; fix num_layers/widths in the config"
-            )
+    found = {name: tuple(entry["shape"]) for name, entry in table.items()}
+    check_tensor_table(weights_path, config_path, found, expected_tensor_shapes(config), "tensors")
 
 
 def check_header_matches_config(weights_path: Path, config: dict, config_path: Path) -> None:

@@ -16,8 +16,9 @@ import os
 from pathlib import Path
 
 from sd3coreml.atomic import written_atomically
-from sd3coreml.checkpoint import load_transformer_config, read_tensor_table
+from sd3coreml.checkpoint import SD35_MARKERS, check_tensor_table, load_transformer_config, read_tensor_table
 from sd3coreml.errors import PipelineError
+from sd3coreml.original_layout import original_layout_state_dict
 
 DIFFUSERS = "diffusers"
 ORIGINAL = "original"
@@ -38,39 +39,7 @@ EXPECTED_LAYOUTS = (
     "expected an SD3 transformer: diffusers layout (transformer_blocks.*) or the original "
     "layout (joint_blocks.*, optionally under model.diffusion_model.)"
 )
-# SD3.5's extra tensors (qk norm, dual attention): refused like their configs (see config.py).
-SD35_MARKERS = (".ln_q.", ".ln_k.", ".attn2.")
 
-# original name -> diffusers name, for the tensors outside the joint blocks (each with
-# .weight and .bias); the final norm's halves are swapped separately.
-GLOBAL_RENAMES = {
-    "x_embedder.proj": "pos_embed.proj",
-    "t_embedder.mlp.0": "time_text_embed.timestep_embedder.linear_1",
-    "t_embedder.mlp.2": "time_text_embed.timestep_embedder.linear_2",
-    "y_embedder.mlp.0": "time_text_embed.text_embedder.linear_1",
-    "y_embedder.mlp.2": "time_text_embed.text_embedder.linear_2",
-    "context_embedder": "context_embedder",
-    "final_layer.linear": "proj_out",
-}
-# Inside joint_blocks.N (original) and transformer_blocks.N (diffusers).
-BLOCK_RENAMES = {
-    "x_block.attn.proj": "attn.to_out.0",
-    "x_block.adaLN_modulation.1": "norm1.linear",
-    "x_block.mlp.fc1": "ff.net.0.proj",
-    "x_block.mlp.fc2": "ff.net.2",
-}
-# The last block's context stream only feeds attention (context_pre_only): these exist
-# only in the blocks before it.
-CONTEXT_RENAMES = {
-    "context_block.attn.proj": "attn.to_add_out",
-    "context_block.adaLN_modulation.1": "norm1_context.linear",
-    "context_block.mlp.fc1": "ff_context.net.0.proj",
-    "context_block.mlp.fc2": "ff_context.net.2",
-}
-QKV_PARTS = {
-    "x_block.attn.qkv": ("attn.to_q", "attn.to_k", "attn.to_v"),
-    "context_block.attn.qkv": ("attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj"),
-}
 # Bytes per element of safetensors dtypes, for the declared memory.
 DTYPE_BYTES = {
     **dict.fromkeys(["F64", "I64", "U64"], 8),
@@ -135,64 +104,6 @@ def detect_layout(weights: Path) -> str:
     raise PipelineError(f"{weights}: not an SD3 transformer ({_architecture_of(names)}); {EXPECTED_LAYOUTS}")
 
 
-def _block_count(names, prefix: str) -> int:
-    return len({name.split(".")[1] for name in names if name.startswith(prefix)})
-
-
-def original_layout_state_dict(diffusers_state: dict) -> dict:
-    """The original-layout state dict of a diffusers SD3 state dict (meta tensors work too).
-
-    The exact inverse of diffusers' `convert_sd3_transformer_checkpoint_to_diffusers`:
-    q, k, v are concatenated into qkv, and the halves of the final norms' linear layers
-    (the last block's context norm and `norm_out`) are swapped back, since the original
-    code splits them as (shift, scale) and diffusers as (scale, shift).
-    """
-    import torch
-    from diffusers.loaders.single_file_utils import swap_scale_shift
-
-    remaining = dict(diffusers_state)
-    depth = _block_count(remaining, "transformer_blocks.")
-    original = {}
-
-    def take(name: str):
-        if name not in remaining:
-            raise PipelineError(f"the diffusers SD3 state dict has no tensor {name}; is the file complete?")
-        return remaining.pop(name)
-
-    def move(original_name: str, diffusers_name: str, transform=lambda tensor: tensor) -> None:
-        for kind in ("weight", "bias"):
-            original[f"{original_name}.{kind}"] = transform(take(f"{diffusers_name}.{kind}"))
-
-    def swapped(tensor):
-        # swap_scale_shift exchanges the two halves, so it is its own inverse.
-        return swap_scale_shift(tensor, dim=None)
-
-    original["pos_embed"] = take("pos_embed.pos_embed")
-    for original_name, diffusers_name in GLOBAL_RENAMES.items():
-        move(original_name, diffusers_name)
-    move("final_layer.adaLN_modulation.1", "norm_out.linear", swapped)
-    for index in range(depth):
-        block, source = f"joint_blocks.{index}.", f"transformer_blocks.{index}."
-        last = index == depth - 1
-        for original_name, parts in QKV_PARTS.items():
-            for kind in ("weight", "bias"):
-                pieces = [take(f"{source}{part}.{kind}") for part in parts]
-                original[f"{block}{original_name}.{kind}"] = torch.cat(pieces, dim=0)
-        for original_name, diffusers_name in BLOCK_RENAMES.items():
-            move(block + original_name, source + diffusers_name)
-        if last:
-            move(block + "context_block.adaLN_modulation.1", source + "norm1_context.linear", swapped)
-        else:
-            for original_name, diffusers_name in CONTEXT_RENAMES.items():
-                move(block + original_name, source + diffusers_name)
-    if remaining:
-        raise PipelineError(
-            f"the original SD3 layout has no place for {len(remaining)} tensors, e.g. {sorted(remaining)[:3]}; "
-            "only SD3 Medium's architecture is supported (no qk norm, no dual attention)"
-        )
-    return original
-
-
 def expected_shapes(transformer_config: dict) -> tuple[dict[str, tuple], dict[str, tuple]]:
     """(diffusers, original) tensor tables of diffusers' `SD3Transformer2DModel` for this config."""
     import torch
@@ -205,28 +116,6 @@ def expected_shapes(transformer_config: dict) -> tuple[dict[str, tuple], dict[st
         {name: tuple(tensor.shape) for name, tensor in state.items()},
         {name: tuple(tensor.shape) for name, tensor in original.items()},
     )
-
-
-def _check_table(weights: Path, config_path: Path, found: dict[str, tuple], expected: dict[str, tuple], what: str):
-    missing = sorted(set(expected) - set(found))
-    unexpected = sorted(set(found) - set(expected))
-    if any(marker in name for name in unexpected for marker in SD35_MARKERS):
-        raise PipelineError(
-            f"{weights}: holds SD3.5 tensors (qk norm or dual attention, e.g. "
-            f"{next(n for n in unexpected if any(m in n for m in SD35_MARKERS))}); only SD3 Medium is supported"
-        )
-    if missing or unexpected:
-        detail = f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}"
-        raise PipelineError(
-            f"{weights}: {what} do not match {config_path} ({len(missing)} missing, {len(unexpected)} "
-            f"unexpected, e.g. {detail}); is the file complete and the config the right one?"
-        )
-    for name, shape in expected.items():
-        if tuple(found[name]) != shape:
-            raise PipelineError(
-                f"{weights}: tensor {name} has shape {list(found[name])} but {config_path} implies "
-                f"{list(shape)}; fix num_layers/widths in the config"
-            )
 
 
 def check_original_header_matches_config(weights_path: Path, config: dict, config_path: Path) -> None:
@@ -313,7 +202,7 @@ def normalize_transformer(original: Path, config_path: Path, out: Path) -> None:
     stored = _stored_names(original, table)
     diffusers_shapes, original_shapes = expected_shapes(transformer_config)
     found = {bare: table[name]["shape"] for bare, name in stored.items()}
-    _check_table(original, config_path, found, original_shapes, "original-layout tensors")
+    check_tensor_table(original, config_path, found, original_shapes, "original-layout tensors")
 
     with safe_open(str(original), framework="pt") as handle:
         checkpoint = {name: handle.get_tensor(name) for name in stored.values()}
@@ -329,7 +218,7 @@ def normalize_transformer(original: Path, config_path: Path, out: Path) -> None:
             f"{sorted(checkpoint)[:3]}; only SD3 Medium's architecture is supported"
         )
     converted_shapes = {name: tuple(tensor.shape) for name, tensor in converted.items()}
-    _check_table(original, config_path, converted_shapes, diffusers_shapes, "converted tensors")
+    check_tensor_table(original, config_path, converted_shapes, diffusers_shapes, "converted tensors")
     with written_atomically(out) as temporary:
         _save_bare_safetensors(converted, temporary)
 
