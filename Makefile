@@ -37,7 +37,8 @@ bench: $(STAMP)
 	start=$$(date +%s); PATH=$(abspath $(BIN)):$$PATH $(BIN)/$(BENCH_BUILD) && \
 		wall=$$(( $$(date +%s) - start )) && \
 		$(BIN)/python -m sd3coreml bench-report --root $(BENCH) --folder $(BENCH)/coremlsd3_4step_packages \
-			--wall $$wall --command "make bench ($(BENCH_BUILD))" --out docs/PERFORMANCE.md
+			--wall $$wall --command "make bench ($(BENCH_BUILD))" \
+			--notes docs/performance-notes.md --out docs/PERFORMANCE.md
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m pytest -q -m slow
 
 lint: $(STAMP)

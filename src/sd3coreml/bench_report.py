@@ -96,7 +96,7 @@ def target_table(rows: list[dict], wall_s: float) -> list[str]:
     return lines
 
 
-def write_report(root: Path, folder: Path, wall_s: float, command: str, out: Path) -> None:
+def write_report(root: Path, folder: Path, wall_s: float, command: str, out: Path, notes: Path | None = None) -> None:
     rows = [row for row in read_benchmarks(Path(root) / "benchmarks") if not row["rule"].startswith(SYNTHETIC_PREFIX)]
     artifacts = [p for p in Path(root).iterdir() if p.is_dir() and p.name not in {"checkpoints", "logs", "benchmarks"}]
     lines = [
@@ -115,6 +115,7 @@ def write_report(root: Path, folder: Path, wall_s: float, command: str, out: Pat
         "",
         *target_table(rows, wall_s),
         "",
+        *([Path(notes).read_text().rstrip(), ""] if notes else []),
         "## Per rule",
         "",
         *rule_table(rows),
@@ -135,4 +136,7 @@ def register_cli(subparsers) -> None:
     step.add_argument("--wall", type=float, required=True, help="the build's wall-clock seconds")
     step.add_argument("--command", required=True, help="the command that was timed")
     step.add_argument("--out", type=Path, required=True)
-    step.set_defaults(func=lambda args: write_report(args.root, args.folder, args.wall, args.command, args.out))
+    step.add_argument("--notes", type=Path, help="hand-written Markdown to include after the targets")
+    step.set_defaults(
+        func=lambda args: write_report(args.root, args.folder, args.wall, args.command, args.out, args.notes)
+    )
