@@ -12,6 +12,7 @@ from pathlib import Path
 
 from sd3coreml.errors import PipelineError
 
+SAFETENSORS_METADATA = {"format": "pt"}
 PICKLE_SUFFIXES = {".bin", ".ckpt", ".pt", ".pth", ".pkl"}
 # The original SD3 key layout; issue-tracked support converts it with diffusers' own code.
 ORIGINAL_LAYOUT_PREFIX = "joint_blocks."
@@ -147,6 +148,18 @@ def check_layout(weights_path: Path, table: dict) -> None:
             f"{weights_path}: not an SD3 transformer (no transformer_blocks.* tensors); "
             "point the config at a diffusers-format SD3 transformer"
         )
+
+
+def save_safetensors(tensors: dict, path: Path) -> None:
+    """Write a bare safetensors checkpoint (torch tensors), readable by every user."""
+    import os
+
+    from safetensors.torch import save_file
+
+    save_file(tensors, str(path), metadata=SAFETENSORS_METADATA)
+    # safetensors 0.8 writes through a private temporary file, leaving mode 0600; downloaded
+    # checkpoints are world-readable, and other users' jobs may read these.
+    os.chmod(path, 0o644)
 
 
 def load_tensors(weights_path: Path, names: list[str], dtype=None) -> dict:

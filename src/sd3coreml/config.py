@@ -6,7 +6,6 @@ other, the latent size against the positional embedding, and the weights file's 
 table against its pinned config. Every failure is one line naming the key or file.
 """
 
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -125,7 +124,3 @@ def plan_models(config: dict) -> dict[str, ModelPlan]:
         check_components(components)
     models = config["models"]
     return {key: plan_model(config, key, generated or Path(models[key]["weights"]) in downloaded) for key in models}
-
-
-def canonical_json(value) -> str:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"))

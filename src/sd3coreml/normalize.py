@@ -12,18 +12,22 @@ a wrong guess would convert into a model that runs and draws noise.
 
 import argparse
 import math
-import os
 from pathlib import Path
 
 from sd3coreml.atomic import written_atomically
-from sd3coreml.checkpoint import SD35_MARKERS, check_tensor_table, load_transformer_config, read_tensor_table
+from sd3coreml.checkpoint import (
+    SD35_MARKERS,
+    check_tensor_table,
+    load_transformer_config,
+    read_tensor_table,
+    save_safetensors,
+)
 from sd3coreml.errors import PipelineError
 from sd3coreml.original_layout import original_layout_state_dict
 
 DIFFUSERS = "diffusers"
 ORIGINAL = "original"
 ORIGINAL_PREFIX = "model.diffusion_model."
-SAFETENSORS_METADATA = {"format": "pt"}
 
 # Recognised only to name them in the refusal; none of them is converted.
 OTHER_ARCHITECTURES = (
@@ -167,15 +171,6 @@ def normalized_memory_mb(weights: Path) -> int:
     return BASE_MEMORY_MB + math.ceil(TRANSFORMER_MEMORY_FACTOR * transformer_mb)
 
 
-def _save_bare_safetensors(tensors: dict, path: Path) -> None:
-    from safetensors.torch import save_file
-
-    save_file(tensors, str(path), metadata=SAFETENSORS_METADATA)
-    # safetensors 0.8 writes through a private temporary file, leaving mode 0600; other
-    # users' jobs may read these (as in synthetic.py).
-    os.chmod(path, 0o644)
-
-
 def normalize_transformer(original: Path, config_path: Path, out: Path) -> None:
     """Convert an original-layout SD3 transformer to a bare diffusers-format safetensors file.
 
@@ -220,7 +215,7 @@ def normalize_transformer(original: Path, config_path: Path, out: Path) -> None:
     converted_shapes = {name: tuple(tensor.shape) for name, tensor in converted.items()}
     check_tensor_table(original, config_path, converted_shapes, diffusers_shapes, "converted tensors")
     with written_atomically(out) as temporary:
-        _save_bare_safetensors(converted, temporary)
+        save_safetensors(converted, temporary)
 
 
 def write_original_layout(diffusers_weights: Path, out: Path, prefix: str = ORIGINAL_PREFIX) -> None:
@@ -240,7 +235,7 @@ def write_original_layout(diffusers_weights: Path, out: Path, prefix: str = ORIG
         raise PipelineError(f"{diffusers_weights}: {error}") from None
     tensors = {prefix + name: tensor.contiguous() for name, tensor in original.items()}
     with written_atomically(out) as temporary:
-        _save_bare_safetensors(tensors, temporary)
+        save_safetensors(tensors, temporary)
 
 
 def run_normalize_transformer(args: argparse.Namespace) -> None:

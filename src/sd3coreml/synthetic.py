@@ -15,16 +15,15 @@ import argparse
 import hashlib
 import json
 import math
-import os
 from pathlib import Path
 
 from sd3coreml.atomic import written_atomically
+from sd3coreml.checkpoint import save_safetensors
 from sd3coreml.synthetic_presets import PRESETS, ClipTextPreset, TransformerPreset, VaePreset, get_preset
 from sd3coreml.synthetic_tokenizer import write_clip_tokenizer
 
 BIAS_STD = 0.01
 NORM_WEIGHT_NOISE_STD = 0.01
-SAFETENSORS_METADATA = {"format": "pt"}
 
 
 def tensor_seed(seed: int, component: str, name: str) -> int:
@@ -105,15 +104,6 @@ def _sincos_pos_embed(transformer: TransformerPreset):
     return table.float().unsqueeze(0)
 
 
-def _save_safetensors(tensors: dict, path: Path) -> None:
-    from safetensors.torch import save_file
-
-    save_file(tensors, path, metadata=SAFETENSORS_METADATA)
-    # safetensors 0.8 writes through a private temporary file, leaving mode 0600; downloaded
-    # checkpoints are world-readable, and other users' jobs may read these.
-    os.chmod(path, 0o644)
-
-
 def _write_json(path: Path, value: dict) -> None:
     Path(path).write_text(json.dumps(value, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
@@ -127,7 +117,7 @@ def write_synthetic_transformer(preset: str, seed: int, weights_path, config_pat
     fixed = {"pos_embed.pos_embed": _sincos_pos_embed(spec.transformer)}
     tensors = synthetic_state_dict(shapes, seed, "transformer", getattr(torch, spec.dtype), fixed)
     with written_atomically(weights_path) as temporary:
-        _save_safetensors(tensors, temporary)
+        save_safetensors(tensors, temporary)
     del tensors
     with written_atomically(config_path) as temporary:
         _write_json(temporary, spec.transformer.diffusers_config())
@@ -141,7 +131,7 @@ def _write_clip_text_encoder(clip: ClipTextPreset, dtype: str, seed: int, direct
     shapes = meta_state_dict_shapes(lambda: CLIPTextModelWithProjection(config))
     tensors = synthetic_state_dict(shapes, seed, directory.name, getattr(torch, dtype))
     config.save_pretrained(directory)
-    _save_safetensors(tensors, directory / "model.safetensors")
+    save_safetensors(tensors, directory / "model.safetensors")
 
 
 def _write_vae(vae: VaePreset, dtype: str, seed: int, directory: Path) -> None:
@@ -153,7 +143,7 @@ def _write_vae(vae: VaePreset, dtype: str, seed: int, directory: Path) -> None:
     tensors = synthetic_state_dict(shapes, seed, directory.name, getattr(torch, dtype))
     directory.mkdir(parents=True)
     _write_json(directory / "config.json", config)
-    _save_safetensors(tensors, directory / "diffusion_pytorch_model.safetensors")
+    save_safetensors(tensors, directory / "diffusion_pytorch_model.safetensors")
 
 
 def write_synthetic_components(preset: str, seed: int, out_dir) -> None:
