@@ -38,6 +38,8 @@ include: "rules/compress.smk"
 include: "rules/text_encoders.smk"
 include: "rules/vae.smk"
 include: "rules/tokenizer.smk"
+include: "rules/fidelity.smk"
+include: "rules/end_to_end.smk"
 include: "rules/compile.smk"
 include: "rules/folders.smk"
 
@@ -50,6 +52,18 @@ rule all:
     default_target: True
     input:
         [f"{ROOT}/coremlsd3_{model}_packages/SHA256SUMS" for model in MODELS],
+
+
+# Per-package fidelity (also part of every packages folder) and the end-to-end check.
+rule fidelity:
+    input:
+        [fidelity_report(model) for model in MODELS],
+
+
+rule verify:
+    input:
+        [fidelity_report(model) for model in MODELS],
+        [end_to_end_report(model) for model in MODELS],
 
 
 for model in MODELS:

@@ -1,28 +1,32 @@
 # Synthetic inputs: a distilled transformer and SD3 components made from a seed, no download.
 
 
+# `tiny-heavy-tailed-seed2.safetensors`: heavy-tailed matrices with outlier channels, to test
+# quantization on weights shaped like trained ones.
 rule synthetic_transformer:
     output:
-        weights=f"{ROOT}/checkpoints/{{preset}}-seed{{seed}}.safetensors",
-        config=f"{ROOT}/checkpoints/{{preset}}-seed{{seed}}.json",
+        weights=f"{ROOT}/checkpoints/{{preset}}{{heavy}}-seed{{seed}}.safetensors",
+        config=f"{ROOT}/checkpoints/{{preset}}{{heavy}}-seed{{seed}}.json",
     params:
+        distribution=lambda wildcards: "heavy-tailed" if wildcards.heavy else "normal",
         toolchain=TOOLCHAIN_FINGERPRINT,
     input:
         code=library("synthetic"),
     log:
-        f"{ROOT}/logs/synthetic_transformer/{{preset}}-seed{{seed}}.log",
+        f"{ROOT}/logs/synthetic_transformer/{{preset}}{{heavy}}-seed{{seed}}.log",
     benchmark:
-        f"{ROOT}/benchmarks/synthetic_transformer/{{preset}}-seed{{seed}}.tsv"
+        f"{ROOT}/benchmarks/synthetic_transformer/{{preset}}{{heavy}}-seed{{seed}}.tsv"
     resources:
         mem_mb=6000,
     wildcard_constraints:
         preset="tiny|sd3-medium",
+        heavy="(-heavy-tailed)?",
         seed="\d+",
     conda:
         "../envs/convert.yaml"
     shell:
         "python -m sd3coreml synthetic-transformer --preset {wildcards.preset} --seed {wildcards.seed}"
-        " --weights {output.weights} --config {output.config} > {log} 2>&1"
+        " --distribution {params.distribution} --weights {output.weights} --config {output.config} > {log} 2>&1"
 
 
 rule synthetic_components:

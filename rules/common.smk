@@ -222,3 +222,47 @@ def app_folder_spec(wildcards, input):
         "deployment_target": config["compiler"]["deployment_target"],
     }
     return folder_spec(entries, manifest)
+
+
+def measurement_of(package):
+    """Where a package's fidelity figures go: its path under fidelity/, precision dropped."""
+    relative = Path(package).relative_to(ROOT)
+    return f"{ROOT}/fidelity/{relative.parent}/{relative.name.split('.', 1)[0]}.json"
+
+
+def verified_packages(stem, family):
+    """Input function: the fp16 package and, when compressed, its compressed twin."""
+
+    def packages(wildcards):
+        path = stem.format(**wildcards)
+        twin = compressed(path, family) if family else f"{path}.fp16.mlpackage"
+        return sorted({f"{path}.fp16.mlpackage", twin})
+
+    return packages
+
+
+def fidelity_measurements(model):
+    """Folder entry -> measurement JSON, for one model's packages folder."""
+    return {name: measurement_of(package) for name, package in folder_packages(model).items()}
+
+
+def fidelity_report_args(wildcards):
+    pairs = fidelity_measurements(wildcards.model).items()
+    return " ".join(f"--measurement {entry}={path}" for entry, path in pairs)
+
+
+def fidelity_report(model):
+    return f"{ROOT}/reports/coremlsd3_{model}_packages/fidelity.json"
+
+
+def end_to_end_report(model):
+    return f"{ROOT}/reports/coremlsd3_{model}_packages/end_to_end.json"
+
+
+def sampler_steps(wildcards):
+    return MODELS[wildcards.model].steps
+
+
+def end_to_end_bar(wildcards):
+    default = config["fidelity"]["end_to_end_min_psnr_db"]
+    return config["models"][wildcards.model].get("end_to_end_min_psnr_db", default)

@@ -7,11 +7,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from sd3coreml.errors import PipelineError
 from sd3coreml.synthetic import (
+    OUTLIER_GAIN,
     synthetic_tensor,
     transformer_tensor_shapes,
     write_synthetic_components,
@@ -215,3 +217,30 @@ def test_cli_writes_transformer_and_replaces_existing_components(tmp_path):
     assert sorted(path.name for path in out_dir.iterdir()) == ["text_encoder", "text_encoder_2", "tokenizer", "vae"]
     assert sorted(path.name for path in tmp_path.iterdir()) == ["components", "t.json", "t.safetensors"]
     assert main(["synthetic-components", "--preset", "nope", "--seed", "3", "--out", str(out_dir)]) == 1
+
+
+def test_heavy_tailed_matrices_have_outlier_channels_and_keep_their_gain():
+    shape = (256, 1024)
+    heavy = synthetic_tensor(0, "transformer", "w.weight", shape, torch.float32, "heavy-tailed").numpy()
+    plain = synthetic_tensor(0, "transformer", "w.weight", shape, torch.float32).numpy()
+    column_rms = np.sqrt(np.mean(heavy**2, axis=0))
+    # A few input channels tens of times larger than the median one; none in plain weights.
+    assert np.sum(column_rms > OUTLIER_GAIN / 2 * np.median(column_rms)) >= 4
+    assert np.max(np.sqrt(np.mean(plain**2, axis=0))) < 2 * np.median(np.sqrt(np.mean(plain**2, axis=0)))
+    # Log-normal row scales, and the same average gain as plain weights (activations stay fp16-sized).
+    row_rms = np.sqrt(np.mean(heavy**2, axis=1)) * np.sqrt(shape[1])
+    assert np.std(np.log(row_rms)) == pytest.approx(0.5, abs=0.1)
+    assert np.median(row_rms) == pytest.approx(1.0, abs=0.15)
+    # Heavier tails than a normal matrix: the max entry sits far out in its int8 range.
+    assert np.max(np.abs(heavy)) / np.std(heavy) > 3 * np.max(np.abs(plain)) / np.std(plain)
+
+
+def test_heavy_tailed_weights_are_deterministic_and_leave_biases_and_norms_alone():
+    first = synthetic_tensor(3, "transformer", "a.weight", (64, 128), torch.float16, "heavy-tailed")
+    again = synthetic_tensor(3, "transformer", "a.weight", (64, 128), torch.float16, "heavy-tailed")
+    assert torch.equal(first, again)
+    for name, shape in (("a.bias", (64,)), ("norm.weight", (64,))):
+        assert torch.equal(
+            synthetic_tensor(3, "t", name, shape, torch.float32, "heavy-tailed"),
+            synthetic_tensor(3, "t", name, shape, torch.float32),
+        )

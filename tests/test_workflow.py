@@ -6,6 +6,7 @@ import yaml
 from conftest import DEMO_TARGETS, new_workdir, snakemake, write_config
 
 FOLDER_JOBS = {"packages_folder": 1, "coremlsd3_4step_packages": 1}
+REPORT_JOBS = {"fidelity_report": 1, **FOLDER_JOBS}
 
 
 def planned_jobs(result) -> dict[str, int]:
@@ -27,14 +28,30 @@ def test_unchanged_config_plans_nothing(demo_workdir):
 def test_resizing_last_two_stages_plans_only_their_block_ranges(demo_workdir):
     config = write_config(demo_workdir, "resized.yaml", stage_sizes=[1, 3, 1])
     result = snakemake(demo_workdir, "-n", "coremlsd3_4step_packages", config=config)
-    assert planned_jobs(result) == {"mmdit_block_range": 2, "compress_package": 2, **FOLDER_JOBS}
+    assert planned_jobs(result) == {
+        "mmdit_block_range": 2,
+        "compress_package": 2,
+        "verify_mmdit_block_range": 2,
+        **REPORT_JOBS,
+    }
     assert "blocks1-4.fp16" in result.stdout and "blocks4-5_head.fp16" in result.stdout
 
 
 def test_changing_compression_plans_only_compression_and_folders(demo_workdir):
     compression = {"mmdit": {"mode": "palettize", "nbits": 8}, "text_encoders": {"mode": "palettize", "nbits": 6}}
     config = write_config(demo_workdir, "palettized.yaml", compression=compression)
-    assert dry_run(demo_workdir, config) == {"compress_package": 5, **FOLDER_JOBS}
+    assert dry_run(demo_workdir, config) == {
+        "compress_package": 5,
+        "verify_mmdit_conditioning": 1,
+        "verify_mmdit_input_stage": 1,
+        "verify_mmdit_block_range": 3,
+        **REPORT_JOBS,
+    }
+
+
+def test_changing_a_fidelity_bar_rejudges_without_remeasuring(demo_workdir):
+    config = write_config(demo_workdir, "stricter.yaml", fidelity={"min_psnr_db": {"fp16": 61}})
+    assert dry_run(demo_workdir, config) == REPORT_JOBS
 
 
 def test_changing_conversion_target_plans_every_conversion(demo_workdir):
@@ -46,7 +63,12 @@ def test_changing_conversion_target_plans_every_conversion(demo_workdir):
         "text_encoder": 2,
         "vae_decoder": 1,
         "compress_package": 7,
-        **FOLDER_JOBS,
+        "verify_mmdit_conditioning": 1,
+        "verify_mmdit_input_stage": 1,
+        "verify_mmdit_block_range": 3,
+        "verify_text_encoder": 2,
+        "verify_vae_decoder": 1,
+        **REPORT_JOBS,
     }
 
 

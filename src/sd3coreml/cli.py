@@ -21,6 +21,9 @@ STEP_MODULES = [
     "sd3coreml.bench_report",
     "sd3coreml.download",
     "sd3coreml.normalize",
+    "sd3coreml.fidelity",
+    "sd3coreml.fidelity_report",
+    "sd3coreml.end_to_end",
 ]
 
 

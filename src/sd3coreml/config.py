@@ -20,6 +20,7 @@ from sd3coreml.plan import BlockRange, stage_ranges
 # Spec versions of ML Program targets; iOS15 lacks fp16 inputs/outputs and is refused.
 CONVERSION_TARGETS = {"iOS16": 16, "iOS17": 17, "iOS18": 18}
 # Palettization of these sizes and int8 per channel need iOS16+; per_grouped_channel would need iOS18.
+SAMPLER_STEPS = (2, 4)
 COMPONENT_DIRS = ("text_encoder", "text_encoder_2", "vae", "tokenizer")
 
 
@@ -32,6 +33,7 @@ class ModelPlan:
     config_path: Path
     shape: MMDiTShape
     ranges: tuple[BlockRange, ...]
+    steps: int
     # "original": joint_blocks.* names, normalised to the diffusers layout by a job first.
     layout: str = DIFFUSERS
 
@@ -89,6 +91,16 @@ def check_components(components: Path) -> None:
             )
 
 
+def sampler_steps(entry: dict, key: str) -> int:
+    """The app's step count for a model: `models.K.steps`, or the N of a key named `Nstep`."""
+    if "steps" in entry:
+        return entry["steps"]
+    named = re.fullmatch(r"(\d+)step", key)
+    if not named or int(named.group(1)) not in SAMPLER_STEPS:
+        raise PipelineError(f"config key 'models.{key}.steps' is missing; set the app's step count, 2 or 4")
+    return int(named.group(1))
+
+
 def plan_model(config: dict, key: str, made_by_job: bool) -> ModelPlan:
     entry = config["models"][key]
     weights, config_path = Path(entry["weights"]), Path(entry["config"])
@@ -110,7 +122,7 @@ def plan_model(config: dict, key: str, made_by_job: bool) -> ModelPlan:
             check_original_header_matches_config(weights, transformer_config, config_path)
         else:
             check_header_matches_config(weights, transformer_config, config_path)
-    return ModelPlan(key, weights, config_path, shape, tuple(ranges), layout)
+    return ModelPlan(key, weights, config_path, shape, tuple(ranges), sampler_steps(entry, key), layout)
 
 
 def plan_models(config: dict) -> dict[str, ModelPlan]:

@@ -40,7 +40,22 @@ def random_inputs(shapes) -> tuple:
     return tuple(torch.randn(*shape, generator=generator) for shape in shapes)
 
 
-def convert_module(module, inputs: list[TensorSpec], output_names: list[str], target: str, example=None):
+def feeds_sinusoid(op) -> bool:
+    """True for sin/cos and every op upstream of them (the timestep's sinusoidal projection)."""
+    if op.op_type in ("sin", "cos"):
+        return True
+    return any(feeds_sinusoid(child) for output in op.outputs for child in output.child_ops)
+
+
+def fp16_except_sinusoids():
+    """fp16 compute, but sin/cos and their arguments stay fp32: fp16 holds `t * freq` (up to
+    1000 rad) to about 0.5 rad, which measured 36 dB on the Conditioning model's output."""
+    return ct.transform.FP16ComputePrecision(op_selector=lambda op: not feeds_sinusoid(op))
+
+
+def convert_module(
+    module, inputs: list[TensorSpec], output_names: list[str], target: str, example=None, compute_precision=None
+):
     """Trace `module` on `example` (default: seeded noise of the input shapes) and convert it."""
     example = example if example is not None else random_inputs([spec.shape for spec in inputs])
     with torch.no_grad():
@@ -50,7 +65,7 @@ def convert_module(module, inputs: list[TensorSpec], output_names: list[str], ta
         inputs=[ct.TensorType(name=s.name, shape=s.shape, dtype=np.float32) for s in inputs],
         outputs=[ct.TensorType(name=name, dtype=np.float16) for name in output_names],
         minimum_deployment_target=getattr(ct.target, target),
-        compute_precision=ct.precision.FLOAT16,
+        compute_precision=compute_precision or ct.precision.FLOAT16,
         convert_to="mlprogram",
         skip_model_load=True,
     )

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from sd3coreml.checkpoint import check_header_matches_config, load_transformer_config
-from sd3coreml.convert import Float16Inputs, TensorSpec, convert_module, random_inputs
+from sd3coreml.convert import Float16Inputs, TensorSpec, convert_module, fp16_except_sinusoids, random_inputs
 from sd3coreml.geometry import MMDiTShape
 from sd3coreml.mmdit import build_block_range, build_conditioning, build_input_stage
 from sd3coreml.package import save_package
@@ -36,12 +36,13 @@ def body_specs(shape: MMDiTShape) -> list[TensorSpec]:
 
 def convert_conditioning(weights: Path, config_path: Path, target: str, out: Path) -> None:
     shape = load_shape(weights, config_path, (0, 0))
-    module = Float16Inputs(build_conditioning(shape, weights, torch.float16))
+    # Traced in fp32 so that the timestep's sinusoid can stay fp32 (a few ops of a small model).
+    module = build_conditioning(shape, weights, torch.float32)
     inputs = [
         TensorSpec("pooled_text_embeddings", (1, shape.pooled_projection_dim, 1, 1)),
         TensorSpec("timestep", (1,)),
     ]
-    mlmodel = convert_module(module, inputs, ["modulation_inputs"], target)
+    mlmodel = convert_module(module, inputs, ["modulation_inputs"], target, compute_precision=fp16_except_sinusoids())
     save_package(mlmodel, Path(out), {"sd3coreml.artifact": "MMDiT conditioning"})
 
 

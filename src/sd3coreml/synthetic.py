@@ -24,6 +24,13 @@ from sd3coreml.synthetic_tokenizer import write_clip_tokenizer
 
 BIAS_STD = 0.01
 NORM_WEIGHT_NOISE_STD = 0.01
+# Heavy-tailed weights, shaped like a trained transformer's, so that quantization is tested on
+# what it meets in practice: Student-t entries, log-normal per-channel scales, and a few
+# input channels much larger than the rest (they set each row's int8 scale).
+DISTRIBUTIONS = ("normal", "heavy-tailed")
+STUDENT_T_DF = 4.0
+CHANNEL_SCALE_SIGMA = 0.5
+OUTLIER_EVERY, OUTLIER_GAIN = 256, 20.0
 
 
 def tensor_seed(seed: int, component: str, name: str) -> int:
@@ -32,16 +39,31 @@ def tensor_seed(seed: int, component: str, name: str) -> int:
     return int.from_bytes(digest[:16], "little")
 
 
-def synthetic_tensor(seed: int, component: str, name: str, shape: tuple[int, ...], dtype):
+def heavy_tailed_matrix(generator, shape: tuple[int, ...]):
+    """Rows of RMS `scale / sqrt(fan_in)` (scale log-normal), outlier columns, Student-t entries."""
+    import numpy as np
+
+    rows, fan_in = shape[0], math.prod(shape[1:])
+    values = generator.standard_t(STUDENT_T_DF, size=(rows, fan_in))
+    outliers = generator.choice(fan_in, size=max(1, fan_in // OUTLIER_EVERY), replace=False)
+    values[:, outliers] *= OUTLIER_GAIN
+    values /= np.sqrt(np.mean(values**2, axis=1, keepdims=True))
+    scales = generator.lognormal(0.0, CHANNEL_SCALE_SIGMA, size=(rows, 1))
+    return (values * scales / math.sqrt(fan_in)).astype(np.float32).reshape(shape)
+
+
+def synthetic_tensor(seed: int, component: str, name: str, shape: tuple[int, ...], dtype, distribution="normal"):
     """One tensor, scaled so activations stay near unit size in fp16 and fp32.
 
-    Matrices and convolutions: normal with std 1/sqrt(fan_in); 1-D weights (norms):
-    1 plus small noise; biases: small noise.
+    Matrices and convolutions: normal with std 1/sqrt(fan_in), or `heavy_tailed_matrix`;
+    1-D weights (norms): 1 plus small noise; biases: small noise.
     """
     import numpy as np
     import torch
 
     generator = np.random.default_rng(tensor_seed(seed, component, name))
+    if distribution == "heavy-tailed" and len(shape) >= 2 and not name.endswith(".bias"):
+        return torch.from_numpy(heavy_tailed_matrix(generator, shape)).to(dtype)
     values = generator.standard_normal(shape, dtype=np.float32)
     if name.endswith(".bias"):
         values *= BIAS_STD
@@ -53,7 +75,9 @@ def synthetic_tensor(seed: int, component: str, name: str, shape: tuple[int, ...
     return torch.from_numpy(values).to(dtype)
 
 
-def synthetic_state_dict(shapes: dict, seed: int, component: str, dtype, fixed: dict | None = None) -> dict:
+def synthetic_state_dict(
+    shapes: dict, seed: int, component: str, dtype, fixed: dict | None = None, distribution: str = "normal"
+) -> dict:
     """Generated tensors for a shape table; `fixed` supplies computed buffers as they are."""
     fixed = fixed or {}
     tensors = {}
@@ -61,7 +85,7 @@ def synthetic_state_dict(shapes: dict, seed: int, component: str, dtype, fixed: 
         if name in fixed:
             tensors[name] = fixed[name].to(dtype).contiguous()
         else:
-            tensors[name] = synthetic_tensor(seed, component, name, shape, dtype)
+            tensors[name] = synthetic_tensor(seed, component, name, shape, dtype, distribution)
     return tensors
 
 
@@ -108,14 +132,14 @@ def _write_json(path: Path, value: dict) -> None:
     Path(path).write_text(json.dumps(value, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
-def write_synthetic_transformer(preset: str, seed: int, weights_path, config_path) -> None:
+def write_synthetic_transformer(preset: str, seed: int, weights_path, config_path, distribution="normal") -> None:
     """Write a synthetic distilled transformer: bare safetensors weights and its config JSON."""
     import torch
 
     spec = get_preset(preset)
     shapes = transformer_tensor_shapes(preset)
     fixed = {"pos_embed.pos_embed": _sincos_pos_embed(spec.transformer)}
-    tensors = synthetic_state_dict(shapes, seed, "transformer", getattr(torch, spec.dtype), fixed)
+    tensors = synthetic_state_dict(shapes, seed, "transformer", getattr(torch, spec.dtype), fixed, distribution)
     with written_atomically(weights_path) as temporary:
         save_safetensors(tensors, temporary)
     del tensors
@@ -168,8 +192,11 @@ def register_cli(subparsers) -> None:
     _add_preset_and_seed(transformer)
     transformer.add_argument("--weights", type=Path, required=True, help="output .safetensors (bare, diffusers names)")
     transformer.add_argument("--config", type=Path, required=True, help="output transformer config .json")
+    transformer.add_argument("--distribution", choices=DISTRIBUTIONS, default="normal", help="of the matrices")
     transformer.set_defaults(
-        func=lambda args: write_synthetic_transformer(args.preset, args.seed, args.weights, args.config)
+        func=lambda args: write_synthetic_transformer(
+            args.preset, args.seed, args.weights, args.config, args.distribution
+        )
     )
 
     components = subparsers.add_parser(

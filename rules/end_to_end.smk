@@ -1,0 +1,33 @@
+# End to end: a prompt through a packages folder as the app runs it, against stock diffusers
+# (StableDiffusion3Pipeline without T5, AutoencoderKL.decode). At full scale this is the slow
+# part of `verify`: the reference runs the whole transformer in fp32.
+
+
+rule end_to_end:
+    input:
+        unpack(transformer_inputs),
+        folder=f"{ROOT}/coremlsd3_{{model}}_packages/SHA256SUMS",
+        components=config["components"],
+        code=library("end_to_end", "app_chain", "chain_record", "reference_pipeline", "sampler", "mil_executor", "mil_ops", "fidelity"),
+    output:
+        json=f"{ROOT}/reports/coremlsd3_{{model}}_packages/end_to_end.json",
+        png=f"{ROOT}/reports/coremlsd3_{{model}}_packages/end_to_end.png",
+    params:
+        steps=sampler_steps,
+        seed=VERIFY_SEED,
+        min_psnr_db=end_to_end_bar,
+        prompt=config["fidelity"]["prompt"],
+        toolchain=TOOLCHAIN_FINGERPRINT,
+    log:
+        f"{ROOT}/logs/end_to_end/coremlsd3_{{model}}_packages.log",
+    benchmark:
+        f"{ROOT}/benchmarks/end_to_end/coremlsd3_{{model}}_packages.tsv"
+    resources:
+        mem_mb=16000,
+    conda:
+        "../envs/convert.yaml"
+    shell:
+        "python -m sd3coreml end-to-end --folder $(dirname {input.folder}) --weights {input.weights}"
+        " --config {input.config} --components {input.components} --steps {params.steps} --seed {params.seed}"
+        " --min-psnr-db {params.min_psnr_db} --prompt {params.prompt:q} --out-json {output.json}"
+        " --out-png {output.png} > {log} 2>&1"

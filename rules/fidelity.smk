@@ -1,0 +1,149 @@
+# Fidelity: each package (fp16 and its compressed twin) run on seeded inputs by the MIL
+# executor and compared with the PyTorch module it came from; the report judges the
+# figures against config `fidelity.min_psnr_db`. A packages folder is assembled only from a
+# build whose report passed. The measurement path mirrors the package's, so a layout change
+# re-measures only the block ranges that changed.
+
+VERIFY_CODE = library("fidelity", "fidelity_checks", "mil_executor", "mil_ops", "mmdit", "mmdit_packages", "geometry", "checkpoint")
+VERIFY_SEED = config["fidelity"]["seed"]
+
+
+rule verify_mmdit_conditioning:
+    input:
+        unpack(transformer_inputs),
+        packages=verified_packages(f"{ROOT}/mmdit/{{model}}/{{target}}/conditioning", "mmdit"),
+        code=VERIFY_CODE,
+    output:
+        f"{ROOT}/fidelity/mmdit/{{model}}/{{target}}/conditioning.json",
+    params:
+        seed=VERIFY_SEED,
+        toolchain=TOOLCHAIN_FINGERPRINT,
+    log:
+        f"{ROOT}/logs/fidelity/mmdit/{{model}}/{{target}}/conditioning.log",
+    benchmark:
+        f"{ROOT}/benchmarks/fidelity/mmdit/{{model}}/{{target}}/conditioning.tsv"
+    resources:
+        mem_mb=2000,
+    conda:
+        "../envs/convert.yaml"
+    shell:
+        "python -m sd3coreml verify-package --kind conditioning --weights {input.weights} --config {input.config}"
+        " --packages {input.packages} --seed {params.seed} --out {output} > {log} 2>&1"
+
+
+rule verify_mmdit_input_stage:
+    input:
+        unpack(transformer_inputs),
+        packages=verified_packages(f"{ROOT}/mmdit/{{model}}/{{target}}/latent{{height}}x{{width}}/input", "mmdit"),
+        code=VERIFY_CODE,
+    output:
+        f"{ROOT}/fidelity/mmdit/{{model}}/{{target}}/latent{{height}}x{{width}}/input.json",
+    params:
+        seed=VERIFY_SEED,
+        toolchain=TOOLCHAIN_FINGERPRINT,
+    log:
+        f"{ROOT}/logs/fidelity/mmdit/{{model}}/{{target}}/latent{{height}}x{{width}}/input.log",
+    benchmark:
+        f"{ROOT}/benchmarks/fidelity/mmdit/{{model}}/{{target}}/latent{{height}}x{{width}}/input.tsv"
+    resources:
+        mem_mb=2000,
+    conda:
+        "../envs/convert.yaml"
+    shell:
+        "python -m sd3coreml verify-package --kind input-stage --weights {input.weights} --config {input.config}"
+        " --latent {wildcards.height} {wildcards.width} --packages {input.packages} --seed {params.seed}"
+        " --out {output} > {log} 2>&1"
+
+
+rule verify_mmdit_block_range:
+    input:
+        unpack(transformer_inputs),
+        packages=verified_packages(
+            f"{ROOT}/mmdit/{{model}}/{{target}}/latent{{height}}x{{width}}/blocks{{start}}-{{end}}{{head}}", "mmdit"
+        ),
+        code=VERIFY_CODE,
+    output:
+        f"{ROOT}/fidelity/mmdit/{{model}}/{{target}}/latent{{height}}x{{width}}/blocks{{start}}-{{end}}{{head}}.json",
+    params:
+        seed=VERIFY_SEED,
+        toolchain=TOOLCHAIN_FINGERPRINT,
+    log:
+        f"{ROOT}/logs/fidelity/mmdit/{{model}}/{{target}}/latent{{height}}x{{width}}/blocks{{start}}-{{end}}{{head}}.log",
+    benchmark:
+        f"{ROOT}/benchmarks/fidelity/mmdit/{{model}}/{{target}}/latent{{height}}x{{width}}/blocks{{start}}-{{end}}{{head}}.tsv"
+    resources:
+        mem_mb=4000,
+    conda:
+        "../envs/convert.yaml"
+    shell:
+        "python -m sd3coreml verify-package --kind block-range --weights {input.weights} --config {input.config}"
+        " --start {wildcards.start} --end {wildcards.end} --latent {wildcards.height} {wildcards.width}"
+        " --packages {input.packages} --seed {params.seed} --out {output} > {log} 2>&1"
+
+
+rule verify_text_encoder:
+    input:
+        components=config["components"],
+        packages=verified_packages(f"{ROOT}/text_encoders/{{target}}/{{encoder}}", "text_encoders"),
+        code=VERIFY_CODE,
+    output:
+        f"{ROOT}/fidelity/text_encoders/{{target}}/{{encoder}}.json",
+    params:
+        folder=text_encoder_folder,
+        seed=VERIFY_SEED,
+        toolchain=TOOLCHAIN_FINGERPRINT,
+    log:
+        f"{ROOT}/logs/fidelity/text_encoders/{{target}}/{{encoder}}.log",
+    benchmark:
+        f"{ROOT}/benchmarks/fidelity/text_encoders/{{target}}/{{encoder}}.tsv"
+    resources:
+        mem_mb=8000,
+    conda:
+        "../envs/convert.yaml"
+    shell:
+        "python -m sd3coreml verify-package --kind text-encoder --source {input.components}/{params.folder}"
+        " --packages {input.packages} --seed {params.seed} --out {output} > {log} 2>&1"
+
+
+rule verify_vae_decoder:
+    input:
+        components=config["components"],
+        packages=verified_packages(f"{ROOT}/vae/{{target}}/latent{{height}}x{{width}}/VAEDecoder", None),
+        code=VERIFY_CODE,
+    output:
+        f"{ROOT}/fidelity/vae/{{target}}/latent{{height}}x{{width}}/VAEDecoder.json",
+    params:
+        seed=VERIFY_SEED,
+        toolchain=TOOLCHAIN_FINGERPRINT,
+    log:
+        f"{ROOT}/logs/fidelity/vae/{{target}}/latent{{height}}x{{width}}.log",
+    benchmark:
+        f"{ROOT}/benchmarks/fidelity/vae/{{target}}/latent{{height}}x{{width}}.tsv"
+    resources:
+        mem_mb=8000,
+    conda:
+        "../envs/convert.yaml"
+    shell:
+        "python -m sd3coreml verify-package --kind vae-decoder --source {input.components}/vae"
+        " --latent {wildcards.height} {wildcards.width} --packages {input.packages} --seed {params.seed}"
+        " --out {output} > {log} 2>&1"
+
+
+rule fidelity_report:
+    input:
+        measurements=lambda wildcards: fidelity_measurements(wildcards.model).values(),
+        code=library("fidelity_report", "atomic"),
+    output:
+        json=f"{ROOT}/reports/coremlsd3_{{model}}_packages/fidelity.json",
+        table=f"{ROOT}/reports/coremlsd3_{{model}}_packages/fidelity.md",
+    params:
+        measurements=fidelity_report_args,
+        thresholds=json.dumps(config["fidelity"]["min_psnr_db"], sort_keys=True),
+    log:
+        f"{ROOT}/logs/fidelity/coremlsd3_{{model}}_packages.log",
+    localrule: True
+    conda:
+        "../envs/convert.yaml"
+    shell:
+        "python -m sd3coreml fidelity-report {params.measurements} --thresholds {params.thresholds:q}"
+        " --out-json {output.json} --out-md {output.table} > {log} 2>&1"

@@ -1,0 +1,84 @@
+"""What the app does with a resource folder, step by step, run through `mil_executor`.
+
+Tokenize with the folder's vocab.json/merges.txt, encode with both CLIP packages, lay the
+embeddings out as the MMDiT expects them (CLIP-L and CLIP-G side by side, zero-padded to
+`joint_attention_dim`, then 77 zero T5 slots), run Conditioning and Stage0..N under the
+app's sampler, then the VAE decoder on `latent / 1.5305 + 0.0609`. Every intermediate the
+reference can be compared with is recorded in `ChainRecord`.
+"""
+
+import re
+from pathlib import Path
+
+import numpy as np
+
+from sd3coreml.chain_record import MAX_TOKENS, ChainRecord
+from sd3coreml.mil_executor import run_package
+from sd3coreml.sampler import app_sigmas, euler_step
+
+VAE_SCALING_FACTOR, VAE_SHIFT_FACTOR = 1.5305, 0.0609
+STAGE = re.compile(r"MultiModalDiffusionTransformerStage(\d+)\.mlpackage")
+
+
+def folder_stages(folder: Path) -> list[Path]:
+    """The stages as the app finds them: listed and sorted numerically, with no gap check."""
+    stages = [path for path in Path(folder).iterdir() if STAGE.fullmatch(path.name)]
+    return sorted(stages, key=lambda path: int(STAGE.fullmatch(path.name).group(1)))
+
+
+def token_ids(tokenizer_dir: Path, prompt: str) -> np.ndarray:
+    from transformers import CLIPTokenizer
+
+    tokenizer = CLIPTokenizer(str(Path(tokenizer_dir) / "vocab.json"), str(Path(tokenizer_dir) / "merges.txt"))
+    encoded = tokenizer(prompt, padding="max_length", max_length=MAX_TOKENS, truncation=True, return_tensors="np")
+    return encoded.input_ids.astype(np.float32)
+
+
+def encode_prompt(folder: Path, ids: np.ndarray, joint_attention_dim: int, record: ChainRecord):
+    """(1, joint_attention_dim, 1, 154) token embeddings and (1, 2048, 1, 1) pooled embeddings."""
+    clip_l = run_package(folder / "TextEncoder.mlpackage", {"input_ids": ids})
+    clip_g = run_package(folder / "TextEncoder2.mlpackage", {"input_ids": ids})
+    clip = np.concatenate([clip_l["hidden_embeds"], clip_g["hidden_embeds"]], axis=-1).astype(np.float32)
+    clip = np.pad(clip, ((0, 0), (0, 0), (0, joint_attention_dim - clip.shape[-1])))
+    tokens = np.concatenate([clip, np.zeros_like(clip)], axis=1)
+    pooled = np.concatenate([clip_l["pooled_outputs"], clip_g["pooled_outputs"]], axis=-1).astype(np.float32)
+    record.put(None, "prompt_embeds", tokens)
+    record.put(None, "pooled_projections", pooled)
+    return tokens.transpose(0, 2, 1)[:, :, None, :], pooled.reshape(1, -1, 1, 1)
+
+
+def predict_velocity(folder: Path, latent, text, pooled, timestep: float, step: int, record: ChainRecord):
+    conditioning = folder / "MultiModalDiffusionTransformerConditioning.mlpackage"
+    feeds = {"pooled_text_embeddings": pooled, "timestep": np.array([timestep], dtype=np.float32)}
+    modulation = run_package(conditioning, feeds)["modulation_inputs"].astype(np.float32)
+    record.put(step, conditioning.name, modulation)
+    image, text_tokens = latent, text
+    for stage in folder_stages(folder):
+        feeds = {
+            "latent_image_embeddings": image,
+            "token_level_text_embeddings": text_tokens,
+            "modulation_inputs": modulation,
+        }
+        outputs = run_package(stage, feeds)
+        if "noise_pred" in outputs:
+            record.put(step, stage.name, outputs["noise_pred"])
+            return outputs["noise_pred"]
+        image = outputs["latent_image_embeddings_out"].astype(np.float32)
+        text_tokens = outputs["token_level_text_embeddings_out"].astype(np.float32)
+        record.put(step, stage.name, np.concatenate([text_tokens, image], axis=1))
+    raise ValueError(f"{folder}: no stage returns noise_pred; the last stage is missing")
+
+
+def run_app_chain(folder: Path, prompt: str, noise: np.ndarray, steps: int, joint_attention_dim: int) -> ChainRecord:
+    folder = Path(folder)
+    record = ChainRecord()
+    text, pooled = encode_prompt(folder, token_ids(folder, prompt), joint_attention_dim, record)
+    sigmas = app_sigmas(steps)
+    latent = noise.astype(np.float32)
+    for step in range(steps):
+        velocity = predict_velocity(folder, latent, text, pooled, sigmas[step] * 1000.0, step, record)
+        latent = euler_step(latent, velocity, sigmas[step], sigmas[step + 1])
+    record.put(None, "final_latent", latent)
+    z = latent / VAE_SCALING_FACTOR + VAE_SHIFT_FACTOR
+    record.put(None, "image", run_package(folder / "VAEDecoder.mlpackage", {"z": z})["image"])
+    return record

@@ -1,0 +1,139 @@
+"""End-to-end check of a packages folder: the app's chain against stock diffusers.
+
+One prompt and one seeded noise go through the folder's packages as the app runs them
+(`app_chain`) and through `StableDiffusion3Pipeline` (`reference_pipeline`). Every recorded
+intermediate is compared by PSNR (peak = max |reference|); the prompt encoding, the first
+step's stage boundaries, the final latent and the image must clear the bar, so a wrong
+stage is named, and both images are written side by side.
+"""
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from sd3coreml.atomic import written_atomically
+from sd3coreml.errors import PipelineError
+from sd3coreml.fidelity import json_figure, psnr
+from sd3coreml.sampler import app_timesteps
+
+DEFAULT_PROMPT = "a photo of an astronaut riding a horse on the moon"
+
+
+def comparisons(package_side, reference_side, timesteps) -> list[dict]:
+    rows = []
+    for (step, name), expected in reference_side.values.items():
+        if (step, name) not in package_side.values:
+            raise PipelineError(f"end-to-end: the folder produced no {name} at step {step}")
+        figure = psnr(expected, package_side.values[(step, name)])
+        timestep = None if step is None else float(timesteps[step])
+        rows.append({"step": step, "timestep": timestep, "name": name, "psnr_db": json_figure(round(figure, 3))})
+    return rows
+
+
+def judged(row: dict) -> bool:
+    """The prompt encoding, the first step's boundaries (before errors compound), the final
+    latent and the image; later steps are reported only."""
+    return row["step"] in (None, 0)
+
+
+def first_failure(rows: list[dict], bar: float) -> str | None:
+    for row in rows:
+        if judged(row) and float(row["psnr_db"]) < bar:
+            where = "" if row["step"] is None else f" at step {row['step']} (timestep {row['timestep']:g})"
+            return (
+                f"end-to-end: {row['name']}{where} has PSNR {float(row['psnr_db']):.1f} dB against stock diffusers, "
+                f"under the bar of {bar:g} dB"
+            )
+    return None
+
+
+def image_bytes(image: np.ndarray) -> np.ndarray:
+    """(1, 3, H, W) in [-1, 1] -> (H, W, 3) uint8, as diffusers' image processor denormalises."""
+    pixels = np.clip((image[0].transpose(1, 2, 0) + 1.0) / 2.0, 0.0, 1.0)
+    return (pixels * 255.0).round().astype(np.uint8)
+
+
+def write_side_by_side(package_image: np.ndarray, reference_image: np.ndarray, out: Path) -> None:
+    from PIL import Image
+
+    pixels = np.concatenate([image_bytes(package_image), image_bytes(reference_image)], axis=1)
+    with written_atomically(Path(out)) as temporary:
+        Image.fromarray(pixels).save(temporary, format="PNG")
+
+
+def block_ranges_of(folder: Path) -> list[tuple[int, int]]:
+    manifest = json.loads((Path(folder) / "manifest.json").read_text())
+    return [tuple(block_range) for block_range in manifest["config"]["stage_block_ranges"]]
+
+
+def check_end_to_end(
+    folder,
+    weights,
+    config,
+    components,
+    steps: int,
+    seed: int,
+    bar: float,
+    out_json,
+    out_png,
+    prompt: str = DEFAULT_PROMPT,
+) -> None:
+    from sd3coreml.app_chain import run_app_chain
+    from sd3coreml.reference_pipeline import load_pipeline, run_reference
+
+    folder = Path(folder)
+    pipeline = load_pipeline(weights, config, components, folder)
+    transformer = pipeline.transformer.config
+    latent = np.array(json.loads((folder / "manifest.json").read_text())["config"]["latent_size"])
+    noise = np.random.default_rng(seed).standard_normal((1, transformer.in_channels, *latent)).astype(np.float32)
+    reference = run_reference(pipeline, prompt, noise, steps, block_ranges_of(folder))
+    package_side = run_app_chain(folder, prompt, noise, steps, transformer.joint_attention_dim)
+    rows = comparisons(package_side, reference, app_timesteps(steps))
+    failure = first_failure(rows, bar)
+    final = next(row for row in rows if row["name"] == "final_latent")
+    report = {
+        "folder": folder.name,
+        "prompt": prompt,
+        "seed": seed,
+        "steps": steps,
+        "timesteps": [float(t) for t in app_timesteps(steps)],
+        "min_psnr_db": bar,
+        "final_latent_psnr_db": final["psnr_db"],
+        "passed": failure is None,
+        "comparisons": rows,
+    }
+    write_side_by_side(package_side.values[(None, "image")], reference.values[(None, "image")], out_png)
+    with written_atomically(Path(out_json)) as temporary:
+        temporary.write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
+    print(json.dumps(report, indent=2))
+    if failure:
+        raise PipelineError(failure)
+
+
+def register_cli(subparsers) -> None:
+    step = subparsers.add_parser("end-to-end", help="a packages folder against stock diffusers, prompt to image")
+    step.add_argument("--folder", type=Path, required=True, help="a coremlsd3_*_packages folder")
+    step.add_argument("--weights", type=Path, required=True)
+    step.add_argument("--config", type=Path, required=True)
+    step.add_argument("--components", type=Path, required=True)
+    step.add_argument("--steps", type=int, required=True, choices=[2, 4])
+    step.add_argument("--seed", type=int, default=0)
+    step.add_argument("--min-psnr-db", type=float, default=30.0)
+    step.add_argument("--prompt", default=DEFAULT_PROMPT)
+    step.add_argument("--out-json", type=Path, required=True)
+    step.add_argument("--out-png", type=Path, required=True)
+    step.set_defaults(
+        func=lambda args: check_end_to_end(
+            args.folder,
+            args.weights,
+            args.config,
+            args.components,
+            args.steps,
+            args.seed,
+            args.min_psnr_db,
+            args.out_json,
+            args.out_png,
+            args.prompt,
+        )
+    )

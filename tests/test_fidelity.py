@@ -1,0 +1,85 @@
+"""PSNR as Apple's converter measures it, precision classes, and the report's verdict."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from sd3coreml.errors import PipelineError
+from sd3coreml.fidelity import precision_class, psnr
+from sd3coreml.fidelity_report import write_report
+
+BARS = {"fp16": 60, "int8": 35, "int4": 25, "palettized": 25}
+
+
+def test_psnr_peak_is_max_abs_reference():
+    reference = np.array([0.0, -4.0, 2.0, 1.0])
+    candidate = reference + np.array([0.0, 0.0, 0.0, 0.04])  # mse = 4e-4
+    assert psnr(reference, candidate) == pytest.approx(20 * math.log10(4.0 / 0.02))
+
+
+def test_psnr_of_equal_arrays_is_infinite_and_of_a_zero_reference_hopeless():
+    assert psnr(np.ones(3), np.ones(3)) == math.inf
+    assert psnr(np.zeros(3), np.ones(3)) == -math.inf
+
+
+def test_psnr_refuses_a_shape_mismatch():
+    with pytest.raises(ValueError, match="shape"):
+        psnr(np.zeros((2, 3)), np.zeros((3, 2)))
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("blocks0-4.fp16.mlpackage", "fp16"),
+        ("blocks0-4.int8_linear_symmetric_per_channel.mlpackage", "int8"),
+        ("TextEncoder2.palettize6_per_tensor.mlpackage", "palettized"),
+        ("VAEDecoder.fp16.mlpackage", "fp16"),
+    ],
+)
+def test_precision_class(name, expected):
+    assert precision_class(f"results/x/{name}") == expected
+
+
+def measurement(tmp_path, name, packages):
+    path = tmp_path / f"{name}.json"
+    path.write_text(json.dumps({"reference": "r", "seed": 0, "packages": packages}))
+    return path
+
+
+def package(name, precision, psnr_db):
+    return {"package": name, "precision": precision, "coreml": "needs macOS", "executor": {"out": {"psnr_db": psnr_db}}}
+
+
+def test_report_passes_and_writes_a_table(tmp_path):
+    measurements = {
+        "MultiModalDiffusionTransformerStage1": measurement(
+            tmp_path, "a", [package("a.fp16.mlpackage", "fp16", 71.0), package("a.int8.mlpackage", "int8", 40.2)]
+        ),
+        "TextEncoder": measurement(tmp_path, "b", [package("b.fp16.mlpackage", "fp16", "inf")]),
+    }
+    write_report(measurements, BARS, tmp_path / "fidelity.json", tmp_path / "fidelity.md")
+    report = json.loads((tmp_path / "fidelity.json").read_text())
+    assert report["passed"] and len(report["outputs"]) == 3
+    table = (tmp_path / "fidelity.md").read_text()
+    assert "| MultiModalDiffusionTransformerStage1 | int8 | out | 40.2 | 35 | ok |" in table
+
+
+def test_report_fails_naming_package_output_and_figure(tmp_path):
+    measurements = {
+        "MultiModalDiffusionTransformerStage2": measurement(
+            tmp_path, "a", [package("mmdit/blocks1-3.int8_x.mlpackage", "int8", 21.37)]
+        )
+    }
+    with pytest.raises(PipelineError) as failure:
+        write_report(measurements, BARS, tmp_path / "fidelity.json", tmp_path / "fidelity.md")
+    message = str(failure.value)
+    assert "mmdit/blocks1-3.int8_x.mlpackage" in message and "'out'" in message and "21.4 dB" in message
+    assert "35 dB" in message and "\n" not in message
+
+
+def test_report_needs_a_bar_for_each_precision(tmp_path):
+    measurements = {"X": measurement(tmp_path, "a", [package("a.int4.mlpackage", "int4", 30.0)])}
+    with pytest.raises(PipelineError, match="fidelity.min_psnr_db"):
+        write_report(measurements, {"fp16": 60}, tmp_path / "fidelity.json", tmp_path / "fidelity.md")
