@@ -6,6 +6,7 @@ artifacts and a description of the machine, and writes Markdown.
 """
 
 import csv
+import json
 import os
 import platform
 import shutil
@@ -15,6 +16,8 @@ from pathlib import Path
 from sd3coreml.atomic import written_atomically
 
 SYNTHETIC_PREFIX = "synthetic_"
+# Not part of a packages build: `snakemake verify` runs it afterwards.
+END_TO_END = "end_to_end"
 
 
 def read_benchmarks(benchmarks: Path) -> list[dict]:
@@ -98,8 +101,25 @@ def target_table(rows: list[dict], wall_s: float) -> list[str]:
     return lines
 
 
+def end_to_end_lines(rows: list[dict], root: Path, folder: Path) -> list[str]:
+    report = Path(root) / "reports" / Path(folder).name / "end_to_end.json"
+    if not rows or not report.exists():
+        return []
+    figures = json.loads(report.read_text())
+    return [
+        "## End to end (`snakemake verify`, run after the build)",
+        "",
+        f"- {figures['steps']} steps, prompt {figures['prompt']!r}, seed {figures['seed']}: final-latent PSNR "
+        f"**{figures['final_latent_psnr_db']} dB** (bar {figures['min_psnr_db']} dB), "
+        f"{'passed' if figures['passed'] else 'FAILED'}",
+        f"- job wall time {rows[0]['wall_s']:.0f} s, max_rss {rows[0]['max_rss_mib']:.0f} MiB",
+        "",
+    ]
+
+
 def write_report(root: Path, folder: Path, wall_s: float, command: str, out: Path, notes: Path | None = None) -> None:
-    rows = [row for row in read_benchmarks(Path(root) / "benchmarks") if not row["rule"].startswith(SYNTHETIC_PREFIX)]
+    every_row = read_benchmarks(Path(root) / "benchmarks")
+    rows = [row for row in every_row if not row["rule"].startswith(SYNTHETIC_PREFIX) and row["rule"] != END_TO_END]
     artifacts = [p for p in Path(root).iterdir() if p.is_dir() and p.name not in {"checkpoints", "logs", "benchmarks"}]
     lines = [
         "# Performance",
@@ -127,6 +147,8 @@ def write_report(root: Path, folder: Path, wall_s: float, command: str, out: Pat
         *job_table(rows),
         "",
     ]
+    at = lines.index("## Per rule")
+    lines[at:at] = end_to_end_lines([row for row in every_row if row["rule"] == END_TO_END], root, folder)
     fidelity = Path(root) / "reports" / Path(folder).name / "fidelity.md"
     if fidelity.exists():
         table = fidelity.read_text().split("\n", 1)[1].strip()
