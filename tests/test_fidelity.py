@@ -63,7 +63,8 @@ def test_report_passes_and_writes_a_table(tmp_path):
     report = json.loads((tmp_path / "fidelity.json").read_text())
     assert report["passed"] and len(report["outputs"]) == 3
     table = (tmp_path / "fidelity.md").read_text()
-    assert "| MultiModalDiffusionTransformerStage1 | int8 | out | 40.2 | 35 | ok |" in table
+    assert "| MultiModalDiffusionTransformerStage1 | int8 | out | 40.2 | - | 35 | ok |" in table
+    assert "Core ML prediction (CPU_AND_NE): needs macOS" in table
 
 
 def test_report_fails_naming_package_output_and_figure(tmp_path):
@@ -77,6 +78,16 @@ def test_report_fails_naming_package_output_and_figure(tmp_path):
     message = str(failure.value)
     assert "mmdit/blocks1-3.int8_x.mlpackage" in message and "'out'" in message and "21.4 dB" in message
     assert "35 dB" in message and "\n" not in message
+
+
+def test_report_judges_core_ml_figures_where_they_exist(tmp_path):
+    """On macOS the measurement holds Core ML's own figures too; both must clear the bar."""
+    on_mac = package("a.int8.mlpackage", "int8", 44.0)
+    on_mac["coreml"] = {"out": {"psnr_db": 31.5}}
+    measurements = {"MultiModalDiffusionTransformerStage1": measurement(tmp_path, "a", [on_mac])}
+    with pytest.raises(PipelineError, match=r"has PSNR 31\.5 dB in Core ML, under the int8 bar of 35 dB"):
+        write_report(measurements, BARS, tmp_path / "fidelity.json", tmp_path / "fidelity.md")
+    assert "| 44.0 | 31.5 | 35 | **FAIL** |" in (tmp_path / "fidelity.md").read_text()
 
 
 def test_report_needs_a_bar_for_each_precision(tmp_path):

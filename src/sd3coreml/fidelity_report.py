@@ -29,7 +29,8 @@ def report_rows(measurements: dict[str, Path], thresholds: dict[str, float]) -> 
                     f"({package['package']}); add one"
                 )
             for output, figures in sorted(package["executor"].items()):
-                psnr_db = figure(figures["psnr_db"])
+                coreml = core_ml_figure(package["coreml"], output)
+                passed = figure(figures["psnr_db"]) >= bar and (coreml is None or figure(coreml) >= bar)
                 rows.append(
                     {
                         "entry": entry,
@@ -37,30 +38,40 @@ def report_rows(measurements: dict[str, Path], thresholds: dict[str, float]) -> 
                         "precision": package["precision"],
                         "output": output,
                         "psnr_db": figures["psnr_db"],
+                        "coreml_psnr_db": coreml,
                         "min_psnr_db": bar,
-                        "passed": psnr_db >= bar,
-                        "coreml": package["coreml"],
+                        "passed": passed,
+                        "coreml": package["coreml"] if isinstance(package["coreml"], str) else "measured",
                     }
                 )
     return rows
 
 
+def core_ml_figure(coreml, output: str):
+    """Core ML's own PSNR for an output (macOS), or None where Core ML cannot predict."""
+    return None if isinstance(coreml, str) else coreml[output]["psnr_db"]
+
+
+def shown(value) -> str:
+    if value is None:
+        return "-"
+    number = figure(value)
+    return f"{number:.1f}" if math.isfinite(number) else str(value)
+
+
 def markdown_table(rows: list[dict]) -> str:
     lines = [
-        "| entry | precision | output | PSNR (dB) | bar (dB) | | package |",
-        "|---|---|---|---:|---:|---|---|",
+        "| entry | precision | output | PSNR (dB) | Core ML PSNR (dB) | bar (dB) | | package |",
+        "|---|---|---|---:|---:|---:|---|---|",
     ]
     for row in rows:
-        value = figure(row["psnr_db"])
-        shown = f"{value:.1f}" if math.isfinite(value) else row["psnr_db"]
         verdict = "ok" if row["passed"] else "**FAIL**"
         lines.append(
-            f"| {row['entry']} | {row['precision']} | {row['output']} | {shown} | {row['min_psnr_db']:g} "
-            f"| {verdict} | `{Path(row['package']).name}` |"
+            f"| {row['entry']} | {row['precision']} | {row['output']} | {shown(row['psnr_db'])} "
+            f"| {shown(row['coreml_psnr_db'])} | {row['min_psnr_db']:g} | {verdict} | `{Path(row['package']).name}` |"
         )
-    coreml = {str(row["coreml"]) for row in rows if isinstance(row["coreml"], str)}
-    if coreml:
-        lines += ["", f"Core ML prediction (CPU_AND_NE): {', '.join(sorted(coreml))}."]
+    coreml = {row["coreml"] for row in rows}
+    lines += ["", f"Core ML prediction (CPU_AND_NE): {', '.join(sorted(coreml))}; PSNR is from the MIL executor."]
     return "\n".join(lines) + "\n"
 
 
@@ -68,12 +79,18 @@ def first_failure(rows: list[dict]) -> str | None:
     failures = [row for row in rows if not row["passed"]]
     if not failures:
         return None
-    worst = min(failures, key=lambda row: figure(row["psnr_db"]))
+    worst = min(failures, key=lowest_figure)
+    runner = "in Core ML" if lowest_figure(worst) < figure(worst["psnr_db"]) else "in the MIL executor"
     return (
         f"fidelity: {worst['package']} ({worst['entry']}) output '{worst['output']}' has PSNR "
-        f"{figure(worst['psnr_db']):.1f} dB, under the {worst['precision']} bar of {worst['min_psnr_db']:g} dB "
+        f"{lowest_figure(worst):.1f} dB {runner}, under the {worst['precision']} bar of {worst['min_psnr_db']:g} dB "
         f"({len(failures)} output(s) under their bar; table in {{report}})"
     )
+
+
+def lowest_figure(row: dict) -> float:
+    coreml = row["coreml_psnr_db"]
+    return min(figure(row["psnr_db"]), math.inf if coreml is None else figure(coreml))
 
 
 def write_report(measurements: dict[str, Path], thresholds: dict[str, float], out_json: Path, out_md: Path) -> None:
