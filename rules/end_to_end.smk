@@ -9,7 +9,10 @@ rule end_to_end:
         unpack(transformer_inputs),
         folder=f"{ROOT}/coremlsd3_{{model}}_packages/SHA256SUMS",
         components=config["components"],
-        code=library("end_to_end", "app_chain", "chain_record", "reference_pipeline", "sampler", "mil_executor", "mil_ops", "fidelity"),
+        code=library(
+            "end_to_end", "app_chain", "chain_record", "reference_pipeline", "sampler", "mil_executor", "mil_ops",
+            "fidelity",
+        ),
     output:
         json=f"{ROOT}/reports/coremlsd3_{{model}}_packages/end_to_end.json",
         png=f"{ROOT}/reports/coremlsd3_{{model}}_packages/end_to_end.png",

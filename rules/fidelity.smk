@@ -4,7 +4,9 @@
 # build whose report passed. The measurement path mirrors the package's, so a layout change
 # re-measures only the block ranges that changed.
 
-VERIFY_CODE = library("fidelity", "fidelity_checks", "mil_executor", "mil_ops", "mmdit", "mmdit_packages", "geometry", "checkpoint")
+VERIFY_CODE = library(
+    "fidelity", "fidelity_checks", "mil_executor", "mil_ops", "mmdit", "mmdit_packages", "geometry", "checkpoint"
+)
 VERIFY_SEED = config["fidelity"]["seed"]
 
 
