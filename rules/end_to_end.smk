@@ -10,7 +10,7 @@ rule end_to_end:
         folder=f"{ROOT}/coremlsd3_{{model}}_packages/SHA256SUMS",
         components=config["components"],
         code=library(
-            "end_to_end", "app_chain", "chain_record", "reference_pipeline", "sampler", "mil_executor", "mil_ops",
+            "end_to_end", "app_chain", "chain_record", "reference_pipeline", "sampler", "mil_executor", "mil_ops", "tokenizer",
             "fidelity",
         ),
     output:

@@ -5,7 +5,8 @@
 # re-measures only the block ranges that changed.
 
 VERIFY_CODE = library(
-    "fidelity", "fidelity_checks", "mil_executor", "mil_ops", "mmdit", "mmdit_packages", "geometry", "checkpoint"
+    "fidelity", "fidelity_checks", "mil_executor", "mil_ops", "mmdit", "mmdit_packages", "geometry", "checkpoint",
+    "text_encoder", "tokenizer",
 )
 VERIFY_SEED = config["fidelity"]["seed"]
 

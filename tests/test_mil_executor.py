@@ -258,7 +258,9 @@ def test_fp16_overflow_raises_naming_the_op(tmp_path):
 def test_a_constant_overflowing_fp16_raises_where_it_reaches_the_output(tmp_path):
     @mb.program(input_specs=[mb.TensorSpec((2, 3))], opset_version=ct.target.iOS18)
     def program(x0):
-        scaled = mb.mul(x=mb.cast(x=x0, dtype="fp16"), y=np.array(np.inf, np.float16), name="scaled")  # 1e5 in fp16
+        scaled = mb.mul(
+            x=mb.cast(x=x0, dtype="fp16"), y=np.array(np.inf, np.float16), name="scaled"
+        )  # inf: a constant fp16 cannot hold
         return mb.sub(x=scaled, y=np.float16(1), name="y")
 
     x = randn(2, 3)

@@ -12,9 +12,11 @@ from pathlib import Path
 
 import numpy as np
 
-from sd3coreml.chain_record import MAX_TOKENS, ChainRecord
+from sd3coreml.chain_record import ChainRecord
 from sd3coreml.mil_executor import run_package
 from sd3coreml.sampler import app_sigmas, euler_step
+from sd3coreml.text_encoder import MAX_TOKENS
+from sd3coreml.tokenizer import load_clip_tokenizer
 
 VAE_SCALING_FACTOR, VAE_SHIFT_FACTOR = 1.5305, 0.0609
 STAGE = re.compile(r"MultiModalDiffusionTransformerStage(\d+)\.mlpackage")
@@ -27,9 +29,7 @@ def folder_stages(folder: Path) -> list[Path]:
 
 
 def token_ids(tokenizer_dir: Path, prompt: str) -> np.ndarray:
-    from transformers import CLIPTokenizer
-
-    tokenizer = CLIPTokenizer(str(Path(tokenizer_dir) / "vocab.json"), str(Path(tokenizer_dir) / "merges.txt"))
+    tokenizer = load_clip_tokenizer(tokenizer_dir, MAX_TOKENS)
     encoded = tokenizer(prompt, padding="max_length", max_length=MAX_TOKENS, truncation=True, return_tensors="np")
     return encoded.input_ids.astype(np.float32)
 

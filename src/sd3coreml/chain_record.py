@@ -4,8 +4,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-MAX_TOKENS = 77
-
 
 @dataclass
 class ChainRecord:

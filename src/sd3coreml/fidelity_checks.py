@@ -16,10 +16,8 @@ import torch
 
 from sd3coreml.mmdit import build_block_range, build_conditioning, build_input_stage
 from sd3coreml.mmdit_packages import load_shape
-
-VOCAB_SIZE = 49408
-BOS, EOS = 49406, 49407
-MAX_TOKENS = 77
+from sd3coreml.text_encoder import BOS, EOS, MAX_TOKENS
+from sd3coreml.tokenizer import CLIP_VOCAB_SIZE
 
 
 @dataclass(frozen=True)
@@ -83,7 +81,7 @@ def block_range_check(weights: Path, config: Path, start: int, end: int, latent:
 def prompt_like_token_ids(generator: np.random.Generator) -> np.ndarray:
     """BOS, words from the whole vocabulary (its top ids included), EOS, then EOS padding."""
     words = generator.integers(0, BOS, size=12)
-    words[:2] = [VOCAB_SIZE - 3, 1]
+    words[:2] = [CLIP_VOCAB_SIZE - 3, 1]
     ids = np.full((1, MAX_TOKENS), EOS, dtype=np.int64)
     ids[0, 0] = BOS
     ids[0, 1 : 1 + len(words)] = words

@@ -13,8 +13,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sd3coreml.chain_record import MAX_TOKENS, ChainRecord
+from sd3coreml.chain_record import ChainRecord
 from sd3coreml.sampler import SHIFT, unshifted_sigmas
+from sd3coreml.text_encoder import MAX_TOKENS
+from sd3coreml.tokenizer import load_clip_tokenizer
 
 
 def load_pipeline(weights: Path, config: Path, components: Path, tokenizer_dir: Path):
@@ -25,12 +27,11 @@ def load_pipeline(weights: Path, config: Path, components: Path, tokenizer_dir: 
         StableDiffusion3Pipeline,
     )
     from safetensors.torch import load_file
-    from transformers import CLIPTextModelWithProjection, CLIPTokenizer
+    from transformers import CLIPTextModelWithProjection
 
     transformer = SD3Transformer2DModel.from_config(json.loads(Path(config).read_text()))
     transformer.load_state_dict(load_file(str(weights)), strict=True)
-    files = [str(Path(tokenizer_dir) / name) for name in ("vocab.json", "merges.txt")]
-    tokenizer = CLIPTokenizer(*files, model_max_length=MAX_TOKENS)
+    tokenizer = load_clip_tokenizer(tokenizer_dir, MAX_TOKENS)
     encoders = [
         CLIPTextModelWithProjection.from_pretrained(str(Path(components) / name), dtype=torch.float32)
         for name in ("text_encoder", "text_encoder_2")

@@ -53,3 +53,11 @@ def register_cli(subparsers) -> None:
     step.add_argument("--tokenizer", type=Path, required=True, help="e.g. COMPONENTS/tokenizer")
     step.add_argument("--out-dir", type=Path, required=True)
     step.set_defaults(func=lambda args: copy_tokenizer_files(args.tokenizer, args.out_dir))
+
+
+def load_clip_tokenizer(directory: Path, max_length: int = 77):
+    """transformers' CLIPTokenizer over a folder's vocab.json and merges.txt, padding to 77 like SD3."""
+    from transformers import CLIPTokenizer
+
+    files = [str(Path(directory) / name) for name in ("vocab.json", "merges.txt")]
+    return CLIPTokenizer(*files, model_max_length=max_length)
