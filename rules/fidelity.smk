@@ -6,7 +6,7 @@
 
 VERIFY_CODE = library(
     "fidelity", "fidelity_checks", "mil_executor", "mil_ops", "mmdit", "mmdit_packages", "geometry", "checkpoint",
-    "text_encoder", "tokenizer",
+    "tokenizer",
 )
 VERIFY_SEED = config["fidelity"]["seed"]
 

@@ -15,8 +15,7 @@ import numpy as np
 from sd3coreml.chain_record import ChainRecord
 from sd3coreml.mil_executor import run_package
 from sd3coreml.sampler import app_sigmas, euler_step
-from sd3coreml.text_encoder import MAX_TOKENS
-from sd3coreml.tokenizer import load_clip_tokenizer
+from sd3coreml.tokenizer import MAX_TOKENS, load_clip_tokenizer
 
 VAE_SCALING_FACTOR, VAE_SHIFT_FACTOR = 1.5305, 0.0609
 STAGE = re.compile(r"MultiModalDiffusionTransformerStage(\d+)\.mlpackage")

@@ -79,6 +79,9 @@ def check_end_to_end(
     out_png,
     prompt: str = DEFAULT_PROMPT,
 ) -> None:
+    from sd3coreml.frameworks import skip_unused_frameworks
+
+    skip_unused_frameworks("sklearn")
     from sd3coreml.app_chain import run_app_chain
     from sd3coreml.reference_pipeline import load_pipeline, run_reference
 

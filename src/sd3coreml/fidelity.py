@@ -106,6 +106,10 @@ def build_check(args):
 
 
 def verify_packages_command(args) -> None:
+    from sd3coreml.frameworks import skip_unused_frameworks
+
+    # transformers only for the CLIP reference: its import is seconds of every other check.
+    skip_unused_frameworks("sklearn", *([] if args.kind == "text-encoder" else ["transformers"]))
     measure_packages(args.packages, build_check(args), args.seed, args.out)
 
 

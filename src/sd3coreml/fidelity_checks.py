@@ -16,8 +16,7 @@ import torch
 
 from sd3coreml.mmdit import build_block_range, build_conditioning, build_input_stage
 from sd3coreml.mmdit_packages import load_shape
-from sd3coreml.text_encoder import BOS, EOS, MAX_TOKENS
-from sd3coreml.tokenizer import CLIP_VOCAB_SIZE
+from sd3coreml.tokenizer import BOS, CLIP_VOCAB_SIZE, EOS, MAX_TOKENS
 
 
 @dataclass(frozen=True)

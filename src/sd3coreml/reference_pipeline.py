@@ -15,8 +15,7 @@ import torch
 
 from sd3coreml.chain_record import ChainRecord
 from sd3coreml.sampler import SHIFT, unshifted_sigmas
-from sd3coreml.text_encoder import MAX_TOKENS
-from sd3coreml.tokenizer import load_clip_tokenizer
+from sd3coreml.tokenizer import MAX_TOKENS, load_clip_tokenizer
 
 
 def load_pipeline(weights: Path, config: Path, components: Path, tokenizer_dir: Path):

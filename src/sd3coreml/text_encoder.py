@@ -12,9 +12,7 @@ from transformers import CLIPTextModelWithProjection
 from sd3coreml.convert import TensorSpec, convert_module
 from sd3coreml.errors import PipelineError
 from sd3coreml.package import save_package
-
-MAX_TOKENS = 77
-BOS, EOS = 49406, 49407
+from sd3coreml.tokenizer import BOS, EOS, MAX_TOKENS
 
 
 class TextEncoderForApp(torch.nn.Module):

@@ -8,7 +8,9 @@ from sd3coreml.atomic import replace_path, temporary_sibling
 from sd3coreml.errors import PipelineError
 
 CLIP_VOCAB_SIZE = 49408
-SPECIAL_TOKENS = {"<|startoftext|>": 49406, "<|endoftext|>": 49407}
+BOS, EOS = 49406, 49407
+SPECIAL_TOKENS = {"<|startoftext|>": BOS, "<|endoftext|>": EOS}
+MAX_TOKENS = 77  # CLIP's context; SD3 pads every prompt to it
 
 
 def check_vocab(path: Path) -> None:
@@ -55,7 +57,7 @@ def register_cli(subparsers) -> None:
     step.set_defaults(func=lambda args: copy_tokenizer_files(args.tokenizer, args.out_dir))
 
 
-def load_clip_tokenizer(directory: Path, max_length: int = 77):
+def load_clip_tokenizer(directory: Path, max_length: int = MAX_TOKENS):
     """transformers' CLIPTokenizer over a folder's vocab.json and merges.txt, padding to 77 like SD3."""
     from transformers import CLIPTokenizer
 
