@@ -7,7 +7,7 @@ rule packages_folder:
     input:
         unpack(packages_folder_inputs),
         # Only a build whose packages passed their fidelity checks becomes a folder.
-        fidelity=f"{ROOT}/reports/coremlsd3_{{model}}_packages/fidelity.json",
+        fidelity=lambda wildcards: fidelity_report(wildcards.model),
         code=library("folder", "checksums", "atomic"),
     output:
         f"{ROOT}/coremlsd3_{{model}}_packages/SHA256SUMS",
@@ -29,7 +29,7 @@ rule packages_folder:
 rule app_folder:
     input:
         unpack(app_folder_inputs),
-        fidelity=f"{ROOT}/reports/coremlsd3_{{model}}_packages/fidelity.json",
+        fidelity=lambda wildcards: fidelity_report(wildcards.model),
         code=library("folder", "checksums", "atomic"),
     output:
         f"{ROOT}/coremlsd3_{{model}}/SHA256SUMS",

@@ -62,9 +62,9 @@ def write_side_by_side(package_image: np.ndarray, reference_image: np.ndarray, o
         Image.fromarray(pixels).save(temporary, format="PNG")
 
 
-def block_ranges_of(folder: Path) -> list[tuple[int, int]]:
-    manifest = json.loads((Path(folder) / "manifest.json").read_text())
-    return [tuple(block_range) for block_range in manifest["config"]["stage_block_ranges"]]
+def build_config_of(folder: Path) -> dict:
+    """What shaped the folder (its manifest's `config`): the layout and the latent size."""
+    return json.loads((Path(folder) / "manifest.json").read_text())["config"]
 
 
 def check_end_to_end(
@@ -88,9 +88,11 @@ def check_end_to_end(
     folder = Path(folder)
     pipeline = load_pipeline(weights, config, components, folder)
     transformer = pipeline.transformer.config
-    latent = np.array(json.loads((folder / "manifest.json").read_text())["config"]["latent_size"])
-    noise = np.random.default_rng(seed).standard_normal((1, transformer.in_channels, *latent)).astype(np.float32)
-    reference = run_reference(pipeline, prompt, noise, steps, block_ranges_of(folder))
+    build = build_config_of(folder)
+    block_ranges = [tuple(block_range) for block_range in build["stage_block_ranges"]]
+    noise = np.random.default_rng(seed).standard_normal((1, transformer.in_channels, *build["latent_size"]))
+    noise = noise.astype(np.float32)
+    reference = run_reference(pipeline, prompt, noise, steps, block_ranges)
     package_side = run_app_chain(folder, prompt, noise, steps, transformer.joint_attention_dim)
     rows = comparisons(package_side, reference, app_timesteps(steps))
     failure = first_failure(rows, bar)

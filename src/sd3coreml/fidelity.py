@@ -16,8 +16,6 @@ import numpy as np
 
 from sd3coreml.atomic import written_atomically
 
-PRECISION_CLASSES = ("fp16", "int8", "int4", "palettized")
-
 
 def psnr(reference: np.ndarray, candidate: np.ndarray) -> float:
     """Peak signal-to-noise ratio in dB, peak = max |reference|; inf when they are equal."""

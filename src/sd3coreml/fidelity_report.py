@@ -75,7 +75,7 @@ def markdown_table(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def first_failure(rows: list[dict]) -> str | None:
+def first_failure(rows: list[dict], report: Path) -> str | None:
     failures = [row for row in rows if not row["passed"]]
     if not failures:
         return None
@@ -84,7 +84,7 @@ def first_failure(rows: list[dict]) -> str | None:
     return (
         f"fidelity: {worst['package']} ({worst['entry']}) output '{worst['output']}' has PSNR "
         f"{lowest_figure(worst):.1f} dB {runner}, under the {worst['precision']} bar of {worst['min_psnr_db']:g} dB "
-        f"({len(failures)} output(s) under their bar; table in {{report}})"
+        f"({len(failures)} output(s) under their bar; table in {report})"
     )
 
 
@@ -97,14 +97,14 @@ def write_report(measurements: dict[str, Path], thresholds: dict[str, float], ou
     rows = report_rows(measurements, thresholds)
     table = markdown_table(rows)
     print(table)
-    failure = first_failure(rows)
+    failure = first_failure(rows, out_md)
     with written_atomically(Path(out_md)) as temporary:
         temporary.write_text(f"# Fidelity of {Path(out_md).parent.name}\n\n{table}")
     report = {"passed": failure is None, "thresholds_db": thresholds, "outputs": rows}
     with written_atomically(Path(out_json)) as temporary:
         temporary.write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
     if failure:
-        raise PipelineError(failure.format(report=out_md))
+        raise PipelineError(failure)
 
 
 def parse_measurements(pairs: list[str]) -> dict[str, Path]:
