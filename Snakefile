@@ -27,7 +27,7 @@ wildcard_constraints:
     end="\d+",
     head="(_head)?",
     encoder="TextEncoder2?",
-    compression="int8_linear_symmetric_per_(channel|tensor)|palettize[468]_per_tensor",
+    compression="int[48]_linear_symmetric_per_(channel|tensor)|palettize[468]_per_tensor",
 
 
 include: "rules/checkpoints.smk"
@@ -54,16 +54,44 @@ rule all:
         [f"{ROOT}/coremlsd3_{model}_packages/SHA256SUMS" for model in MODELS],
 
 
-# Per-package fidelity (also part of every packages folder) and the end-to-end check.
+# Per-package fidelity (also part of every packages folder).
 rule fidelity:
     input:
         [fidelity_report(model) for model in MODELS],
 
 
+localrules:
+    verify,
+    verify_folders,
+
+
+# Fidelity, the end-to-end check, then every packages folder (and each app folder already
+# built) against its SHA256SUMS and manifest.json. Rules without outputs run whenever asked for.
 rule verify:
     input:
         [fidelity_report(model) for model in MODELS],
         [end_to_end_report(model) for model in MODELS],
+        [f"{ROOT}/coremlsd3_{model}_packages/SHA256SUMS" for model in MODELS],
+    params:
+        folders=lambda wildcards: built_folders(include_packages=True),
+    log:
+        f"{ROOT}/logs/verify_folders.log",
+    conda:
+        "envs/convert.yaml"
+    shell:
+        "python -m sd3coreml verify-folder {params.folders:q} 2>&1 | tee {log}"
+
+
+# Only the folder check, over the configured folders as they are on disk; builds nothing.
+rule verify_folders:
+    params:
+        folders=lambda wildcards: built_folders(),
+    log:
+        f"{ROOT}/logs/verify_folders.log",
+    conda:
+        "envs/convert.yaml"
+    shell:
+        "python -m sd3coreml verify-folder {params.folders:q} 2>&1 | tee {log}"
 
 
 for model in MODELS:

@@ -9,7 +9,7 @@ from snakemake.utils import validate
 from sd3coreml import toolchain
 from sd3coreml.compile import require_compiler
 from sd3coreml.config import plan_models
-from sd3coreml.disk import component_weight_files, require_free_space
+from sd3coreml.disk import component_weight_files, require_creatable, require_free_space
 from sd3coreml.errors import PipelineError
 from sd3coreml.normalize import ORIGINAL, normalized_memory_mb
 from sd3coreml.plan import (
@@ -145,7 +145,7 @@ def normalize_mem_mb(wildcards, input):
 
 
 def folder_manifest(model, kind):
-    """What shaped a folder: recorded in its manifest.json (no host paths, no times)."""
+    """What shaped a folder, recorded in its manifest.json: no host paths, no times."""
     plan = MODELS[model]
     return {
         "kind": kind,
@@ -158,6 +158,7 @@ def folder_manifest(model, kind):
             "conversion_target": TARGET,
             "compression": config["compression"],
         },
+        "artifacts": folder_artifacts(model),
         "toolchain": TOOLCHAIN,
         "input_files": {
             "transformer_weights": str(plan.weights),
@@ -165,6 +166,45 @@ def folder_manifest(model, kind):
             "components": config["components"],
         },
     }
+
+
+def folder_artifacts(model):
+    """Contract name (without suffix) -> the settings that shaped that entry."""
+    common = {"conversion_target": TARGET}
+    mmdit = {**common, "source": "transformer_weights", "compression": config["compression"]["mmdit"]}
+    artifacts = {
+        name: {**common, "source": f"components/{folder}", "compression": config["compression"]["text_encoders"]}
+        for name, folder in TEXT_ENCODERS.items()
+    }
+    artifacts["VAEDecoder"] = {**common, "source": "components/vae", "latent_size": config["latent_size"]}
+    artifacts[CONTRACT_CONDITIONING] = mmdit
+    artifacts[CONTRACT_STAGE.format(index=0)] = {**mmdit, "latent_size": config["latent_size"]}
+    for index, block_range in enumerate(MODELS[model].ranges, 1):
+        artifacts[CONTRACT_STAGE.format(index=index)] = {
+            **mmdit,
+            "latent_size": config["latent_size"],
+            "blocks": [block_range.start, block_range.end],
+            "head": block_range.has_head,
+        }
+    for name in TOKENIZER_FILES:
+        artifacts[name] = {"source": "components/tokenizer"}
+    return artifacts
+
+
+def built_folders(include_packages=False):
+    """The configured folders on disk (and the packages folders, about to be built, if asked)."""
+    folders = []
+    for model in MODELS:
+        packages, app = f"{ROOT}/coremlsd3_{model}_packages", f"{ROOT}/coremlsd3_{model}"
+        folders += [path for path in (packages, app) if Path(path).is_dir() or (include_packages and path == packages)]
+    if not folders:
+        fail(f"{ROOT}: no coremlsd3_* folder built yet; build one first, e.g. snakemake {packages_targets()[0]}")
+    return folders
+
+
+def build_record(folder_name):
+    """Host and time facts of a folder's build: outside the folder, so the folder stays reproducible."""
+    return f"{ROOT}/reports/{folder_name}/build_host.json"
 
 
 def planned_jobs():
@@ -180,10 +220,20 @@ def weights_to_convert(jobs):
     return files
 
 
+def planned_outputs(jobs):
+    """Every path the planned jobs write: outputs, logs, benchmarks."""
+    for job in jobs:
+        yield from job.output
+        yield from job.log
+        if job.benchmark:
+            yield job.benchmark
+
+
 def check_host_before_jobs():
-    """Apple's compiler when compiles are planned, and room on the disk; before any job runs."""
+    """Before any job runs: a folder for every output, Apple's compiler if compiles are planned, disk room."""
     jobs = planned_jobs()
     try:
+        require_creatable(planned_outputs(jobs))
         if any(job.rule.name == "compile_package" for job in jobs):
             require_compiler(config["compiler"]["command"], " or ".join(packages_targets()))
         require_free_space(Path(ROOT), weights_to_convert(jobs))

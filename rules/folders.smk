@@ -1,6 +1,7 @@
 # The user-facing folders: packages (any OS) and the app's compiled folder (macOS).
 # Their declared output is SHA256SUMS, a file: a directory() output would get Snakemake's
 # .snakemake_timestamp marker inside, and nothing of the build machinery may reach a folder.
+# Host and time facts go to reports/<folder>/build_host.json, outside the folder.
 
 
 rule packages_folder:
@@ -10,7 +11,8 @@ rule packages_folder:
         fidelity=lambda wildcards: fidelity_report(wildcards.model),
         code=library("folder", "checksums", "atomic"),
     output:
-        f"{ROOT}/coremlsd3_{{model}}_packages/SHA256SUMS",
+        sums=f"{ROOT}/coremlsd3_{{model}}_packages/SHA256SUMS",
+        record=build_record("coremlsd3_{model}_packages"),
     params:
         spec=packages_folder_spec,
     log:
@@ -22,8 +24,8 @@ rule packages_folder:
     conda:
         "../envs/convert.yaml"
     shell:
-        "echo {params.spec:q} | python -m sd3coreml assemble-folder --spec - --out $(dirname {output})"
-        " > {log} 2>&1"
+        "echo {params.spec:q} | python -m sd3coreml assemble-folder --spec - --out $(dirname {output.sums})"
+        " --build-record {output.record} > {log} 2>&1"
 
 
 rule app_folder:
@@ -32,7 +34,8 @@ rule app_folder:
         fidelity=lambda wildcards: fidelity_report(wildcards.model),
         code=library("folder", "checksums", "atomic"),
     output:
-        f"{ROOT}/coremlsd3_{{model}}/SHA256SUMS",
+        sums=f"{ROOT}/coremlsd3_{{model}}/SHA256SUMS",
+        record=build_record("coremlsd3_{model}"),
     params:
         spec=app_folder_spec,
     log:
@@ -44,5 +47,5 @@ rule app_folder:
     conda:
         "../envs/convert.yaml"
     shell:
-        "echo {params.spec:q} | python -m sd3coreml assemble-folder --spec - --out $(dirname {output})"
-        " > {log} 2>&1"
+        "echo {params.spec:q} | python -m sd3coreml assemble-folder --spec - --out $(dirname {output.sums})"
+        " --build-record {output.record} > {log} 2>&1"

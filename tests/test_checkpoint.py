@@ -1,14 +1,24 @@
 """The weights file's tensor table is checked against its config before anything loads."""
 
+import errno
 import json
 import struct
+import subprocess
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import save_file
 
-from sd3coreml.checkpoint import check_header_matches_config, check_weights_match_config, read_tensor_table
+from sd3coreml.checkpoint import (
+    check_header_matches_config,
+    check_weights_match_config,
+    expected_tensor_shapes,
+    load_transformer_config,
+    read_tensor_table,
+    save_safetensors,
+    sd3_tensor_shapes,
+)
 from sd3coreml.errors import PipelineError
 from sd3coreml.synthetic import write_synthetic_transformer
 
@@ -25,6 +35,13 @@ def tiny_weights(tmp_path_factory) -> Path:
 
 def tiny_config() -> dict:
     return {k: v for k, v in json.loads(TINY_CONFIG.read_text()).items() if not k.startswith("_")}
+
+
+@pytest.mark.parametrize("name", ["sd3-tiny", "sd3-medium"])
+def test_written_out_tensor_table_is_diffusers_own(name):
+    # The parse-time check compares whole tensor tables without importing torch or diffusers.
+    config = load_transformer_config(REPO / "config" / "transformers" / f"{name}.json")
+    assert sd3_tensor_shapes(config) == expected_tensor_shapes(config)
 
 
 def test_matching_weights_pass_both_checks(tiny_weights):
@@ -73,3 +90,19 @@ def test_original_sd3_layout_is_named(tmp_path):
     save_file({"joint_blocks.0.x_block.attn.qkv.weight": torch.zeros(6, 2)}, str(path))
     with pytest.raises(PipelineError, match="original SD3 layout"):
         check_header_matches_config(path, tiny_config(), TINY_CONFIG)
+
+
+def test_a_full_disk_under_the_safetensors_writer_is_an_os_error(tmp_path):
+    # safetensors' Rust writer reports it as text; the CLI needs the errno to say "disk full".
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(disk)], capture_output=True, check=False
+    ).returncode:
+        pytest.skip("mounting a small tmpfs needs root")
+    try:
+        with pytest.raises(OSError) as error:
+            save_safetensors({"w": torch.zeros(256, 256)}, disk / "w.safetensors")
+        assert error.value.errno == errno.ENOSPC and error.value.filename == str(disk / "w.safetensors")
+    finally:
+        subprocess.run(["umount", str(disk)], check=True)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from sd3coreml import checksums, cli, compile, folder
+from sd3coreml import checksums, cli, compile, folder, folder_check
 from sd3coreml.errors import PipelineError
 
 FAKE_COMPILER = Path(__file__).parent / "fake_coremlcompiler"
@@ -136,8 +136,10 @@ def test_compile_folder_builds_the_app_folder(tmp_path):
 
     manifest = json.loads((app_dir / "manifest.json").read_text())
     assert manifest["packages"] == json.loads((packages_dir / "manifest.json").read_text())
-    assert manifest["compiler"] == FAKE_TEMPLATE
-    assert manifest["deployment_target"] == "17.4"
+    assert manifest["compiler"]["deployment_target"] == "17.4"
+    # The record names the program, never its path on the building host.
+    assert manifest["compiler"]["command"].startswith("fake_coremlcompiler compile")
+    assert manifest["compiler"]["versions"] == {"compiler": "fake_coremlcompiler 0.1 (test double)"}
     assert "compiler_version" not in manifest
 
     checked = subprocess.run(["sha256sum", "-c", "SHA256SUMS"], cwd=app_dir, capture_output=True, text=True)
@@ -211,12 +213,13 @@ def test_the_default_template_asks_xcrun_to_find_the_compiler(tmp_path, monkeypa
     write_fake_xcrun(tmp_path / "bin", finds)
     monkeypatch.setenv("PATH", str(tmp_path / "bin"))
     assert compile.compiler_available(compile.DEFAULT_COMPILER) is finds
-    assert compile.compiler_version(compile.DEFAULT_COMPILER) == ("3505.4.1" if finds else None)
+    versions = compile.compiler_record(compile.DEFAULT_COMPILER, "18.2")["versions"]
+    # No xcodebuild on this PATH: its version is recorded as unavailable, not guessed.
+    assert versions == {"compiler": "3505.4.1", "xcode": "unavailable"}
 
 
 def test_custom_templates_need_an_executable_first_word(tmp_path):
     assert compile.compiler_available(FAKE_TEMPLATE)
-    assert compile.compiler_version(FAKE_TEMPLATE) is None
     missing = str(tmp_path / "no_such_compiler") + " {package} {output_dir}"
     assert not compile.compiler_available(missing)
     with pytest.raises(PipelineError, match="'.*no_such_compiler' of the compiler template.*build 'pkgs' here"):
@@ -234,8 +237,8 @@ def test_cli_compile_folder_and_compile_package(tmp_path, monkeypatch, capsys):
     argv = ["compile-folder", str(packages_dir), str(app_dir), "--compiler", FAKE_TEMPLATE]
     argv += ["--deployment-target", "18.0"]
     assert run_cli(monkeypatch, argv) == 0
-    assert json.loads((app_dir / "manifest.json").read_text())["deployment_target"] == "18.0"
-    assert run_cli(monkeypatch, ["verify-folder", str(app_dir)]) == 0
+    assert json.loads((app_dir / "manifest.json").read_text())["compiler"]["deployment_target"] == "18.0"
+    assert folder_check.folder_problems(app_dir) == []
 
     out_modelc = tmp_path / "single" / "TextEncoder.mlmodelc"
     argv = ["compile-package", "--package", str(packages_dir / "TextEncoder.mlpackage"), "--out", str(out_modelc)]

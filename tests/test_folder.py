@@ -158,23 +158,27 @@ def test_a_stage_gap_is_refused_before_touching_the_old_folder(tmp_path):
     assert checksums.tree_sha256(out_dir) == before
 
 
-def test_build_id_is_stable_and_follows_every_input(tmp_path):
+def test_build_id_is_stable_and_follows_the_request_not_the_files(tmp_path):
     first, second = tmp_path / "first", tmp_path / "second"
     folder.assemble_folder(make_entries(tmp_path / "a", stage_count=3), first, MANIFEST)
     folder.assemble_folder(make_entries(tmp_path / "b", stage_count=3), second, MANIFEST)
     assert (first / "manifest.json").read_bytes() == (second / "manifest.json").read_bytes()
     assert (first / "SHA256SUMS").read_bytes() == (second / "SHA256SUMS").read_bytes()
     build_id = read_manifest(first)["build_id"]
-    assert len(build_id) == 64
+    assert build_id == folder.build_id(MANIFEST) and len(build_id) == 64
 
+    # Other bytes under the same request: same id, other file record (verify-folder tells them apart).
     changed_file = make_entries(tmp_path / "c", stage_count=3)
     (changed_file["merges.txt"]).write_text("#version: 0.2\na c\n")
     folder.assemble_folder(changed_file, tmp_path / "third", MANIFEST)
-    assert read_manifest(tmp_path / "third")["build_id"] != build_id
+    third = read_manifest(tmp_path / "third")
+    assert third["build_id"] == build_id
+    assert third["files"]["merges.txt"] != read_manifest(first)["files"]["merges.txt"]
 
-    changed_config = {**MANIFEST, "config": {"stage_sizes": [6, 6, 6, 6]}}
-    folder.assemble_folder(make_entries(tmp_path / "d", stage_count=3), tmp_path / "fourth", changed_config)
-    assert read_manifest(tmp_path / "fourth")["build_id"] != build_id
+    for index, changed in enumerate([{"config": {"stage_sizes": [6, 6, 6, 6]}}, {"inputs": {"transformer": "def"}}]):
+        out_dir = tmp_path / f"changed{index}"
+        folder.assemble_folder(make_entries(tmp_path / f"d{index}", stage_count=3), out_dir, {**MANIFEST, **changed})
+        assert read_manifest(out_dir)["build_id"] != build_id
 
 
 def test_missing_source_names_the_entry(tmp_path):
@@ -195,21 +199,6 @@ def test_manifest_that_cannot_be_written_as_given_is_refused(tmp_path, manifest)
 def run_cli(monkeypatch, argv: list[str]) -> int:
     monkeypatch.setattr(cli, "STEP_MODULES", ["sd3coreml.folder"])
     return cli.main(argv)
-
-
-def test_cli_verify_folder_exit_codes(tmp_path, monkeypatch, capsys):
-    out_dir = tmp_path / "coremlsd3_4step"
-    folder.assemble_folder(make_entries(tmp_path / "src", stage_count=2), out_dir, MANIFEST)
-    (out_dir / ".snakemake_timestamp").write_text("")  # Snakemake adds it after the job
-    assert run_cli(monkeypatch, ["verify-folder", str(out_dir)]) == 0
-
-    (out_dir / "stray.txt").write_text("left behind")
-    (out_dir / "vocab.json").write_text("{}")
-    capsys.readouterr()
-    assert run_cli(monkeypatch, ["verify-folder", str(out_dir)]) == 1
-    captured = capsys.readouterr()
-    assert captured.out.splitlines() == ["modified: vocab.json", "extra: stray.txt"]
-    assert "2 problem(s)" in captured.err
 
 
 def test_cli_assemble_folder_from_a_json_spec(tmp_path, monkeypatch):

@@ -2,10 +2,11 @@
 
 An interrupted job then leaves at most a hidden `.NAME.tmp-PID` sibling, never a half
 artifact that looks finished, and an existing artifact is replaced only once the new one
-is complete.
+is complete. The next write of the same artifact removes what a killed process left.
 """
 
 import os
+import re
 import shutil
 from contextlib import contextmanager
 from pathlib import Path
@@ -15,6 +16,45 @@ def temporary_sibling(path: Path) -> Path:
     """A hidden sibling that keeps the suffix (coremltools insists on `.mlpackage`)."""
     path = Path(path)
     return path.parent / f".{path.stem}.tmp-{os.getpid()}{path.suffix}"
+
+
+def fresh_temporary(path: Path) -> Path:
+    """This process's temporary sibling of `path`, with leftovers of dead writers removed."""
+    path = Path(path)
+    remove_leftovers(path)
+    temporary = temporary_sibling(path)
+    remove_path(temporary)
+    return temporary
+
+
+def remove_leftovers(path: Path) -> None:
+    """Remove the `.tmp-PID`/`.old-PID` siblings of `path` whose process no longer runs.
+
+    A SIGKILLed job cannot clean up after itself; a live PID's sibling is left alone, since
+    another process may be writing it right now.
+    """
+    path = Path(path)
+    if not path.parent.is_dir():
+        return
+    leftover = re.compile(
+        rf"\.(?:{re.escape(path.stem)}\.tmp-(\d+){re.escape(path.suffix)}|{re.escape(path.name)}\.old-(\d+))"
+    )
+    for sibling in path.parent.iterdir():
+        match = leftover.fullmatch(sibling.name)
+        if match and not process_is_running(int(match.group(1) or match.group(2))):
+            remove_path(sibling)
+
+
+def process_is_running(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def remove_path(path: Path) -> None:
@@ -51,9 +91,8 @@ def replace_path(new: Path, target: Path) -> None:
 def written_atomically(path: Path):
     """Yield a temporary sibling to write (a file or a folder); move it into place on success."""
     path = Path(path)
-    temporary = temporary_sibling(path)
-    remove_path(temporary)
     path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = fresh_temporary(path)
     try:
         yield temporary
         replace_path(temporary, path)

@@ -7,6 +7,8 @@ tensors they convert.
 """
 
 import json
+import os
+import re
 import struct
 from pathlib import Path
 
@@ -21,7 +23,7 @@ ORIGINAL_LAYOUT_PREFIX = "joint_blocks."
 def read_tensor_table(path: Path) -> dict[str, dict]:
     """Return {name: {"dtype", "shape"}} from a safetensors header without loading tensors."""
     path = Path(path)
-    if path.suffix in PICKLE_SUFFIXES:
+    if path.suffix.lower() in PICKLE_SUFFIXES:
         raise PipelineError(
             f"{path}: pickle checkpoints are refused (they can run code when loaded); convert it to .safetensors first"
         )
@@ -103,8 +105,49 @@ def check_weights_match_config(weights_path: Path, config_path: Path) -> None:
     check_tensor_table(weights_path, config_path, found, expected_tensor_shapes(config), "tensors")
 
 
+def sd3_tensor_shapes(config: dict) -> dict[str, tuple]:
+    """The tensor table of diffusers' `SD3Transformer2DModel` for an SD3 config, without torch.
+
+    Importing torch and diffusers costs seconds at every parse, so the table is written out
+    here; tests/test_checkpoint.py holds it equal to diffusers' own (`expected_tensor_shapes`).
+    """
+    width, depth = config["num_attention_heads"] * config["attention_head_dim"], config["num_layers"]
+    patch, out_channels = config["patch_size"], config.get("out_channels") or config["in_channels"]
+    shapes = {
+        "pos_embed.pos_embed": (1, config["pos_embed_max_size"] ** 2, width),
+        "pos_embed.proj.weight": (width, config["in_channels"], patch, patch),
+        "time_text_embed.timestep_embedder.linear_1.weight": (width, 256),
+        "time_text_embed.timestep_embedder.linear_2.weight": (width, width),
+        "time_text_embed.text_embedder.linear_1.weight": (width, config["pooled_projection_dim"]),
+        "time_text_embed.text_embedder.linear_2.weight": (width, width),
+        "context_embedder.weight": (config["caption_projection_dim"], config["joint_attention_dim"]),
+        "norm_out.linear.weight": (2 * width, width),
+        "proj_out.weight": (patch * patch * out_channels, width),
+    }
+    for index in range(depth):
+        shapes.update(joint_block_shapes(f"transformer_blocks.{index}.", width, last=index == depth - 1))
+    # Every layer above is a Linear or a Conv2d with a bias; the positional embedding is not.
+    biases = {name.replace(".weight", ".bias"): shape[:1] for name, shape in shapes.items() if name.endswith(".weight")}
+    return {**shapes, **biases}
+
+
+def joint_block_shapes(prefix: str, width: int, last: bool) -> dict[str, tuple]:
+    """Weights of one JointTransformerBlock; the last one updates only the image tokens."""
+    square, ff_in, ff_out = (width, width), (4 * width, width), (width, 4 * width)
+    names = {"norm1.linear": (6 * width, width), "norm1_context.linear": ((2 if last else 6) * width, width)}
+    projections = ("to_q", "to_k", "to_v", "add_q_proj", "add_k_proj", "add_v_proj")
+    names.update({f"attn.{projection}": square for projection in projections})
+    names.update({"attn.to_out.0": square, "ff.net.0.proj": ff_in, "ff.net.2": ff_out})
+    if not last:
+        names.update({"attn.to_add_out": square, "ff_context.net.0.proj": ff_in, "ff_context.net.2": ff_out})
+    return {f"{prefix}{name}.weight": shape for name, shape in names.items()}
+
+
 def check_header_matches_config(weights_path: Path, config: dict, config_path: Path) -> None:
-    """Cheap parse-time check of depth and widths against the tensor table (no torch import)."""
+    """Cheap parse-time check of the whole tensor table against the config (no torch import).
+
+    Depth and the widths are compared first, so the commonest mistakes are named plainly.
+    """
     table = read_tensor_table(weights_path)
     check_layout(weights_path, table)
     width = config["num_attention_heads"] * config["attention_head_dim"]
@@ -135,6 +178,8 @@ def check_header_matches_config(weights_path: Path, config: dict, config_path: P
                 f"{weights_path}: {what} is {found} but {config_path} implies {wanted}; "
                 "fix the transformer config or point at the right weights"
             )
+    shapes = {name: tuple(entry["shape"]) for name, entry in table.items()}
+    check_tensor_table(weights_path, config_path, shapes, sd3_tensor_shapes(config), "tensors")
 
 
 def check_layout(weights_path: Path, table: dict) -> None:
@@ -152,11 +197,18 @@ def check_layout(weights_path: Path, table: dict) -> None:
 
 def save_safetensors(tensors: dict, path: Path) -> None:
     """Write a bare safetensors checkpoint (torch tensors), readable by every user."""
-    import os
-
+    from safetensors import SafetensorError
     from safetensors.torch import save_file
 
-    save_file(tensors, str(path), metadata=SAFETENSORS_METADATA)
+    try:
+        save_file(tensors, str(path), metadata=SAFETENSORS_METADATA)
+    except SafetensorError as error:
+        # Its Rust writer reports a full disk as text; give callers the OSError (and errno) back.
+        os_error = re.search(r"\(os error (\d+)\)", str(error))
+        if not os_error:
+            raise
+        code = int(os_error.group(1))
+        raise OSError(code, os.strerror(code), str(path)) from error
     # safetensors 0.8 writes through a private temporary file, leaving mode 0600; downloaded
     # checkpoints are world-readable, and other users' jobs may read these.
     os.chmod(path, 0o644)

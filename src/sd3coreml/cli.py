@@ -10,12 +10,14 @@ import importlib
 import sys
 from pathlib import Path
 
+from sd3coreml.disk import OUT_OF_ROOM, out_of_room_message
 from sd3coreml.errors import PipelineError
 from sd3coreml.frameworks import skip_unused_frameworks
 
 STEP_MODULES = [
     "sd3coreml.synthetic",
     "sd3coreml.folder",
+    "sd3coreml.folder_check",
     "sd3coreml.compile",
     "sd3coreml.tokenizer",
     "sd3coreml.bench_report",
@@ -134,5 +136,13 @@ def main(argv=None) -> int:
         args.func(args)
     except PipelineError as error:
         print(f"error: {error}", file=sys.stderr)
+        return 1
+    except OSError as error:
+        # A full disk is the host's state, not a bug: one line, like a PipelineError.
+        if error.errno not in OUT_OF_ROOM:
+            raise
+        written = getattr(args, "out", None) or getattr(args, "out_dir", None)
+        where = str(written) if written else f"python -m sd3coreml {args.step}"
+        print(f"error: {out_of_room_message(error, where)}", file=sys.stderr)
         return 1
     return 0

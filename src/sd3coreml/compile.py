@@ -105,20 +105,27 @@ def require_compiler(command_template: str, packages_target_hint: str) -> None:
         )
 
 
-def compiler_version(command_template: str) -> str | None:
-    """`xcrun coremlcompiler version` for xcrun templates; None for custom ones or on failure."""
-    tool = _xcrun_tool(command_template)
-    if tool is None or not _xcrun_finds(tool):
-        return None
-    try:
-        result = subprocess.run(
-            ["xcrun", tool, "version"], capture_output=True, text=True, timeout=TOOL_TIMEOUT_SECONDS, check=False
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    if result.returncode != 0 or not result.stdout.strip():
-        return None
-    return result.stdout.strip()
+def compiler_program(command_template: str) -> list[str]:
+    """The words that name the compiler: `xcrun <tool>`, or a custom template's first word."""
+    words = _template_words(command_template)
+    return words[:2] if _xcrun_tool(command_template) is not None else words[:1]
+
+
+def public_command(command_template: str) -> str:
+    """The template as a manifest records it: program paths cut to their names (no host paths)."""
+    words = _template_words(command_template)
+    return shlex.join([Path(word).name if word.startswith("/") else word for word in words])
+
+
+def compiler_record(command_template: str, deployment_target: str) -> dict:
+    """What compiled an app folder, for its manifest: command, target, compiler and Xcode versions."""
+    from sd3coreml.toolchain import compiler_versions
+
+    return {
+        "command": public_command(command_template),
+        "deployment_target": deployment_target,
+        "versions": compiler_versions(compiler_program(command_template)),
+    }
 
 
 def _last_line(text: str) -> str:
@@ -229,14 +236,7 @@ def compile_folder(
             modelc = work_dir / f"{package.stem}.mlmodelc"
             compile_package(package, modelc, command_template, deployment_target)
             entries[modelc.name] = modelc
-        manifest = {
-            "packages": packages_manifest,
-            "compiler": command_template,
-            "deployment_target": deployment_target,
-        }
-        version = compiler_version(command_template)
-        if version is not None:
-            manifest["compiler_version"] = version
+        manifest = {"packages": packages_manifest, "compiler": compiler_record(command_template, deployment_target)}
         folder.assemble_folder(entries, app_dir, manifest)
     finally:
         shutil.rmtree(work_dir, ignore_errors=True)

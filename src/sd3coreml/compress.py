@@ -26,7 +26,10 @@ def optimization_config(mode: str, nbits: int, granularity: str):
     import coremltools.optimize.coreml as cto
 
     if mode == "linear_symmetric":
-        op_config = cto.OpLinearQuantizerConfig(mode="linear_symmetric", dtype="int8", granularity=granularity)
+        if nbits not in (8, 4):
+            raise PipelineError(f"linear_symmetric takes 8 or 4 bits, not {nbits}")
+        # int4 needs a package converted for iOS18 or newer; config.check_compression says so up front.
+        op_config = cto.OpLinearQuantizerConfig(mode="linear_symmetric", dtype=f"int{nbits}", granularity=granularity)
     elif mode == "palettize":
         require_exact_kmeans()
         # coremltools runs the exact kmeans1d only on fp16 weights of >= 10,000 elements and

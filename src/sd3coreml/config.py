@@ -2,24 +2,43 @@
 
 The JSON schema (config/schema.yaml) checks types and fills defaults; this module checks
 what a schema cannot: stage sizes against the transformer's depth, targets against each
-other, the latent size against the positional embedding, and the weights file's tensor
-table against its pinned config. Every failure is one line naming the key or file.
+other, compression against the conversion target, the latent size against the positional
+embedding, the weights file's tensor table against its pinned config, the tokenizer files,
+and that paths jobs write stay where jobs write. Every failure is one line naming the key or
+file.
 """
 
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from sd3coreml.checkpoint import check_header_matches_config, load_transformer_config
+from sd3coreml.checkpoint import PICKLE_SUFFIXES, check_header_matches_config, load_transformer_config
+from sd3coreml.compress import require_exact_kmeans
 from sd3coreml.download import downloaded_paths
 from sd3coreml.errors import PipelineError
 from sd3coreml.geometry import MMDiTShape
 from sd3coreml.normalize import DIFFUSERS, ORIGINAL, check_original_header_matches_config, detect_layout
 from sd3coreml.plan import BlockRange, stage_ranges
+from sd3coreml.tokenizer import check_merges, check_vocab
 
 # Spec versions of ML Program targets; iOS15 lacks fp16 inputs/outputs and is refused.
 CONVERSION_TARGETS = {"iOS16": 16, "iOS17": 17, "iOS18": 18}
-# Palettization of these sizes and int8 per channel need iOS16+; per_grouped_channel would need iOS18.
+# iOS majors coremltools 9 has a ct.target for; Apple went from 18 to 26. A compiler target
+# with another major (a typo such as 99.0, or 19 to 25) names no iOS release.
+KNOWN_IOS_MAJORS = (13, 14, 15, 16, 17, 18, 26)
+# The oldest conversion target at which coremltools 9 compresses weights each way
+# (coremltools/optimize/coreml/_quantization_passes.py): its passes need iOS16, and 4-bit
+# linear quantization iOS18 (constexpr_blockwise_shift_scale). Palettes per grouped channel
+# (iOS18) are not offered: coremltools runs the exact kmeans1d on a group only when it holds
+# >= 10,000 weights and a randomised k-means on smaller groups, so packages would not repeat.
+COMPRESSION_MINIMUM_TARGET = {
+    ("linear_symmetric", 8): "iOS16",
+    ("linear_symmetric", 4): "iOS18",
+    ("palettize", 8): "iOS16",
+    ("palettize", 6): "iOS16",
+    ("palettize", 4): "iOS16",
+}
 SAMPLER_STEPS = (2, 4)
 COMPONENT_DIRS = ("text_encoder", "text_encoder_2", "vae", "tokenizer")
 
@@ -40,8 +59,15 @@ class ModelPlan:
 
 def parse_version(text: str, key: str) -> tuple[int, ...]:
     if not re.fullmatch(r"\d+(\.\d+){0,2}", str(text)):
-        raise PipelineError(f"config key '{key}' is {text!r}; write a version such as \"18.2\"")
-    return tuple(int(part) for part in str(text).split("."))
+        raise PipelineError(f"config key '{key}' is {text!r}, not a version; write an iOS version such as \"18.2\"")
+    version = tuple(int(part) for part in str(text).split("."))
+    if version[0] not in KNOWN_IOS_MAJORS:
+        majors = ", ".join(map(str, KNOWN_IOS_MAJORS))
+        raise PipelineError(
+            f"config key '{key}' is {text!r}, not an iOS release coremltools 9 knows (majors {majors}); "
+            'write one such as "18.2"'
+        )
+    return version
 
 
 def check_targets(config: dict) -> None:
@@ -57,14 +83,36 @@ def check_targets(config: dict) -> None:
 
 
 def check_compression(config: dict) -> None:
+    """Each family's compression is one coremltools 9 runs at the configured conversion target."""
+    target = config["conversion_target"]
     for family, settings in config["compression"].items():
-        key = f"compression.{family}"
-        if settings["mode"] != "none" and "nbits" not in settings:
+        key, mode = f"compression.{family}", settings["mode"]
+        if mode == "none":
+            continue
+        if "nbits" not in settings:
             raise PipelineError(f"config key '{key}.nbits' is missing; set 4, 6 or 8")
-        if settings["mode"] == "linear_symmetric" and settings["nbits"] != 8:
-            raise PipelineError(f"config key '{key}.nbits' must be 8 for linear_symmetric (int8) weights")
-        if settings["mode"] == "palettize" and settings.get("granularity", "per_tensor") != "per_tensor":
+        if mode == "palettize" and settings.get("granularity", "per_tensor") != "per_tensor":
             raise PipelineError(f"config key '{key}.granularity' must be per_tensor for palettize")
+        nbits = settings["nbits"]
+        needed = COMPRESSION_MINIMUM_TARGET.get((mode, nbits))
+        if needed is None:
+            offered = " or ".join(str(bits) for known, bits in COMPRESSION_MINIMUM_TARGET if known == mode)
+            raise PipelineError(f"config key '{key}.nbits' is {nbits}; {mode} takes {offered}")
+        if CONVERSION_TARGETS[needed] > CONVERSION_TARGETS[target]:
+            raise PipelineError(
+                f"config key '{key}' ({mode}, {nbits}-bit) needs conversion_target {needed} or newer "
+                f"(coremltools 9), but it is {target}; raise conversion_target to {needed} or use 8 bits"
+            )
+        if mode == "palettize":
+            require_exact_palettes(key)
+
+
+def require_exact_palettes(key: str) -> None:
+    # Without kmeans1d, coremltools palettizes with a randomised k-means: refuse up front.
+    try:
+        require_exact_kmeans()
+    except PipelineError as error:
+        raise PipelineError(f"config key '{key}': {error}") from None
 
 
 def check_latent(shape: MMDiTShape, key: str) -> None:
@@ -89,6 +137,57 @@ def check_components(components: Path) -> None:
                 f"{components / name}: missing; 'components' must be an SD3 diffusers-layout folder "
                 f"with {', '.join(COMPONENT_DIRS)}"
             )
+    # Plain JSON and text checks: transformers is too slow to import at every parse.
+    check_vocab(components / "tokenizer" / "vocab.json")
+    check_merges(components / "tokenizer" / "merges.txt")
+
+
+def lies_under(path: str, root: str) -> bool:
+    """Whether `path` is inside `root`, compared lexically (neither need exist yet)."""
+    path, root = os.path.abspath(path), os.path.abspath(root)
+    return path != root and os.path.commonpath([path, root]) == root
+
+
+def check_generated_paths(config: dict, downloaded: set[Path]) -> None:
+    """With `synthetic`, weights and components are made by jobs, which write under output_root."""
+    if "synthetic" not in config:
+        return
+    root = config["output_root"].rstrip("/")
+    made = {f"models.{key}.weights": entry["weights"] for key, entry in config["models"].items()}
+    made["components"] = config["components"]
+    for key, path in made.items():
+        # An existing file is read as it is, and a downloaded one is placed by its own job.
+        if Path(path).exists() or Path(path) in downloaded or lies_under(path, root):
+            continue
+        raise PipelineError(
+            f"config key '{key}' ({path}) lies outside output_root ({root}); synthetic inputs are written "
+            f"under output_root: use {root}/checkpoints/{Path(path).name}"
+        )
+
+
+def check_downloads_root(config: dict) -> None:
+    root = str((config.get("downloads") or {}).get("root", "checkpoints"))
+    if os.path.isabs(root) or ".." in Path(root).parts:
+        raise PipelineError(
+            f"config key 'downloads.root' is {root!r}; download jobs write there, so it must be a folder "
+            "inside the working directory: write a relative path without '..', such as checkpoints"
+        )
+
+
+def refuse_pickle(weights: Path, key: str) -> None:
+    """Refused by name alone: a pickle is never opened, since unpickling can run its code."""
+    if weights.suffix.lower() in PICKLE_SUFFIXES:
+        raise PipelineError(
+            f"config key '{key}' ({weights}) is a pickle checkpoint, refused unread (loading one can run "
+            "code); convert it to .safetensors and point the key at that"
+        )
+
+
+def require_weights_file(weights: Path, key: str) -> None:
+    if not weights.is_file():
+        raise PipelineError(
+            f"config key '{key}' ({weights}): no such file; fix the path, or pin the file under 'downloads'"
+        )
 
 
 def sampler_steps(entry: dict, key: str) -> int:
@@ -104,6 +203,7 @@ def sampler_steps(entry: dict, key: str) -> int:
 def plan_model(config: dict, key: str, made_by_job: bool) -> ModelPlan:
     entry = config["models"][key]
     weights, config_path = Path(entry["weights"]), Path(entry["config"])
+    refuse_pickle(weights, f"models.{key}.weights")
     transformer_config = load_transformer_config(config_path)
     if transformer_config.get("dual_attention_layers") or transformer_config.get("qk_norm"):
         raise PipelineError(
@@ -116,6 +216,7 @@ def plan_model(config: dict, key: str, made_by_job: bool) -> ModelPlan:
     # Synthetic or downloaded weights are made by a job; once they exist they are checked.
     layout = DIFFUSERS
     if weights.exists() or not made_by_job:
+        require_weights_file(weights, f"models.{key}.weights")
         layout = detect_layout(weights)
         if layout == ORIGINAL:
             # The normalised file is checked in full by its job; here depth and widths only.
@@ -129,8 +230,10 @@ def plan_models(config: dict) -> dict[str, ModelPlan]:
     """Check the whole config and return each model's plan; raises PipelineError."""
     check_targets(config)
     check_compression(config)
+    check_downloads_root(config)
     generated = "synthetic" in config
     downloaded = downloaded_paths(config)
+    check_generated_paths(config, downloaded)
     components = Path(config["components"])
     if components.exists() or not (generated or components in downloaded):
         check_components(components)

@@ -1,10 +1,13 @@
-"""Check before a build that its outputs fit on the disk.
+"""Check before a build that its outputs fit on the disk and can be made; name a full disk.
 
 A conversion writes each weight about three times: the fp16 package (2 bytes a weight),
 its compressed twin (1 byte, or less for palettes) and the folder's copy of that. The
 estimate reads only safetensors headers, so it costs nothing before a multi-GB build.
 """
 
+import errno
+import os
+import re
 import shutil
 from pathlib import Path
 
@@ -13,6 +16,10 @@ from sd3coreml.errors import PipelineError
 
 BYTES_WRITTEN_PER_WEIGHT = 2 + 1 + 1
 COMPONENT_WEIGHTS = ("text_encoder", "text_encoder_2", "vae")
+# A write that failed for want of room: a full disk, a quota, a file-size limit (`ulimit -f`).
+OUT_OF_ROOM = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+# atomic.py's temporary and set-aside siblings: `.NAME.tmp-PID.SUFFIX`, `.NAME.old-PID`.
+TEMPORARY_NAME = re.compile(r"\.(?P<stem>.+)\.tmp-\d+(?P<suffix>.*)|\.(?P<name>.+)\.old-\d+")
 
 
 def weight_count(weights: Path) -> int:
@@ -49,3 +56,46 @@ def require_free_space(output_root: Path, weight_files: list[Path]) -> None:
             f"{output_root}: the build writes up to {needed / 2**30:.1f} GiB but {free / 2**30:.1f} GiB are free; "
             "free some space or set output_root to a larger disk"
         )
+
+
+def folder_in_the_way(output: Path) -> Path | None:
+    """The nearest existing ancestor of `output` when it is no folder (so no job can write there)."""
+    ancestor = Path(output).parent
+    while not os.path.lexists(ancestor) and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    return None if ancestor.is_dir() else ancestor
+
+
+def require_creatable(outputs) -> None:
+    """Every output's folder exists or can be made: a regular file in its place stops root too."""
+    for output in outputs:
+        blocker = folder_in_the_way(output)
+        if blocker is not None:
+            raise PipelineError(
+                f"{blocker}: a file is in the way of the folder {blocker} that {output} needs; move or delete it"
+            )
+
+
+def final_name(path: str) -> str:
+    """The artifact a temporary sibling (see atomic.py) stands for, so messages name what was asked for."""
+
+    def part_name(part: str) -> str:
+        match = TEMPORARY_NAME.fullmatch(part)
+        if not match:
+            return part
+        return match["name"] or match["stem"] + match["suffix"]
+
+    return str(Path(*(part_name(part) for part in Path(os.fsdecode(path)).parts)))
+
+
+def out_of_room_message(error: OSError, where: str) -> str:
+    """One line for a write that failed for want of room; `where` when the error names no file."""
+    # A failed copy names its source first and the file it was writing second.
+    written = error.filename2 or error.filename
+    place = final_name(written) if written else where
+    if error.errno == errno.EFBIG:
+        return (
+            f"{place}: file too large ({error.strerror}: the file-size limit, ulimit -f, or the filesystem's "
+            "maximum); raise the limit or set output_root to another disk, and rerun"
+        )
+    return f"{place}: disk full ({error.strerror}); free space and rerun"

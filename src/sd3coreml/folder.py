@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from sd3coreml import checksums
-from sd3coreml.atomic import remove_path, replace_path, temporary_sibling
+from sd3coreml.atomic import fresh_temporary, remove_path, replace_path, written_atomically
 from sd3coreml.errors import PipelineError
 
 MANIFEST_NAME = "manifest.json"
@@ -95,10 +95,11 @@ def copy_content(source: Path, target: Path) -> None:
 
 
 def build_manifest(manifest: dict, folder: Path) -> dict:
-    """The given manifest plus a `files` section of `folder` and a `build_id` over both.
+    """The given manifest plus its `build_id` and a `files` section of `folder`.
 
-    The build id is the sha256 of the canonical JSON of everything else in the manifest,
-    so the same inputs and the same files give the same id on any machine.
+    The build id is the sha256 of the canonical JSON of what was asked for (config, input
+    hashes, toolchain), not of the files: two builds of the same request share an id, and
+    `verify-folder` can then tell files of this build from files of another.
     """
     clashes = [key for key in MANIFEST_KEYS_WE_WRITE if key in manifest]
     if clashes:
@@ -108,8 +109,13 @@ def build_manifest(manifest: dict, folder: Path) -> dict:
         for relative_path, path in checksums.folder_files(folder)
         if relative_path != MANIFEST_NAME
     }
-    body = {**manifest, "files": files}
-    return {**body, "build_id": hashlib.sha256(canonical_json(body).encode("utf-8")).hexdigest()}
+    return {**manifest, "build_id": build_id(manifest), "files": files}
+
+
+def build_id(manifest: dict) -> str:
+    """sha256 of the manifest's canonical JSON, leaving out what assemble_folder writes."""
+    request = {key: value for key, value in manifest.items() if key not in MANIFEST_KEYS_WE_WRITE}
+    return hashlib.sha256(canonical_json(request).encode("utf-8")).hexdigest()
 
 
 def canonical_json(value) -> str:
@@ -141,8 +147,7 @@ def assemble_folder(entries: dict[str, Path], out_dir: Path, manifest: dict) -> 
     validate_entry_names(entries)
     check_sources(entries)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = temporary_sibling(out_dir)
-    remove_path(staging)
+    staging = fresh_temporary(out_dir)
     try:
         staging.mkdir()
         for name, source in sorted(entries.items()):
@@ -190,16 +195,34 @@ def hash_inputs(manifest: dict) -> dict:
 
 def run_assemble_folder(args) -> None:
     entries, manifest = load_spec(args.spec)
-    assemble_folder(entries, args.out, hash_inputs(manifest))
+    manifest = hash_inputs(manifest)
+    if "compiler" in manifest:
+        from sd3coreml.compile import compiler_record
+
+        compiler = manifest["compiler"]
+        manifest["compiler"] = compiler_record(compiler["command"], compiler["deployment_target"])
+    assemble_folder(entries, args.out, manifest)
+    if args.build_record:
+        write_build_record(args.build_record, args.out, build_id(manifest))
 
 
-def run_verify_folder(args) -> None:
-    problems = checksums.check_sha256sums(args.folder)
-    for problem in problems:
-        print(problem)
-    if problems:
-        sys.stdout.flush()
-        raise PipelineError(f"{args.folder}: {len(problems)} problem(s) against its SHA256SUMS; rebuild the folder")
+def write_build_record(path: Path, out_dir: Path, folder_build_id: str) -> None:
+    """Facts about this build's host and time, kept outside the folder so the folder stays
+    byte-identical across hosts and days."""
+    import datetime
+    import platform
+
+    record = {
+        "build_id": folder_build_id,
+        "folder": str(out_dir),
+        "host": platform.node(),
+        "platform": platform.platform(),
+        "python": sys.executable,
+        "finished_utc": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "source_date_epoch": os.environ.get("SOURCE_DATE_EPOCH"),
+    }
+    with written_atomically(Path(path)) as temporary:
+        temporary.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
 def register_cli(subparsers) -> None:
@@ -213,10 +236,5 @@ def register_cli(subparsers) -> None:
         help='JSON file or - for stdin: {"entries": {name: path}, "manifest": {..., "input_files": {label: path}}}',
     )
     assemble.add_argument("--out", type=Path, required=True, help="the folder to (re)build")
+    assemble.add_argument("--build-record", type=Path, help="JSON of host and time facts, written outside the folder")
     assemble.set_defaults(func=run_assemble_folder)
-
-    verify = subparsers.add_parser(
-        "verify-folder", help="check a folder against its SHA256SUMS; exit 1 listing each problem"
-    )
-    verify.add_argument("folder", type=Path)
-    verify.set_defaults(func=run_verify_folder)

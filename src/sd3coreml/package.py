@@ -12,7 +12,7 @@ import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 
-from sd3coreml.atomic import remove_path, replace_path, temporary_sibling
+from sd3coreml.atomic import fresh_temporary, remove_path, replace_path
 
 SPEC_PATH = Path("Data/com.apple.CoreML/model.mlmodel")
 DATE_KEY = "com.github.apple.coremltools.conversion_date"
@@ -49,9 +49,8 @@ def stable_spec(package: Path, metadata: dict[str, str]) -> None:
 def save_package(mlmodel, destination: Path, metadata: dict[str, str] | None = None) -> None:
     """Save a converted model to `destination` (.mlpackage) byte-reproducibly and atomically."""
     destination = Path(destination)
-    temporary = temporary_sibling(destination)
-    remove_path(temporary)
     destination.parent.mkdir(parents=True, exist_ok=True)
+    temporary = fresh_temporary(destination)
     try:
         mlmodel.save(str(temporary))
         stable_manifest(temporary)

@@ -4,7 +4,7 @@ import json
 import shutil
 from pathlib import Path
 
-from sd3coreml.atomic import replace_path, temporary_sibling
+from sd3coreml.atomic import written_atomically
 from sd3coreml.errors import PipelineError
 
 CLIP_VOCAB_SIZE = 49408
@@ -18,9 +18,13 @@ def check_vocab(path: Path) -> None:
         vocab = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise PipelineError(f"{path}: missing; the components folder needs tokenizer/vocab.json") from None
+    except OSError as error:
+        raise PipelineError(f"{path}: unreadable ({error.strerror}); restore CLIP's tokenizer/vocab.json") from None
     except (UnicodeDecodeError, json.JSONDecodeError):
         raise PipelineError(f"{path}: not valid JSON; restore CLIP's tokenizer/vocab.json") from None
-    if not isinstance(vocab, dict) or len(vocab) != CLIP_VOCAB_SIZE:
+    if not isinstance(vocab, dict) or not all(type(index) is int for index in vocab.values()):
+        raise PipelineError(f"{path}: not a JSON object of token -> id; restore CLIP's tokenizer/vocab.json")
+    if len(vocab) != CLIP_VOCAB_SIZE:
         raise PipelineError(f"{path}: expected CLIP's {CLIP_VOCAB_SIZE} tokens; restore CLIP's tokenizer/vocab.json")
     for token, index in SPECIAL_TOKENS.items():
         if vocab.get(token) != index:
@@ -32,6 +36,8 @@ def check_merges(path: Path) -> None:
         lines = path.read_text(encoding="utf-8").splitlines()
     except FileNotFoundError:
         raise PipelineError(f"{path}: missing; the components folder needs tokenizer/merges.txt") from None
+    except OSError as error:
+        raise PipelineError(f"{path}: unreadable ({error.strerror}); restore CLIP's tokenizer/merges.txt") from None
     except UnicodeDecodeError:
         raise PipelineError(f"{path}: not UTF-8 text; restore CLIP's tokenizer/merges.txt") from None
     body = lines[1:] if lines and lines[0].startswith("#version") else lines
@@ -44,10 +50,9 @@ def copy_tokenizer_files(tokenizer_dir: Path, out_dir: Path) -> None:
     check_vocab(tokenizer_dir / "vocab.json")
     check_merges(tokenizer_dir / "merges.txt")
     for name in ("vocab.json", "merges.txt"):
-        temporary = temporary_sibling(out_dir / name)
-        temporary.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(tokenizer_dir / name, temporary)
-        replace_path(temporary, out_dir / name)
+        # A copy that fails (a full disk) leaves neither a partial file nor its temporary.
+        with written_atomically(out_dir / name) as temporary:
+            shutil.copyfile(tokenizer_dir / name, temporary)
 
 
 def register_cli(subparsers) -> None:

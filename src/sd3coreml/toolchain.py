@@ -7,6 +7,7 @@ carries this fingerprint in its params: upgrading coremltools or torch reruns co
 import hashlib
 import json
 import platform
+import subprocess
 from importlib import metadata
 
 PINNED_PACKAGES = (
@@ -35,3 +36,21 @@ def installed_versions() -> dict[str, str]:
 
 def fingerprint(versions: dict[str, str]) -> str:
     return hashlib.sha256(json.dumps(versions, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def compiler_versions(program: list[str]) -> dict[str, str]:
+    """The compiler's own `version` answer and, for `xcrun` compilers, Xcode's version."""
+    versions = {"compiler": _answer([*program, "version"])}
+    if program[0] == "xcrun":
+        versions["xcode"] = _answer(["xcodebuild", "-version"])
+    return versions
+
+
+def _answer(command: list[str]) -> str:
+    """A tool's output on one line, or `unavailable` when it cannot run here."""
+    try:
+        result = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return "unavailable"
+    text = " ".join(result.stdout.split())
+    return text if result.returncode == 0 and text else "unavailable"

@@ -1,0 +1,147 @@
+"""Check a resource folder against its `SHA256SUMS` and `manifest.json` (`verify-folder`).
+
+The app runs whatever `MultiModalDiffusionTransformerStage<int>` it finds, so a folder must
+hold exactly one build's files. Each problem is one line that starts with what is wrong:
+
+- `missing`: listed by SHA256SUMS or manifest.json, not on disk;
+- `modified`: on disk with other bytes than SHA256SUMS lists;
+- `extra`: on disk, listed nowhere;
+- `stale`: listed by SHA256SUMS but not by the manifest, a stage beyond the manifest's
+  layout, or a manifest whose build id does not match its own contents;
+- `foreign`: matches SHA256SUMS but not the manifest (SHA256SUMS was regenerated over a
+  file from another build), or a stage package holding other blocks than its place needs.
+"""
+
+import json
+import logging
+import sys
+from pathlib import Path
+
+from sd3coreml import checksums, folder
+from sd3coreml.errors import PipelineError
+from sd3coreml.frameworks import skip_unused_frameworks
+
+ARTIFACT_KEY = "sd3coreml.artifact"
+
+
+def folder_problems(folder_path: Path) -> list[str]:
+    """Every problem of a folder, one line each, in a stable order; empty when it is clean."""
+    folder_path = Path(folder_path)
+    if not folder_path.is_dir():
+        raise PipelineError(f"{folder_path}: no such folder; name a built resource folder")
+    problems = checksums.check_sha256sums(folder_path)
+    manifest = read_manifest(folder_path, problems)
+    if manifest is not None:
+        problems += manifest_problems(folder_path, manifest)
+        problems += layout_problems(folder_path, manifest)
+    return list(dict.fromkeys(problems))
+
+
+def read_manifest(folder_path: Path, problems: list[str]) -> dict | None:
+    path = folder_path / folder.MANIFEST_NAME
+    if not path.is_file():
+        problems.append(f"missing: {folder.MANIFEST_NAME}")
+        return None
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError:
+        problems.append(f"modified: {folder.MANIFEST_NAME} (not JSON)")
+        return None
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict):
+        problems.append(f"modified: {folder.MANIFEST_NAME} (no 'files' section)")
+        return None
+    return manifest
+
+
+def manifest_problems(folder_path: Path, manifest: dict) -> list[str]:
+    """The files on disk and in SHA256SUMS against the manifest's own record of them."""
+    problems = []
+    if manifest.get("build_id") != folder.build_id(manifest):
+        problems.append(f"stale: {folder.MANIFEST_NAME} (its build_id does not match its contents)")
+    recorded = {path: entry.get("sha256") for path, entry in manifest["files"].items()}
+    sums_path = folder_path / checksums.SUMS_NAME
+    listed = checksums.read_sha256sums(sums_path) if sums_path.is_file() else {}
+    listed.pop(folder.MANIFEST_NAME, None)
+    on_disk = dict(checksums.folder_files(folder_path))
+    on_disk.pop(folder.MANIFEST_NAME, None)
+    for path in sorted(set(recorded) - set(on_disk)):
+        problems.append(f"missing: {path}")
+    for path in sorted(set(listed) - set(recorded)):
+        problems.append(f"stale: {path} (in SHA256SUMS but not in manifest.json: left from another build)")
+    for path in sorted(set(recorded) & set(on_disk)):
+        sha = checksums.file_sha256(on_disk[path])
+        if sha != recorded[path] and sha == listed.get(path):
+            problems.append(f"foreign: {path} (matches SHA256SUMS but not manifest.json: from another build)")
+    return problems
+
+
+def layout_problems(folder_path: Path, manifest: dict) -> list[str]:
+    """Stages against the layout the manifest records: none beyond it, each holding its blocks."""
+    ranges = manifest.get("config", {}).get("stage_block_ranges")
+    if ranges is None:
+        return []
+    last = len(ranges)
+    problems = []
+    for entry in sorted(folder_path.iterdir()):
+        match = folder.STAGE_NAME.fullmatch(entry.name)
+        if match is None:
+            continue
+        index = int(match.group(1))
+        if index > last:
+            problems.append(f"stale: {entry.name} (the layout in manifest.json is Stage0..Stage{last})")
+        elif index > 0 and entry.suffix == ".mlpackage":
+            problems += block_range_problems(entry, *ranges[index - 1])
+    return problems
+
+
+def block_range_problems(package: Path, start: int, end: int) -> list[str]:
+    held = package_artifact(package)
+    wanted = f"MMDiT blocks {start}-{end}"
+    if held is not None and held != wanted:
+        return [f"foreign: {package.name} (holds {held}; its place in the layout needs {wanted})"]
+    return []
+
+
+def package_artifact(package: Path) -> str | None:
+    """The `sd3coreml.artifact` metadata a package was saved with, or None if unreadable."""
+    from coremltools.proto import Model_pb2
+    from google.protobuf.message import DecodeError
+
+    spec_path = package / "Data" / "com.apple.CoreML" / "model.mlmodel"
+    spec = Model_pb2.Model()
+    try:
+        spec.ParseFromString(spec_path.read_bytes())
+    except (OSError, DecodeError):
+        return None
+    return spec.description.metadata.userDefined.get(ARTIFACT_KEY)
+
+
+def run_verify_folder(args) -> None:
+    # Only coremltools' protobuf classes are needed: keep its framework probing, and its
+    # warnings about them, out of a report that users read line by line.
+    logging.getLogger("coremltools").setLevel(logging.ERROR)
+    skip_unused_frameworks("torch", "sklearn", "transformers")
+    failing = []
+    for folder_path in args.folders:
+        problems = folder_problems(folder_path)
+        for problem in problems:
+            print(f"{folder_path}: {problem}")
+        if problems:
+            failing.append(f"{folder_path} ({len(problems)})")
+        else:
+            print(f"{folder_path}: OK, matches its SHA256SUMS and manifest.json")
+    sys.stdout.flush()
+    if failing:
+        raise PipelineError(
+            f"{', '.join(failing)}: problem(s) against SHA256SUMS and manifest.json; "
+            "rebuild the folder with its snakemake target"
+        )
+
+
+def register_cli(subparsers) -> None:
+    verify = subparsers.add_parser(
+        "verify-folder",
+        help="check folders against their SHA256SUMS and manifest.json; exit 1 listing each problem",
+    )
+    verify.add_argument("folders", type=Path, nargs="+", metavar="FOLDER")
+    verify.set_defaults(func=run_verify_folder)

@@ -1,0 +1,333 @@
+"""Bad input fails with one line that names the file or key and the fix, before any job runs.
+
+Most cases run the real parse-time check, `plan_models`, in-process on a schema-valid config
+(Snakemake's own `validate` fills the defaults); Snakemake runs only where its wiring is what
+is tested. One test, or one parametrize id, per case:
+
+- stage sizes, unknown targets, a compiler target older than the conversion target, compression
+  the conversion target cannot run, a bad latent size, a generated input outside output_root, a
+  downloads root outside the working directory: test_bad_config_value[<id>]; through Snakemake,
+  with a built artifact left as it was: test_parse_time_refusal_leaves_built_artifacts_untouched
+  (and tests/test_config.py, which also holds config.py's compression table against coremltools)
+- missing checkpoint, truncated or corrupt safetensors, another architecture, missing or extra
+  tensors, a config that disagrees with the weights: test_bad_checkpoint[<id>]
+- pickle checkpoints: test_pickle_checkpoint_is_refused_unread
+- palettization without the exact k-means (kmeans1d): test_palettes_without_exact_kmeans_are_refused
+- missing or malformed tokenizer files: test_bad_tokenizer_files[<id>]
+- an output folder that cannot be made: test_a_file_where_an_output_folder_must_be,
+  test_an_output_root_that_is_a_file
+- a full disk: test_full_disk_mid_write (and tests/test_checkpoint.py, the safetensors writer)
+- a downloaded file whose sha256 differs from the pin:
+  tests/test_download.py::test_sha256_mismatch_refuses_and_deletes
+"""
+
+import re
+import resource
+import shutil
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from conftest import REPO, new_workdir, snakemake
+from safetensors.torch import load_file, save_file
+from snakemake.utils import validate
+
+from sd3coreml.config import plan_models
+from sd3coreml.disk import require_creatable
+from sd3coreml.errors import PipelineError
+from sd3coreml.synthetic import write_synthetic_transformer
+from sd3coreml.synthetic_tokenizer import write_clip_tokenizer
+
+TINY_CONFIG = str(REPO / "config" / "transformers" / "sd3-tiny.json")
+JOB_LINE = re.compile(r"^(local)?rule \w+:", re.MULTILINE)
+INT4 = {"mode": "linear_symmetric", "nbits": 4, "granularity": "per_channel"}
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory) -> Path:
+    """A tiny diffusers-format transformer and a components folder with real-layout tokenizer files."""
+    folder = tmp_path_factory.mktemp("inputs")
+    write_synthetic_transformer("tiny", 4, folder / "tiny.safetensors", folder / "tiny.json")
+    for name in ("text_encoder", "text_encoder_2", "vae"):
+        (folder / "components" / name).mkdir(parents=True)
+    write_clip_tokenizer(folder / "components" / "tokenizer")
+    return folder
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch, inputs) -> Path:
+    """A scratch working directory (config paths are relative to it) holding copies of the inputs."""
+    new_workdir(tmp_path)
+    shutil.copytree(inputs / "components", tmp_path / "components")
+    shutil.copy(inputs / "tiny.safetensors", tmp_path / "tiny.safetensors")
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def demo_config(**changes) -> dict:
+    """config/demo.yaml (synthetic inputs, made by jobs under results/demo), changed, defaults filled."""
+    config = {**yaml.safe_load((REPO / "config" / "demo.yaml").read_text()), **changes}
+    validate(config, str(REPO / "config" / "schema.yaml"))  # fills the defaults, as the Snakefile does
+    return config
+
+
+def with_weights(path: str, config: str = TINY_CONFIG, **entry) -> dict:
+    """One model read from files that exist, as a real build reads them."""
+    model = {"4step": {"weights": path, "config": config, **entry}}
+    config = demo_config(components="components", models=model)
+    del config["synthetic"]
+    return config
+
+
+def refusal(config: dict) -> str:
+    with pytest.raises(PipelineError) as error:
+        plan_models(config)
+    message = str(error.value)
+    assert "\n" not in message
+    return message
+
+
+def test_the_good_configs_pass(workdir):
+    assert list(plan_models(with_weights("tiny.safetensors"))) == ["4step"]
+    assert list(plan_models(demo_config())) == ["4step", "2step"]
+    assert list(plan_models(demo_config(compression={"mmdit": INT4}))) == ["4step", "2step"]  # iOS18 runs int4
+
+
+def generated(path: str) -> dict:
+    return {"models": {"4step": {"weights": path, "config": TINY_CONFIG}}}
+
+
+IOS17 = {"conversion_target": "iOS17", "compiler": {"deployment_target": "17.0"}}
+CONFIG_CASES = {
+    "stage-sizes-wrong-sum": ({"stage_sizes": [1, 2, 3]}, "'stage_sizes' sums to 6 but the transformer has 5 blocks"),
+    "stage-sizes-zero": ({"stage_sizes": [0, 3, 2]}, "'stage_sizes' holds 0; each stage size must be a positive"),
+    "stage-sizes-negative": ({"stage_sizes": [-1, 4, 2]}, "'stage_sizes' holds -1"),
+    "stage-sizes-fraction": ({"stage_sizes": [1.5, 2, 1.5]}, "'stage_sizes' holds 1.5"),
+    "stage-sizes-text": ({"stage_sizes": [1, "2", 2]}, "'stage_sizes' holds '2'"),
+    "stage-sizes-empty": ({"stage_sizes": []}, "'stage_sizes' is empty"),
+    "stage-sizes-of-a-model": (
+        {"models": {"4step": {**generated("results/demo/w.safetensors")["models"]["4step"], "stage_sizes": [2.5]}}},
+        "config key 'models.4step.stage_sizes' holds 2.5",
+    ),
+    "conversion-target-unknown": ({"conversion_target": "iOS12"}, "'conversion_target' is 'iOS12'; use one of iOS16"),
+    "compiler-target-malformed": ({"compiler": {"deployment_target": "banana"}}, "is 'banana', not a version"),
+    "compiler-target-unknown": ({"compiler": {"deployment_target": "99.0"}}, "is '99.0', not an iOS release"),
+    "compiler-target-older": (
+        {"compiler": {"deployment_target": "17.4"}},
+        "'compiler.deployment_target' (17.4) is older than conversion_target iOS18; raise it to at least 18.0",
+    ),
+    "compression-target-too-old": (
+        {**IOS17, "compression": {"mmdit": INT4}},
+        (
+            "'compression.mmdit' (linear_symmetric, 4-bit) needs conversion_target iOS18 or newer (coremltools 9), "
+            "but it is iOS17"
+        ),
+    ),
+    "latent-not-divisible": ({"latent_size": [15, 16]}, "'latent_size' holds 15, not a positive multiple of the patch"),
+    "latent-beyond-pos-embed": ({"latent_size": [64, 64]}, "'latent_size' holds 64, beyond the positional embedding"),
+    "generated-weights-elsewhere": (generated("elsewhere/w.safetensors"), "'models.4step.weights' (elsewhere/w."),
+    "generated-weights-dot-dot": (generated("results/demo/../w.safetensors"), "lies outside output_root"),
+    "generated-weights-absolute": (generated("/tmp/sd3coreml-no/w.safetensors"), "lies outside output_root"),
+    "generated-components-elsewhere": (
+        {"components": "results/c"},
+        (
+            "'components' (results/c) lies outside output_root (results/demo); synthetic inputs are written under "
+            "output_root: use results/demo/checkpoints/c"
+        ),
+    ),
+    "downloads-root-absolute": ({"downloads": {"root": "/tmp/x"}}, "'downloads.root' is '/tmp/x'; download jobs"),
+    "downloads-root-dot-dot": ({"downloads": {"root": "a/../../x"}}, "relative path without '..'"),
+}
+
+
+@pytest.mark.parametrize("changes, expected", CONFIG_CASES.values(), ids=CONFIG_CASES)
+def test_bad_config_value(workdir, changes, expected):
+    message = refusal(demo_config(**changes))
+    assert message.startswith("config key '") and expected in message
+
+
+def test_palettes_without_exact_kmeans_are_refused(workdir, monkeypatch):
+    # Without kmeans1d coremltools would silently fall back to a randomised k-means.
+    monkeypatch.setitem(sys.modules, "kmeans1d", None)
+    message = refusal(demo_config())
+    assert message.startswith("config key 'compression.text_encoders': palettization needs the 'kmeans1d'")
+    assert list(plan_models(demo_config(compression={"text_encoders": {"mode": "none"}})))
+
+
+def saved(tensors: dict) -> dict:
+    save_file(tensors, "w.safetensors")
+    return with_weights("w.safetensors")
+
+
+def changed(change) -> dict:
+    """The tiny weights with `change` applied to their tensors."""
+    tensors = load_file("tiny.safetensors")
+    change(tensors)
+    return saved(tensors)
+
+
+def written(data: bytes) -> dict:
+    Path("w.safetensors").write_bytes(data)
+    return with_weights("w.safetensors")
+
+
+def disagreeing_config() -> dict:
+    Path("sd3-tiny-6.json").write_text(Path(TINY_CONFIG).read_text().replace('"num_layers": 5', '"num_layers": 6'))
+    return with_weights("tiny.safetensors", config="sd3-tiny-6.json", stage_sizes=[6])
+
+
+CHECKPOINT_CASES = {
+    "missing": (lambda: with_weights("checkpoints/sd3.safetensors"), "config key 'models.4step.weights' (checkpoints"),
+    "truncated": (
+        lambda: written(Path("tiny.safetensors").read_bytes()[:100_000]),
+        "w.safetensors: safetensors file is truncated; re-download it",
+    ),
+    "header-not-json": (
+        lambda: written(struct.pack("<Q", 4) + b"{{{{" + bytes(64)),
+        "w.safetensors: corrupt safetensors",
+    ),
+    "header-beyond-file": (lambda: written(struct.pack("<Q", 2**40) + bytes(64)), "w.safetensors: corrupt safetensors"),
+    "shorter-than-a-header": (lambda: written(b"abc"), "w.safetensors: not a safetensors file (truncated header)"),
+    "unet": (
+        lambda: saved({"down_blocks.0.resnets.0.conv1.weight": torch.zeros(4, 4, 3, 3)}),
+        "w.safetensors: not an SD3 transformer (a UNet",
+    ),
+    "missing-tensor": (
+        lambda: changed(lambda tensors: tensors.pop("transformer_blocks.2.attn.to_q.weight")),
+        (
+            f"w.safetensors: tensors do not match {TINY_CONFIG} (1 missing, 0 unexpected, e.g. missing "
+            "['transformer_blocks.2.attn.to_q.weight'])"
+        ),
+    ),
+    "extra-tensor": (
+        lambda: changed(lambda tensors: tensors.update({"transformer_blocks.2.attn.extra.weight": torch.zeros(2)})),
+        (
+            f"w.safetensors: tensors do not match {TINY_CONFIG} (0 missing, 1 unexpected, e.g. unexpected "
+            "['transformer_blocks.2.attn.extra.weight'])"
+        ),
+    ),
+    "config-disagrees": (disagreeing_config, "tiny.safetensors: number of transformer_blocks is (5,) but sd3-tiny-6"),
+}
+
+
+@pytest.mark.parametrize("make_config, expected", CHECKPOINT_CASES.values(), ids=CHECKPOINT_CASES)
+def test_bad_checkpoint(workdir, make_config, expected):
+    assert refusal(make_config()).startswith(expected)
+
+
+@pytest.mark.parametrize("suffix", [".bin", ".ckpt", ".pt"])
+def test_pickle_checkpoint_is_refused_unread(workdir, suffix):
+    # A pickle that runs `touch unpickled` when loaded.
+    Path(f"model{suffix}").write_bytes(b"cos\nsystem\n(S'touch unpickled'\ntR.")
+    message = refusal(with_weights(f"model{suffix}"))
+    assert message.startswith(f"config key 'models.4step.weights' (model{suffix}) is a pickle checkpoint, refused")
+    assert not Path("unpickled").exists()
+    # Also one a job would make: the name alone decides.
+    assert "is a pickle checkpoint" in refusal(demo_config(**generated(f"results/demo/checkpoints/x{suffix}")))
+
+
+@pytest.mark.parametrize(
+    "name, content, expected",
+    [
+        ("vocab.json", None, "vocab.json: missing"),
+        ("vocab.json", '{"a": 0,', "vocab.json: not valid JSON"),
+        ("vocab.json", '["<|startoftext|>", "<|endoftext|>"]', "vocab.json: not a JSON object of token -> id"),
+        ("merges.txt", None, "merges.txt: missing"),
+        ("merges.txt", "#version: 0.2\nab\nc d e\n", "merges.txt: not a BPE merges file"),
+    ],
+    ids=["vocab-missing", "vocab-not-json", "vocab-not-token-to-id", "merges-missing", "merges-malformed"],
+)
+def test_bad_tokenizer_files(workdir, name, content, expected):
+    path = workdir / "components" / "tokenizer" / name
+    if content is None:
+        path.unlink()
+    else:
+        path.write_text(content)
+    assert refusal(with_weights("tiny.safetensors")).startswith(f"components/tokenizer/{expected}")
+
+
+def only_error_line(result) -> str:
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, result.stderr[-2000:]
+    return errors[0]
+
+
+def assert_no_job_ran(result, workdir: Path):
+    assert not JOB_LINE.search(result.stdout + result.stderr)
+    assert not (workdir / "results" / "demo" / "logs").exists()
+    assert not (workdir / "results" / "demo" / "checkpoints").exists()
+
+
+def test_parse_time_refusal_leaves_built_artifacts_untouched(tmp_path):
+    """Through Snakemake, a real run (not dry): one line, nothing run, what was built stays."""
+    workdir = new_workdir(tmp_path)
+    built = workdir / "results" / "demo" / "coremlsd3_4step_packages" / "SHA256SUMS"
+    built.parent.mkdir(parents=True)
+    built.write_bytes(b"built before\n")
+    config = yaml.safe_load((workdir / "config" / "demo.yaml").read_text())
+    (workdir / "config" / "bad.yaml").write_text(yaml.safe_dump({**config, "stage_sizes": [1.5, 2, 1.5]}))
+    result = snakemake(workdir, "-c1", config="config/bad.yaml", check=False)
+    assert "config key 'stage_sizes' holds 1.5" in only_error_line(result)
+    assert built.read_bytes() == b"built before\n"
+    assert_no_job_ran(result, workdir)
+
+
+def test_a_file_where_an_output_folder_must_be(tmp_path):
+    """Root runs these tests, so permissions cannot make a folder uncreatable; a file in its place does."""
+    workdir = new_workdir(tmp_path)
+    in_the_way = workdir / "results" / "demo" / "mmdit"
+    in_the_way.parent.mkdir(parents=True)
+    in_the_way.write_bytes(b"not a folder\n")
+    result = snakemake(workdir, "-c1", "coremlsd3_4step_packages", check=False)
+    line = only_error_line(result)
+    assert line.startswith("error: results/demo/mmdit: a file is in the way of the folder results/demo/mmdit that ")
+    assert line.endswith("needs; move or delete it")
+    assert in_the_way.read_bytes() == b"not a folder\n"
+    assert_no_job_ran(result, workdir)
+
+
+def test_an_output_root_that_is_a_file(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    Path("results").write_text("")
+    with pytest.raises(
+        PipelineError, match=r"^results: a file is in the way of the folder results that results/demo/x "
+    ):
+        require_creatable(["results/demo/x"])
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 256 KiB tmpfs (we run as root); else a plain folder and a 256 KiB file-size limit for the child."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(disk)], capture_output=True, check=False
+    )
+    yield disk, None if mounted.returncode == 0 else 256 * 1024
+    if mounted.returncode == 0:
+        subprocess.run(["umount", str(disk)], check=True)
+
+
+def test_full_disk_mid_write(small_disk, inputs):
+    disk, limit = small_disk
+    out_dir = disk / "tokenizer"
+    out_dir.mkdir()
+    (out_dir / "vocab.json").write_bytes(b'{"built": "before"}')
+
+    def file_size_limit():
+        if limit:  # Python ignores SIGXFSZ, so a write past the limit fails with EFBIG
+            resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    tokenizer = str(inputs / "components" / "tokenizer")
+    command = [sys.executable, "-m", "sd3coreml", "copy-tokenizer", "--tokenizer", tokenizer, "--out-dir", str(out_dir)]
+    result = subprocess.run(command, capture_output=True, check=False, text=True, preexec_fn=file_size_limit)
+    line = only_error_line(result)
+    assert line.startswith(f"error: {out_dir}/vocab.json: ") and "rerun" in line
+    assert ("disk full" if limit is None else "file too large") in line
+    assert (out_dir / "vocab.json").read_bytes() == b'{"built": "before"}'
+    assert sorted(path.name for path in out_dir.iterdir()) == ["vocab.json"]  # no .vocab.tmp-PID.json left

@@ -1,0 +1,221 @@
+"""Bit-identical rebuilds, interrupted or not.
+
+The 4-step packages folder is rebuilt in another directory, a year later (libfaketime), with
+another PYTHONHASHSEED and OMP_NUM_THREADS, and SIGKILLed at three points on the way: a
+conversion job mid-write, Snakemake itself while jobs run, and Snakemake together with the
+folder job. The documented rerun (`--unlock` where Snakemake was killed, then the same
+command; profiles/default sets rerun-incomplete) must end with the SHA256SUMS of the
+session's uninterrupted demo build.
+
+To fit `make test`'s time, the rebuild starts from a copy of the session's build without
+what it rebuilds: the 4-step MMDiT (fp16 and int8: Conditioning, Stage0, the block ranges),
+its fidelity checks, the report and the folder; the text encoders' palettization is
+repeated under the same other conditions by a separate test. `pytest -m slow` rebuilds both
+folders from nothing with -c1 instead.
+"""
+
+import importlib.util
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import DEMO_TARGETS, REPO, new_workdir
+
+from sd3coreml import checksums, folder_check
+
+ROOT = "results/demo"
+REBUILT = "coremlsd3_4step_packages"
+# Under ROOT: what the fast rebuild makes again (globs).
+REBUILT_ARTIFACTS = (
+    "mmdit/4step",
+    "fidelity/mmdit/4step",
+    f"reports/{REBUILT}",
+    REBUILT,
+)
+TEMPORARY = re.compile(r"\..+\.tmp-(\d+)(\.mlpackage)?")
+POLL_SECONDS = 0.02
+PHASE_TIMEOUT_SECONDS = 300
+
+
+def faketime_library() -> str:
+    package = Path(importlib.util.find_spec("libfaketime").origin).parent
+    return str(package / "vendor" / "libfaketime" / "src" / "libfaketime.so.1")
+
+
+def other_conditions() -> dict:
+    """Another day (400 days on), hash seed and thread count than the session's build."""
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    env.pop("SOURCE_DATE_EPOCH", None)
+    env.update(
+        LD_PRELOAD=faketime_library(),
+        FAKETIME="+400d",
+        # A faked monotonic clock hangs Python's timed waits (Snakemake's scheduler uses them).
+        DONT_FAKE_MONOTONIC="1",
+        PYTHONHASHSEED="4242",
+        OMP_NUM_THREADS="1",
+    )
+    return env
+
+
+def snakemake_command(workdir: Path, *args: str) -> list[str]:
+    command = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir)]
+    return [*command, *args, "--configfile", str(workdir / "config/demo.yaml")]
+
+
+def run(workdir: Path, env: dict, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(snakemake_command(workdir, *args), capture_output=True, check=False, text=True, env=env)
+
+
+def start(workdir: Path, env: dict, *args: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        snakemake_command(workdir, *args), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+
+
+def job_processes(workdir: Path, step: str) -> list[int]:
+    """PIDs of `python -m sd3coreml <step>` jobs running in `workdir`."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            words = (proc / "cmdline").read_bytes().split(b"\0")
+            if b"sd3coreml" in words and step.encode() in words and Path(os.readlink(proc / "cwd")) == workdir:
+                found.append(int(proc.name))
+        except (OSError, ValueError):
+            continue
+    return found
+
+
+def live_writers(root: Path) -> list[int]:
+    """PIDs named by temporary siblings (`.NAME.tmp-PID`) whose writer runs: jobs mid-write.
+
+    Only the folders the rebuilt packages go to are listed, so polling steals little CPU from the build.
+    """
+    pids = []
+    for folder in [*root.glob("mmdit/4step/*"), *root.glob("mmdit/4step/*/*")]:
+        for entry in os.scandir(folder) if folder.is_dir() else []:
+            match = TEMPORARY.fullmatch(entry.name)
+            if match and Path(f"/proc/{match.group(1)}").exists():
+                pids.append(int(match.group(1)))
+    return pids
+
+
+def wait_for(found, snakemake: subprocess.Popen, what: str):
+    deadline = time.monotonic() + PHASE_TIMEOUT_SECONDS
+    while time.monotonic() < deadline:
+        result = found()
+        if result:
+            return result
+        if snakemake.poll() is not None:
+            raise AssertionError(f"the build ended (exit {snakemake.returncode}) before {what}")
+        time.sleep(POLL_SECONDS)
+    raise AssertionError(f"no {what} within {PHASE_TIMEOUT_SECONDS} s")
+
+
+def wait_until_gone(workdir: Path) -> None:
+    """Jobs orphaned by a killed Snakemake run on; the rerun starts once they are done."""
+    deadline = time.monotonic() + PHASE_TIMEOUT_SECONDS
+    while job_processes(workdir, "-m") and time.monotonic() < deadline:
+        time.sleep(0.1)
+
+
+def unlock_after_kill(workdir: Path, env: dict) -> str:
+    refused = run(workdir, env, "-c2", REBUILT)
+    assert refused.returncode != 0
+    unlocked = run(workdir, env, "--unlock")
+    assert unlocked.returncode == 0, unlocked.stderr[-2000:]
+    return refused.stderr
+
+
+@pytest.fixture(scope="module")
+def interrupted_rebuild(demo_workdir, tmp_path_factory):
+    workdir = new_workdir(tmp_path_factory.mktemp("elsewhere")).resolve()
+    # copy2 keeps the mtimes, so Snakemake sees the copied artifacts as up to date.
+    shutil.copytree(demo_workdir / ROOT, workdir / ROOT, copy_function=shutil.copy2)
+    for pattern in REBUILT_ARTIFACTS:
+        for path in (workdir / ROOT).glob(pattern):
+            shutil.rmtree(path)
+    env, events = other_conditions(), {}
+
+    # 1. A conversion or compression job's own process, mid-write (its temporary sibling exists).
+    build = start(workdir, env, "-c2", REBUILT)
+    writer = wait_for(lambda: live_writers(workdir / ROOT), build, "a job writing its output")[0]
+    os.kill(writer, signal.SIGKILL)
+    events["job killed"] = build.wait()
+
+    # 2. Snakemake itself, while a compression job runs; the orphaned job finishes alone.
+    build = start(workdir, env, "-c2", REBUILT)
+    wait_for(lambda: job_processes(workdir, "compress-package"), build, "a compression job")
+    build.kill()
+    build.wait()
+    wait_until_gone(workdir)
+    events["locked after snakemake was killed"] = unlock_after_kill(workdir, env)
+
+    # 3. Snakemake and the folder job together, like a power cut while the folder is assembled.
+    build = start(workdir, env, "-c2", REBUILT)
+    assembler = wait_for(lambda: job_processes(workdir, "assemble-folder"), build, "the folder job")[0]
+    os.kill(assembler, signal.SIGSTOP)
+    build.kill()
+    os.kill(assembler, signal.SIGKILL)
+    build.wait()
+    unlock_after_kill(workdir, env)
+
+    events["rerun"] = run(workdir, env, "-c2", REBUILT)
+    return workdir, events
+
+
+def test_an_interrupted_rebuild_elsewhere_a_year_later_is_bit_identical(demo_workdir, interrupted_rebuild):
+    workdir, events = interrupted_rebuild
+    assert events["job killed"] != 0
+    assert "--unlock" in events["locked after snakemake was killed"]
+    assert events["rerun"].returncode == 0, events["rerun"].stderr[-3000:]
+    rebuilt, original = workdir / ROOT / REBUILT, demo_workdir / ROOT / REBUILT
+    assert (rebuilt / "SHA256SUMS").read_bytes() == (original / "SHA256SUMS").read_bytes()
+    assert folder_check.folder_problems(rebuilt) == []
+    # The host-and-time record lies outside the folder, and it did see the other year.
+    record = (workdir / ROOT / "reports" / REBUILT / "build_host.json").read_text()
+    assert str(time.gmtime(time.time() + 400 * 86400).tm_year) in record
+
+
+def test_killed_writers_leave_nothing_that_looks_finished(interrupted_rebuild):
+    workdir, _ = interrupted_rebuild
+    # Every leftover of a killed writer was cleaned by the next write of the same artifact.
+    leftovers = [path for path in (workdir / ROOT).rglob("*") if TEMPORARY.fullmatch(path.name)]
+    assert leftovers == []
+
+
+def test_palettes_are_bit_identical_elsewhere_a_year_later(demo_workdir, tmp_path):
+    packages = demo_workdir / ROOT / "text_encoders" / "iOS18"
+    out = tmp_path / "TextEncoder2.palettize6_per_tensor.mlpackage"
+    command = [sys.executable, "-m", "sd3coreml", "compress-package", "--mode", "palettize", "--nbits", "6"]
+    command += ["--granularity", "per_tensor", "--package", str(packages / "TextEncoder2.fp16.mlpackage")]
+    result = subprocess.run(
+        [*command, "--out", str(out)], capture_output=True, check=False, text=True, env=other_conditions()
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert checksums.tree_sha256(out) == checksums.tree_sha256(packages / out.name)
+
+
+def test_manifest_holds_no_host_paths_or_names(demo_workdir):
+    manifest = (demo_workdir / ROOT / REBUILT / "manifest.json").read_text()
+    assert str(demo_workdir) not in manifest and str(REPO) not in manifest
+    assert os.uname().nodename not in manifest
+    assert not re.search(r'"/', manifest), "an absolute path reached manifest.json"
+    for key in ("build_id", "toolchain", "inputs", "artifacts", "files"):
+        assert f'"{key}"' in manifest
+
+
+@pytest.mark.slow
+def test_clean_rebuilds_with_one_core_are_bit_identical(demo_workdir, tmp_path_factory):
+    workdir = new_workdir(tmp_path_factory.mktemp("one-core")).resolve()
+    result = run(workdir, other_conditions(), "-c1", *DEMO_TARGETS)
+    assert result.returncode == 0, result.stderr[-3000:]
+    for target in DEMO_TARGETS:
+        rebuilt, original = workdir / ROOT / target, demo_workdir / ROOT / target
+        assert (rebuilt / "SHA256SUMS").read_bytes() == (original / "SHA256SUMS").read_bytes()
+        assert checksums.tree_sha256(rebuilt) == checksums.tree_sha256(original)
