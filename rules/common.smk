@@ -18,6 +18,7 @@ from sd3coreml.plan import (
     TEXT_ENCODERS,
     TOKENIZER_FILES,
     compression_settings,
+    entry_settings,
     latent_slug,
     quantization_slug,
 )
@@ -158,7 +159,7 @@ def folder_manifest(model, kind):
             "conversion_target": TARGET,
             "compression": config["compression"],
         },
-        "artifacts": folder_artifacts(model),
+        "artifacts": entry_settings(plan.ranges, config),
         "toolchain": TOOLCHAIN,
         "input_files": {
             "transformer_weights": str(plan.weights),
@@ -166,29 +167,6 @@ def folder_manifest(model, kind):
             "components": config["components"],
         },
     }
-
-
-def folder_artifacts(model):
-    """Contract name (without suffix) -> the settings that shaped that entry."""
-    common = {"conversion_target": TARGET}
-    mmdit = {**common, "source": "transformer_weights", "compression": config["compression"]["mmdit"]}
-    artifacts = {
-        name: {**common, "source": f"components/{folder}", "compression": config["compression"]["text_encoders"]}
-        for name, folder in TEXT_ENCODERS.items()
-    }
-    artifacts["VAEDecoder"] = {**common, "source": "components/vae", "latent_size": config["latent_size"]}
-    artifacts[CONTRACT_CONDITIONING] = mmdit
-    artifacts[CONTRACT_STAGE.format(index=0)] = {**mmdit, "latent_size": config["latent_size"]}
-    for index, block_range in enumerate(MODELS[model].ranges, 1):
-        artifacts[CONTRACT_STAGE.format(index=index)] = {
-            **mmdit,
-            "latent_size": config["latent_size"],
-            "blocks": [block_range.start, block_range.end],
-            "head": block_range.has_head,
-        }
-    for name in TOKENIZER_FILES:
-        artifacts[name] = {"source": "components/tokenizer"}
-    return artifacts
 
 
 def built_folders(include_packages=False):

@@ -15,6 +15,7 @@ folders from nothing with -c1 instead.
 """
 
 import importlib.util
+import json
 import os
 import re
 import shutil
@@ -206,8 +207,20 @@ def test_manifest_holds_no_host_paths_or_names(demo_workdir):
     assert str(demo_workdir) not in manifest and str(REPO) not in manifest
     assert os.uname().nodename not in manifest
     assert not re.search(r'"/', manifest), "an absolute path reached manifest.json"
-    for key in ("build_id", "toolchain", "inputs", "artifacts", "files"):
-        assert f'"{key}"' in manifest
+
+
+def test_manifest_records_what_shaped_each_entry(demo_workdir):
+    manifest = json.loads((demo_workdir / ROOT / REBUILT / "manifest.json").read_text())
+    entries = {path.split("/")[0] for path in manifest["files"]}
+    assert {name.removesuffix(".mlpackage") for name in entries} == set(manifest["artifacts"])
+    ranges = manifest["config"]["stage_block_ranges"]
+    for index, block_range in enumerate(ranges, 1):
+        settings = manifest["artifacts"][f"MultiModalDiffusionTransformerStage{index}"]
+        assert settings["blocks"] == block_range and settings["head"] == (index == len(ranges))
+    assert set(manifest["inputs"]) == {"transformer_weights", "transformer_config", "components"}
+    assert {"python", "torch", "coremltools", "numpy", "diffusers", "transformers", "snakemake", "kmeans1d"} <= set(
+        manifest["toolchain"]
+    )
 
 
 @pytest.mark.slow

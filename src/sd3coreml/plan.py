@@ -67,3 +67,22 @@ def compression_settings(slug: str) -> dict:
 
 def latent_slug(latent_size: list[int]) -> str:
     return f"latent{latent_size[0]}x{latent_size[1]}"
+
+
+def entry_settings(ranges: list[BlockRange], config: dict) -> dict[str, dict]:
+    """Contract name (without suffix) -> the config values that shaped that folder entry.
+
+    Recorded in every folder's manifest.json, so a reader sees what each file was made from.
+    """
+    target, latent = config["conversion_target"], config["latent_size"]
+    mmdit = {"conversion_target": target, "source": "transformer_weights", "compression": config["compression"]["mmdit"]}
+    encoders = {"conversion_target": target, "compression": config["compression"]["text_encoders"]}
+    settings = {name: {**encoders, "source": f"components/{folder}"} for name, folder in TEXT_ENCODERS.items()}
+    settings["VAEDecoder"] = {"conversion_target": target, "source": "components/vae", "latent_size": latent}
+    settings[CONTRACT_CONDITIONING] = mmdit
+    settings[CONTRACT_STAGE.format(index=0)] = {**mmdit, "latent_size": latent}
+    for index, block_range in enumerate(ranges, 1):
+        blocks = {"blocks": [block_range.start, block_range.end], "head": block_range.has_head}
+        settings[CONTRACT_STAGE.format(index=index)] = {**mmdit, "latent_size": latent, **blocks}
+    settings.update({name: {"source": "components/tokenizer"} for name in TOKENIZER_FILES})
+    return settings
