@@ -4,6 +4,7 @@ import shutil
 import subprocess
 import sys
 
+from conftest import new_workdir, snakemake
 from test_folder import STAGE, make_entries
 
 from sd3coreml import checksums, folder, folder_check
@@ -108,3 +109,17 @@ def test_cli_exit_codes_and_one_line_per_problem(tmp_path):
     assert result.stderr.count("\n") == 1 and f"{broken} (1)" in result.stderr, result.stderr
     result = verify_folder(tmp_path / "nowhere")
     assert result.returncode == 1 and "no such folder" in result.stderr
+
+
+def test_snakemake_verify_folders_checks_the_configured_folders_and_builds_nothing(demo_workdir, tmp_path):
+    workdir = new_workdir(tmp_path / "work")
+    folder_path = workdir / "results" / "demo" / "coremlsd3_4step_packages"
+    shutil.copytree(demo_workdir / "results" / "demo" / folder_path.name, folder_path)
+    clean = snakemake(workdir, "-c1", "verify_folders")
+    assert f"{folder_path.relative_to(workdir)}: OK" in clean.stdout + clean.stderr
+
+    shutil.copytree(folder_path / f"{STAGE}3.mlpackage", folder_path / f"{STAGE}7.mlpackage")
+    stale = snakemake(workdir, "-c1", "verify_folders", check=False)
+    assert stale.returncode != 0
+    assert f"stale: {STAGE}7.mlpackage (the layout in manifest.json is Stage0..Stage3)" in stale.stdout + stale.stderr
+    assert sorted(path.name for path in (workdir / "results" / "demo").iterdir()) == [folder_path.name, "logs"]
