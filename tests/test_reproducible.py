@@ -8,9 +8,9 @@ command; profiles/default sets rerun-incomplete) must end with the SHA256SUMS of
 session's uninterrupted demo build.
 
 To fit `make test`'s time, the rebuild starts from a copy of the session's build without
-what it rebuilds: the 4-step MMDiT (fp16 and int8: Conditioning, Stage0, the block ranges),
-its fidelity checks, the report and the folder; the text encoders' palettization is
-repeated under the same other conditions by a separate test. `pytest -m slow` rebuilds both
+what it rebuilds: the 4-step model's block-range stages (fp16 and int8), their fidelity
+checks, the report and the folder; the text encoders' palettization is repeated under the
+same other conditions by a separate test. `pytest -m slow` rebuilds both
 folders from nothing with -c1 instead.
 """
 
@@ -29,13 +29,14 @@ import pytest
 from conftest import DEMO_TARGETS, REPO, new_workdir
 
 from sd3coreml import checksums, folder_check
+from sd3coreml.atomic import remove_path
 
 ROOT = "results/demo"
 REBUILT = "coremlsd3_4step_packages"
 # Under ROOT: what the fast rebuild makes again (globs).
 REBUILT_ARTIFACTS = (
-    "mmdit/4step",
-    "fidelity/mmdit/4step",
+    "mmdit/4step/*/*/blocks*",
+    "fidelity/mmdit/4step/*/*/blocks*",
     f"reports/{REBUILT}",
     REBUILT,
 )
@@ -98,7 +99,7 @@ def live_writers(root: Path) -> list[int]:
     Only the folders the rebuilt packages go to are listed, so polling steals little CPU from the build.
     """
     pids = []
-    for folder in [*root.glob("mmdit/4step/*"), *root.glob("mmdit/4step/*/*")]:
+    for folder in root.glob("mmdit/4step/*/*"):
         for entry in os.scandir(folder) if folder.is_dir() else []:
             match = TEMPORARY.fullmatch(entry.name)
             if match and Path(f"/proc/{match.group(1)}").exists():
@@ -125,12 +126,15 @@ def wait_until_gone(workdir: Path) -> None:
         time.sleep(0.1)
 
 
-def unlock_after_kill(workdir: Path, env: dict) -> str:
+def refused_while_locked(workdir: Path, env: dict) -> str:
     refused = run(workdir, env, "-c2", REBUILT)
     assert refused.returncode != 0
+    return refused.stderr
+
+
+def unlock(workdir: Path, env: dict) -> None:
     unlocked = run(workdir, env, "--unlock")
     assert unlocked.returncode == 0, unlocked.stderr[-2000:]
-    return refused.stderr
 
 
 @pytest.fixture(scope="module")
@@ -140,7 +144,7 @@ def interrupted_rebuild(demo_workdir, tmp_path_factory):
     shutil.copytree(demo_workdir / ROOT, workdir / ROOT, copy_function=shutil.copy2)
     for pattern in REBUILT_ARTIFACTS:
         for path in (workdir / ROOT).glob(pattern):
-            shutil.rmtree(path)
+            remove_path(path)
     env, events = other_conditions(), {}
 
     # 1. A conversion or compression job's own process, mid-write (its temporary sibling exists).
@@ -155,7 +159,8 @@ def interrupted_rebuild(demo_workdir, tmp_path_factory):
     build.kill()
     build.wait()
     wait_until_gone(workdir)
-    events["locked after snakemake was killed"] = unlock_after_kill(workdir, env)
+    events["locked after snakemake was killed"] = refused_while_locked(workdir, env)
+    unlock(workdir, env)
 
     # 3. Snakemake and the folder job together, like a power cut while the folder is assembled.
     build = start(workdir, env, "-c2", REBUILT)
@@ -164,7 +169,7 @@ def interrupted_rebuild(demo_workdir, tmp_path_factory):
     build.kill()
     os.kill(assembler, signal.SIGKILL)
     build.wait()
-    unlock_after_kill(workdir, env)
+    unlock(workdir, env)
 
     events["rerun"] = run(workdir, env, "-c2", REBUILT)
     return workdir, events
