@@ -112,7 +112,7 @@ def register_conversion_steps(subparsers):
     add_output_args(step)
     step.set_defaults(func=convert_vae_decoder)
 
-    step = subparsers.add_parser("compress-package", help="int8 quantize or palettize a saved package")
+    step = subparsers.add_parser("compress-package", help="int8/int4 quantize or palettize a saved package")
     step.add_argument("--package", type=Path, required=True)
     step.add_argument("--out", type=Path, required=True)
     step.add_argument("--mode", choices=["linear_symmetric", "palettize"], required=True)

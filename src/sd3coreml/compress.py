@@ -1,4 +1,4 @@
-"""Weight compression of saved packages: int8 linear quantization or k-means palettization.
+"""Weight compression of saved packages: int8 or int4 linear quantization, or k-means palettization.
 
 Both run on the fp16 package by a separate step, so changing compression never reconverts.
 `gather` ops (token embeddings) stay fp16, as the published resources keep them.
