@@ -128,24 +128,29 @@ def read_sha256sums(sums_path: Path) -> dict[str, str]:
     return listed
 
 
-def check_sha256sums(folder: Path) -> list[str]:
+def folder_hashes(folder: Path) -> dict[str, str]:
+    """{relative path: sha256} of every file a folder's SHA256SUMS covers."""
+    return dict(_hash_files(folder_files(folder)))
+
+
+def check_sha256sums(folder: Path, hashes: dict[str, str] | None = None) -> list[str]:
     """Problems of a folder against its SHA256SUMS, one string each, empty when clean.
 
     Each problem reads `missing: X`, `modified: X` or `extra: X` (a file on disk that
-    SHA256SUMS does not list; the app would see it too).
+    SHA256SUMS does not list; the app would see it too). `hashes` (from `folder_hashes`)
+    saves hashing the folder again when the caller needs them too.
     """
     folder = Path(folder)
     sums_path = folder / SUMS_NAME
     if not sums_path.is_file():
         return [f"missing: {SUMS_NAME}"]
     listed = read_sha256sums(sums_path)
-    on_disk = dict(folder_files(folder))
+    on_disk = folder_hashes(folder) if hashes is None else hashes
     problems = []
     for relative_path, sha in sorted(listed.items()):
-        path = on_disk.get(relative_path)
-        if path is None:
+        if relative_path not in on_disk:
             problems.append(f"missing: {relative_path}")
-        elif file_sha256(path) != sha:
+        elif on_disk[relative_path] != sha:
             problems.append(f"modified: {relative_path}")
     problems.extend(f"extra: {rel}" for rel in sorted(on_disk) if rel not in listed)
     return problems

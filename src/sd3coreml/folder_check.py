@@ -29,10 +29,12 @@ def folder_problems(folder_path: Path) -> list[str]:
     folder_path = Path(folder_path)
     if not folder_path.is_dir():
         raise PipelineError(f"{folder_path}: no such folder; name a built resource folder")
-    problems = checksums.check_sha256sums(folder_path)
+    # Hashed once: both SHA256SUMS and the manifest are checked against these.
+    on_disk = checksums.folder_hashes(folder_path)
+    problems = checksums.check_sha256sums(folder_path, on_disk)
     manifest = read_manifest(folder_path, problems)
     if manifest is not None:
-        problems += manifest_problems(folder_path, manifest)
+        problems += manifest_problems(folder_path, manifest, on_disk)
         problems += layout_problems(folder_path, manifest)
     return list(dict.fromkeys(problems))
 
@@ -53,8 +55,8 @@ def read_manifest(folder_path: Path, problems: list[str]) -> dict | None:
     return manifest
 
 
-def manifest_problems(folder_path: Path, manifest: dict) -> list[str]:
-    """The files on disk and in SHA256SUMS against the manifest's own record of them."""
+def manifest_problems(folder_path: Path, manifest: dict, on_disk: dict[str, str]) -> list[str]:
+    """The files on disk ({path: sha256}) and in SHA256SUMS against the manifest's own record of them."""
     problems = []
     if manifest.get("build_id") != folder.build_id(manifest):
         problems.append(f"stale: {folder.MANIFEST_NAME} (its build_id does not match its contents)")
@@ -62,14 +64,13 @@ def manifest_problems(folder_path: Path, manifest: dict) -> list[str]:
     sums_path = folder_path / checksums.SUMS_NAME
     listed = checksums.read_sha256sums(sums_path) if sums_path.is_file() else {}
     listed.pop(folder.MANIFEST_NAME, None)
-    on_disk = dict(checksums.folder_files(folder_path))
-    on_disk.pop(folder.MANIFEST_NAME, None)
+    on_disk = {path: sha for path, sha in on_disk.items() if path != folder.MANIFEST_NAME}
     for path in sorted(set(recorded) - set(on_disk)):
         problems.append(f"missing: {path}")
     for path in sorted(set(listed) - set(recorded)):
         problems.append(f"stale: {path} (in SHA256SUMS but not in manifest.json: left from another build)")
     for path in sorted(set(recorded) & set(on_disk)):
-        sha = checksums.file_sha256(on_disk[path])
+        sha = on_disk[path]
         if sha != recorded[path] and sha == listed.get(path):
             problems.append(f"foreign: {path} (matches SHA256SUMS but not manifest.json: from another build)")
     return problems

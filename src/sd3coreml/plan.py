@@ -75,7 +75,11 @@ def entry_settings(ranges: list[BlockRange], config: dict) -> dict[str, dict]:
     Recorded in every folder's manifest.json, so a reader sees what each file was made from.
     """
     target, latent = config["conversion_target"], config["latent_size"]
-    mmdit = {"conversion_target": target, "source": "transformer_weights", "compression": config["compression"]["mmdit"]}
+    mmdit = {
+        "conversion_target": target,
+        "source": "transformer_weights",
+        "compression": config["compression"]["mmdit"],
+    }
     encoders = {"conversion_target": target, "compression": config["compression"]["text_encoders"]}
     settings = {name: {**encoders, "source": f"components/{folder}"} for name, folder in TEXT_ENCODERS.items()}
     settings["VAEDecoder"] = {"conversion_target": target, "source": "components/vae", "latent_size": latent}
