@@ -2,7 +2,7 @@
 
 The 4-step packages folder is rebuilt in another directory, a year later (libfaketime), with
 another PYTHONHASHSEED and OMP_NUM_THREADS, and SIGKILLed at three points on the way: a
-conversion job mid-write, Snakemake itself while jobs run, and Snakemake together with the
+job mid-write (tests/kill_points stops it just before it moves its output into place), Snakemake itself while jobs run, and Snakemake together with the
 folder job. The documented rerun (`--unlock` where Snakemake was killed, then the same
 command; profiles/default sets rerun-incomplete) must end with the SHA256SUMS of the
 session's uninterrupted demo build.
@@ -42,6 +42,7 @@ REBUILT_ARTIFACTS = (
 )
 TEMPORARY = re.compile(r"\..+\.tmp-(\d+)(\.mlpackage)?")
 POLL_SECONDS = 0.02
+KILL_POINTS = Path(__file__).parent / "kill_points"
 PHASE_TIMEOUT_SECONDS = 300
 
 
@@ -93,18 +94,20 @@ def job_processes(workdir: Path, step: str) -> list[int]:
     return found
 
 
-def live_writers(root: Path) -> list[int]:
-    """PIDs named by temporary siblings (`.NAME.tmp-PID`) whose writer runs: jobs mid-write.
+def stopped_jobs(workdir: Path) -> list[int]:
+    """Jobs that stopped themselves before moving an output into place (tests/kill_points)."""
+    return [pid for pid in job_processes(workdir, "-m") if process_state(pid) == "T"]
 
-    Only the folders the rebuilt packages go to are listed, so polling steals little CPU from the build.
-    """
-    pids = []
-    for folder in root.glob("mmdit/4step/*/*"):
-        for entry in os.scandir(folder) if folder.is_dir() else []:
-            match = TEMPORARY.fullmatch(entry.name)
-            if match and Path(f"/proc/{match.group(1)}").exists():
-                pids.append(int(match.group(1)))
-    return pids
+
+def process_state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return ""
+
+
+def temporaries_of(pid: int, root: Path) -> list[Path]:
+    return [path for path in root.rglob(f".*.tmp-{pid}*") if TEMPORARY.fullmatch(path.name)]
 
 
 def wait_for(found, snakemake: subprocess.Popen, what: str):
@@ -147,11 +150,17 @@ def interrupted_rebuild(demo_workdir, tmp_path_factory):
             remove_path(path)
     env, events = other_conditions(), {}
 
-    # 1. A conversion or compression job's own process, mid-write (its temporary sibling exists).
-    build = start(workdir, env, "-c2", REBUILT)
-    writer = wait_for(lambda: live_writers(workdir / ROOT), build, "a job writing its output")[0]
+    # 1. A job's own process, mid-write: its output is complete under the temporary name.
+    stopping = {**env, "PYTHONPATH": str(KILL_POINTS), "SD3COREML_TEST_STOP_BEFORE_MOVE": "1"}
+    build = start(workdir, stopping, "-c2", REBUILT)
+    writer = wait_for(lambda: stopped_jobs(workdir), build, "a job about to move its output into place")[0]
+    events["killed mid-write"] = temporaries_of(writer, workdir / ROOT)
     os.kill(writer, signal.SIGKILL)
-    events["job killed"] = build.wait()
+    while build.poll() is None:  # the other running job stops at its own move: let it finish
+        for pid in stopped_jobs(workdir):
+            os.kill(pid, signal.SIGCONT)
+        time.sleep(POLL_SECONDS)
+    events["job killed"] = build.returncode
 
     # 2. Snakemake itself, while a compression job runs; the orphaned job finishes alone.
     build = start(workdir, env, "-c2", REBUILT)
@@ -177,6 +186,7 @@ def interrupted_rebuild(demo_workdir, tmp_path_factory):
 
 def test_an_interrupted_rebuild_elsewhere_a_year_later_is_bit_identical(demo_workdir, interrupted_rebuild):
     workdir, events = interrupted_rebuild
+    assert events["killed mid-write"], "the killed job had no output under a temporary name"
     assert events["job killed"] != 0
     assert "--unlock" in events["locked after snakemake was killed"]
     assert events["rerun"].returncode == 0, events["rerun"].stderr[-3000:]
