@@ -81,13 +81,14 @@ def start(workdir: Path, env: dict, *args: str) -> subprocess.Popen:
     )
 
 
-def job_processes(workdir: Path, step: str) -> list[int]:
-    """PIDs of `python -m sd3coreml <step>` jobs running in `workdir`."""
+def job_processes(workdir: Path, step: str | None = None) -> list[int]:
+    """PIDs of `python -m sd3coreml <step>` jobs (any step by default) running in `workdir`."""
     found = []
     for proc in Path("/proc").iterdir():
         try:
             words = (proc / "cmdline").read_bytes().split(b"\0")
-            if b"sd3coreml" in words and step.encode() in words and Path(os.readlink(proc / "cwd")) == workdir:
+            wanted = b"sd3coreml" in words and (step is None or step.encode() in words)
+            if wanted and Path(os.readlink(proc / "cwd")) == workdir:
                 found.append(int(proc.name))
         except (OSError, ValueError):
             continue
@@ -96,7 +97,7 @@ def job_processes(workdir: Path, step: str) -> list[int]:
 
 def stopped_jobs(workdir: Path) -> list[int]:
     """Jobs that stopped themselves before moving an output into place (tests/kill_points)."""
-    return [pid for pid in job_processes(workdir, "-m") if process_state(pid) == "T"]
+    return [pid for pid in job_processes(workdir) if process_state(pid) == "T"]
 
 
 def process_state(pid: int) -> str:
@@ -125,7 +126,7 @@ def wait_for(found, snakemake: subprocess.Popen, what: str):
 def wait_until_gone(workdir: Path) -> None:
     """Jobs orphaned by a killed Snakemake run on; the rerun starts once they are done."""
     deadline = time.monotonic() + PHASE_TIMEOUT_SECONDS
-    while job_processes(workdir, "-m") and time.monotonic() < deadline:
+    while job_processes(workdir) and time.monotonic() < deadline:
         time.sleep(0.1)
 
 

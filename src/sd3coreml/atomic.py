@@ -12,6 +12,20 @@ from contextlib import contextmanager
 from pathlib import Path
 
 
+# The two sibling names below: `.STEM.tmp-PID.SUFFIX` (being written) and `.NAME.old-PID` (set aside).
+SIBLING_NAME = re.compile(r"\.(?P<stem>.+)\.tmp-(?P<tmp_pid>\d+)(?P<suffix>.*)|\.(?P<name>.+)\.old-(?P<old_pid>\d+)")
+
+
+def sibling_of(name: str) -> tuple[str, int] | None:
+    """(artifact name, writer PID) of a temporary or set-aside sibling's name, else None."""
+    match = SIBLING_NAME.fullmatch(name)
+    if match is None:
+        return None
+    if match["name"] is not None:
+        return match["name"], int(match["old_pid"])
+    return match["stem"] + match["suffix"], int(match["tmp_pid"])
+
+
 def temporary_sibling(path: Path) -> Path:
     """A hidden sibling that keeps the suffix (coremltools insists on `.mlpackage`)."""
     path = Path(path)
@@ -36,12 +50,9 @@ def remove_leftovers(path: Path) -> None:
     path = Path(path)
     if not path.parent.is_dir():
         return
-    leftover = re.compile(
-        rf"\.(?:{re.escape(path.stem)}\.tmp-(\d+){re.escape(path.suffix)}|{re.escape(path.name)}\.old-(\d+))"
-    )
     for sibling in path.parent.iterdir():
-        match = leftover.fullmatch(sibling.name)
-        if match and not process_is_running(int(match.group(1) or match.group(2))):
+        found = sibling_of(sibling.name)
+        if found is not None and found[0] == path.name and not process_is_running(found[1]):
             remove_path(sibling)
 
 

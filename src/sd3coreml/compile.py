@@ -20,6 +20,7 @@ from pathlib import Path
 from sd3coreml import checksums, folder
 from sd3coreml.atomic import replace_path
 from sd3coreml.errors import PipelineError
+from sd3coreml.toolchain import TOOL_TIMEOUT_SECONDS, compiler_versions
 
 DEFAULT_COMPILER = (
     "xcrun coremlcompiler compile {package} {output_dir} --platform iOS --deployment-target {deployment_target}"
@@ -28,7 +29,6 @@ DEFAULT_DEPLOYMENT_TARGET = "18.2"
 TEMPLATE_FIELDS = "{package}, {output_dir}, {deployment_target}"
 DEPLOYMENT_TARGET = re.compile(r"[0-9]+(\.[0-9]+)*")
 HAND_OFF = "python -m sd3coreml compile-folder <packages folder> <app folder>"
-TOOL_TIMEOUT_SECONDS = 60
 
 
 def compiler_command(command_template: str, package: Path, output_dir: Path, deployment_target: str) -> list[str]:
@@ -119,8 +119,6 @@ def public_command(command_template: str) -> str:
 
 def compiler_record(command_template: str, deployment_target: str) -> dict:
     """What compiled an app folder, for its manifest: command, target, compiler and Xcode versions."""
-    from sd3coreml.toolchain import compiler_versions
-
     return {
         "command": public_command(command_template),
         "deployment_target": deployment_target,

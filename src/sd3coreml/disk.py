@@ -7,10 +7,10 @@ estimate reads only safetensors headers, so it costs nothing before a multi-GB b
 
 import errno
 import os
-import re
 import shutil
 from pathlib import Path
 
+from sd3coreml.atomic import sibling_of
 from sd3coreml.checkpoint import read_tensor_table
 from sd3coreml.errors import PipelineError
 
@@ -18,8 +18,6 @@ BYTES_WRITTEN_PER_WEIGHT = 2 + 1 + 1
 COMPONENT_WEIGHTS = ("text_encoder", "text_encoder_2", "vae")
 # A write that failed for want of room: a full disk, a quota, a file-size limit (`ulimit -f`).
 OUT_OF_ROOM = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
-# atomic.py's temporary and set-aside siblings: `.NAME.tmp-PID.SUFFIX`, `.NAME.old-PID`.
-TEMPORARY_NAME = re.compile(r"\.(?P<stem>.+)\.tmp-\d+(?P<suffix>.*)|\.(?P<name>.+)\.old-\d+")
 
 
 def weight_count(weights: Path) -> int:
@@ -80,10 +78,8 @@ def final_name(path: str) -> str:
     """The artifact a temporary sibling (see atomic.py) stands for, so messages name what was asked for."""
 
     def part_name(part: str) -> str:
-        match = TEMPORARY_NAME.fullmatch(part)
-        if not match:
-            return part
-        return match["name"] or match["stem"] + match["suffix"]
+        found = sibling_of(part)
+        return part if found is None else found[0]
 
     return str(Path(*(part_name(part) for part in Path(os.fsdecode(path)).parts)))
 

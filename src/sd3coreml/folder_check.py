@@ -20,8 +20,7 @@ from pathlib import Path
 from sd3coreml import checksums, folder
 from sd3coreml.errors import PipelineError
 from sd3coreml.frameworks import skip_unused_frameworks
-
-ARTIFACT_KEY = "sd3coreml.artifact"
+from sd3coreml.package import ARTIFACT_KEY, block_range_label, read_spec
 
 
 def folder_problems(folder_path: Path) -> list[str]:
@@ -97,21 +96,18 @@ def layout_problems(folder_path: Path, manifest: dict) -> list[str]:
 
 def block_range_problems(package: Path, start: int, end: int) -> list[str]:
     held = package_artifact(package)
-    wanted = f"MMDiT blocks {start}-{end}"
+    wanted = block_range_label(start, end)
     if held is not None and held != wanted:
         return [f"foreign: {package.name} (holds {held}; its place in the layout needs {wanted})"]
     return []
 
 
 def package_artifact(package: Path) -> str | None:
-    """The `sd3coreml.artifact` metadata a package was saved with, or None if unreadable."""
-    from coremltools.proto import Model_pb2
+    """The ARTIFACT_KEY metadata a package was saved with, or None if unreadable."""
     from google.protobuf.message import DecodeError
 
-    spec_path = package / "Data" / "com.apple.CoreML" / "model.mlmodel"
-    spec = Model_pb2.Model()
     try:
-        spec.ParseFromString(spec_path.read_bytes())
+        spec = read_spec(package)
     except (OSError, DecodeError):
         return None
     return spec.description.metadata.userDefined.get(ARTIFACT_KEY)

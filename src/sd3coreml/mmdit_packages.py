@@ -12,7 +12,7 @@ from sd3coreml.checkpoint import check_header_matches_config, load_transformer_c
 from sd3coreml.convert import Float16Inputs, TensorSpec, convert_module, fp16_except_sinusoids, random_inputs
 from sd3coreml.geometry import MMDiTShape
 from sd3coreml.mmdit import build_block_range, build_conditioning, build_input_stage
-from sd3coreml.package import save_package
+from sd3coreml.package import ARTIFACT_KEY, block_range_label, save_package
 
 # Joint blocks hold no shape constants, so a trace on one row of patches and a few text
 # tokens converts to the same program as a full-size one (DESIGN section 2) at a fraction of
@@ -43,7 +43,7 @@ def convert_conditioning(weights: Path, config_path: Path, target: str, out: Pat
         TensorSpec("timestep", (1,)),
     ]
     mlmodel = convert_module(module, inputs, ["modulation_inputs"], target, compute_precision=fp16_except_sinusoids())
-    save_package(mlmodel, Path(out), {"sd3coreml.artifact": "MMDiT conditioning"})
+    save_package(mlmodel, Path(out), {ARTIFACT_KEY: "MMDiT conditioning"})
 
 
 def convert_input_stage(weights: Path, config_path: Path, latent_size, target: str, out: Path) -> None:
@@ -56,7 +56,7 @@ def convert_input_stage(weights: Path, config_path: Path, latent_size, target: s
     ]
     outputs = ["latent_image_embeddings_out", "token_level_text_embeddings_out"]
     mlmodel = convert_module(module, inputs, outputs, target)
-    save_package(mlmodel, Path(out), {"sd3coreml.artifact": "MMDiT input stage"})
+    save_package(mlmodel, Path(out), {ARTIFACT_KEY: "MMDiT input stage"})
 
 
 def convert_block_range(weights: Path, config_path: Path, start: int, end: int, latent_size, target: str, out: Path):
@@ -70,4 +70,4 @@ def convert_block_range(weights: Path, config_path: Path, start: int, end: int, 
     one_row = shape.latent_width // shape.patch_size
     example = random_inputs([(1, one_row, shape.width), (1, TRACE_TEXT_TOKENS, shape.width), (1, shape.width)])
     mlmodel = convert_module(module, body_specs(shape), outputs, target, example=example)
-    save_package(mlmodel, Path(out), {"sd3coreml.artifact": f"MMDiT blocks {start}-{end}"})
+    save_package(mlmodel, Path(out), {ARTIFACT_KEY: block_range_label(start, end)})

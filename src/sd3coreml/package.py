@@ -16,6 +16,8 @@ from sd3coreml.atomic import fresh_temporary, remove_path, replace_path
 
 SPEC_PATH = Path("Data/com.apple.CoreML/model.mlmodel")
 DATE_KEY = "com.github.apple.coremltools.conversion_date"
+# What a package holds, in its metadata: verify-folder reads it to find stages out of place.
+ARTIFACT_KEY = "sd3coreml.artifact"
 PACKAGE_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "https://github.com/sd3-coreml")
 
 
@@ -31,12 +33,23 @@ def stable_manifest(package: Path) -> None:
     manifest_path.write_text(json.dumps(manifest, indent=4, sort_keys=True) + "\n")
 
 
-def stable_spec(package: Path, metadata: dict[str, str]) -> None:
+def block_range_label(start: int, end: int) -> str:
+    """The ARTIFACT_KEY value of a package holding joint blocks [start, end)."""
+    return f"MMDiT blocks {start}-{end}"
+
+
+def read_spec(package: Path):
+    """A saved package's Model spec (coremltools' protobuf class; no Core ML runtime needed)."""
     from coremltools.proto import Model_pb2
 
-    spec_path = package / SPEC_PATH
     spec = Model_pb2.Model()
-    spec.ParseFromString(spec_path.read_bytes())
+    spec.ParseFromString((Path(package) / SPEC_PATH).read_bytes())
+    return spec
+
+
+def stable_spec(package: Path, metadata: dict[str, str]) -> None:
+    spec_path = package / SPEC_PATH
+    spec = read_spec(package)
     user_defined = spec.description.metadata.userDefined
     user_defined.pop(DATE_KEY, None)
     if "SOURCE_DATE_EPOCH" in os.environ:

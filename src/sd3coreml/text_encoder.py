@@ -11,7 +11,7 @@ from transformers import CLIPTextModelWithProjection
 
 from sd3coreml.convert import TensorSpec, convert_module
 from sd3coreml.errors import PipelineError
-from sd3coreml.package import save_package
+from sd3coreml.package import ARTIFACT_KEY, save_package
 from sd3coreml.tokenizer import BOS, EOS, MAX_TOKENS
 
 
@@ -52,4 +52,4 @@ def convert_text_encoder(encoder_dir: Path, target: str, out: Path) -> None:
         target,
         example=(example_token_ids(),),
     )
-    save_package(mlmodel, Path(out), {"sd3coreml.artifact": f"CLIP text encoder ({Path(encoder_dir).name})"})
+    save_package(mlmodel, Path(out), {ARTIFACT_KEY: f"CLIP text encoder ({Path(encoder_dir).name})"})

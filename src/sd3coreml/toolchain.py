@@ -10,6 +10,8 @@ import platform
 import subprocess
 from importlib import metadata
 
+# How long a tool's version or lookup question may take before it counts as unavailable.
+TOOL_TIMEOUT_SECONDS = 60
 PINNED_PACKAGES = (
     "torch",
     "coremltools",
@@ -49,7 +51,7 @@ def compiler_versions(program: list[str]) -> dict[str, str]:
 def _answer(command: list[str]) -> str:
     """A tool's output on one line, or `unavailable` when it cannot run here."""
     try:
-        result = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
+        result = subprocess.run(command, capture_output=True, text=True, timeout=TOOL_TIMEOUT_SECONDS, check=False)
     except (OSError, subprocess.TimeoutExpired):
         return "unavailable"
     text = " ".join(result.stdout.split())

@@ -7,7 +7,7 @@ from diffusers import AutoencoderKL
 
 from sd3coreml.convert import TensorSpec, convert_module
 from sd3coreml.errors import PipelineError
-from sd3coreml.package import save_package
+from sd3coreml.package import ARTIFACT_KEY, save_package
 
 
 class VAEDecoderForApp(torch.nn.Module):
@@ -30,4 +30,4 @@ def convert_vae_decoder(vae_dir: Path, latent_size: tuple[int, int], target: str
     vae = load_vae(Path(vae_dir))
     z_shape = (1, vae.config.latent_channels, *latent_size)
     mlmodel = convert_module(VAEDecoderForApp(vae), [TensorSpec("z", z_shape)], ["image"], target)
-    save_package(mlmodel, Path(out), {"sd3coreml.artifact": "SD3 VAE decoder"})
+    save_package(mlmodel, Path(out), {ARTIFACT_KEY: "SD3 VAE decoder"})
