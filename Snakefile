@@ -17,6 +17,9 @@ if not config:
 include: "rules/common.smk"
 
 
+report: "report/workflow.rst"
+
+
 # Artifact paths name their content; these keep each wildcard to what it names.
 wildcard_constraints:
     model="|".join(MODELS),
@@ -27,7 +30,8 @@ wildcard_constraints:
     end="\d+",
     head="(_head)?",
     encoder="TextEncoder2?",
-    compression="int[48]_linear_symmetric_per_(channel|tensor)|palettize[468]_per_tensor",
+    compression=COMPRESSION_SLUG,
+    precision=f"fp16|{COMPRESSION_SLUG}",
 
 
 include: "rules/checkpoints.smk"
@@ -42,6 +46,8 @@ include: "rules/fidelity.smk"
 include: "rules/end_to_end.smk"
 include: "rules/compile.smk"
 include: "rules/folders.smk"
+include: "rules/sweep.smk"
+include: "rules/cleanup.smk"
 
 
 onstart:

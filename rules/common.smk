@@ -8,7 +8,7 @@ from snakemake.utils import validate
 
 from sd3coreml import toolchain
 from sd3coreml.compile import require_compiler
-from sd3coreml.config import plan_models
+from sd3coreml.config import check_compression_settings, plan_models
 from sd3coreml.disk import component_weight_files, require_creatable, require_free_space
 from sd3coreml.errors import PipelineError
 from sd3coreml.normalize import ORIGINAL, normalized_memory_mb
@@ -18,10 +18,12 @@ from sd3coreml.plan import (
     TEXT_ENCODERS,
     TOKENIZER_FILES,
     compression_settings,
-    entry_settings,
+    entry_compression,
     latent_slug,
+    manifest_request,
     quantization_slug,
 )
+from sd3coreml.sweep import plan_sweep
 
 
 def fail(message):
@@ -53,6 +55,12 @@ except PipelineError as error:
     fail(error)
 
 ROOT = config["output_root"].rstrip("/")
+# Core ML's own measurements (compute plan, load, predict) exist only on macOS.
+ON_MACOS = sys.platform == "darwin"
+# Directory names of compressed packages (plan.quantization_slug); `fp16` is the unconverted one.
+COMPRESSION_SLUG = (
+    r"int[48]_linear_symmetric_per_(channel|tensor|block\d+)|palettize[468]_per_(tensor|grouped_channel\d+)"
+)
 TARGET = config["conversion_target"]
 LATENT = latent_slug(config["latent_size"])
 TOOLCHAIN = toolchain.installed_versions()
@@ -65,9 +73,12 @@ def library(*modules):
     return [str(SRC / f"{name}.py") for name in modules]
 
 
-def compressed(path_stem, family):
-    slug = quantization_slug(config["compression"][family])
-    return f"{path_stem}.{slug}.mlpackage"
+def compressed(path_stem, settings):
+    return f"{path_stem}.{quantization_slug(settings)}.mlpackage"
+
+
+def compression_of(entry, family):
+    return entry_compression(config["compression"], entry, family)
 
 
 def mmdit_dir(model):
@@ -75,18 +86,22 @@ def mmdit_dir(model):
 
 
 def conditioning_package(model):
-    return compressed(f"{mmdit_dir(model)}/conditioning", "mmdit")
+    return compressed(f"{mmdit_dir(model)}/conditioning", compression_of(CONTRACT_CONDITIONING, "mmdit"))
+
+
+def stage_stems(model, ranges):
+    """Stage0..N in app order, without precision; block ranges are named by content, not by index."""
+    stem = f"{mmdit_dir(model)}/{LATENT}"
+    return [f"{stem}/input", *(f"{stem}/{block_range.slug}" for block_range in ranges)]
 
 
 def stage_packages(model):
-    """Stage0..N in app order; block ranges are named by content, not by index."""
-    stem = f"{mmdit_dir(model)}/{LATENT}"
-    ranges = [f"{stem}/{block_range.slug}" for block_range in MODELS[model].ranges]
-    return [compressed(path, "mmdit") for path in [f"{stem}/input", *ranges]]
+    stems = stage_stems(model, MODELS[model].ranges)
+    return [compressed(stem, compression_of(CONTRACT_STAGE.format(index=k), "mmdit")) for k, stem in enumerate(stems)]
 
 
 def text_encoder_package(name):
-    return compressed(f"{ROOT}/text_encoders/{TARGET}/{name}", "text_encoders")
+    return compressed(f"{ROOT}/text_encoders/{TARGET}/{name}", compression_of(name, "text_encoders"))
 
 
 def vae_package():
@@ -121,10 +136,6 @@ def text_encoder_folder(wildcards):
     return TEXT_ENCODERS[wildcards.encoder]
 
 
-def compression_params(wildcards):
-    return compression_settings(wildcards.compression)
-
-
 def normalized_transformer(model):
     return f"{ROOT}/checkpoints/normalized/{model}.safetensors"
 
@@ -141,32 +152,19 @@ def original_transformer_inputs(wildcards):
     return {"original": str(model.weights), "config": str(model.config_path)}
 
 
+def end_to_end_mem_mb(wildcards, input):
+    # Measured at SD3 Medium size: 16.7 GiB peak for 4.2 GB of fp16 weights (the reference
+    # holds them in fp32 beside the packages'); before the weights exist, assume that size.
+    weights = Path(input.weights)
+    return max(2000, int(4.4 * weights.stat().st_size / 2**20)) if weights.exists() else 18000
+
+
 def normalize_mem_mb(wildcards, input):
     return normalized_memory_mb(input.original)
 
 
 def folder_manifest(model, kind):
-    """What shaped a folder, recorded in its manifest.json: no host paths, no times."""
-    plan = MODELS[model]
-    return {
-        "kind": kind,
-        "model": model,
-        "config": {
-            "stage_sizes": [r.end - r.start for r in plan.ranges],
-            "stage_block_ranges": [[r.start, r.end] for r in plan.ranges],
-            "latent_size": config["latent_size"],
-            "batch_size": config["batch_size"],
-            "conversion_target": TARGET,
-            "compression": config["compression"],
-        },
-        "artifacts": entry_settings(plan.ranges, config),
-        "toolchain": TOOLCHAIN,
-        "input_files": {
-            "transformer_weights": str(plan.weights),
-            "transformer_config": str(plan.config_path),
-            "components": config["components"],
-        },
-    }
+    return manifest_request(MODELS[model], config, TOOLCHAIN, kind)
 
 
 def built_folders(include_packages=False):
@@ -253,18 +251,17 @@ def app_folder_spec(wildcards, input):
 
 
 def measurement_of(package):
-    """Where a package's fidelity figures go: its path under fidelity/, precision dropped."""
+    """Where a package's fidelity figures go: its path under fidelity/, precision kept."""
     relative = Path(package).relative_to(ROOT)
-    return f"{ROOT}/fidelity/{relative.parent}/{relative.name.split('.', 1)[0]}.json"
+    return f"{ROOT}/fidelity/{relative.with_suffix('')}.json"
 
 
-def verified_packages(stem, family):
+def verified_packages(stem):
     """Input function: the fp16 package and, when compressed, its compressed twin."""
 
     def packages(wildcards):
         path = stem.format(**wildcards)
-        twin = compressed(path, family) if family else f"{path}.fp16.mlpackage"
-        return sorted({f"{path}.fp16.mlpackage", twin})
+        return sorted({f"{path}.fp16.mlpackage", f"{path}.{wildcards.precision}.mlpackage"})
 
     return packages
 
@@ -294,3 +291,74 @@ def sampler_steps(wildcards):
 def end_to_end_bar(wildcards):
     default = config["fidelity"]["end_to_end_min_psnr_db"]
     return config["models"][wildcards.model].get("end_to_end_min_psnr_db", default)
+
+
+def compression_args(wildcards):
+    """compress-package's settings flags for a compression directory name."""
+    settings = compression_settings(wildcards.compression)
+    sizes = {"group_size": "--group-size", "block_size": "--block-size"}
+    args = [f"--mode {settings['mode']} --nbits {settings['nbits']} --granularity {settings['granularity']}"]
+    return " ".join(args + [f"{flag} {settings[key]}" for key, flag in sizes.items() if key in settings])
+
+
+try:
+    SWEEP = plan_sweep(config, MODELS, lambda settings, key: check_compression_settings(settings, key, TARGET))
+except PipelineError as error:
+    fail(error)
+
+
+def stage_jobs_benchmarks(stem, slug):
+    """The benchmark files of the jobs that make and measure one stage package."""
+    relative = Path(stem).relative_to(ROOT)
+    files = [f"{ROOT}/benchmarks/{relative}.tsv", f"{ROOT}/benchmarks/fidelity/{relative}.{slug}.tsv"]
+    if slug != "fp16":
+        files.append(f"{ROOT}/benchmarks/compress/{relative}.{slug}.tsv")
+    return files
+
+
+def sweep_stages(layout, mode):
+    """Stage0..N of one sweep layout under one mode, with what the summary reads of each."""
+    stages = []
+    for index, stem in enumerate(stage_stems(SWEEP.model, layout.ranges)):
+        settings = mode.for_stage(index, layout.stage_count)
+        package = compressed(stem, settings)
+        stage = {"stage": index, "package": package, "fp16_package": f"{stem}.fp16.mlpackage"}
+        stage["measurement"] = measurement_of(package)
+        stage["benchmarks"] = stage_jobs_benchmarks(stem, quantization_slug(settings))
+        if ON_MACOS:
+            stage["device"] = device_profile_of(package)
+        stages.append(stage)
+    return stages
+
+
+def device_profile_of(package):
+    """Where Core ML's measurement of a package goes (macOS only)."""
+    return f"{ROOT}/device/{Path(package).relative_to(ROOT).with_suffix('')}.json"
+
+
+def sweep_rows():
+    return [
+        {"layout": layout.name, "sizes": list(layout.sizes), "mode": mode.name, "stages": sweep_stages(layout, mode)}
+        for layout in SWEEP.layouts
+        for mode in SWEEP.modes
+    ]
+
+
+def sweep_inputs(wildcards):
+    stages = [stage for row in sweep_rows() for stage in row["stages"]]
+    return {
+        "packages": sorted({stage[key] for stage in stages for key in ("package", "fp16_package")}),
+        "measurements": sorted({stage["measurement"] for stage in stages}),
+        "device_profiles": sorted({stage["device"] for stage in stages if "device" in stage}),
+    }
+
+
+def sweep_plan_json(wildcards):
+    plan = {"sweep": SWEEP.name, "model": SWEEP.model, "rows": sweep_rows()}
+    return json.dumps({**plan, "min_psnr_db": config["fidelity"]["min_psnr_db"]}, sort_keys=True)
+
+
+def referenced_targets():
+    """What a user of this config can ask for: its artifacts are what cleanup keeps."""
+    folders = [f"coremlsd3_{model}{suffix}" for model in MODELS for suffix in ("_packages", "")]
+    return folders + ["verify"] + (["sweep"] if SWEEP else [])

@@ -9,7 +9,7 @@ rule compress_package:
     output:
         directory(f"{ROOT}/{{path}}.{{compression}}.mlpackage"),
     params:
-        settings=compression_params,
+        compression=compression_args,
         toolchain=TOOLCHAIN_FINGERPRINT,
     log:
         f"{ROOT}/logs/compress/{{path}}.{{compression}}.log",
@@ -21,5 +21,4 @@ rule compress_package:
         "../envs/convert.yaml"
     shell:
         "python -m sd3coreml compress-package --package {input.package} --out {output}"
-        " --mode {params.settings[mode]} --nbits {params.settings[nbits]}"
-        " --granularity {params.settings[granularity]} > {log} 2>&1"
+        " {params.compression} > {log} 2>&1"

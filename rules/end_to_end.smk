@@ -15,7 +15,12 @@ rule end_to_end:
         ),
     output:
         json=f"{ROOT}/reports/coremlsd3_{{model}}_packages/end_to_end.json",
-        png=f"{ROOT}/reports/coremlsd3_{{model}}_packages/end_to_end.png",
+        png=report(
+            f"{ROOT}/reports/coremlsd3_{{model}}_packages/end_to_end.png",
+            caption="../report/end_to_end.rst",
+            category="Samples",
+            labels={"folder": "coremlsd3_{model}_packages"},
+        ),
     params:
         steps=sampler_steps,
         seed=VERIFY_SEED,
@@ -27,7 +32,7 @@ rule end_to_end:
     benchmark:
         f"{ROOT}/benchmarks/end_to_end/coremlsd3_{{model}}_packages.tsv"
     resources:
-        mem_mb=18000,
+        mem_mb=end_to_end_mem_mb,
     conda:
         "../envs/convert.yaml"
     shell:

@@ -1,8 +1,8 @@
 # Fidelity: each package (fp16 and its compressed twin) run on seeded inputs by the MIL
 # executor and compared with the PyTorch module it came from; the report judges the
 # figures against config `fidelity.min_psnr_db`. A packages folder is assembled only from a
-# build whose report passed. The measurement path mirrors the package's, so a layout change
-# re-measures only the block ranges that changed.
+# build whose report passed. The measurement path mirrors the compressed package's, so a layout
+# or compression change re-measures only the packages that changed.
 
 VERIFY_CODE = library(
     "fidelity", "fidelity_checks", "mil_executor", "mil_ops", "mmdit", "mmdit_packages", "geometry", "checkpoint",
@@ -14,17 +14,17 @@ VERIFY_SEED = config["fidelity"]["seed"]
 rule verify_mmdit_conditioning:
     input:
         unpack(transformer_inputs),
-        packages=verified_packages(f"{ROOT}/mmdit/{{model}}/{{target}}/conditioning", "mmdit"),
+        packages=verified_packages(f"{ROOT}/mmdit/{{model}}/{{target}}/conditioning"),
         code=VERIFY_CODE,
     output:
-        f"{ROOT}/fidelity/mmdit/{{model}}/{{target}}/conditioning.json",
+        f"{ROOT}/fidelity/mmdit/{{model}}/{{target}}/conditioning.{{precision}}.json",
     params:
         seed=VERIFY_SEED,
         toolchain=TOOLCHAIN_FINGERPRINT,
     log:
-        f"{ROOT}/logs/fidelity/mmdit/{{model}}/{{target}}/conditioning.log",
+        f"{ROOT}/logs/fidelity/mmdit/{{model}}/{{target}}/conditioning.{{precision}}.log",
     benchmark:
-        f"{ROOT}/benchmarks/fidelity/mmdit/{{model}}/{{target}}/conditioning.tsv"
+        f"{ROOT}/benchmarks/fidelity/mmdit/{{model}}/{{target}}/conditioning.{{precision}}.tsv"
     resources:
         mem_mb=2000,
     conda:
@@ -37,17 +37,17 @@ rule verify_mmdit_conditioning:
 rule verify_mmdit_input_stage:
     input:
         unpack(transformer_inputs),
-        packages=verified_packages(f"{ROOT}/mmdit/{{model}}/{{target}}/latent{{height}}x{{width}}/input", "mmdit"),
+        packages=verified_packages(f"{ROOT}/mmdit/{{model}}/{{target}}/latent{{height}}x{{width}}/input"),
         code=VERIFY_CODE,
     output:
-        f"{ROOT}/fidelity/mmdit/{{model}}/{{target}}/latent{{height}}x{{width}}/input.json",
+        f"{ROOT}/fidelity/mmdit/{{model}}/{{target}}/latent{{height}}x{{width}}/input.{{precision}}.json",
     params:
         seed=VERIFY_SEED,
         toolchain=TOOLCHAIN_FINGERPRINT,
     log:
-        f"{ROOT}/logs/fidelity/mmdit/{{model}}/{{target}}/latent{{height}}x{{width}}/input.log",
+        f"{ROOT}/logs/fidelity/mmdit/{{model}}/{{target}}/latent{{height}}x{{width}}/input.{{precision}}.log",
     benchmark:
-        f"{ROOT}/benchmarks/fidelity/mmdit/{{model}}/{{target}}/latent{{height}}x{{width}}/input.tsv"
+        f"{ROOT}/benchmarks/fidelity/mmdit/{{model}}/{{target}}/latent{{height}}x{{width}}/input.{{precision}}.tsv"
     resources:
         mem_mb=2000,
     conda:
@@ -62,18 +62,18 @@ rule verify_mmdit_block_range:
     input:
         unpack(transformer_inputs),
         packages=verified_packages(
-            f"{ROOT}/mmdit/{{model}}/{{target}}/latent{{height}}x{{width}}/blocks{{start}}-{{end}}{{head}}", "mmdit"
+            f"{ROOT}/mmdit/{{model}}/{{target}}/latent{{height}}x{{width}}/blocks{{start}}-{{end}}{{head}}"
         ),
         code=VERIFY_CODE,
     output:
-        f"{ROOT}/fidelity/mmdit/{{model}}/{{target}}/latent{{height}}x{{width}}/blocks{{start}}-{{end}}{{head}}.json",
+        f"{ROOT}/fidelity/mmdit/{{model}}/{{target}}/latent{{height}}x{{width}}/blocks{{start}}-{{end}}{{head}}.{{precision}}.json",
     params:
         seed=VERIFY_SEED,
         toolchain=TOOLCHAIN_FINGERPRINT,
     log:
-        f"{ROOT}/logs/fidelity/mmdit/{{model}}/{{target}}/latent{{height}}x{{width}}/blocks{{start}}-{{end}}{{head}}.log",
+        f"{ROOT}/logs/fidelity/mmdit/{{model}}/{{target}}/latent{{height}}x{{width}}/blocks{{start}}-{{end}}{{head}}.{{precision}}.log",
     benchmark:
-        f"{ROOT}/benchmarks/fidelity/mmdit/{{model}}/{{target}}/latent{{height}}x{{width}}/blocks{{start}}-{{end}}{{head}}.tsv"
+        f"{ROOT}/benchmarks/fidelity/mmdit/{{model}}/{{target}}/latent{{height}}x{{width}}/blocks{{start}}-{{end}}{{head}}.{{precision}}.tsv"
     resources:
         mem_mb=4000,
     conda:
@@ -87,18 +87,18 @@ rule verify_mmdit_block_range:
 rule verify_text_encoder:
     input:
         components=config["components"],
-        packages=verified_packages(f"{ROOT}/text_encoders/{{target}}/{{encoder}}", "text_encoders"),
+        packages=verified_packages(f"{ROOT}/text_encoders/{{target}}/{{encoder}}"),
         code=VERIFY_CODE,
     output:
-        f"{ROOT}/fidelity/text_encoders/{{target}}/{{encoder}}.json",
+        f"{ROOT}/fidelity/text_encoders/{{target}}/{{encoder}}.{{precision}}.json",
     params:
         folder=text_encoder_folder,
         seed=VERIFY_SEED,
         toolchain=TOOLCHAIN_FINGERPRINT,
     log:
-        f"{ROOT}/logs/fidelity/text_encoders/{{target}}/{{encoder}}.log",
+        f"{ROOT}/logs/fidelity/text_encoders/{{target}}/{{encoder}}.{{precision}}.log",
     benchmark:
-        f"{ROOT}/benchmarks/fidelity/text_encoders/{{target}}/{{encoder}}.tsv"
+        f"{ROOT}/benchmarks/fidelity/text_encoders/{{target}}/{{encoder}}.{{precision}}.tsv"
     resources:
         mem_mb=8000,
     conda:
@@ -111,17 +111,17 @@ rule verify_text_encoder:
 rule verify_vae_decoder:
     input:
         components=config["components"],
-        packages=verified_packages(f"{ROOT}/vae/{{target}}/latent{{height}}x{{width}}/VAEDecoder", None),
+        packages=verified_packages(f"{ROOT}/vae/{{target}}/latent{{height}}x{{width}}/VAEDecoder"),
         code=VERIFY_CODE,
     output:
-        f"{ROOT}/fidelity/vae/{{target}}/latent{{height}}x{{width}}/VAEDecoder.json",
+        f"{ROOT}/fidelity/vae/{{target}}/latent{{height}}x{{width}}/VAEDecoder.{{precision}}.json",
     params:
         seed=VERIFY_SEED,
         toolchain=TOOLCHAIN_FINGERPRINT,
     log:
-        f"{ROOT}/logs/fidelity/vae/{{target}}/latent{{height}}x{{width}}.log",
+        f"{ROOT}/logs/fidelity/vae/{{target}}/latent{{height}}x{{width}}/VAEDecoder.{{precision}}.log",
     benchmark:
-        f"{ROOT}/benchmarks/fidelity/vae/{{target}}/latent{{height}}x{{width}}.tsv"
+        f"{ROOT}/benchmarks/fidelity/vae/{{target}}/latent{{height}}x{{width}}/VAEDecoder.{{precision}}.tsv"
     resources:
         mem_mb=8000,
     conda:
@@ -138,7 +138,12 @@ rule fidelity_report:
         code=library("fidelity_report", "atomic"),
     output:
         json=f"{ROOT}/reports/coremlsd3_{{model}}_packages/fidelity.json",
-        table=f"{ROOT}/reports/coremlsd3_{{model}}_packages/fidelity.md",
+        table=report(
+            f"{ROOT}/reports/coremlsd3_{{model}}_packages/fidelity.md",
+            caption="../report/fidelity.rst",
+            category="Fidelity",
+            labels={"folder": "coremlsd3_{model}_packages"},
+        ),
     params:
         measurements=fidelity_report_args,
         thresholds=json.dumps(config["fidelity"]["min_psnr_db"], sort_keys=True),

@@ -11,7 +11,9 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 FAKE_COMPILER = Path(__file__).parent / "fake_coremlcompiler"
-DEMO_TARGETS = ["coremlsd3_4step_packages", "coremlsd3_2step_packages"]
+DEMO_FOLDERS = ["coremlsd3_4step_packages", "coremlsd3_2step_packages"]
+# The sweep too: it shares the build's stages, and one run keeps both cores busy.
+DEMO_TARGETS = [*DEMO_FOLDERS, "sweep"]
 
 
 def snakemake(workdir: Path, *args: str, config: str = "config/demo.yaml", check: bool = True):
@@ -40,7 +42,7 @@ def new_workdir(path: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def demo_workdir(tmp_path_factory) -> Path:
-    """The demo's two packages folders, built once from nothing like `make demo` does.
+    """The demo's two packages folders and its sweep, built once from nothing like `make demo` does.
 
     SD3COREML_DEMO_WORKDIR names a folder to build in and keep, for quick reruns by hand.
     """

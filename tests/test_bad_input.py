@@ -5,9 +5,9 @@ Most cases run the real parse-time check, `plan_models`, in-process on a schema-
 is tested. One test, or one parametrize id, per case:
 
 - stage sizes, unknown targets, a compiler target older than the conversion target, compression
-  the conversion target cannot run, a bad latent size, a generated input outside output_root, a
-  downloads root outside the working directory: test_bad_config_value[<id>]; through Snakemake,
-  with a built artifact left as it was: test_parse_time_refusal_leaves_built_artifacts_untouched
+  the conversion target cannot run, a per-artifact override of no folder entry, a bad latent
+  size, a generated input outside output_root, a downloads root outside the working directory:
+  test_bad_config_value[<id>]; through Snakemake, with a built artifact left as it was: test_parse_time_refusal_leaves_built_artifacts_untouched
   (and tests/test_config.py, which also holds config.py's compression table against coremltools)
 - missing checkpoint, truncated or corrupt safetensors, another architecture, missing or extra
   tensors, a config that disagrees with the weights: test_bad_checkpoint[<id>]
@@ -126,6 +126,22 @@ CONFIG_CASES = {
             "'compression.mmdit' (linear_symmetric, 4-bit) needs conversion_target iOS18 or newer (coremltools 9), "
             "but it is iOS17"
         ),
+    ),
+    "compression-override-unknown-entry": (
+        {"compression": {"overrides": {"VAEDecoder": INT4}}},
+        "'compression.overrides.VAEDecoder' names no compressed folder entry; use TextEncoder, TextEncoder2",
+    ),
+    "compression-override-stage-beyond-layout": (
+        {"compression": {"overrides": {"MultiModalDiffusionTransformerStage4": INT4}}},
+        "MultiModalDiffusionTransformerStage0..3",
+    ),
+    "compression-override-target-too-old": (
+        {**IOS17, "compression": {"overrides": {"TextEncoder2": INT4}}},
+        "'compression.overrides.TextEncoder2' (linear_symmetric, 4-bit) needs conversion_target iOS18",
+    ),
+    "compression-group-without-size": (
+        {"compression": {"mmdit": {"mode": "palettize", "nbits": 4, "granularity": "per_grouped_channel"}}},
+        "'compression.mmdit.group_size' must be a positive integer with per_grouped_channel",
     ),
     "latent-not-divisible": ({"latent_size": [15, 16]}, "'latent_size' holds 15, not a positive multiple of the patch"),
     "latent-beyond-pos-embed": ({"latent_size": [64, 64]}, "'latent_size' holds 64, beyond the positional embedding"),

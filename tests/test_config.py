@@ -12,7 +12,7 @@ import pytest
 from conftest import new_workdir, snakemake, write_config
 
 from sd3coreml.compress import optimization_config
-from sd3coreml.config import COMPRESSION_MINIMUM_TARGET, CONVERSION_TARGETS
+from sd3coreml.config import COMPRESSION_MINIMUM_TARGET, CONVERSION_TARGETS, GRANULARITY_MINIMUM_TARGET
 
 
 @pytest.mark.parametrize(
@@ -48,17 +48,29 @@ def linear_package(version: int):
     return ct.convert(linear, minimum_deployment_target=target, compute_precision=ct.precision.FLOAT16)
 
 
-def compression_ops(mode: str, nbits: int, version: int) -> set[str]:
+def compression_ops(mode: str, nbits: int, version: int, granularity=None, **sizes) -> set[str]:
     """The constexpr ops compress.py's settings leave in the package; none when coremltools refuses."""
     import coremltools.optimize.coreml as cto
 
-    config = optimization_config(mode, nbits, "per_tensor" if mode == "palettize" else "per_channel")
+    granularity = granularity or ("per_tensor" if mode == "palettize" else "per_channel")
+    config = optimization_config(mode, nbits, granularity, **sizes)
     compress = cto.linear_quantize_weights if mode == "linear_symmetric" else cto.palettize_weights
     try:
         model = compress(linear_package(version), config=config)
     except ValueError:  # "The 4-bit quantization is supported since iOS18 ..."
         return set()
     return {op.op_type for op in model._mil_program.functions["main"].operations if op.op_type.startswith("constexpr")}
+
+
+@pytest.mark.parametrize(
+    "mode, granularity, sizes",
+    [("linear_symmetric", "per_block", {"block_size": 32}), ("palettize", "per_grouped_channel", {"group_size": 16})],
+)
+def test_granularity_table_is_what_coremltools_runs(mode, granularity, sizes):
+    """Blocks and channel groups compress at their minimum conversion target, and not one below."""
+    oldest = CONVERSION_TARGETS[GRANULARITY_MINIMUM_TARGET[granularity]]
+    assert compression_ops(mode, 8, oldest, granularity, **sizes)
+    assert not compression_ops(mode, 8, oldest - 1, granularity, **sizes)
 
 
 @pytest.mark.parametrize("mode, nbits", list(COMPRESSION_MINIMUM_TARGET))

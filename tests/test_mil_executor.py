@@ -207,6 +207,9 @@ def assert_decompressed_like_coremltools(package, op_type, module, x):
     [
         cto.OpLinearQuantizerConfig(mode="linear_symmetric", weight_threshold=100),
         cto.OpLinearQuantizerConfig(mode="linear", granularity="per_block", block_size=16, weight_threshold=100),
+        cto.OpLinearQuantizerConfig(
+            mode="linear_symmetric", dtype="int4", granularity="per_block", block_size=16, weight_threshold=100
+        ),
     ],
 )
 def test_int8_weights_are_dequantized_like_coremltools(tmp_path, config):

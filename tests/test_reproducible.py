@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import DEMO_TARGETS, REPO, new_workdir
+from conftest import DEMO_FOLDERS, REPO, new_workdir
 
 from sd3coreml import checksums, folder_check
 from sd3coreml.atomic import remove_path
@@ -242,9 +242,9 @@ def test_manifest_records_what_shaped_each_entry(demo_workdir):
 @pytest.mark.slow
 def test_clean_rebuilds_with_one_core_are_bit_identical(demo_workdir, tmp_path_factory):
     workdir = new_workdir(tmp_path_factory.mktemp("one-core")).resolve()
-    result = run(workdir, other_conditions(), "-c1", *DEMO_TARGETS)
+    result = run(workdir, other_conditions(), "-c1", *DEMO_FOLDERS)
     assert result.returncode == 0, result.stderr[-3000:]
-    for target in DEMO_TARGETS:
+    for target in DEMO_FOLDERS:
         rebuilt, original = workdir / ROOT / target, demo_workdir / ROOT / target
         assert (rebuilt / "SHA256SUMS").read_bytes() == (original / "SHA256SUMS").read_bytes()
         assert checksums.tree_sha256(rebuilt) == checksums.tree_sha256(original)

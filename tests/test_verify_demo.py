@@ -79,3 +79,13 @@ def test_end_to_end_int8_meets_30_db_on_plain_weights(demo_workdir):
     report = json.loads((reports(demo_workdir, "4step") / "end_to_end.json").read_text())
     assert report["min_psnr_db"] == 30 and float(report["final_latent_psnr_db"]) >= 30.0
     assert all(math.isfinite(float(row["psnr_db"])) for row in report["comparisons"])
+
+
+def test_html_report_holds_the_sweep_plot_fidelity_tables_and_samples(demo_workdir, tmp_path):
+    snakemake(demo_workdir, "-c2", "verify", "sweep")
+    report = tmp_path / "report.html"
+    snakemake(demo_workdir, "--report", str(report), "verify", "sweep")
+    html = report.read_text()
+    for name in ("summary.png", "fidelity.md", "end_to_end.png", "Sweep", "Fidelity", "Samples"):
+        assert name in html, name
+    assert html.count("coremlsd3_4step_packages") and html.count("coremlsd3_2step_packages")

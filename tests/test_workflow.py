@@ -49,6 +49,16 @@ def test_changing_compression_plans_only_compression_and_folders(demo_workdir):
     }
 
 
+def test_a_per_stage_override_recompresses_only_that_stage(demo_workdir):
+    int4_blocks = {"mode": "linear_symmetric", "nbits": 4, "granularity": "per_block", "block_size": 32}
+    overrides = {"MultiModalDiffusionTransformerStage2": int4_blocks}
+    demo = yaml.safe_load((demo_workdir / "config" / "demo.yaml").read_text())
+    config = write_config(demo_workdir, "stage2_int4.yaml", compression={**demo["compression"], "overrides": overrides})
+    result = snakemake(demo_workdir, "-n", "coremlsd3_4step_packages", config=config)
+    assert planned_jobs(result) == {"compress_package": 1, "verify_mmdit_block_range": 1, **REPORT_JOBS}
+    assert "blocks1-3.int4_linear_symmetric_per_block32.mlpackage" in result.stdout
+
+
 def test_changing_a_fidelity_bar_rejudges_without_remeasuring(demo_workdir):
     config = write_config(demo_workdir, "stricter.yaml", fidelity={"min_psnr_db": {"fp16": 61}})
     assert dry_run(demo_workdir, config) == REPORT_JOBS
@@ -56,6 +66,9 @@ def test_changing_a_fidelity_bar_rejudges_without_remeasuring(demo_workdir):
 
 def test_changing_conversion_target_plans_every_conversion(demo_workdir):
     config = write_config(demo_workdir, "ios17.yaml", conversion_target="iOS17")
+    without_sweep = yaml.safe_load((demo_workdir / config).read_text())
+    del without_sweep["sweep"]  # the demo sweep's palettes and int4 blocks need iOS18
+    (demo_workdir / config).write_text(yaml.safe_dump(without_sweep))
     assert dry_run(demo_workdir, config) == {
         "mmdit_conditioning": 1,
         "mmdit_input_stage": 1,

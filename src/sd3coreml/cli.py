@@ -26,6 +26,9 @@ STEP_MODULES = [
     "sd3coreml.fidelity",
     "sd3coreml.fidelity_report",
     "sd3coreml.end_to_end",
+    "sd3coreml.sweep_summary",
+    "sd3coreml.cleanup",
+    "sd3coreml.device_profile",
 ]
 
 
@@ -65,10 +68,14 @@ def convert_vae_decoder(args):
 
 
 def compress_package(args):
-    skip_unused_frameworks("torch", "sklearn", "transformers")
+    # Palettes per grouped channel need scikit-learn's k-means for groups under 10,000 weights,
+    # and scikit-learn fails to import with torch marked absent.
+    grouped = args.granularity == "per_grouped_channel"
+    skip_unused_frameworks("transformers", *([] if grouped else ["torch", "sklearn"]))
     from sd3coreml.compress import compress_package
 
-    compress_package(args.package, args.out, args.mode, args.nbits, args.granularity)
+    sizes = {"group_size": args.group_size, "block_size": args.block_size}
+    compress_package(args.package, args.out, args.mode, args.nbits, args.granularity, **sizes)
 
 
 def add_transformer_args(parser, latent: bool = True):
@@ -117,7 +124,13 @@ def register_conversion_steps(subparsers):
     step.add_argument("--out", type=Path, required=True)
     step.add_argument("--mode", choices=["linear_symmetric", "palettize"], required=True)
     step.add_argument("--nbits", type=int, default=8)
-    step.add_argument("--granularity", default="per_channel")
+    step.add_argument(
+        "--granularity",
+        default="per_channel",
+        choices=["per_tensor", "per_channel", "per_block", "per_grouped_channel"],
+    )
+    step.add_argument("--group-size", type=int, help="output channels per palette (per_grouped_channel)")
+    step.add_argument("--block-size", type=int, help="weights per scale along the input axis (per_block)")
     step.set_defaults(func=compress_package)
 
 

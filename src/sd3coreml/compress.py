@@ -22,33 +22,66 @@ def require_exact_kmeans() -> None:
         ) from None
 
 
-def optimization_config(mode: str, nbits: int, granularity: str):
+def linear_config(nbits: int, granularity: str, block_size: int | None):
+    import coremltools.optimize.coreml as cto
+
+    if nbits not in (8, 4):
+        raise PipelineError(f"linear_symmetric takes 8 or 4 bits, not {nbits}")
+    # int4 and blocks need a package converted for iOS18 or newer; config.check_compression says so up front.
+    sizes = {"block_size": block_size} if granularity == "per_block" else {}
+    return cto.OpLinearQuantizerConfig(mode="linear_symmetric", dtype=f"int{nbits}", granularity=granularity, **sizes)
+
+
+def palette_config(nbits: int, granularity: str, group_size: int | None):
+    import coremltools.optimize.coreml as cto
+
+    require_exact_kmeans()
+    # coremltools clusters each palette's weights with the exact kmeans1d when they are >= 10,000
+    # fp16 values and with scikit-learn's k-means (seeded: random_state=0) below that. Weights
+    # under 10,000 stay fp16; a small group of channels of a larger weight gets the seeded k-means,
+    # run on one thread (compress_package) so its sums, and so the palette, repeat exactly.
+    sizes = {"group_size": group_size} if granularity == "per_grouped_channel" else {}
+    return cto.OpPalettizerConfig(
+        mode="kmeans", nbits=nbits, granularity=granularity, weight_threshold=KMEANS1D_MIN_WEIGHTS, **sizes
+    )
+
+
+def optimization_config(mode: str, nbits: int, granularity: str, group_size=None, block_size=None):
     import coremltools.optimize.coreml as cto
 
     if mode == "linear_symmetric":
-        if nbits not in (8, 4):
-            raise PipelineError(f"linear_symmetric takes 8 or 4 bits, not {nbits}")
-        # int4 needs a package converted for iOS18 or newer; config.check_compression says so up front.
-        op_config = cto.OpLinearQuantizerConfig(mode="linear_symmetric", dtype=f"int{nbits}", granularity=granularity)
+        op_config = linear_config(nbits, granularity, block_size)
     elif mode == "palettize":
-        require_exact_kmeans()
-        # coremltools runs the exact kmeans1d only on fp16 weights of >= 10,000 elements and
-        # a scikit-learn k-means below that; smaller weights stay fp16 so every palette is exact.
-        op_config = cto.OpPalettizerConfig(
-            mode="kmeans", nbits=nbits, granularity=granularity, weight_threshold=KMEANS1D_MIN_WEIGHTS
-        )
+        op_config = palette_config(nbits, granularity, group_size)
     else:
         raise PipelineError(f"unknown compression mode {mode!r}; use linear_symmetric or palettize")
     return cto.OptimizationConfig(global_config=op_config, op_type_configs={"gather": None})
 
 
-def compress_package(package: Path, out: Path, mode: str, nbits: int = 8, granularity: str = "per_channel") -> None:
-    import coremltools.optimize.coreml as cto
+def settings_label(mode: str, nbits: int, granularity: str, group_size=None, block_size=None) -> str:
+    """The package's `sd3coreml.compression` metadata, e.g. `palettize 4-bit per_grouped_channel 16`."""
+    size = group_size if granularity == "per_grouped_channel" else block_size if granularity == "per_block" else None
+    return f"{mode} {nbits}-bit {granularity}" + (f" {size}" if size else "")
 
-    config = optimization_config(mode, nbits, granularity)
+
+def compress_package(
+    package: Path,
+    out: Path,
+    mode: str,
+    nbits: int = 8,
+    granularity: str = "per_channel",
+    group_size=None,
+    block_size=None,
+) -> None:
+    import coremltools.optimize.coreml as cto
+    from threadpoolctl import threadpool_limits
+
+    config = optimization_config(mode, nbits, granularity, group_size, block_size)
     model = load_package(package)
     if mode == "linear_symmetric":
         compressed = cto.linear_quantize_weights(model, config=config)
     else:
-        compressed = cto.palettize_weights(model, config=config)
-    save_package(compressed, Path(out), {"sd3coreml.compression": f"{mode} {nbits}-bit {granularity}"})
+        with threadpool_limits(limits=1):
+            compressed = cto.palettize_weights(model, config=config)
+    label = settings_label(mode, nbits, granularity, group_size, block_size)
+    save_package(compressed, Path(out), {"sd3coreml.compression": label})

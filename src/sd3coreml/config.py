@@ -28,10 +28,9 @@ CONVERSION_TARGETS = {"iOS16": 16, "iOS17": 17, "iOS18": 18}
 # with another major (a typo such as 99.0, or 19 to 25) names no iOS release.
 KNOWN_IOS_MAJORS = (13, 14, 15, 16, 17, 18, 26)
 # The oldest conversion target at which coremltools 9 compresses weights each way
-# (coremltools/optimize/coreml/_quantization_passes.py): its passes need iOS16, and 4-bit
-# linear quantization iOS18 (constexpr_blockwise_shift_scale). Palettes per grouped channel
-# (iOS18) are not offered: coremltools runs the exact kmeans1d on a group only when it holds
-# >= 10,000 weights and a randomised k-means on smaller groups, so packages would not repeat.
+# (coremltools/optimize/coreml/_quantization_passes.py): its passes need iOS16; 4-bit linear
+# quantization, blocks of weights sharing a scale (constexpr_blockwise_shift_scale) and a
+# palette per group of channels (iOS18 constexpr_lut_to_dense) need iOS18.
 COMPRESSION_MINIMUM_TARGET = {
     ("linear_symmetric", 8): "iOS16",
     ("linear_symmetric", 4): "iOS18",
@@ -39,6 +38,13 @@ COMPRESSION_MINIMUM_TARGET = {
     ("palettize", 6): "iOS16",
     ("palettize", 4): "iOS16",
 }
+GRANULARITY_MINIMUM_TARGET = {"per_block": "iOS18", "per_grouped_channel": "iOS18"}
+# Granularities per mode, and the size key each needs.
+GRANULARITIES = {
+    "linear_symmetric": {"per_channel": None, "per_tensor": None, "per_block": "block_size"},
+    "palettize": {"per_tensor": None, "per_grouped_channel": "group_size"},
+}
+OVERRIDABLE_ENTRIES = {"TextEncoder", "TextEncoder2", "MultiModalDiffusionTransformerConditioning"}
 SAMPLER_STEPS = (2, 4)
 COMPONENT_DIRS = ("text_encoder", "text_encoder_2", "vae", "tokenizer")
 
@@ -83,28 +89,67 @@ def check_targets(config: dict) -> None:
 
 
 def check_compression(config: dict) -> None:
-    """Each family's compression is one coremltools 9 runs at the configured conversion target."""
+    """Each family's (and overridden entry's) compression is one coremltools 9 runs at the conversion target."""
     target = config["conversion_target"]
     for family, settings in config["compression"].items():
-        key, mode = f"compression.{family}", settings["mode"]
-        if mode == "none":
-            continue
-        if "nbits" not in settings:
-            raise PipelineError(f"config key '{key}.nbits' is missing; set 4, 6 or 8")
-        if mode == "palettize" and settings.get("granularity", "per_tensor") != "per_tensor":
-            raise PipelineError(f"config key '{key}.granularity' must be per_tensor for palettize")
-        nbits = settings["nbits"]
-        needed = COMPRESSION_MINIMUM_TARGET.get((mode, nbits))
-        if needed is None:
-            offered = " or ".join(str(bits) for known, bits in COMPRESSION_MINIMUM_TARGET if known == mode)
-            raise PipelineError(f"config key '{key}.nbits' is {nbits}; {mode} takes {offered}")
-        if CONVERSION_TARGETS[needed] > CONVERSION_TARGETS[target]:
+        if family != "overrides":
+            check_compression_settings(settings, f"compression.{family}", target)
+    for entry, settings in config["compression"].get("overrides", {}).items():
+        check_compression_settings(settings, f"compression.overrides.{entry}", target)
+
+
+def check_overrides(config: dict, stage_counts: dict[str, int]) -> None:
+    """Override keys name a folder entry every model has (VAEDecoder is kept fp16)."""
+    fewest = min(stage_counts.values())
+    stages = {f"MultiModalDiffusionTransformerStage{index}" for index in range(fewest)}
+    for entry in config["compression"].get("overrides", {}):
+        if entry not in OVERRIDABLE_ENTRIES | stages:
             raise PipelineError(
-                f"config key '{key}' ({mode}, {nbits}-bit) needs conversion_target {needed} or newer "
-                f"(coremltools 9), but it is {target}; raise conversion_target to {needed} or use 8 bits"
+                f"config key 'compression.overrides.{entry}' names no compressed folder entry; use TextEncoder, "
+                f"TextEncoder2, MultiModalDiffusionTransformerConditioning or "
+                f"MultiModalDiffusionTransformerStage0..{fewest - 1}"
             )
-        if mode == "palettize":
-            require_exact_palettes(key)
+
+
+def check_compression_settings(settings: dict, key: str, target: str) -> None:
+    """One compression setting under config key `key`, against conversion target `target`."""
+    mode = settings["mode"]
+    if mode == "none":
+        return
+    if "nbits" not in settings:
+        raise PipelineError(f"config key '{key}.nbits' is missing; set 4, 6 or 8")
+    nbits = settings["nbits"]
+    needed = COMPRESSION_MINIMUM_TARGET.get((mode, nbits))
+    if needed is None:
+        offered = " or ".join(str(bits) for known, bits in COMPRESSION_MINIMUM_TARGET if known == mode)
+        raise PipelineError(f"config key '{key}.nbits' is {nbits}; {mode} takes {offered}")
+    granularity = check_granularity(settings, key)
+    for reason, minimum in ((f"{nbits}-bit", needed), (granularity, GRANULARITY_MINIMUM_TARGET.get(granularity))):
+        if minimum and CONVERSION_TARGETS[minimum] > CONVERSION_TARGETS[target]:
+            raise PipelineError(
+                f"config key '{key}' ({mode}, {reason}) needs conversion_target {minimum} or newer "
+                f"(coremltools 9), but it is {target}; raise conversion_target to {minimum} or use 8 bits per channel"
+            )
+    if mode == "palettize":
+        require_exact_palettes(key)
+
+
+def check_granularity(settings: dict, key: str) -> str:
+    mode, offered = settings["mode"], GRANULARITIES[settings["mode"]]
+    granularity = settings.get("granularity", next(iter(offered)))
+    if granularity not in offered:
+        raise PipelineError(f"config key '{key}.granularity' is {granularity!r}; {mode} takes {', '.join(offered)}")
+    size_key = offered[granularity]
+    for other in ("block_size", "group_size"):
+        if other in settings and other != size_key:
+            raise PipelineError(f"config key '{key}.{other}' needs granularity {granularity_of(other)}; drop it")
+    if size_key and not (isinstance(settings.get(size_key), int) and settings[size_key] > 0):
+        raise PipelineError(f"config key '{key}.{size_key}' must be a positive integer with {granularity}")
+    return granularity
+
+
+def granularity_of(size_key: str) -> str:
+    return "per_block" if size_key == "block_size" else "per_grouped_channel"
 
 
 def require_exact_palettes(key: str) -> None:
@@ -238,4 +283,6 @@ def plan_models(config: dict) -> dict[str, ModelPlan]:
     if components.exists() or not (generated or components in downloaded):
         check_components(components)
     models = config["models"]
-    return {key: plan_model(config, key, generated or Path(models[key]["weights"]) in downloaded) for key in models}
+    plans = {key: plan_model(config, key, generated or Path(models[key]["weights"]) in downloaded) for key in models}
+    check_overrides(config, {key: len(plan.ranges) + 1 for key, plan in plans.items()})
+    return plans

@@ -1,0 +1,57 @@
+# The stage-layout sweep (config `sweep`, config/sweeps.yaml): every layout's stage packages
+# under every compression mode, each measured by the fidelity rules, summarised in
+# reports/sweep/. Artifacts are named by content, so a block range two layouts share, or a
+# stage two modes compress alike, is one job; the summary says what that sharing saved.
+
+SWEEP_DIR = f"{ROOT}/reports/sweep"
+
+if SWEEP is None:
+
+    rule sweep:
+        localrule: True
+        shell:
+            "echo \"error: config has no 'sweep'; add e.g. 'sweep: {{name: demo}}' (see config/sweeps.yaml)\" >&2; exit 1"
+
+else:
+
+    rule sweep:
+        input:
+            [f"{SWEEP_DIR}/summary.{ext}" for ext in ("csv", "md", "png")],
+
+    rule sweep_summary:
+        input:
+            unpack(sweep_inputs),
+            code=library("sweep_summary", "sweep_plot", "program_stats", "device_profile", "package", "atomic"),
+        output:
+            csv=f"{SWEEP_DIR}/summary.csv",
+            md=f"{SWEEP_DIR}/summary.md",
+            png=report(f"{SWEEP_DIR}/summary.png", caption="../report/sweep.rst", category="Sweep"),
+            stages=f"{SWEEP_DIR}/stages.csv",
+        params:
+            plan=sweep_plan_json,
+        log:
+            f"{ROOT}/logs/sweep/summary.log",
+        localrule: True
+        conda:
+            "../envs/convert.yaml"
+        shell:
+            "python -m sd3coreml sweep-summary --plan {params.plan:q} --out-dir $(dirname {output.csv}) > {log} 2>&1"
+
+
+# macOS only (ON_MACOS): Core ML's placement of each op, first load and predict time of one
+# stage package. One at a time (resource neural_engine, see profiles/mac): concurrent loads
+# would share the Neural Engine and distort the times.
+rule profile_on_device:
+    input:
+        package=f"{ROOT}/{{path}}.mlpackage",
+        code=library("device_profile", "package", "atomic"),
+    output:
+        f"{ROOT}/device/{{path}}.json",
+    log:
+        f"{ROOT}/logs/device/{{path}}.log",
+    resources:
+        neural_engine=1,
+    conda:
+        "../envs/convert.yaml"
+    shell:
+        "python -m sd3coreml profile-on-device --package {input.package} --out {output} > {log} 2>&1"

@@ -1,0 +1,104 @@
+"""Compression modes: each one's ops and metadata, and palettes that repeat bit for bit."""
+
+import hashlib
+import os
+import subprocess
+import sys
+
+import pytest
+
+from sd3coreml.config import check_compression_settings
+from sd3coreml.errors import PipelineError
+from sd3coreml.package import read_spec
+
+# 64 outputs x 256 inputs: 16,384 weights, over the 10,000 palettization threshold, while a
+# group of 8 channels (2,048 weights) is under kmeans1d's and gets scikit-learn's k-means.
+OUT, IN = 64, 256
+
+
+@pytest.fixture(scope="module")
+def linear_package(tmp_path_factory):
+    import coremltools as ct
+    import torch
+
+    torch.manual_seed(0)
+    module = torch.nn.Linear(IN, OUT).eval()
+    example = torch.randn(1, IN)
+    traced = torch.jit.trace(module, example)
+    model = ct.convert(
+        traced,
+        inputs=[ct.TensorType(name="x", shape=example.shape)],
+        convert_to="mlprogram",
+        minimum_deployment_target=ct.target.iOS18,
+    )
+    path = tmp_path_factory.mktemp("compress") / "linear.fp16.mlpackage"
+    model.save(str(path))
+    return path
+
+
+def compress_cli(package, out, *args, threads="1"):
+    command = [sys.executable, "-m", "sd3coreml", "compress-package", "--package", str(package), "--out", str(out)]
+    env = {**os.environ, "OMP_NUM_THREADS": threads}
+    subprocess.run([*command, *args], check=True, capture_output=True, env=env)
+
+
+def tree_hash(folder):
+    digest = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        digest.update(str(path.relative_to(folder)).encode() + path.read_bytes())
+    return digest.hexdigest()
+
+
+def program_ops(package):
+    function = read_spec(package).mlProgram.functions["main"]
+    return {op.type for op in function.block_specializations[function.opset].operations}
+
+
+def compression_label(package):
+    return read_spec(package).description.metadata.userDefined["sd3coreml.compression"]
+
+
+GROUPED = ["--mode", "palettize", "--nbits", "4", "--granularity", "per_grouped_channel", "--group-size", "8"]
+BLOCKS = ["--mode", "linear_symmetric", "--nbits", "4", "--granularity", "per_block", "--block-size", "32"]
+
+
+def test_grouped_palettes_repeat_whatever_the_thread_count(linear_package, tmp_path):
+    one, two = tmp_path / "one.mlpackage", tmp_path / "two.mlpackage"
+    compress_cli(linear_package, one, *GROUPED, threads="1")
+    compress_cli(linear_package, two, *GROUPED, threads="2")
+    assert tree_hash(one) == tree_hash(two)
+    assert "constexpr_lut_to_dense" in program_ops(one)
+    assert compression_label(one) == "palettize 4-bit per_grouped_channel 8"
+
+
+def test_int4_blocks_quantize_with_blockwise_scales(linear_package, tmp_path):
+    out = tmp_path / "int4.mlpackage"
+    compress_cli(linear_package, out, *BLOCKS)
+    assert "constexpr_blockwise_shift_scale" in program_ops(out)
+    assert compression_label(out) == "linear_symmetric 4-bit per_block 32"
+    weights = "Data/com.apple.CoreML/weights/weight.bin"
+    assert (out / weights).stat().st_size < (linear_package / weights).stat().st_size / 3
+
+
+@pytest.mark.parametrize(
+    ("settings", "target", "message"),
+    [
+        ({"mode": "palettize", "nbits": 4, "granularity": "per_grouped_channel"}, "iOS18", "'k.group_size' must be a positive integer"),
+        ({"mode": "palettize", "nbits": 4, "granularity": "per_grouped_channel", "group_size": 8}, "iOS17", "needs conversion_target iOS18"),
+        ({"mode": "linear_symmetric", "nbits": 8, "granularity": "per_block", "block_size": 0}, "iOS18", "'k.block_size' must be a positive"),
+        ({"mode": "linear_symmetric", "nbits": 8, "granularity": "per_grouped_channel", "group_size": 8}, "iOS18", "'k.granularity' is 'per_grouped_channel'; linear_symmetric takes"),
+        ({"mode": "palettize", "nbits": 6, "group_size": 8}, "iOS18", "'k.group_size' needs granularity per_grouped_channel"),
+        ({"mode": "linear_symmetric", "nbits": 4, "granularity": "per_channel"}, "iOS17", "needs conversion_target iOS18"),
+    ],
+)  # fmt: skip
+def test_bad_compression_settings_name_their_key(settings, target, message):
+    with pytest.raises(PipelineError) as error:
+        check_compression_settings(settings, "k", target)
+    assert message in str(error.value)
+
+
+def test_good_settings_pass():
+    check_compression_settings(
+        {"mode": "linear_symmetric", "nbits": 8, "granularity": "per_block", "block_size": 32}, "k", "iOS18"
+    )
+    check_compression_settings({"mode": "palettize", "nbits": 6}, "k", "iOS16")

@@ -1,0 +1,43 @@
+"""profiles/: each one is a profile Snakemake accepts for this workflow, with the settings it promises."""
+
+import pytest
+import yaml
+from conftest import REPO, new_workdir, snakemake
+
+PROFILES = REPO / "profiles"
+
+
+@pytest.fixture(scope="module")
+def scratch(tmp_path_factory):
+    return new_workdir(tmp_path_factory.mktemp("profiles"))
+
+
+def dry_run(workdir, profile, target="coremlsd3_4step_packages"):
+    return snakemake(workdir, "--workflow-profile", str(PROFILES / profile), "-n", target)
+
+
+def test_slurm_submits_jobs_with_the_default_resources(scratch):
+    result = dry_run(scratch, "slurm")
+    assert "slurm_partition=cpu, runtime=120, cpus_per_task=1" in result.stdout
+    assert yaml.safe_load((PROFILES / "slurm" / "config.yaml").read_text())["executor"] == "slurm"
+
+
+def test_mac_profile_plans_the_sweep_and_keeps_one_neural_engine(scratch):
+    result = dry_run(scratch, "mac", "sweep")
+    assert "sweep_summary" in result.stdout
+    settings = yaml.safe_load((PROFILES / "mac" / "config.yaml").read_text())
+    assert "neural_engine=1" in settings["resources"] and settings["rerun-triggers"] == ["mtime", "input"]
+
+
+def test_default_profile_caps_memory_for_a_24_gb_machine(scratch):
+    settings = yaml.safe_load((PROFILES / "default" / "config.yaml").read_text())
+    assert settings["resources"] == ["mem_mb=22000"]
+    assert "This was a dry-run" in dry_run(scratch, "default").stdout
+
+
+def test_a_broken_profile_is_refused(scratch, tmp_path):
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "config.yaml").write_text("executor: no-such-executor\n")
+    result = snakemake(scratch, "--workflow-profile", str(broken), "-n", "coremlsd3_4step_packages", check=False)
+    assert result.returncode != 0

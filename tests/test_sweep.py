@@ -1,0 +1,138 @@
+"""The stage-layout sweep: its plan from config/sweeps.yaml, and `snakemake sweep` on the demo."""
+
+import csv
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import yaml
+from conftest import REPO, snakemake
+
+from sd3coreml.errors import PipelineError
+from sd3coreml.program_stats import program_stats
+from sd3coreml.sweep import plan_sweep
+
+INT8 = {"mode": "linear_symmetric", "nbits": 8, "granularity": "per_channel"}
+INT4 = {"mode": "linear_symmetric", "nbits": 4, "granularity": "per_block", "block_size": 32}
+MODELS = {"4step": SimpleNamespace(shape=SimpleNamespace(depth=5))}
+
+
+def sweep_plan(tmp_path, entry, checked=None):
+    checked = [] if checked is None else checked
+    path = tmp_path / "sweeps.yaml"
+    path.write_text(yaml.safe_dump({"mine": entry}))
+    config = {"sweep": {"name": "mine", "file": str(path)}}
+    return plan_sweep(config, MODELS, lambda settings, key: checked.append(key))
+
+
+def test_layouts_are_named_by_their_sizes(tmp_path):
+    plan = sweep_plan(tmp_path, {"model": "4step", "layouts": [[1, 1, 1, 1, 1], [2, 3]], "compression": {"int8": INT8}})
+    assert [layout.name for layout in plan.layouts] == ["5x1", "2-3"]
+    assert [layout.stage_count for layout in plan.layouts] == [6, 3]
+    assert plan.layouts[1].ranges[-1].slug == "blocks2-5_head"
+
+
+def test_a_mix_picks_settings_per_stage_and_counts_back_from_the_head(tmp_path):
+    checked = []
+    mix = {"default": INT4, "stages": {0: INT8, -1: INT8}}
+    plan = sweep_plan(tmp_path, {"model": "4step", "layouts": [[2, 3]], "compression": {"mix": mix}}, checked)
+    mode = plan.modes[0]
+    assert [mode.for_stage(index, 3) for index in range(3)] == [INT8, INT4, INT8]
+    assert [mode.for_stage(index, 4) for index in range(4)] == [INT8, INT4, INT4, INT8]
+    # Every settings block went through the compression check, under its own key.
+    assert sorted(checked) == sorted(f"{tmp_path}/sweeps.yaml: mine.compression.mix{part}" for part in (
+        ".default", ".stages.0", ".stages.-1"))  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("entry", "message"),
+    [
+        ({"model": "2step", "layouts": [[5]], "compression": {"int8": INT8}}, "mine.model is '2step'"),
+        ({"model": "4step", "layouts": [[2, 2]], "compression": {"int8": INT8}}, "mine.layouts[0]' sums to 4"),
+        ({"model": "4step", "layouts": [[2, 3], [2, 3]], "compression": {"int8": INT8}}, "names one layout twice"),
+        ({"model": "4step", "layouts": [[5]], "compression": {}}, "mine.compression: give at least one mode"),
+        (
+            {"model": "4step", "layouts": [[5], [1, 4]], "compression": {"m": {"default": INT8, "stages": {2: INT4}}}},
+            "mine.compression.m.stages.2: stage index must be an integer from -2 to 1",
+        ),
+    ],
+)
+def test_a_bad_sweep_is_refused_naming_its_key(tmp_path, entry, message):
+    with pytest.raises(PipelineError, match=None) as error:
+        sweep_plan(tmp_path, entry)
+    assert message in str(error.value)
+
+
+def test_an_unknown_sweep_name_lists_the_known_ones(tmp_path):
+    config = {"sweep": {"name": "nope", "file": str(REPO / "config" / "sweeps.yaml")}}
+    with pytest.raises(PipelineError, match="'sweep.name' is 'nope'.*demo"):
+        plan_sweep(config, MODELS, lambda settings, key: None)
+
+
+@pytest.fixture(scope="module")
+def demo_sweep(demo_workdir):
+    """`snakemake sweep` on the demo build: it shares the build's int8 stages of [1, 2, 2]."""
+    result = snakemake(demo_workdir, "-c2", "sweep")
+    return demo_workdir / "results" / "demo" / "reports" / "sweep", result
+
+
+def read_rows(path: Path) -> list[dict]:
+    return list(csv.DictReader(path.open()))
+
+
+def test_sweep_writes_table_plot_and_stage_rows(demo_sweep):
+    reports, _ = demo_sweep
+    rows = read_rows(reports / "summary.csv")
+    assert [(row["layout"], row["mode"]) for row in rows] == [
+        ("1-2-2", "int8"), ("1-2-2", "mix"), ("2-3", "int8"), ("2-3", "mix")
+    ]  # fmt: skip
+    assert [row["stages"] for row in rows] == ["4", "4", "3", "3"]
+    assert (reports / "summary.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    table = (reports / "summary.md").read_text()
+    assert "| 2-3 | mix |" in table and "Sharing saved" in table
+    assert len(read_rows(reports / "stages.csv")) == 4 + 4 + 3 + 3
+
+
+def test_sweep_figures_come_from_the_packages_and_measurements(demo_sweep, demo_workdir):
+    reports, _ = demo_sweep
+    stages = {(row["layout"], row["mode"], row["stage"]): row for row in read_rows(reports / "stages.csv")}
+    head = stages[("2-3", "mix", "2")]
+    assert head["package"].endswith("blocks2-5_head.int8_linear_symmetric_per_channel.mlpackage")
+    stats = program_stats(demo_workdir / head["package"])
+    assert int(head["compute_ops"]) == stats.compute_ops
+    assert float(head["weights_mib"]) == pytest.approx(stats.weight_bytes / 2**20, abs=0.01)
+    measurement = json.loads(
+        next((demo_workdir / "results/demo/fidelity").rglob("blocks2-5_head.int8*.json")).read_text()
+    )
+    figures = [f["psnr_db"] for p in measurement["packages"] if "int8" in p["package"] for f in p["executor"].values()]
+    assert float(head["psnr_db"]) == pytest.approx(min(figures), abs=0.01)
+    # The mix's middle stage is int4 per block; its input stage 4-bit palettes.
+    assert "int4_linear_symmetric_per_block32" in stages[("2-3", "mix", "1")]["package"]
+    assert "palettize4_per_grouped_channel8" in stages[("2-3", "mix", "0")]["package"]
+
+
+def test_sweep_shares_jobs_and_says_what_it_saved(demo_sweep):
+    reports, _ = demo_sweep
+    rows = {(row["layout"], row["mode"]): row for row in read_rows(reports / "summary.csv")}
+    # Both modes of a layout have the same fp16 stages; int8 stages are shared across modes.
+    assert float(rows[("2-3", "mix")]["build_s"]) > 0
+    cost = [line for line in (reports / "summary.md").read_text().splitlines() if line.startswith("- ")]
+    sweep_s = float(cost[0].split(" jobs, ")[1].split(" s ")[0])
+    separate_s = float(cost[1].split(" jobs, ")[1].split(" s.")[0])
+    assert sweep_s < separate_s == pytest.approx(sum(float(row["build_s"]) for row in rows.values()), abs=4)
+
+
+def test_device_columns_say_they_need_a_mac(demo_sweep):
+    reports, _ = demo_sweep
+    for row in read_rows(reports / "summary.csv"):
+        assert row["first_load_s"] == row["predict_s"] == row["neural_engine_ops_pct"] == "needs a Mac"
+
+
+def test_a_config_without_sweep_says_how_to_add_one(demo_workdir, tmp_path):
+    config = yaml.safe_load((demo_workdir / "config" / "demo.yaml").read_text())
+    del config["sweep"]
+    (demo_workdir / "config" / "demo_no_sweep.yaml").write_text(yaml.safe_dump(config))
+    result = snakemake(demo_workdir, "-c1", "sweep", config="config/demo_no_sweep.yaml", check=False)
+    assert result.returncode != 0
+    assert "error: config has no 'sweep'; add e.g. 'sweep: {name: demo}'" in result.stderr + result.stdout
