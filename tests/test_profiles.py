@@ -29,10 +29,10 @@ def test_mac_profile_plans_the_sweep_and_keeps_one_neural_engine(scratch):
     assert "neural_engine=1" in settings["resources"] and settings["rerun-triggers"] == ["mtime", "input"]
 
 
-def test_default_profile_caps_memory_for_a_24_gb_machine(scratch):
+def test_default_profile_caps_memory_for_a_24_gb_machine():
+    # Every other test's Snakemake run reads this profile; here only what it promises.
     settings = yaml.safe_load((PROFILES / "default" / "config.yaml").read_text())
     assert settings["resources"] == ["mem_mb=22000"]
-    assert "This was a dry-run" in dry_run(scratch, "default").stdout
 
 
 def test_a_broken_profile_is_refused(scratch, tmp_path):

@@ -85,38 +85,38 @@ def test_sweep_writes_table_plot_and_stage_rows(demo_sweep):
     reports, _ = demo_sweep
     rows = read_rows(reports / "summary.csv")
     assert [(row["layout"], row["mode"]) for row in rows] == [
-        ("1-2-2", "int8"), ("1-2-2", "mix"), ("2-3", "int8"), ("2-3", "mix")
+        ("1-2-2", "int8"), ("1-2-2", "mix"), ("1-4", "int8"), ("1-4", "mix")
     ]  # fmt: skip
     assert [row["stages"] for row in rows] == ["4", "4", "3", "3"]
     assert (reports / "summary.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     table = (reports / "summary.md").read_text()
-    assert "| 2-3 | mix |" in table and "Sharing saved" in table
+    assert "| 1-4 | mix |" in table and "Sharing saved" in table
     assert len(read_rows(reports / "stages.csv")) == 4 + 4 + 3 + 3
 
 
 def test_sweep_figures_come_from_the_packages_and_measurements(demo_sweep, demo_workdir):
     reports, _ = demo_sweep
     stages = {(row["layout"], row["mode"], row["stage"]): row for row in read_rows(reports / "stages.csv")}
-    head = stages[("2-3", "mix", "2")]
-    assert head["package"].endswith("blocks2-5_head.int8_linear_symmetric_per_channel.mlpackage")
+    head = stages[("1-4", "mix", "2")]
+    assert head["package"].endswith("blocks1-5_head.int8_linear_symmetric_per_channel.mlpackage")
     stats = program_stats(demo_workdir / head["package"])
     assert int(head["compute_ops"]) == stats.compute_ops
     assert float(head["weights_mib"]) == pytest.approx(stats.weight_bytes / 2**20, abs=0.01)
     measurement = json.loads(
-        next((demo_workdir / "results/demo/fidelity").rglob("blocks2-5_head.int8*.json")).read_text()
+        next((demo_workdir / "results/demo/fidelity").rglob("blocks1-5_head.int8*.json")).read_text()
     )
     figures = [f["psnr_db"] for p in measurement["packages"] if "int8" in p["package"] for f in p["executor"].values()]
     assert float(head["psnr_db"]) == pytest.approx(min(figures), abs=0.01)
     # The mix's middle stage is int4 per block; its input stage 4-bit palettes.
-    assert "int4_linear_symmetric_per_block32" in stages[("2-3", "mix", "1")]["package"]
-    assert "palettize4_per_grouped_channel8" in stages[("2-3", "mix", "0")]["package"]
+    assert "int4_linear_symmetric_per_block32" in stages[("1-4", "mix", "1")]["package"]
+    assert "palettize4_per_grouped_channel8" in stages[("1-4", "mix", "0")]["package"]
 
 
 def test_sweep_shares_jobs_and_says_what_it_saved(demo_sweep):
     reports, _ = demo_sweep
     rows = {(row["layout"], row["mode"]): row for row in read_rows(reports / "summary.csv")}
-    # Both modes of a layout have the same fp16 stages; int8 stages are shared across modes.
-    assert float(rows[("2-3", "mix")]["build_s"]) > 0
+    # Both layouts share Stage0 and blocks 0-1; both modes share the fp16 stages and the int8 head.
+    assert float(rows[("1-4", "mix")]["build_s"]) > 0
     cost = [line for line in (reports / "summary.md").read_text().splitlines() if line.startswith("- ")]
     sweep_s = float(cost[0].split(" jobs, ")[1].split(" s ")[0])
     separate_s = float(cost[1].split(" jobs, ")[1].split(" s.")[0])
