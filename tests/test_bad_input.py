@@ -129,7 +129,10 @@ CONFIG_CASES = {
     ),
     "compression-override-unknown-entry": (
         {"compression": {"overrides": {"VAEDecoder": INT4}}},
-        "'compression.overrides.VAEDecoder' names no compressed folder entry; use TextEncoder, TextEncoder2",
+        (
+            "'compression.overrides.VAEDecoder' names no compressed folder entry; "
+            "use MultiModalDiffusionTransformerConditioning, TextEncoder"
+        ),
     ),
     "compression-override-stage-beyond-layout": (
         {"compression": {"overrides": {"MultiModalDiffusionTransformerStage4": INT4}}},

@@ -19,7 +19,7 @@ from sd3coreml.download import downloaded_paths
 from sd3coreml.errors import PipelineError
 from sd3coreml.geometry import MMDiTShape
 from sd3coreml.normalize import DIFFUSERS, ORIGINAL, check_original_header_matches_config, detect_layout
-from sd3coreml.plan import BlockRange, stage_ranges
+from sd3coreml.plan import CONTRACT_CONDITIONING, CONTRACT_STAGE, TEXT_ENCODERS, BlockRange, stage_ranges
 from sd3coreml.tokenizer import check_merges, check_vocab
 
 # Spec versions of ML Program targets; iOS15 lacks fp16 inputs/outputs and is refused.
@@ -44,7 +44,8 @@ GRANULARITIES = {
     "linear_symmetric": {"per_channel": None, "per_tensor": None, "per_block": "block_size"},
     "palettize": {"per_tensor": None, "per_grouped_channel": "group_size"},
 }
-OVERRIDABLE_ENTRIES = {"TextEncoder", "TextEncoder2", "MultiModalDiffusionTransformerConditioning"}
+# Folder entries a compression override may name, beside the stages (the VAE is kept fp16).
+OVERRIDABLE_ENTRIES = {*TEXT_ENCODERS, CONTRACT_CONDITIONING}
 SAMPLER_STEPS = (2, 4)
 COMPONENT_DIRS = ("text_encoder", "text_encoder_2", "vae", "tokenizer")
 
@@ -101,13 +102,13 @@ def check_compression(config: dict) -> None:
 def check_overrides(config: dict, stage_counts: dict[str, int]) -> None:
     """Override keys name a folder entry every model has (VAEDecoder is kept fp16)."""
     fewest = min(stage_counts.values())
-    stages = {f"MultiModalDiffusionTransformerStage{index}" for index in range(fewest)}
+    stages = {CONTRACT_STAGE.format(index=index) for index in range(fewest)}
     for entry in config["compression"].get("overrides", {}):
         if entry not in OVERRIDABLE_ENTRIES | stages:
+            named = ", ".join(sorted(OVERRIDABLE_ENTRIES))
             raise PipelineError(
-                f"config key 'compression.overrides.{entry}' names no compressed folder entry; use TextEncoder, "
-                f"TextEncoder2, MultiModalDiffusionTransformerConditioning or "
-                f"MultiModalDiffusionTransformerStage0..{fewest - 1}"
+                f"config key 'compression.overrides.{entry}' names no compressed folder entry; use {named} or "
+                f"{CONTRACT_STAGE.format(index=0)}..{fewest - 1}"
             )
 
 
