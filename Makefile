@@ -7,13 +7,14 @@ CORES ?= 2
 
 .PHONY: demo test bench bench-sweep lint clean
 
-# --no-compile: byte-compiling all of torch and the rest takes half a minute; Python
-# compiles the modules a run imports as it imports them.
+# pip byte-compiles what it installs (half a minute for torch and the rest). Keep it: with
+# PYTHONDONTWRITEBYTECODE set, as on the team's machines, nothing compiles later, and every
+# job would compile torch from source at each import.
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet --no-compile -r requirements.txt
-	$(BIN)/pip install --quiet --no-compile --no-deps --no-build-isolation -e .
+	$(BIN)/pip install --quiet -r requirements.txt
+	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
 demo: $(STAMP)
