@@ -3,6 +3,7 @@
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -11,18 +12,22 @@ import httpx2
 import huggingface_hub
 import pytest
 import yaml
-from conftest import REPO, new_workdir
+from conftest import new_workdir, snakemake
 from huggingface_hub import constants
 from huggingface_hub.errors import GatedRepoError, HfHubHTTPError
 
-from sd3coreml import cli
 from sd3coreml.download import download_file, download_snapshot, planned_downloads
 from sd3coreml.errors import PipelineError
+from sd3coreml.synthetic import write_synthetic_transformer
 
 MODEL_REPO = "Owner/MobileDiffuser-test"
 SD3_REPO = "stabilityai/stable-diffusion-3-medium-diffusers"
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 WEIGHTS = "checkpoints/sd3-medium-4step.safetensors"
+TINY_WEIGHTS = "checkpoints/tiny-4step.safetensors"
+DOWNLOADS_CONFIG = "config/downloads.yaml"
+DOWNLOADED = ["downloaded/tiny-4step.safetensors", "downloaded/sd3"]
+AWKWARD_PATH = "tokenizer/notes on it's \"tokens\".json"
 SD3_FILES = {
     "text_encoder/config.json": b'{"hidden_size": 768}\n',
     "text_encoder_2/config.json": b'{"hidden_size": 1280}\n',
@@ -33,17 +38,7 @@ SD3_FILES = {
 # In the repo, never to be placed: the snapshot takes the pinned files only.
 UNPINNED = {"text_encoder_3/config.json": b"{}\n", "transformer/config.json": b"{}\n"}
 TOKEN = "hf_secret123"
-# `python -m sd3coreml` once cli.STEP_MODULES lists sd3coreml.download; until then the same
-# main() with the module registered.
-CLI = (
-    [sys.executable, "-m", "sd3coreml"]
-    if "sd3coreml.download" in cli.STEP_MODULES
-    else [
-        sys.executable,
-        "-c",
-        "import sys; from sd3coreml import cli; cli.STEP_MODULES.append('sd3coreml.download'); sys.exit(cli.main())",
-    ]
-)
+CLI = [sys.executable, "-m", "sd3coreml"]
 
 
 def sha256(data: bytes) -> str:
@@ -201,41 +196,44 @@ def test_token_never_reaches_output_or_logs(hub_cache, tmp_path):
     assert not any(TOKEN.encode() in data for data in written)
 
 
-def run_snakemake(workdir: Path, config: str, *args: str) -> subprocess.CompletedProcess:
-    """The workflow with rules/downloads.smk, whether or not the Snakefile includes it yet."""
-    snakefile = REPO / "Snakefile"
-    if 'include: "rules/downloads.smk"' not in snakefile.read_text():
-        snakefile = workdir / "Snakefile.downloads"
-        snakefile.write_text(f'include: "{REPO / "Snakefile"}"\ninclude: "{REPO / "rules" / "downloads.smk"}"\n')
-    command = [sys.executable, "-m", "snakemake", "--snakefile", str(snakefile), "--directory", str(workdir)]
-    return subprocess.run(
-        command + ["--configfile", config, *args], check=False, capture_output=True, text=True, cwd=workdir
-    )
+def job_blocks(dry_run: str) -> list[str]:
+    """The jobs of a dry run, each `rule NAME:` with its lines, in the order Snakemake would run them."""
+    return re.split(r"\n(?=(?:local)?rule \w+:)", dry_run.split("Job stats:", 1)[1])[1:]
 
 
-def test_workflow_plans_one_rule_per_download_and_none_without_the_key(tmp_path):
-    workdir = new_workdir(tmp_path)
+def test_download_rules_run_offline_and_the_conversion_reads_their_output(hub_cache, tmp_path):
+    """The rules for real: hub cache offline, pins through the shell, then the build plans on the download."""
+    workdir = new_workdir(tmp_path / "work")
+    write_synthetic_transformer("tiny", 4, tmp_path / "tiny.safetensors", tmp_path / "tiny.json")
+    tiny = (tmp_path / "tiny.safetensors").read_bytes()
+    fill_cache(hub_cache, MODEL_REPO, {TINY_WEIGHTS: tiny})
+    # A path the shell must not split or unquote on its way to --pins-json.
+    files = {**SD3_FILES, AWKWARD_PATH: b'{"said": "it\'s"}\n'}
+    fill_cache(hub_cache, SD3_REPO, {AWKWARD_PATH: files[AWKWARD_PATH]})
     config = yaml.safe_load((workdir / "config" / "demo.yaml").read_text())
-    pins = {path: sha256(data) for path, data in SD3_FILES.items()}
+    config["models"]["4step"]["weights"] = "downloaded/tiny-4step.safetensors"
     config["downloads"] = {
         "root": "downloaded",
-        "files": {
-            "sd3-medium-4step.safetensors": {
-                "repo": MODEL_REPO,
-                "filename": WEIGHTS,
-                "revision": COMMIT,
-                "sha256": "ab" * 32,
-            }
-        },
-        "snapshots": {"stable-diffusion-3-medium-diffusers": {"repo": SD3_REPO, "revision": COMMIT, "files": pins}},
-    }
-    (workdir / "config" / "downloads.yaml").write_text(yaml.safe_dump(config))
-    targets = ["downloaded/sd3-medium-4step.safetensors", "downloaded/stable-diffusion-3-medium-diffusers"]
-    planned = run_snakemake(workdir, "config/downloads.yaml", "-n", *targets)
-    assert planned.returncode == 0, planned.stderr[-2000:]
-    stats = planned.stdout.split("Job stats:", 1)[1]
-    assert "download_file_sd3_medium_4step_safetensors" in stats
-    assert "download_snapshot_stable_diffusion_3_medium_diffusers" in stats
-    without = run_snakemake(workdir, "config/demo.yaml", "--list-rules")
-    assert without.returncode == 0 and "synthetic_transformer" in without.stdout
+        "files": {"tiny-4step.safetensors": {"repo": MODEL_REPO, "filename": TINY_WEIGHTS, "revision": COMMIT,
+                                             "sha256": sha256(tiny)}},
+        "snapshots": {"sd3": {"repo": SD3_REPO, "revision": COMMIT,
+                              "files": {path: sha256(data) for path, data in files.items()}}},
+    }  # fmt: skip
+    (workdir / DOWNLOADS_CONFIG).write_text(yaml.safe_dump(config))
+
+    planned = snakemake(workdir, "-n", "coremlsd3_4step_packages", config=DOWNLOADS_CONFIG)
+    jobs = job_blocks(planned.stdout)
+    names = [job.split(":", 1)[0].removeprefix("local").removeprefix("rule ") for job in jobs]
+    first_conversion = next(index for index, name in enumerate(names) if name.startswith("mmdit_"))
+    assert names.index("download_file_tiny_4step_safetensors") < first_conversion
+    assert "downloaded/tiny-4step.safetensors" in jobs[first_conversion].split("output:")[0]
+
+    snakemake(workdir, "-c2", *DOWNLOADED, config=DOWNLOADS_CONFIG)
+    assert (workdir / "downloaded" / "tiny-4step.safetensors").read_bytes() == tiny
+    placed = workdir / "downloaded" / "sd3"
+    placed_files = {path.relative_to(placed).as_posix(): path.read_bytes() for path in placed.rglob("*") if path.is_file()}
+    assert placed_files == {**files, ".snakemake_timestamp": b""}  # directory()'s marker
+
+    without = snakemake(workdir, "--list-rules")
+    assert "synthetic_transformer" in without.stdout
     assert "download" not in without.stdout

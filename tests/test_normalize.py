@@ -1,10 +1,13 @@
 """An SD3 transformer in the original layout (joint_blocks.*) is normalised with diffusers' own code."""
 
 import re
+import shutil
 from pathlib import Path
 
 import pytest
 import torch
+import yaml
+from conftest import new_workdir, snakemake, write_config
 from safetensors.torch import load_file, save_file
 
 from sd3coreml import cli
@@ -163,9 +166,7 @@ def test_diffusers_file_is_not_normalised(files, tmp_path):
         normalize_transformer(files["diffusers"], TINY_CONFIG, tmp_path / "normalized.safetensors")
 
 
-def test_cli_refuses_a_unet_file_in_one_line(tmp_path, monkeypatch, capsys):
-    if "sd3coreml.normalize" not in cli.STEP_MODULES:
-        monkeypatch.setattr(cli, "STEP_MODULES", [*cli.STEP_MODULES, "sd3coreml.normalize"])
+def test_cli_refuses_a_unet_file_in_one_line(tmp_path, capsys):
     unet = save({"down_blocks.0.resnets.0.conv1.weight": torch.zeros(4, 4, 3, 3)}, tmp_path / "unet.safetensors")
     out = tmp_path / "normalized.safetensors"
     argv = ["normalize-transformer", "--weights", str(unet), "--config", str(TINY_CONFIG), "--out", str(out)]
@@ -173,3 +174,19 @@ def test_cli_refuses_a_unet_file_in_one_line(tmp_path, monkeypatch, capsys):
     lines = capsys.readouterr().err.splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and str(unet) in lines[0]
     assert not out.exists()
+
+
+def test_workflow_normalises_an_original_file_before_converting_it(files, tmp_path):
+    workdir = new_workdir(tmp_path)
+    shutil.copy(files["prefixed"], workdir / "original.safetensors")
+    config = write_config(workdir, "original.yaml")
+    edited = yaml.safe_load((workdir / config).read_text())
+    edited["models"]["4step"]["weights"] = "original.safetensors"
+    (workdir / config).write_text(yaml.safe_dump(edited))
+    planned = snakemake(workdir, "-n", "coremlsd3_4step_packages", config=config).stdout
+    normalized = "results/demo/checkpoints/normalized/4step.safetensors"
+    jobs = re.split(r"\n(?=rule \w+:)", planned.split("Job stats:", 1)[1])[1:]
+    normalizing = next(job for job in jobs if job.startswith("rule normalize_transformer:"))
+    assert "original.safetensors" in normalizing and f"output: {normalized}" in normalizing
+    conversions = [job for job in jobs if job.startswith("rule mmdit_")]
+    assert conversions and all(normalized in job.split("output:")[0] for job in conversions)

@@ -8,6 +8,8 @@ from SOURCE_DATE_EPOCH (or drop it), so the same inputs give the same bytes.
 
 import json
 import os
+import re
+import shutil
 import uuid
 from datetime import datetime, timezone
 from pathlib import Path
@@ -65,12 +67,26 @@ def save_package(mlmodel, destination: Path, metadata: dict[str, str] | None = N
     destination.parent.mkdir(parents=True, exist_ok=True)
     temporary = fresh_temporary(destination)
     try:
-        mlmodel.save(str(temporary))
+        save_model(mlmodel, temporary)
         stable_manifest(temporary)
         stable_spec(temporary, metadata or {})
         replace_path(temporary, destination)
     finally:
         remove_path(temporary)
+
+
+def save_model(mlmodel, path: Path) -> None:
+    """coremltools' save, with a failed copy of the package's files raised as the OSError it was."""
+    try:
+        mlmodel.save(str(path))
+    except shutil.Error as error:
+        # coremltools copies its package with shutil.copytree, which gathers each file's OSError
+        # as (source, destination, text): a full disk would reach the user as a traceback.
+        source, written, reason = error.args[0][0]
+        code = re.match(r"\[Errno (\d+)\]", reason)
+        if not code:
+            raise
+        raise OSError(int(code.group(1)), os.strerror(int(code.group(1))), written) from error
 
 
 def load_package(path: Path):
