@@ -25,7 +25,7 @@ demo: $(STAMP)
 	@echo "demo folders: results/demo/coremlsd3_4step_packages results/demo/coremlsd3_2step_packages"
 
 test: $(STAMP)
-	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m pytest -q
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m pytest -q --durations=20
 
 # Full scale: the synthetic sd3-medium checkpoint first (it stands in for a download and is
 # not timed), then coremlsd3_4step_packages from nothing with -c2, timed; then the report

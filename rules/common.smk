@@ -8,7 +8,7 @@ from snakemake.utils import validate
 
 from sd3coreml import toolchain
 from sd3coreml.compile import require_compiler
-from sd3coreml.config import check_compression_settings, plan_models
+from sd3coreml.config import check_compression_settings, plan_models, schema_problem
 from sd3coreml.disk import component_weight_files, require_creatable, require_free_space
 from sd3coreml.errors import PipelineError
 from sd3coreml.normalize import ORIGINAL, normalized_memory_mb
@@ -32,22 +32,11 @@ def fail(message):
     sys.exit(1)
 
 
-def schema_problem(schema_path):
-    """`config key 'a.b': <what is wrong>`, for the first value the schema refuses."""
-    import jsonschema
-    import yaml
-
-    schema = yaml.safe_load(Path(schema_path).read_text())
-    error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(schema).iter_errors(config))
-    key = ".".join(str(part) for part in error.absolute_path) or "(top level)"
-    return f"config key '{key}': {error.message}; see config/schema.yaml"
-
-
 CONFIG_SCHEMA = workflow.source_path("../config/schema.yaml")
 try:
     validate(config, CONFIG_SCHEMA)
 except WorkflowError:
-    fail(schema_problem(CONFIG_SCHEMA))
+    fail(schema_problem(config, CONFIG_SCHEMA))
 
 try:
     MODELS = plan_models(config)

@@ -21,7 +21,7 @@ def snakemake(workdir: Path, *args: str, config: str = "config/demo.yaml", check
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     command = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir)]
     command += ["--configfile", str(workdir / config), *args]
-    result = subprocess.run(command, capture_output=True, text=True, env=env)
+    result = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
     if check and result.returncode != 0:
         raise AssertionError(f"snakemake {' '.join(args)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
     return result
@@ -37,6 +37,18 @@ def write_config(workdir: Path, name: str, **changes) -> str:
 
 def new_workdir(path: Path) -> Path:
     shutil.copytree(REPO / "config", path / "config", dirs_exist_ok=True)
+    return path
+
+
+def copy_of_build(workdir: Path, path: Path) -> Path:
+    """`workdir`'s config, results and Snakemake's records at `path`, times kept: up to date there too.
+
+    For a test that changes a build: the session build is shared by every test, so change a copy.
+    """
+    new_workdir(path)
+    # copy2 keeps the mtimes, so Snakemake sees the copied artifacts as up to date.
+    shutil.copytree(workdir / "results", path / "results", copy_function=shutil.copy2, symlinks=True)
+    shutil.copytree(workdir / ".snakemake" / "metadata", path / ".snakemake" / "metadata", copy_function=shutil.copy2)
     return path
 
 
@@ -63,3 +75,23 @@ def demo_app_workdir(demo_workdir) -> Path:
     (demo_workdir / "config" / "demo_fake_compiler.yaml").write_text(yaml.safe_dump(config))
     snakemake(demo_workdir, "-c2", "coremlsd3_4step", config="config/demo_fake_compiler.yaml")
     return demo_workdir
+
+
+@pytest.fixture
+def tmpfs(tmp_path):
+    """mount(size_bytes) -> a fresh folder on a tmpfs of that size, unmounted after the test (we run as root)."""
+    mounted = []
+
+    def mount(size_bytes: int) -> Path:
+        disk = tmp_path / f"tmpfs{len(mounted)}"
+        disk.mkdir()
+        result = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_bytes}", "tmpfs", str(disk)],
+                                capture_output=True, text=True, check=False)  # fmt: skip
+        if result.returncode:
+            pytest.skip(f"mounting a small tmpfs needs root: {result.stderr.strip()}")
+        mounted.append(disk)
+        return disk
+
+    yield mount
+    for disk in mounted:
+        subprocess.run(["umount", str(disk)], check=True)

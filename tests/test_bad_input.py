@@ -16,11 +16,14 @@ is tested. One test, or one parametrize id, per case:
 - missing or malformed tokenizer files: test_bad_tokenizer_files[<id>]
 - an output folder that cannot be made: test_a_file_where_an_output_folder_must_be,
   test_an_output_root_that_is_a_file
-- a full disk: test_full_disk_mid_write (and tests/test_checkpoint.py, the safetensors writer)
+- a full disk: test_full_disk_mid_write, test_full_disk_during_a_package_save, a full TMPDIR under
+  coremltools: test_full_temporary_folder_under_coremltools_is_one_line (and tests/test_checkpoint.py,
+  the safetensors writer)
 - a downloaded file whose sha256 differs from the pin:
   tests/test_download.py::test_sha256_mismatch_refuses_and_deletes
 """
 
+import os
 import re
 import resource
 import shutil
@@ -36,6 +39,7 @@ from conftest import REPO, new_workdir, snakemake
 from safetensors.torch import load_file, save_file
 from snakemake.utils import validate
 
+from sd3coreml import checksums
 from sd3coreml.config import plan_models
 from sd3coreml.disk import require_creatable
 from sd3coreml.errors import PipelineError
@@ -319,17 +323,33 @@ def test_an_output_root_that_is_a_file(tmp_path, monkeypatch):
         require_creatable(["results/demo/x"])
 
 
+DISK_BYTES = 256 * 1024
+
+
 @pytest.fixture
 def small_disk(tmp_path):
     """A 256 KiB tmpfs (we run as root); else a plain folder and a 256 KiB file-size limit for the child."""
     disk = tmp_path / "disk"
     disk.mkdir()
     mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(disk)], capture_output=True, check=False
+        ["mount", "-t", "tmpfs", "-o", f"size={DISK_BYTES}", "tmpfs", str(disk)], capture_output=True, check=False
     )
-    yield disk, None if mounted.returncode == 0 else 256 * 1024
+    yield disk, None if mounted.returncode == 0 else DISK_BYTES
     if mounted.returncode == 0:
         subprocess.run(["umount", str(disk)], check=True)
+
+
+def run_out_of_room(command: list[str], limit: int | None) -> str:
+    """Run a step on the small disk; its one error line."""
+
+    def file_size_limit():
+        if limit:  # Python ignores SIGXFSZ, so a write past the limit fails with EFBIG
+            resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    result = subprocess.run(command, capture_output=True, check=False, text=True, preexec_fn=file_size_limit)
+    line = only_error_line(result)
+    assert ("disk full" if limit is None else "file too large") in line and "rerun" in line
+    return line
 
 
 def test_full_disk_mid_write(small_disk, inputs):
@@ -337,16 +357,59 @@ def test_full_disk_mid_write(small_disk, inputs):
     out_dir = disk / "tokenizer"
     out_dir.mkdir()
     (out_dir / "vocab.json").write_bytes(b'{"built": "before"}')
-
-    def file_size_limit():
-        if limit:  # Python ignores SIGXFSZ, so a write past the limit fails with EFBIG
-            resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
-
     tokenizer = str(inputs / "components" / "tokenizer")
     command = [sys.executable, "-m", "sd3coreml", "copy-tokenizer", "--tokenizer", tokenizer, "--out-dir", str(out_dir)]
-    result = subprocess.run(command, capture_output=True, check=False, text=True, preexec_fn=file_size_limit)
-    line = only_error_line(result)
-    assert line.startswith(f"error: {out_dir}/vocab.json: ") and "rerun" in line
-    assert ("disk full" if limit is None else "file too large") in line
+    line = run_out_of_room(command, limit)
+    assert line.startswith(f"error: {out_dir}/vocab.json: ")
     assert (out_dir / "vocab.json").read_bytes() == b'{"built": "before"}'
     assert sorted(path.name for path in out_dir.iterdir()) == ["vocab.json"]  # no .vocab.tmp-PID.json left
+
+
+def linear_package(path: Path, width: int) -> Path:
+    """A one-linear fp16 package of width x width weights, saved as the pipeline saves packages."""
+    import coremltools as ct
+    import numpy as np
+    from coremltools.converters.mil import Builder as mb
+
+    from sd3coreml.package import save_package
+
+    weight = np.random.default_rng(width).standard_normal((width, width)).astype(np.float32)
+
+    @mb.program(input_specs=[mb.TensorSpec((1, width))], opset_version=ct.target.iOS18)
+    def linear(x):
+        return mb.linear(x=x, weight=weight)
+
+    save_package(ct.convert(linear, minimum_deployment_target=ct.target.iOS18, convert_to="mlprogram"), path)
+    return path
+
+
+def compress_command(source: Path, out: Path) -> list[str]:
+    command = [sys.executable, "-m", "sd3coreml", "compress-package", "--package", str(source), "--out", str(out)]
+    return [*command, "--mode", "linear_symmetric", "--nbits", "8"]
+
+
+def test_full_disk_during_a_package_save(tmpfs, tmp_path):
+    """coremltools copies a package's files with shutil.copytree, which hides the errno; the step names it."""
+    disk = tmpfs(DISK_BYTES)
+    source = linear_package(tmp_path / "blocks0-1.fp16.mlpackage", 512)  # 512 KiB of fp16 weights
+    out = disk / "blocks0-1.int8_linear_symmetric_per_channel.mlpackage"
+    linear_package(out, 16)  # what an earlier build left there
+    before = checksums.tree_sha256(out)
+    line = run_out_of_room(compress_command(source, out), limit=None)
+    assert line.startswith(f"error: {out}/Data/com.apple.CoreML/weights/weight.bin: ")
+    assert checksums.tree_sha256(out) == before
+    assert sorted(path.name for path in disk.iterdir()) == [out.name]  # no .NAME.tmp-PID.mlpackage left
+
+
+def test_full_temporary_folder_under_coremltools_is_one_line(tmpfs, tmp_path):
+    """coremltools writes the weights into TMPDIR first; its C++ writer says only "Unknown error"."""
+    scratch = tmpfs(64 * 1024)
+    source = linear_package(tmp_path / "blocks0-1.fp16.mlpackage", 512)
+    out = tmp_path / "blocks0-1.int8_linear_symmetric_per_channel.mlpackage"
+    env = {**os.environ, "TMPDIR": str(scratch)}
+    result = subprocess.run(compress_command(source, out), capture_output=True, check=False, text=True, env=env)
+    line = only_error_line(result)
+    assert line.startswith(f"error: {scratch}: coremltools could not write a package's weights") and "TMPDIR" in line
+    assert not out.exists() and sorted(path.name for path in tmp_path.iterdir() if "blocks" in path.name) == [
+        source.name
+    ]

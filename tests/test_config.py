@@ -1,18 +1,43 @@
 """Config checks at parse time: each bad value fails with one line naming the key.
 
-The schema's refusals are worded by common.smk, so they are tested through Snakemake; one
-semantic check shows that `plan_models`' refusals reach the user the same way. Every other
-semantic check is tested in-process in tests/test_bad_input.py.
+The schema's refusals are worded by `config.schema_problem`, tested in-process; one schema
+refusal and one semantic check show that both reach the user through Snakemake the same way.
+Every other semantic check is tested in-process in tests/test_bad_input.py.
 """
 
 import functools
 
 import numpy as np
 import pytest
-from conftest import new_workdir, snakemake, write_config
+import yaml
+from conftest import REPO, new_workdir, snakemake, write_config
+from snakemake.exceptions import WorkflowError
+from snakemake.utils import validate
 
 from sd3coreml.compress import optimization_config
-from sd3coreml.config import COMPRESSION_MINIMUM_TARGET, CONVERSION_TARGETS, GRANULARITY_MINIMUM_TARGET
+from sd3coreml.config import (
+    COMPRESSION_MINIMUM_TARGET,
+    CONVERSION_TARGETS,
+    GRANULARITY_MINIMUM_TARGET,
+    schema_problem,
+)
+
+SCHEMA = REPO / "config" / "schema.yaml"
+
+
+@pytest.mark.parametrize(
+    "changes, expected",
+    [
+        ({"batch_size": 2}, "config key 'batch_size': 2 is not one of [1]; see config/schema.yaml"),
+        ({"compression": {"mmdit": {"mode": "int3"}}}, "config key 'compression.mmdit.mode': 'int3' is not one of"),
+        ({"stage_sizes": "4,4"}, "config key 'stage_sizes': '4,4' is not of type 'array'"),
+    ],
+)
+def test_schema_refusals_name_the_key(changes, expected):
+    config = {**yaml.safe_load((REPO / "config" / "demo.yaml").read_text()), **changes}
+    with pytest.raises(WorkflowError):
+        validate(config, str(SCHEMA))
+    assert schema_problem(config, SCHEMA).startswith(expected)
 
 
 @pytest.mark.parametrize(
@@ -20,7 +45,6 @@ from sd3coreml.config import COMPRESSION_MINIMUM_TARGET, CONVERSION_TARGETS, GRA
     [
         ({"stage_sizes": [1, 2, 3]}, "'stage_sizes' sums to 6 but the transformer has 5 blocks"),
         ({"batch_size": 2}, "config key 'batch_size': 2 is not one of [1]"),
-        ({"compression": {"mmdit": {"mode": "int3"}}}, "config key 'compression.mmdit.mode'"),
     ],
 )
 def test_bad_config_fails_in_one_line(tmp_path, changes, expected):

@@ -27,7 +27,7 @@ WEIGHTS = "checkpoints/sd3-medium-4step.safetensors"
 TINY_WEIGHTS = "checkpoints/tiny-4step.safetensors"
 DOWNLOADS_CONFIG = "config/downloads.yaml"
 DOWNLOADED = ["downloaded/tiny-4step.safetensors", "downloaded/sd3"]
-AWKWARD_PATH = "tokenizer/notes on it's \"tokens\".json"
+AWKWARD_PATH = 'tokenizer/notes on it\'s "tokens".json'
 SD3_FILES = {
     "text_encoder/config.json": b'{"hidden_size": 768}\n',
     "text_encoder_2/config.json": b'{"hidden_size": 1280}\n',
@@ -231,7 +231,9 @@ def test_download_rules_run_offline_and_the_conversion_reads_their_output(hub_ca
     snakemake(workdir, "-c2", *DOWNLOADED, config=DOWNLOADS_CONFIG)
     assert (workdir / "downloaded" / "tiny-4step.safetensors").read_bytes() == tiny
     placed = workdir / "downloaded" / "sd3"
-    placed_files = {path.relative_to(placed).as_posix(): path.read_bytes() for path in placed.rglob("*") if path.is_file()}
+    placed_files = {
+        path.relative_to(placed).as_posix(): path.read_bytes() for path in placed.rglob("*") if path.is_file()
+    }
     assert placed_files == {**files, ".snakemake_timestamp": b""}  # directory()'s marker
 
     without = snakemake(workdir, "--list-rules")

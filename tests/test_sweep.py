@@ -72,9 +72,8 @@ def test_an_unknown_sweep_name_lists_the_known_ones(tmp_path):
 
 @pytest.fixture(scope="module")
 def demo_sweep(demo_workdir):
-    """`snakemake sweep` on the demo build: it shares the build's int8 stages of [1, 2, 2]."""
-    result = snakemake(demo_workdir, "-c2", "sweep")
-    return demo_workdir / "results" / "demo" / "reports" / "sweep", result
+    """The reports of `snakemake sweep`, part of the session build: it shares the int8 stages of [1, 2, 2]."""
+    return demo_workdir / "results" / "demo" / "reports" / "sweep"
 
 
 def read_rows(path: Path) -> list[dict]:
@@ -82,7 +81,7 @@ def read_rows(path: Path) -> list[dict]:
 
 
 def test_sweep_writes_table_plot_and_stage_rows(demo_sweep):
-    reports, _ = demo_sweep
+    reports = demo_sweep
     rows = read_rows(reports / "summary.csv")
     assert [(row["layout"], row["mode"]) for row in rows] == [
         ("1-2-2", "int8"), ("1-2-2", "mix"), ("1-4", "int8"), ("1-4", "mix")
@@ -95,7 +94,7 @@ def test_sweep_writes_table_plot_and_stage_rows(demo_sweep):
 
 
 def test_sweep_figures_come_from_the_packages_and_measurements(demo_sweep, demo_workdir):
-    reports, _ = demo_sweep
+    reports = demo_sweep
     stages = {(row["layout"], row["mode"], row["stage"]): row for row in read_rows(reports / "stages.csv")}
     head = stages[("1-4", "mix", "2")]
     assert head["package"].endswith("blocks1-5_head.int8_linear_symmetric_per_channel.mlpackage")
@@ -113,7 +112,7 @@ def test_sweep_figures_come_from_the_packages_and_measurements(demo_sweep, demo_
 
 
 def test_sweep_shares_jobs_and_says_what_it_saved(demo_sweep):
-    reports, _ = demo_sweep
+    reports = demo_sweep
     rows = {(row["layout"], row["mode"]): row for row in read_rows(reports / "summary.csv")}
     # Both layouts share Stage0 and blocks 0-1; both modes share the fp16 stages and the int8 head.
     assert float(rows[("1-4", "mix")]["build_s"]) > 0
@@ -124,7 +123,7 @@ def test_sweep_shares_jobs_and_says_what_it_saved(demo_sweep):
 
 
 def test_device_columns_say_they_need_a_mac(demo_sweep):
-    reports, _ = demo_sweep
+    reports = demo_sweep
     for row in read_rows(reports / "summary.csv"):
         assert row["first_load_s"] == row["predict_s"] == row["neural_engine_ops_pct"] == "needs a Mac"
 

@@ -5,6 +5,7 @@ import math
 import sys
 
 import numpy as np
+import pytest
 from conftest import snakemake
 
 from sd3coreml.mil_executor import load_program, run_program
@@ -16,6 +17,13 @@ ENTRIES = {
     "MultiModalDiffusionTransformerConditioning",
     *(f"MultiModalDiffusionTransformerStage{index}" for index in range(4)),
 }
+
+
+@pytest.fixture(scope="module")
+def verified(demo_workdir):
+    """`snakemake verify` run once on the session build."""
+    snakemake(demo_workdir, "-c2", "verify")
+    return demo_workdir
 
 
 def reports(workdir, model):
@@ -40,15 +48,14 @@ def test_packages_folders_carry_a_passing_fidelity_report(demo_workdir):
             assert all(row["coreml"] == "needs macOS" for row in rows)
 
 
-def test_verify_runs_the_chain_end_to_end(demo_workdir):
-    snakemake(demo_workdir, "-c2", "verify")
+def test_verify_runs_the_chain_end_to_end(verified):
     for model, steps in (("4step", 4), ("2step", 2)):
-        report = json.loads((reports(demo_workdir, model) / "end_to_end.json").read_text())
+        report = json.loads((reports(verified, model) / "end_to_end.json").read_text())
         assert report["passed"] and report["steps"] == steps
         assert float(report["final_latent_psnr_db"]) >= report["min_psnr_db"]
         stage_rows = [row for row in report["comparisons"] if row["step"] == steps - 1]
         assert len(stage_rows) == 5  # Conditioning and Stage0..3 at the last step
-        png = (reports(demo_workdir, model) / "end_to_end.png").read_bytes()
+        png = (reports(verified, model) / "end_to_end.png").read_bytes()
         assert png[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -74,18 +81,15 @@ def test_token_ids_reach_the_embedding_tables_exactly(demo_workdir):
             assert np.issubdtype(np.asarray(seen[op.indices]).dtype, np.integer)
 
 
-def test_end_to_end_int8_meets_30_db_on_plain_weights(demo_workdir):
-    snakemake(demo_workdir, "-c2", "verify")
-    report = json.loads((reports(demo_workdir, "4step") / "end_to_end.json").read_text())
+def test_end_to_end_int8_meets_30_db_on_plain_weights(verified):
+    report = json.loads((reports(verified, "4step") / "end_to_end.json").read_text())
     assert report["min_psnr_db"] == 30 and float(report["final_latent_psnr_db"]) >= 30.0
     assert all(math.isfinite(float(row["psnr_db"])) for row in report["comparisons"])
 
 
-def test_html_report_holds_the_sweep_plot_fidelity_tables_and_samples(demo_workdir, tmp_path):
-    if not (reports(demo_workdir, "4step") / "end_to_end.png").exists():
-        snakemake(demo_workdir, "-c2", "verify")  # when this test runs alone
+def test_html_report_holds_the_sweep_plot_fidelity_tables_and_samples(verified, tmp_path):
     report = tmp_path / "report.html"
-    snakemake(demo_workdir, "--report", str(report), "verify", "sweep")
+    snakemake(verified, "--report", str(report), "verify", "sweep")
     html = report.read_text()
     for name in ("summary.png", "fidelity.md", "end_to_end.png", "Sweep", "Fidelity", "Samples"):
         assert name in html, name

@@ -1,19 +1,27 @@
 """Snakemake planning on a built demo: a change replans exactly what depends on it."""
 
+import hashlib
+import json
 import re
+from pathlib import Path
 
 import yaml
-from conftest import DEMO_TARGETS, new_workdir, snakemake, write_config
+from conftest import DEMO_TARGETS, copy_of_build, new_workdir, snakemake, write_config
 
+from sd3coreml import checksums, folder_check
+
+ROOT = "results/demo"
+FOLDER = "coremlsd3_4step_packages"
 FOLDER_JOBS = {"packages_folder": 1, "coremlsd3_4step_packages": 1}
 REPORT_JOBS = {"fidelity_report": 1, **FOLDER_JOBS}
 
 
 def planned_jobs(result) -> dict[str, int]:
-    """The `Job stats:` table of a dry run, as {rule: count}; empty when nothing is to be done."""
-    if "Nothing to be done" in result.stdout:
+    """The `Job stats:` table of a run (dry or real), as {rule: count}; empty when nothing is to be done."""
+    output = result.stdout + result.stderr
+    if "Nothing to be done" in output:
         return {}
-    table = result.stdout.split("Job stats:", 1)[1].split("total", 1)[0]
+    table = output.split("Job stats:", 1)[1].split("total", 1)[0]
     return {name: int(count) for name, count in re.findall(r"^(\w+)\s+(\d+)$", table, re.MULTILINE)}
 
 
@@ -128,3 +136,54 @@ def test_app_folder_without_compiler_stops_before_any_job(tmp_path):
 def test_dry_run_of_app_folder_plans_everywhere(tmp_path):
     jobs = dry_run(new_workdir(tmp_path), "config/demo.yaml", "coremlsd3_4step")
     assert jobs["compile_package"] == 8 and jobs["app_folder"] == 1
+
+
+def file_states(root: Path) -> dict[str, tuple[int, str]]:
+    """Every file under `root`: (mtime in ns, sha256)."""
+    return {
+        path.relative_to(root).as_posix(): (path.stat().st_mtime_ns, hashlib.sha256(path.read_bytes()).hexdigest())
+        for path in sorted(root.rglob("*"))
+        if path.is_file()
+    }
+
+
+def test_a_layout_of_built_ranges_runs_only_the_report_and_the_folder(demo_workdir, tmp_path):
+    """A real run on a copy of the build: the demo sweep built and checked [1, 4]'s ranges already."""
+    workdir = copy_of_build(demo_workdir, tmp_path / "work")
+    demo = yaml.safe_load((workdir / "config" / "demo.yaml").read_text())
+    demo["models"]["4step"]["stage_sizes"] = [1, 4]
+    config = write_config(workdir, "layout_1_4.yaml", models=demo["models"])
+    before = file_states(workdir / ROOT)
+
+    result = snakemake(workdir, "-c2", FOLDER, config=config)
+    assert planned_jobs(result) == REPORT_JOBS
+    folder = workdir / ROOT / FOLDER
+    stages = sorted(path.name for path in folder.glob("MultiModalDiffusionTransformerStage*"))
+    assert stages == [f"MultiModalDiffusionTransformerStage{index}.mlpackage" for index in range(3)]
+    assert json.loads((folder / "manifest.json").read_text())["config"]["stage_block_ranges"] == [[0, 1], [1, 5]]
+    assert folder_check.folder_problems(folder) == []  # each real stage package holds the blocks of its place
+
+    after = file_states(workdir / ROOT)
+    changed = {path for path in before.keys() | after.keys() if before.get(path) != after.get(path)}
+    rewritten = {f"reports/{FOLDER}/{name}" for name in ("fidelity.json", "fidelity.md", "build_host.json")}
+    rewritten |= {f"logs/fidelity/{FOLDER}.log", f"logs/folders/{FOLDER}.log", f"benchmarks/folders/{FOLDER}.tsv"}
+    assert {path for path in changed if not path.startswith(f"{FOLDER}/")} == rewritten
+
+
+def test_a_bar_above_a_figure_stops_the_folder_and_keeps_the_old_one(demo_workdir, tmp_path):
+    workdir = copy_of_build(demo_workdir, tmp_path / "work")
+    report = json.loads((workdir / ROOT / "reports" / FOLDER / "fidelity.json").read_text())
+    worst = min((row for row in report["outputs"] if row["precision"] == "int8"), key=lambda row: row["psnr_db"])
+    bars = {**report["thresholds_db"], "int8": 99}
+    config = write_config(workdir, "strict.yaml", fidelity={"min_psnr_db": bars})
+    folder = workdir / ROOT / FOLDER
+    old = checksums.tree_sha256(folder)
+
+    result = snakemake(workdir, "-c2", FOLDER, config=config, check=False)
+    assert result.returncode != 0
+    errors = {line for line in (result.stdout + result.stderr).splitlines() if line.startswith("error:")}
+    assert len(errors) == 1, result.stderr[-3000:]
+    line = errors.pop()
+    assert line.startswith(f"error: fidelity: {worst['package']} ({worst['entry']}) output '{worst['output']}'")
+    assert f"has PSNR {worst['psnr_db']:.1f} dB in the MIL executor, under the int8 bar of 99 dB" in line
+    assert checksums.tree_sha256(folder) == old and folder_check.folder_problems(folder) == []

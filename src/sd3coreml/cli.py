@@ -10,7 +10,7 @@ import importlib
 import sys
 from pathlib import Path
 
-from sd3coreml.disk import OUT_OF_ROOM, out_of_room_message
+from sd3coreml.disk import MIL_WRITER_FAILED, OUT_OF_ROOM, out_of_room_message, temporary_weights_message
 from sd3coreml.errors import PipelineError
 from sd3coreml.frameworks import skip_unused_frameworks
 
@@ -157,5 +157,10 @@ def main(argv=None) -> int:
         written = getattr(args, "out", None) or getattr(args, "out_dir", None)
         where = str(written) if written else f"python -m sd3coreml {args.step}"
         print(f"error: {out_of_room_message(error, where)}", file=sys.stderr)
+        return 1
+    except RuntimeError as error:
+        if not str(error).startswith(MIL_WRITER_FAILED):
+            raise
+        print(f"error: {temporary_weights_message(error)}", file=sys.stderr)
         return 1
     return 0

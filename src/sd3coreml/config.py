@@ -135,6 +135,17 @@ def check_compression_settings(settings: dict, key: str, target: str) -> None:
         require_exact_palettes(key)
 
 
+def schema_problem(config: dict, schema_path: Path) -> str:
+    """`config key 'a.b': <what is wrong>`, for the first value config/schema.yaml refuses."""
+    import jsonschema
+    import yaml
+
+    schema = yaml.safe_load(Path(schema_path).read_text())
+    error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(schema).iter_errors(config))
+    key = ".".join(str(part) for part in error.absolute_path) or "(top level)"
+    return f"config key '{key}': {error.message}; see config/schema.yaml"
+
+
 def check_granularity(settings: dict, key: str) -> str:
     mode, offered = settings["mode"], GRANULARITIES[settings["mode"]]
     granularity = settings.get("granularity", next(iter(offered)))

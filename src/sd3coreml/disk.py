@@ -8,6 +8,7 @@ estimate reads only safetensors headers, so it costs nothing before a multi-GB b
 import errno
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 from sd3coreml.atomic import sibling_of
@@ -18,6 +19,9 @@ BYTES_WRITTEN_PER_WEIGHT = 2 + 1 + 1
 COMPONENT_WEIGHTS = ("text_encoder", "text_encoder_2", "vae")
 # A write that failed for want of room: a full disk, a quota, a file-size limit (`ulimit -f`).
 OUT_OF_ROOM = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+# coremltools writes every package's weights into a temporary folder first (tempfile's, so
+# TMPDIR's); when that write fails its C++ writer raises a RuntimeError starting so, with no errno.
+MIL_WRITER_FAILED = "[MIL FileWriter]"
 
 
 def weight_count(weights: Path) -> int:
@@ -95,3 +99,12 @@ def out_of_room_message(error: OSError, where: str) -> str:
             "maximum); raise the limit or set output_root to another disk, and rerun"
         )
     return f"{place}: disk full ({error.strerror}); free space and rerun"
+
+
+def temporary_weights_message(error: RuntimeError) -> str:
+    """One line for coremltools' failed write of a package's weights into its temporary folder."""
+    return (
+        f"{tempfile.gettempdir()}: coremltools could not write a package's weights into its temporary folder "
+        f"({error}): that disk is likely full, or a file-size limit (ulimit -f) was hit; free space there "
+        "or set TMPDIR to a larger disk, and rerun"
+    )
