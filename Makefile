@@ -4,16 +4,20 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 CORES ?= 2
+# CLIP's real BPE vocabulary (OpenAI's, MIT), for the synthetic tokenizer files; without its
+# dependencies, which would pull torchvision and another torch (a requirements file cannot say so).
+CLIP_BPE_WHEEL := open_clip_torch==3.3.0
 
 .PHONY: demo test bench bench-sweep lint clean
 
 # pip byte-compiles what it installs (half a minute for torch and the rest). Keep it: with
 # PYTHONDONTWRITEBYTECODE set, as on the team's machines, nothing compiles later, and every
 # job would compile torch from source at each import.
-$(STAMP): requirements.txt pyproject.toml
+$(STAMP): requirements.txt pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -r requirements.txt
+	$(BIN)/pip install --quiet --no-deps $(CLIP_BPE_WHEEL)
 	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 

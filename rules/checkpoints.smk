@@ -35,7 +35,7 @@ rule synthetic_components:
     params:
         toolchain=TOOLCHAIN_FINGERPRINT,
     input:
-        code=library("synthetic", "synthetic_tokenizer"),
+        code=library("synthetic", "clip_vocabulary"),
     log:
         f"{ROOT}/logs/synthetic_components/{{preset}}-seed{{seed}}.log",
     benchmark:

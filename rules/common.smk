@@ -220,8 +220,14 @@ def app_folder_inputs(wildcards):
     return {**entries, **tokenizer_files()}
 
 
-def folder_spec(entries, manifest):
-    return json.dumps({"entries": entries, "manifest": manifest}, sort_keys=True)
+def folder_spec(entries, manifest, packages=None):
+    spec = {"entries": entries, "manifest": manifest, **({"packages": packages} if packages else {})}
+    return json.dumps(spec, sort_keys=True)
+
+
+def compiled_from(wildcards):
+    """Each compiled entry's package: the app's view of the folder is read from them."""
+    return {f"{name}.mlmodelc": path for name, path in folder_packages(wildcards.model).items()}
 
 
 def packages_folder_spec(wildcards, input):
@@ -236,7 +242,7 @@ def app_folder_spec(wildcards, input):
         "command": config["compiler"]["command"],
         "deployment_target": config["compiler"]["deployment_target"],
     }
-    return folder_spec(entries, manifest)
+    return folder_spec(entries, manifest, compiled_from(wildcards))
 
 
 def measurement_of(package):

@@ -9,7 +9,7 @@ rule packages_folder:
         unpack(packages_folder_inputs),
         # Only a build whose packages passed their fidelity checks becomes a folder.
         fidelity=lambda wildcards: fidelity_report(wildcards.model),
-        code=library("folder", "checksums", "atomic"),
+        code=library("folder", "checksums", "atomic", "client", "package"),
     output:
         sums=f"{ROOT}/coremlsd3_{{model}}_packages/SHA256SUMS",
         record=build_record("coremlsd3_{model}_packages"),
@@ -31,8 +31,9 @@ rule packages_folder:
 rule app_folder:
     input:
         unpack(app_folder_inputs),
+        packages=lambda wildcards: list(compiled_from(wildcards).values()),
         fidelity=lambda wildcards: fidelity_report(wildcards.model),
-        code=library("folder", "checksums", "atomic"),
+        code=library("folder", "checksums", "atomic", "client", "package"),
     output:
         sums=f"{ROOT}/coremlsd3_{{model}}/SHA256SUMS",
         record=build_record("coremlsd3_{model}"),

@@ -1,5 +1,6 @@
 """Read a saved package's spec and compare it with a contract file kept in tests/contract."""
 
+import json
 from pathlib import Path
 
 import yaml
@@ -44,3 +45,22 @@ def assert_package_meets(package: Path, expected: dict, spec_version: int) -> No
         assert expected["compression"] in op_types(spec)
     else:
         assert not {op for op in op_types(spec) if op.startswith("constexpr_")}
+
+
+def interfaces(contract: dict) -> dict[str, tuple[dict, dict]]:
+    """The contract's packages as client.interface_problems reads a folder's."""
+    return {name: (package["inputs"], package["outputs"]) for name, package in contract["packages"].items()}
+
+
+def assert_client_requirements_met(folder: Path, contract: dict) -> None:
+    """What the app (contract['client']) requires of the folder, beyond names and shapes."""
+    client = contract["client"]
+    for name in client["one_input"]:
+        assert len(read_spec(folder / f"{name}.mlpackage").description.input) == 1, name
+    for name in client["one_output"]:
+        assert len(read_spec(folder / f"{name}.mlpackage").description.output) == 1, name
+    for pattern in client["forbidden"]:
+        assert not list(folder.glob(pattern)), pattern
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["client"] == {key: client[key] for key in ("repo", "commit", "branch")}
+    assert manifest["app_loadable"] is client["app_loadable"]

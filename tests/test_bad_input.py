@@ -13,7 +13,8 @@ is tested. One test, or one parametrize id, per case:
   tensors, a config that disagrees with the weights: test_bad_checkpoint[<id>]
 - pickle checkpoints: test_pickle_checkpoint_is_refused_unread
 - palettization without the exact k-means (kmeans1d): test_palettes_without_exact_kmeans_are_refused
-- missing or malformed tokenizer files: test_bad_tokenizer_files[<id>]
+- missing or malformed tokenizer files: test_bad_tokenizer_files[<id>]; a tokenizer_2 unlike tokenizer:
+  test_a_second_tokenizer_unlike_the_first_is_refused
 - an output folder that cannot be made: test_a_file_where_an_output_folder_must_be,
   test_an_output_root_that_is_a_file
 - a full disk: test_full_disk_mid_write, test_full_disk_during_a_package_save, a full TMPDIR under
@@ -23,6 +24,7 @@ is tested. One test, or one parametrize id, per case:
   tests/test_download.py::test_sha256_mismatch_refuses_and_deletes
 """
 
+import json
 import os
 import re
 import resource
@@ -40,11 +42,11 @@ from safetensors.torch import load_file, save_file
 from snakemake.utils import validate
 
 from sd3coreml import checksums
+from sd3coreml.clip_vocabulary import write_sd3_tokenizers
 from sd3coreml.config import plan_models
 from sd3coreml.disk import require_creatable
 from sd3coreml.errors import PipelineError
 from sd3coreml.synthetic import write_synthetic_transformer
-from sd3coreml.synthetic_tokenizer import write_clip_tokenizer
 
 TINY_CONFIG = str(REPO / "config" / "transformers" / "sd3-tiny.json")
 JOB_LINE = re.compile(r"^(local)?rule \w+:", re.MULTILINE)
@@ -58,7 +60,7 @@ def inputs(tmp_path_factory) -> Path:
     write_synthetic_transformer("tiny", 4, folder / "tiny.safetensors", folder / "tiny.json")
     for name in ("text_encoder", "text_encoder_2", "vae"):
         (folder / "components" / name).mkdir(parents=True)
-    write_clip_tokenizer(folder / "components" / "tokenizer")
+    write_sd3_tokenizers(folder / "components")
     return folder
 
 
@@ -271,6 +273,23 @@ def test_bad_tokenizer_files(workdir, name, content, expected):
     else:
         path.write_text(content)
     assert refusal(with_weights("tiny.safetensors")).startswith(f"components/tokenizer/{expected}")
+
+
+@pytest.mark.parametrize("name", ["vocab.json", "merges.txt"])
+def test_a_second_tokenizer_unlike_the_first_is_refused(workdir, name):
+    """The app feeds both encoders from one vocab.json and merges.txt."""
+    path = workdir / "components" / "tokenizer_2" / name
+    text = path.read_text(encoding="utf-8")
+    path.write_text(
+        text.replace('"a</w>": 320', '"a</w>": 9') if name == "vocab.json" else text.replace("\ni n\n", "\n")
+    )
+    message = refusal(with_weights("tiny.safetensors"))
+    assert message.startswith(f"components/tokenizer_2/{name}: differs from components/tokenizer/{name}")
+    # Formatting alone is no difference: the same vocabulary, written otherwise.
+    if name == "vocab.json":
+        vocab = json.loads(text)
+        path.write_text(json.dumps(vocab, indent=1, sort_keys=True))
+        assert list(plan_models(with_weights("tiny.safetensors"))) == ["4step"]
 
 
 def only_error_line(result) -> str:

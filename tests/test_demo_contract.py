@@ -1,7 +1,14 @@
 """Every package of the demo build meets the contract kept in tests/contract (not derived from the code)."""
 
 import pytest
-from package_contract import MIL_INTEGER_TYPES, assert_package_meets, folder_names, load_contract, read_spec
+from package_contract import (
+    MIL_INTEGER_TYPES,
+    assert_client_requirements_met,
+    assert_package_meets,
+    folder_names,
+    load_contract,
+    read_spec,
+)
 
 CONTRACT = load_contract("demo_packages.yaml")
 FOLDERS = ["coremlsd3_4step_packages", "coremlsd3_2step_packages"]
@@ -19,6 +26,11 @@ def test_folder_holds_exactly_the_contract_files(demo_workdir, folder):
 def test_package_meets_contract(demo_workdir, folder, name):
     package = demo_workdir / "results" / "demo" / folder / f"{name}.mlpackage"
     assert_package_meets(package, CONTRACT["packages"][name], CONTRACT["spec_version"])
+
+
+@pytest.mark.parametrize("folder", FOLDERS)
+def test_folder_meets_the_clients_requirements(demo_workdir, folder):
+    assert_client_requirements_met(demo_workdir / "results" / "demo" / folder, CONTRACT)
 
 
 def test_token_ids_are_cast_to_integers_before_any_fp16_op(demo_workdir):

@@ -93,6 +93,17 @@ def test_two_stages_swapped_in_a_built_folder_are_named_by_the_blocks_they_hold(
     ]
 
 
+def test_an_adaln_model_is_foreign_even_with_regenerated_sums(tmp_path):
+    """The app would switch to AdaLN stages, which no longer take modulation_inputs."""
+    out_dir = built_folder(tmp_path)
+    shutil.copytree(out_dir / f"{STAGE}1.mlpackage", out_dir / "MultiModalDiffusionTransformerAdaLN.mlpackage")
+    regenerate_sums(out_dir)
+    assert (
+        "foreign: MultiModalDiffusionTransformerAdaLN.mlpackage (the app would then feed its stages without "
+        "modulation_inputs; remove it)"
+    ) in folder_check.folder_problems(out_dir)
+
+
 def test_a_hand_edited_manifest_is_stale(tmp_path):
     out_dir = built_folder(tmp_path)
     manifest_path = out_dir / "manifest.json"

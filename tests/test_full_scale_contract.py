@@ -6,7 +6,7 @@ Marked slow: it reads `results/bench/`, which only `make bench` builds (see READ
 from pathlib import Path
 
 import pytest
-from package_contract import assert_package_meets, folder_names, load_contract
+from package_contract import assert_client_requirements_met, assert_package_meets, folder_names, load_contract
 
 CONTRACT = load_contract("sd3_medium_packages.yaml")
 FOLDER = Path(__file__).resolve().parents[1] / "results" / "bench" / "coremlsd3_4step_packages"
@@ -22,3 +22,7 @@ def test_full_scale_folder_holds_exactly_the_contract_files():
 @pytest.mark.parametrize("name", sorted(CONTRACT["packages"]))
 def test_full_scale_package_meets_contract(name):
     assert_package_meets(FOLDER / f"{name}.mlpackage", CONTRACT["packages"][name], CONTRACT["spec_version"])
+
+
+def test_full_scale_folder_meets_the_clients_requirements():
+    assert_client_requirements_met(FOLDER, CONTRACT)

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from sd3coreml.clip_vocabulary import bytes_to_unicode, clip_merges
 from sd3coreml.errors import PipelineError
 from sd3coreml.synthetic import (
     OUTLIER_GAIN,
@@ -20,7 +21,6 @@ from sd3coreml.synthetic import (
     write_synthetic_transformer,
 )
 from sd3coreml.synthetic_presets import PRESETS, get_preset, relation_problems
-from sd3coreml.synthetic_tokenizer import bytes_to_unicode, clip_merges
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 
@@ -146,24 +146,27 @@ def test_components_load_with_transformers_and_diffusers(tiny_components):
     assert torch.isfinite(image).all()
 
 
-def test_tokenizer_has_clips_vocabulary_layout(tiny_components):
+def test_tokenizers_hold_clips_real_vocabulary_and_sd3s_pad_tokens(tiny_components):
     from transformers import CLIPTokenizer
 
-    tokenizer = CLIPTokenizer.from_pretrained(tiny_components / "tokenizer")
-    assert len(tokenizer) == 49408
-    ids = tokenizer("a photo of a cat")["input_ids"]
-    assert ids[0] == 49406 and ids[-1] == 49407 and len(ids) > 4
-    assert tokenizer.decode(ids, skip_special_tokens=True) == "a photo of a cat"
+    for folder, pad in (("tokenizer", "<|endoftext|>"), ("tokenizer_2", "!")):
+        tokenizer = CLIPTokenizer.from_pretrained(tiny_components / folder)
+        assert len(tokenizer) == 49408 and tokenizer.pad_token == pad and tokenizer.model_max_length == 77
+        # OpenAI's CLIP ids, from the BPE file of the open_clip_torch wheel.
+        assert tokenizer("a photo of a cat")["input_ids"] == [49406, 320, 1125, 539, 320, 2368, 49407]
     vocab = json.loads((tiny_components / "tokenizer" / "vocab.json").read_text(encoding="utf-8"))
     characters = bytes_to_unicode()
     assert [vocab[character] for character in characters] == list(range(256))
     assert vocab[characters[0] + "</w>"] == 256
-    assert (vocab["<|startoftext|>"], vocab["<|endoftext|>"]) == (49406, 49407)
-    merge_lines = (tiny_components / "tokenizer" / "merges.txt").read_text(encoding="utf-8").splitlines()
-    assert merge_lines[0] == "#version: 0.2" and len(merge_lines) == 1 + 48894
-    # Apple's Swift tokenizer drops any merge line starting with "#".
-    assert not any(line.startswith("#") for line in merge_lines[1:])
-    assert len({first + second for first, second in clip_merges()}) == 48894
+    assert (vocab["<|startoftext|>"], vocab["<|endoftext|>"], vocab["!"]) == (49406, 49407, 0)
+    merges = (tiny_components / "tokenizer" / "merges.txt").read_bytes()
+    assert merges.startswith(b"#version: 0.2\n") and merges.endswith(b"\n") and merges.count(b"\n") == 1 + 48894
+    # Six real merges start with "#", which the app's Swift reader skips.
+    assert sum(1 for first, _ in clip_merges() if first.startswith("#")) == 6
+    for name in ("vocab.json", "merges.txt"):
+        assert (tiny_components / "tokenizer_2" / name).read_bytes() == (
+            tiny_components / "tokenizer" / name
+        ).read_bytes()
 
 
 def test_tiny_keeps_sd3_width_relations():
@@ -214,7 +217,9 @@ def test_cli_writes_transformer_and_replaces_existing_components(tmp_path):
     out_dir = tmp_path / "components"
     (out_dir / "stale").mkdir(parents=True)
     assert main(["synthetic-components", "--preset", "tiny", "--seed", "3", "--out", str(out_dir)]) == 0
-    assert sorted(path.name for path in out_dir.iterdir()) == ["text_encoder", "text_encoder_2", "tokenizer", "vae"]
+    assert sorted(path.name for path in out_dir.iterdir()) == [
+        "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "vae"
+    ]  # fmt: skip
     assert sorted(path.name for path in tmp_path.iterdir()) == ["components", "t.json", "t.safetensors"]
     assert main(["synthetic-components", "--preset", "nope", "--seed", "3", "--out", str(out_dir)]) == 1
 

@@ -59,6 +59,26 @@ def test_verify_runs_the_chain_end_to_end(verified):
         assert png[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_end_to_end_feeds_the_apps_ids_and_lists_where_tokenizers_part(verified):
+    report = json.loads((reports(verified, "4step") / "end_to_end.json").read_text())
+    ids = report["token_ids"]
+    words = ids["TextEncoder"].index(49407)  # BOS, the prompt's tokens, then EOS
+    assert ids["TextEncoder"][words:] == [49407] * (77 - words)
+    assert ids["TextEncoder2"][: words + 1] == ids["TextEncoder"][: words + 1]
+    assert ids["TextEncoder2"][words + 1 :] == [0] * (76 - words)  # CLIP-G pads with "!"
+    differences = report["tokenization"]["differences"]
+
+    def difference(start, encoder):
+        return next((row for row in differences if row["prompt"].startswith(start) and row["encoder"] == encoder), None)
+
+    assert difference("a photo of", "TextEncoder") is None  # plain words: both tokenizers agree
+    for start in ("#sunset", "东京", "a robot,", "café"):
+        assert difference(start, "TextEncoder") and difference(start, "TextEncoder2"), start
+    # The long prompt: Hugging Face keeps EOS at the last slot, the app drops it.
+    long = difference("a very long", "TextEncoder")
+    assert long["first_difference"] == 76 and long["diffusers_ids"] == [49407]
+
+
 def observed_values(program, ids) -> dict:
     seen = {}
     run_program(program, {"input_ids": ids}, observe=lambda op, values: seen.update(zip(op.outputs, values)))

@@ -1,6 +1,7 @@
 """What the app does with a resource folder, step by step, run through `mil_executor`.
 
-Tokenize with the folder's vocab.json/merges.txt, encode with both CLIP packages, lay the
+Tokenize with the folder's vocab.json/merges.txt as the app does (`app_tokenizer`: CLIP-L's
+ids padded with EOS, CLIP-G's with "!"), encode with both CLIP packages, lay the
 embeddings out as the MMDiT expects them (CLIP-L and CLIP-G side by side, zero-padded to
 `joint_attention_dim`, then 77 zero T5 slots), run Conditioning and Stage0..N under the
 app's sampler, then the VAE decoder on `latent / 1.5305 + 0.0609`. Every intermediate the
@@ -15,7 +16,6 @@ import numpy as np
 from sd3coreml.chain_record import ChainRecord
 from sd3coreml.mil_executor import run_package
 from sd3coreml.sampler import app_sigmas, euler_step
-from sd3coreml.tokenizer import MAX_TOKENS, load_clip_tokenizer
 
 VAE_SCALING_FACTOR, VAE_SHIFT_FACTOR = 1.5305, 0.0609
 STAGE = re.compile(r"MultiModalDiffusionTransformerStage(\d+)\.mlpackage")
@@ -27,16 +27,12 @@ def folder_stages(folder: Path) -> list[Path]:
     return sorted(stages, key=lambda path: int(STAGE.fullmatch(path.name).group(1)))
 
 
-def token_ids(tokenizer_dir: Path, prompt: str) -> np.ndarray:
-    tokenizer = load_clip_tokenizer(tokenizer_dir, MAX_TOKENS)
-    encoded = tokenizer(prompt, padding="max_length", max_length=MAX_TOKENS, truncation=True, return_tensors="np")
-    return encoded.input_ids.astype(np.float32)
-
-
-def encode_prompt(folder: Path, ids: np.ndarray, joint_attention_dim: int, record: ChainRecord):
+def encode_prompt(folder: Path, ids: dict[str, list[int]], joint_attention_dim: int, record: ChainRecord):
     """(1, joint_attention_dim, 1, 154) token embeddings and (1, 2048, 1, 1) pooled embeddings."""
-    clip_l = run_package(folder / "TextEncoder.mlpackage", {"input_ids": ids})
-    clip_g = run_package(folder / "TextEncoder2.mlpackage", {"input_ids": ids})
+    clip_l, clip_g = (
+        run_package(folder / f"{name}.mlpackage", {"input_ids": np.array([ids[name]], dtype=np.float32)})
+        for name in ("TextEncoder", "TextEncoder2")
+    )
     clip = np.concatenate([clip_l["hidden_embeds"], clip_g["hidden_embeds"]], axis=-1).astype(np.float32)
     clip = np.pad(clip, ((0, 0), (0, 0), (0, joint_attention_dim - clip.shape[-1])))
     tokens = np.concatenate([clip, np.zeros_like(clip)], axis=1)
@@ -68,10 +64,13 @@ def predict_velocity(folder: Path, latent, text, pooled, timestep: float, step: 
     raise ValueError(f"{folder}: no stage returns noise_pred; the last stage is missing")
 
 
-def run_app_chain(folder: Path, prompt: str, noise: np.ndarray, steps: int, joint_attention_dim: int) -> ChainRecord:
+def run_app_chain(
+    folder: Path, ids: dict[str, list[int]], noise: np.ndarray, steps: int, joint_attention_dim: int
+) -> ChainRecord:
+    """The app's chain on the ids it feeds each text encoder (`app_tokenizer.app_token_ids`)."""
     folder = Path(folder)
     record = ChainRecord()
-    text, pooled = encode_prompt(folder, token_ids(folder, prompt), joint_attention_dim, record)
+    text, pooled = encode_prompt(folder, ids, joint_attention_dim, record)
     sigmas = app_sigmas(steps)
     latent = noise.astype(np.float32)
     for step in range(steps):

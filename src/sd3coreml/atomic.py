@@ -11,7 +11,6 @@ import shutil
 from contextlib import contextmanager
 from pathlib import Path
 
-
 # The two sibling names below: `.STEM.tmp-PID.SUFFIX` (being written) and `.NAME.old-PID` (set aside).
 SIBLING_NAME = re.compile(r"\.(?P<stem>.+)\.tmp-(?P<tmp_pid>\d+)(?P<suffix>.*)|\.(?P<name>.+)\.old-(?P<old_pid>\d+)")
 

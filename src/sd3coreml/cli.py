@@ -29,6 +29,7 @@ STEP_MODULES = [
     "sd3coreml.sweep_summary",
     "sd3coreml.cleanup",
     "sd3coreml.device_profile",
+    "sd3coreml.release_check",
 ]
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from sd3coreml import checksums, folder
 from sd3coreml.atomic import replace_path
+from sd3coreml.client import APP_RECORD_KEYS
 from sd3coreml.errors import PipelineError
 from sd3coreml.toolchain import TOOL_TIMEOUT_SECONDS, compiler_versions
 
@@ -234,7 +235,11 @@ def compile_folder(
             modelc = work_dir / f"{package.stem}.mlmodelc"
             compile_package(package, modelc, command_template, deployment_target)
             entries[modelc.name] = modelc
-        manifest = {"packages": packages_manifest, "compiler": compiler_record(command_template, deployment_target)}
+        manifest = {
+            "packages": packages_manifest,
+            "compiler": compiler_record(command_template, deployment_target),
+            **{key: packages_manifest[key] for key in APP_RECORD_KEYS if key in packages_manifest},
+        }
         folder.assemble_folder(entries, app_dir, manifest)
     finally:
         shutil.rmtree(work_dir, ignore_errors=True)

@@ -20,7 +20,7 @@ from sd3coreml.errors import PipelineError
 from sd3coreml.geometry import MMDiTShape
 from sd3coreml.normalize import DIFFUSERS, ORIGINAL, check_original_header_matches_config, detect_layout
 from sd3coreml.plan import CONTRACT_CONDITIONING, CONTRACT_STAGE, TEXT_ENCODERS, BlockRange, stage_ranges
-from sd3coreml.tokenizer import check_merges, check_vocab
+from sd3coreml.tokenizer import check_merges, check_same_tokenizers, check_vocab
 
 # Spec versions of ML Program targets; iOS15 lacks fp16 inputs/outputs and is refused.
 CONVERSION_TARGETS = {"iOS16": 16, "iOS17": 17, "iOS18": 18}
@@ -47,7 +47,7 @@ GRANULARITIES = {
 # Folder entries a compression override may name, beside the stages (the VAE is kept fp16).
 OVERRIDABLE_ENTRIES = {*TEXT_ENCODERS, CONTRACT_CONDITIONING}
 SAMPLER_STEPS = (2, 4)
-COMPONENT_DIRS = ("text_encoder", "text_encoder_2", "vae", "tokenizer")
+COMPONENT_DIRS = ("text_encoder", "text_encoder_2", "vae", "tokenizer", "tokenizer_2")
 
 
 @dataclass(frozen=True)
@@ -197,6 +197,7 @@ def check_components(components: Path) -> None:
     # Plain JSON and text checks: transformers is too slow to import at every parse.
     check_vocab(components / "tokenizer" / "vocab.json")
     check_merges(components / "tokenizer" / "merges.txt")
+    check_same_tokenizers(components / "tokenizer", components / "tokenizer_2")
 
 
 def lies_under(path: str, root: str) -> bool:
@@ -292,7 +293,9 @@ def plan_models(config: dict) -> dict[str, ModelPlan]:
     downloaded = downloaded_paths(config)
     check_generated_paths(config, downloaded)
     components = Path(config["components"])
-    if components.exists() or not (generated or components in downloaded):
+    # Synthetic components are this pipeline's own output, which its job remakes when its code
+    # changes (an older folder may lack what is checked now); downloaded ones, once placed.
+    if not generated and (components.exists() or components not in downloaded):
         check_components(components)
     models = config["models"]
     plans = {key: plan_model(config, key, generated or Path(models[key]["weights"]) in downloaded) for key in models}

@@ -1,10 +1,15 @@
 """End-to-end check of a packages folder: the app's chain against stock diffusers.
 
-One prompt and one seeded noise go through the folder's packages as the app runs them
-(`app_chain`) and through `StableDiffusion3Pipeline` (`reference_pipeline`). Every recorded
-intermediate is compared by PSNR (peak = max |reference|); the prompt encoding, the first
-step's stage boundaries, the final latent and the image must clear the bar, so a wrong
-stage is named, and both images are written side by side.
+One prompt, tokenized as the app tokenizes it (`app_tokenizer`), and one seeded noise go
+through the folder's packages as the app runs them (`app_chain`) and, as the same ids, through
+`StableDiffusion3Pipeline` (`reference_pipeline`). Every recorded intermediate is compared by
+PSNR (peak = max |reference|); the prompt encoding, the first step's stage boundaries, the
+final latent and the image must clear the bar, so a wrong stage is named, and both images are
+written side by side.
+
+Beside it, tokenization only: for a set of prompts with punctuation, `#`, non-ASCII text and
+one over 75 tokens, the report lists each prompt whose app ids differ from those of diffusers'
+own tokenizers, per text encoder, and where.
 """
 
 import json
@@ -18,6 +23,40 @@ from sd3coreml.fidelity import json_figure, psnr
 from sd3coreml.sampler import app_timesteps
 
 DEFAULT_PROMPT = "a photo of an astronaut riding a horse on the moon"
+TOKENIZATION_PROMPTS = (
+    DEFAULT_PROMPT,
+    "a robot, painted in oil; dramatic light!",
+    "#sunset over the sea #nofilter",
+    "café au lait … in a paris bistro",
+    "东京 at night 🌃",
+    " ".join(["a very long prompt about a quiet mountain village"] * 10),
+)
+# Ids shown on each side from the first difference on.
+SHOWN_IDS = 4
+
+
+def first_difference(app_ids: list[int], stock_ids: list[int]) -> int | None:
+    return next((index for index, (a, b) in enumerate(zip(app_ids, stock_ids)) if a != b), None)
+
+
+def tokenization_differences(folder: Path, components: Path, prompts=TOKENIZATION_PROMPTS) -> list[dict]:
+    """Each (prompt, encoder) whose app ids differ from diffusers' tokenizer's, and where."""
+    from sd3coreml.app_tokenizer import AppTokenizer
+    from sd3coreml.tokenizer import APP_PADDING, MAX_TOKENS, load_clip_tokenizer
+
+    rows = []
+    for encoder, tokenizer_dir in (("TextEncoder", "tokenizer"), ("TextEncoder2", "tokenizer_2")):
+        app = AppTokenizer.from_folder(folder, APP_PADDING[encoder][0])
+        stock = load_clip_tokenizer(components / tokenizer_dir)
+        for prompt in prompts:
+            app_ids = app.token_ids(prompt)
+            stock_ids = stock(prompt, padding="max_length", max_length=MAX_TOKENS, truncation=True).input_ids
+            at = first_difference(app_ids, stock_ids)
+            if at is not None:
+                shown = slice(at, at + SHOWN_IDS)
+                rows.append({"prompt": prompt, "encoder": encoder, "first_difference": at,
+                             "app_ids": app_ids[shown], "diffusers_ids": stock_ids[shown]})  # fmt: skip
+    return rows
 
 
 def comparisons(package_side, reference_side, timesteps) -> list[dict]:
@@ -83,23 +122,30 @@ def check_end_to_end(
 
     skip_unused_frameworks("sklearn")
     from sd3coreml.app_chain import run_app_chain
+    from sd3coreml.app_tokenizer import app_token_ids
     from sd3coreml.reference_pipeline import load_pipeline, run_reference
 
-    folder = Path(folder)
-    pipeline = load_pipeline(weights, config, components, folder)
+    folder, components = Path(folder), Path(components)
+    pipeline = load_pipeline(weights, config, components)
     transformer = pipeline.transformer.config
     build = build_config_of(folder)
     block_ranges = [tuple(block_range) for block_range in build["stage_block_ranges"]]
     noise = np.random.default_rng(seed).standard_normal((1, transformer.in_channels, *build["latent_size"]))
     noise = noise.astype(np.float32)
-    reference = run_reference(pipeline, prompt, noise, steps, block_ranges)
-    package_side = run_app_chain(folder, prompt, noise, steps, transformer.joint_attention_dim)
+    ids = app_token_ids(folder, prompt)
+    reference = run_reference(pipeline, prompt, ids, noise, steps, block_ranges)
+    package_side = run_app_chain(folder, ids, noise, steps, transformer.joint_attention_dim)
     rows = comparisons(package_side, reference, app_timesteps(steps))
     failure = first_failure(rows, bar)
     final = next(row for row in rows if row["name"] == "final_latent")
     report = {
         "folder": folder.name,
         "prompt": prompt,
+        "token_ids": ids,
+        "tokenization": {
+            "prompts": list(TOKENIZATION_PROMPTS),
+            "differences": tokenization_differences(folder, components),
+        },
         "seed": seed,
         "steps": steps,
         "timesteps": [float(t) for t in app_timesteps(steps)],

@@ -16,7 +16,8 @@ import torch
 
 from sd3coreml.mmdit import build_block_range, build_conditioning, build_input_stage
 from sd3coreml.mmdit_packages import load_shape
-from sd3coreml.tokenizer import BOS, CLIP_VOCAB_SIZE, EOS, MAX_TOKENS
+from sd3coreml.plan import TEXT_ENCODERS
+from sd3coreml.tokenizer import APP_PADDING, BOS, CLIP_VOCAB_SIZE, EOS, MAX_TOKENS
 
 
 @dataclass(frozen=True)
@@ -77,21 +78,24 @@ def block_range_check(weights: Path, config: Path, start: int, end: int, latent:
     return Check(f"diffusers JointTransformerBlock {start}..{end - 1}{head}, fp32", inputs, reference)
 
 
-def prompt_like_token_ids(generator: np.random.Generator) -> np.ndarray:
-    """BOS, words from the whole vocabulary (its top ids included), EOS, then EOS padding."""
+def prompt_like_token_ids(generator: np.random.Generator, pad_id: int = EOS) -> np.ndarray:
+    """BOS, words from the whole vocabulary (its top ids included), EOS, then the app's padding."""
     words = generator.integers(0, BOS, size=12)
     words[:2] = [CLIP_VOCAB_SIZE - 3, 1]
-    ids = np.full((1, MAX_TOKENS), EOS, dtype=np.int64)
+    ids = np.full((1, MAX_TOKENS), pad_id, dtype=np.int64)
+    ids[0, 1 + len(words)] = EOS
     ids[0, 0] = BOS
     ids[0, 1 : 1 + len(words)] = words
     return ids
 
 
 def text_encoder_check(encoder_dir: Path, seed: int) -> Check:
+    """On ids padded as the app pads this encoder's (CLIP-L: EOS, CLIP-G: "!", id 0)."""
     from transformers import CLIPTextModelWithProjection
 
     encoder = CLIPTextModelWithProjection.from_pretrained(str(encoder_dir), dtype=torch.float32).eval()
-    ids = prompt_like_token_ids(np.random.default_rng(seed))
+    entry = next(name for name, folder in TEXT_ENCODERS.items() if folder == Path(encoder_dir).name)
+    ids = prompt_like_token_ids(np.random.default_rng(seed), APP_PADDING[entry][1])
     with torch.no_grad():
         # What StableDiffusion3Pipeline._get_clip_prompt_embeds reads.
         outputs = encoder(torch.from_numpy(ids), output_hidden_states=True)

@@ -170,8 +170,12 @@ def _copy_entry(name: str, source: Path, target: Path) -> None:
         ) from None
 
 
-def load_spec(spec_path: Path) -> tuple[dict[str, Path], dict]:
-    """Read an assemble spec `{"entries": {name: path}, "manifest": {...}}`."""
+def load_spec(spec_path: Path) -> tuple[dict[str, Path], dict, dict[str, Path]]:
+    """Read an assemble spec `{"entries": {name: path}, "manifest": {...}, "packages": {name: path}}`.
+
+    `packages` names the `.mlpackage` each compiled entry was made from (app folders), so
+    the folder's interfaces can be read; a packages folder's entries are their own.
+    """
     try:
         text = sys.stdin.read() if str(spec_path) == "-" else Path(spec_path).read_text(encoding="utf-8")
         spec = json.loads(text)
@@ -183,7 +187,28 @@ def load_spec(spec_path: Path) -> tuple[dict[str, Path], dict]:
         raise PipelineError(f"{spec_path}: key 'entries' must map folder names to source paths")
     if not isinstance(manifest, dict):
         raise PipelineError(f"{spec_path}: key 'manifest' must be a JSON object")
-    return {name: Path(path) for name, path in entries.items()}, manifest
+    packages = spec.get("packages") or {name: path for name, path in entries.items() if name.endswith(".mlpackage")}
+    as_paths = {name: Path(path) for name, path in entries.items()}
+    return as_paths, manifest, {name: Path(path) for name, path in packages.items()}
+
+
+def app_record(packages: dict[str, Path]) -> dict:
+    """Whether the client app can load the folder made of these packages (client.py), from their interfaces."""
+    from google.protobuf.message import DecodeError
+
+    from sd3coreml.client import loadable_record
+    from sd3coreml.package import package_interface
+
+    interfaces, unreadable = {}, []
+    for name, path in sorted(packages.items()):
+        try:
+            interfaces[Path(name).stem] = package_interface(path)
+        except (OSError, DecodeError):
+            unreadable.append(f"{Path(name).stem} is no readable Core ML package")
+    record = loadable_record(interfaces)
+    if unreadable:
+        record = {"app_loadable": False, "app_problems": unreadable + record.get("app_problems", [])}
+    return record
 
 
 def hash_inputs(manifest: dict) -> dict:
@@ -194,14 +219,16 @@ def hash_inputs(manifest: dict) -> dict:
 
 
 def run_assemble_folder(args) -> None:
-    entries, manifest = load_spec(args.spec)
-    manifest = hash_inputs(manifest)
+    entries, manifest, packages = load_spec(args.spec)
+    manifest = {**hash_inputs(manifest), **app_record(packages)}
     if "compiler" in manifest:
         from sd3coreml.compile import compiler_record
 
         compiler = manifest["compiler"]
         manifest["compiler"] = compiler_record(compiler["command"], compiler["deployment_target"])
     assemble_folder(entries, args.out, manifest)
+    if not manifest["app_loadable"]:
+        print(f"{args.out}: built, but the app cannot load it: {'; '.join(manifest['app_problems'])}")
     if args.build_record:
         write_build_record(args.build_record, args.out, build_id(manifest))
 

@@ -9,7 +9,12 @@ hold exactly one build's files. Each problem is one line that starts with what i
 - `stale`: listed by SHA256SUMS but not by the manifest, a stage beyond the manifest's
   layout, or a manifest whose build id does not match its own contents;
 - `foreign`: matches SHA256SUMS but not the manifest (SHA256SUMS was regenerated over a
-  file from another build), or a stage package holding other blocks than its place needs.
+  file from another build), a stage package holding other blocks than its place needs, or a
+  `MultiModalDiffusionTransformerAdaLN*` model, which switches the app to a stage interface
+  this pipeline does not build.
+
+A folder the app cannot load for its sizes (the demo's) is no problem of the folder: a note
+says so, from its manifest.
 """
 
 import json
@@ -18,6 +23,7 @@ import sys
 from pathlib import Path
 
 from sd3coreml import checksums, folder
+from sd3coreml.client import ADALN_FILE
 from sd3coreml.errors import PipelineError
 from sd3coreml.frameworks import skip_unused_frameworks
 from sd3coreml.package import ARTIFACT_KEY, block_range_label, read_spec
@@ -35,7 +41,25 @@ def folder_problems(folder_path: Path) -> list[str]:
     if manifest is not None:
         problems += manifest_problems(folder_path, manifest, on_disk)
         problems += layout_problems(folder_path, manifest)
+    problems += [
+        f"foreign: {entry.name} (the app would then feed its stages without modulation_inputs; remove it)"
+        for entry in sorted(folder_path.iterdir())
+        if ADALN_FILE.fullmatch(entry.name)
+    ]
     return list(dict.fromkeys(problems))
+
+
+def app_note(folder_path: Path) -> str | None:
+    """Why the app cannot load the folder, as its manifest records it; None when it can."""
+    try:
+        manifest = json.loads((Path(folder_path) / folder.MANIFEST_NAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(manifest, dict) or manifest.get("app_loadable", True):
+        return None
+    return f"note: the app ({manifest['client']['repo']} {manifest['client']['commit'][:7]}) cannot load it: " + (
+        "; ".join(manifest.get("app_problems", []))
+    )
 
 
 def read_manifest(folder_path: Path, problems: list[str]) -> dict | None:
@@ -127,6 +151,8 @@ def run_verify_folder(args) -> None:
             failing.append(f"{folder_path} ({len(problems)})")
         else:
             print(f"{folder_path}: OK, matches its SHA256SUMS and manifest.json")
+        if note := app_note(folder_path):
+            print(f"{folder_path}: {note}")
     sys.stdout.flush()
     if failing:
         raise PipelineError(

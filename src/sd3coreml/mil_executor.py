@@ -16,6 +16,9 @@ evaluate the ops of its ``main`` function in program order:
   text encoders' causal mask is -inf, which softmax turns into 0), so a constant's infs are
   followed instead and fail only where they turn into NaN or reach an output.
 * Memory stays bounded: each value is dropped right after its last consumer has run.
+* Ties: MIL leaves the winner of a tie in ``reduce_argmax``/``reduce_argmin`` unspecified.
+  coremltools picks the first; ``ties="last"`` picks the last, so a test can show that a
+  program's outputs do not depend on that choice.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from coremltools.converters.mil.frontend.milproto.load import load as _load_milp
 from coremltools.converters.mil.mil import types
 from coremltools.converters.mil.mil.types.symbolic import is_symbolic
 
-from sd3coreml.mil_ops import OWN_EVALUATIONS, convert_float
+from sd3coreml.mil_ops import LAST_OF_TIES, OWN_EVALUATIONS, convert_float
 
 # Ops that only move or pick elements: exact in the stored dtype, and they cannot make a
 # non-finite value their input did not hold.
@@ -70,13 +73,20 @@ def load_program(package: Path):
     return _load_milproto(spec, specification_version=spec.specificationVersion, file_weights_dir=model.weights_dir)
 
 
-def run_package(package: Path, inputs: Mapping[str, np.ndarray], *, observe=None) -> dict[str, np.ndarray]:
+def run_package(
+    package: Path, inputs: Mapping[str, np.ndarray], *, observe=None, ties: str = "first"
+) -> dict[str, np.ndarray]:
     """Outputs of `package` for `inputs`, keyed by output name, in the declared dtypes."""
-    return run_program(load_program(package), inputs, observe=observe, label=Path(package).name)
+    return run_program(load_program(package), inputs, observe=observe, label=Path(package).name, ties=ties)
 
 
 def run_program(
-    program, inputs: Mapping[str, np.ndarray], *, observe: Callable | None = None, label: str = "program"
+    program,
+    inputs: Mapping[str, np.ndarray],
+    *,
+    observe: Callable | None = None,
+    label: str = "program",
+    ties: str = "first",
 ) -> dict[str, np.ndarray]:
     """Evaluate `program`'s main function; `observe(op, outputs)` sees every non-const op."""
     function = program.functions["main"]
@@ -90,7 +100,7 @@ def run_program(
         with np.errstate(all="ignore"), warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
             for step, op in enumerate(ops):
-                values = _evaluate(op, label)
+                values = _evaluate(op, label, ties)
                 _follow_non_finite(op, values, origins, label)
                 for var, value in zip(op.outputs, values):
                     _bind(var, value)
@@ -146,10 +156,12 @@ def _shape_matches(shape, declared) -> bool:
     return len(shape) == len(declared) and all(is_symbolic(d) or d == s for s, d in zip(shape, declared))
 
 
-def _evaluate(op, label: str) -> list[np.ndarray]:
+def _evaluate(op, label: str, ties: str = "first") -> list[np.ndarray]:
     """The outputs of `op`, each rounded to its declared dtype."""
     try:
-        if op.op_type in OWN_EVALUATIONS:
+        if ties == "last" and op.op_type in LAST_OF_TIES:
+            raw = LAST_OF_TIES[op.op_type](op)
+        elif op.op_type in OWN_EVALUATIONS:
             raw = OWN_EVALUATIONS[op.op_type](op)
         elif hasattr(op, "materialized_val_inference"):
             raw = op.materialized_val_inference()

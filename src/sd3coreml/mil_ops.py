@@ -191,3 +191,15 @@ OWN_EVALUATIONS = {
     "constexpr_lut_to_dense": _lut_to_dense,
     **{f"reduce_{kind}": _reduce for kind in _REDUCTIONS},
 }
+
+
+def _arg_reduce_last_of_ties(op):
+    """reduce_argmax/argmin with ties sent to the last index (coremltools' numpy picks the first)."""
+    pick = np.argmax if op.op_type == "reduce_argmax" else np.argmin
+    axis = int(op.axis.val)
+    values = np.flip(np.asarray(op.x.val), axis=axis)
+    index = op.x.shape[axis] - 1 - pick(values, axis=axis)
+    return np.expand_dims(index, axis) if bool(op.keep_dims.val) else index
+
+
+LAST_OF_TIES = {"reduce_argmax": _arg_reduce_last_of_ties, "reduce_argmin": _arg_reduce_last_of_ties}

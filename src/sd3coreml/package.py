@@ -49,6 +49,16 @@ def read_spec(package: Path):
     return spec
 
 
+def package_interface(package: Path) -> tuple[dict[str, list[int]], dict[str, list[int]]]:
+    """({input: shape}, {output: shape}) of a saved package, in its declared order."""
+    description = read_spec(package).description
+
+    def shapes(features) -> dict[str, list[int]]:
+        return {feature.name: list(feature.type.multiArrayType.shape) for feature in features}
+
+    return shapes(description.input), shapes(description.output)
+
+
 def stable_spec(package: Path, metadata: dict[str, str]) -> None:
     spec_path = package / SPEC_PATH
     spec = read_spec(package)
@@ -82,7 +92,7 @@ def save_model(mlmodel, path: Path) -> None:
     except shutil.Error as error:
         # coremltools copies its package with shutil.copytree, which gathers each file's OSError
         # as (source, destination, text): a full disk would reach the user as a traceback.
-        source, written, reason = error.args[0][0]
+        _source, written, reason = error.args[0][0]
         code = re.match(r"\[Errno (\d+)\]", reason)
         if not code:
             raise

@@ -8,6 +8,7 @@ share a block range share the file and a stage-size change replans only what cha
 import re
 from dataclasses import dataclass
 
+from sd3coreml.client import CLIENT
 from sd3coreml.errors import PipelineError
 
 CONTRACT_STAGE = "MultiModalDiffusionTransformerStage{index}"
@@ -128,6 +129,7 @@ def manifest_request(model, config: dict, toolchain: dict, kind: str) -> dict:
     """
     return {
         "kind": kind,
+        "client": CLIENT,
         "model": model.key,
         "config": {
             "stage_sizes": [r.end - r.start for r in model.ranges],

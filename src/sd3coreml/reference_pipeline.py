@@ -2,13 +2,16 @@
 
 `StableDiffusion3Pipeline` with no T5 (its slots are zeros, as `encode_prompt` makes them)
 runs the whole `SD3Transformer2DModel` under `FlowMatchEulerDiscreteScheduler` with shift 3
-and the app's sigmas, guidance 1; `AutoencoderKL.decode` makes the image. Forward hooks
+and the app's sigmas, guidance 1; `AutoencoderKL.decode` makes the image. The prompt enters as the app's token ids: the
+pipeline's tokenizers hand those to the stock encoders (`AppIds`), so the artifacts are judged
+on the app's own input, not on what Hugging Face's tokenizer would make. Forward hooks
 record what the transformer computes at each stage boundary of a layout, so a wrong stage
 in a folder is found by name.
 """
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -18,7 +21,19 @@ from sd3coreml.sampler import SHIFT, unshifted_sigmas
 from sd3coreml.tokenizer import MAX_TOKENS, load_clip_tokenizer
 
 
-def load_pipeline(weights: Path, config: Path, components: Path, tokenizer_dir: Path):
+class AppIds:
+    """What diffusers' pipeline calls as a tokenizer, answering with the ids the app feeds."""
+
+    model_max_length = MAX_TOKENS
+
+    def __init__(self, ids: list[int]):
+        self.input_ids = torch.tensor([ids], dtype=torch.long)
+
+    def __call__(self, prompt, **kwargs):
+        return SimpleNamespace(input_ids=self.input_ids)
+
+
+def load_pipeline(weights: Path, config: Path, components: Path):
     from diffusers import (
         AutoencoderKL,
         FlowMatchEulerDiscreteScheduler,
@@ -30,7 +45,6 @@ def load_pipeline(weights: Path, config: Path, components: Path, tokenizer_dir: 
 
     transformer = SD3Transformer2DModel.from_config(json.loads(Path(config).read_text()))
     transformer.load_state_dict(load_file(str(weights)), strict=True)
-    tokenizer = load_clip_tokenizer(tokenizer_dir, MAX_TOKENS)
     encoders = [
         CLIPTextModelWithProjection.from_pretrained(str(Path(components) / name), dtype=torch.float32)
         for name in ("text_encoder", "text_encoder_2")
@@ -40,9 +54,9 @@ def load_pipeline(weights: Path, config: Path, components: Path, tokenizer_dir: 
         scheduler=FlowMatchEulerDiscreteScheduler(shift=SHIFT),
         vae=AutoencoderKL.from_pretrained(str(Path(components) / "vae"), torch_dtype=torch.float32).eval(),
         text_encoder=encoders[0].eval(),
-        tokenizer=tokenizer,
+        tokenizer=load_clip_tokenizer(Path(components) / "tokenizer"),
         text_encoder_2=encoders[1].eval(),
-        tokenizer_2=tokenizer,
+        tokenizer_2=load_clip_tokenizer(Path(components) / "tokenizer_2"),
         text_encoder_3=None,
         tokenizer_3=None,
     )
@@ -100,8 +114,10 @@ class StageBoundaryHooks:
             handle.remove()
 
 
-def run_reference(pipeline, prompt: str, noise: np.ndarray, steps: int, block_ranges) -> ChainRecord:
+def run_reference(pipeline, prompt: str, ids: dict, noise: np.ndarray, steps: int, block_ranges) -> ChainRecord:
+    """The stock pipeline on `prompt`, tokenized as the app does: `ids` per text encoder."""
     record = ChainRecord()
+    pipeline.tokenizer, pipeline.tokenizer_2 = AppIds(ids["TextEncoder"]), AppIds(ids["TextEncoder2"])
     with torch.no_grad():
         prompt_embeds, _, pooled, _ = pipeline.encode_prompt(
             prompt=prompt,

@@ -2,8 +2,9 @@
 
 `write_synthetic_transformer` writes a distilled transformer as a bare diffusers-format
 safetensors file (like the published `sd3-medium-4step.safetensors`) plus its config as
-JSON; `write_synthetic_components` writes `text_encoder/`, `text_encoder_2/`, `vae/` and
-`tokenizer/` in the SD3 diffusers layout. Tensor names and shapes come from diffusers and
+JSON; `write_synthetic_components` writes `text_encoder/`, `text_encoder_2/`, `vae/`,
+`tokenizer/` and `tokenizer_2/` in the SD3 diffusers layout (the tokenizers hold CLIP's real
+vocabulary, see clip_vocabulary.py). Tensor names and shapes come from diffusers and
 transformers themselves (models built on the meta device); every value comes from a
 generator seeded by (seed, component, tensor name), so a (preset, seed) pair gives
 byte-identical files in any process, order or thread count. The presets keep the width
@@ -19,8 +20,8 @@ from pathlib import Path
 
 from sd3coreml.atomic import written_atomically
 from sd3coreml.checkpoint import save_safetensors
+from sd3coreml.clip_vocabulary import write_sd3_tokenizers
 from sd3coreml.synthetic_presets import PRESETS, ClipTextPreset, TransformerPreset, VaePreset, get_preset
-from sd3coreml.synthetic_tokenizer import write_clip_tokenizer
 
 BIAS_STD = 0.01
 NORM_WEIGHT_NOISE_STD = 0.01
@@ -171,13 +172,13 @@ def _write_vae(vae: VaePreset, dtype: str, seed: int, directory: Path) -> None:
 
 
 def write_synthetic_components(preset: str, seed: int, out_dir) -> None:
-    """Write `text_encoder/`, `text_encoder_2/`, `vae/`, `tokenizer/` in SD3's diffusers layout."""
+    """Write `text_encoder/`, `text_encoder_2/`, `vae/`, `tokenizer/`, `tokenizer_2/` in SD3's diffusers layout."""
     spec = get_preset(preset)
     with written_atomically(Path(out_dir)) as temporary:
         _write_clip_text_encoder(spec.clip_l, spec.dtype, seed, temporary / "text_encoder")
         _write_clip_text_encoder(spec.clip_g, spec.dtype, seed, temporary / "text_encoder_2")
         _write_vae(spec.vae, spec.dtype, seed, temporary / "vae")
-        write_clip_tokenizer(temporary / "tokenizer")
+        write_sd3_tokenizers(temporary)
 
 
 def _add_preset_and_seed(parser: argparse.ArgumentParser) -> None:

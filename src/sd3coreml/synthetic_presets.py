@@ -8,8 +8,9 @@ head width (DESIGN.md section 1). A preset that breaks them is refused on constr
 import dataclasses
 from dataclasses import dataclass
 
+from sd3coreml.clip_vocabulary import VOCAB_SIZE
 from sd3coreml.errors import PipelineError
-from sd3coreml.synthetic_tokenizer import VOCAB_SIZE
+from sd3coreml.tokenizer import BOS, EOS, LEGACY_EOS_TOKEN_ID
 
 
 @dataclass(frozen=True)
@@ -47,16 +48,19 @@ class ClipTextPreset:
     num_attention_heads: int
     intermediate_size: int
     hidden_act: str
+    # What the config says, not the tokenizer's ids: transformers pools at the largest id
+    # where it says the legacy 2 (as SD3 Medium's published CLIP-L and CLIP-G configs do),
+    # at the first EOS otherwise. The tiny preset has one encoder of each.
+    eos_token_id: int = LEGACY_EOS_TOKEN_ID
+    bos_token_id: int = 0
 
     def transformers_config(self) -> dict:
-        # Real vocabulary and special ids, so that ids up to 49407 are exercised (DESIGN.md 1).
+        # Real vocabulary size, so that ids up to 49407 are exercised (DESIGN.md 1).
         return {
             **dataclasses.asdict(self),
             "vocab_size": VOCAB_SIZE,
             "max_position_embeddings": 77,
             "layer_norm_eps": 1e-5,
-            "bos_token_id": 49406,
-            "eos_token_id": 49407,
             "pad_token_id": 1,
         }
 
@@ -154,6 +158,8 @@ PRESETS = {
             num_attention_heads=2,
             intermediate_size=192,
             hidden_act="gelu",
+            eos_token_id=EOS,
+            bos_token_id=BOS,
         ),
         vae=VaePreset(block_out_channels=(16, 16, 32, 32), layers_per_block=1, norm_num_groups=8, sample_size=128),
         dtype="float32",

@@ -2,6 +2,12 @@
 
 The app feeds token ids as float32 and reads the penultimate hidden state (what SD3's
 `encode_prompt` uses) and the projected pooled output.
+
+The pooled output is the final hidden state at one position, which transformers finds with
+an argmax: over the ids (configs with the legacy `eos_token_id` 2), or over `ids == EOS`.
+The app pads CLIP-L's ids with EOS, so that argmax is over ties, and MIL's `reduce_argmax`
+leaves the winner of a tie unspecified. Here the position is the smallest index holding the
+wanted id, a `reduce_min` over values: the same position as transformers', on any executor.
 """
 
 from pathlib import Path
@@ -12,19 +18,35 @@ from transformers import CLIPTextModelWithProjection
 from sd3coreml.convert import TensorSpec, convert_module
 from sd3coreml.errors import PipelineError
 from sd3coreml.package import ARTIFACT_KEY, save_package
-from sd3coreml.tokenizer import BOS, EOS, MAX_TOKENS
+from sd3coreml.tokenizer import BOS, EOS, LEGACY_EOS_TOKEN_ID, MAX_TOKENS
+
+
+def pooled_position(ids: torch.Tensor, eos_token_id: int | None) -> torch.Tensor:
+    """transformers' pooled position for each row of `ids`, computed without an argmax.
+
+    Legacy configs: the first index of the largest id; otherwise the first index of
+    `eos_token_id`, or 0 where there is none (the argmax of an all-False row).
+    """
+    length = ids.shape[-1]
+    positions = torch.arange(length, dtype=ids.dtype)
+    wanted = ids.amax(dim=-1, keepdim=True) if eos_token_id == LEGACY_EOS_TOKEN_ID else eos_token_id
+    first = torch.where(ids == wanted, positions, length).amin(dim=-1)
+    return torch.where(first == length, 0, first)
 
 
 class TextEncoderForApp(torch.nn.Module):
     def __init__(self, encoder: CLIPTextModelWithProjection):
         super().__init__()
         self.encoder = encoder
+        self.eos_token_id = encoder.config.eos_token_id
 
     def forward(self, input_ids):
         # Ids reach 49407; cast before anything runs in fp16 (exact only up to 2048).
         ids = input_ids.to(torch.int32)
         outputs = self.encoder(input_ids=ids, output_hidden_states=True)
-        return outputs.hidden_states[-2], outputs.text_embeds
+        rows = torch.arange(ids.shape[0])
+        pooled = outputs.last_hidden_state[rows, pooled_position(ids, self.eos_token_id)]
+        return outputs.hidden_states[-2], self.encoder.text_projection(pooled)
 
 
 def load_text_encoder(folder: Path) -> CLIPTextModelWithProjection:

@@ -11,6 +11,12 @@ CLIP_VOCAB_SIZE = 49408
 BOS, EOS = 49406, 49407
 SPECIAL_TOKENS = {"<|startoftext|>": BOS, "<|endoftext|>": EOS}
 MAX_TOKENS = 77  # CLIP's context; SD3 pads every prompt to it
+# The `eos_token_id` of OpenAI's and LAION's CLIP configs (SD3 Medium's too), which
+# transformers reads as "pool at the largest id" (its PR #24773).
+LEGACY_EOS_TOKEN_ID = 2
+# What the app pads each text encoder's ids with, and its CLIP id (SD3PipelineLoader.swift:
+# CLIP-L's BPETokenizer pads with its default, CLIP-G's with `padToken: "!"`).
+APP_PADDING = {"TextEncoder": ("<|endoftext|>", EOS), "TextEncoder2": ("!", 0)}
 
 
 def check_vocab(path: Path) -> None:
@@ -45,6 +51,25 @@ def check_merges(path: Path) -> None:
         raise PipelineError(f"{path}: not a BPE merges file (two tokens a line); restore CLIP's tokenizer/merges.txt")
 
 
+def check_same_tokenizers(tokenizer_dir: Path, tokenizer_2_dir: Path) -> None:
+    """The app ships one vocab.json and merges.txt for both encoders: SD3's two folders must agree."""
+    for name in ("vocab.json", "merges.txt"):
+        first, second = Path(tokenizer_dir) / name, Path(tokenizer_2_dir) / name
+        if not second.is_file():
+            raise PipelineError(f"{second}: missing; the components folder needs tokenizer_2/{name}")
+        if tokenizer_content(first) != tokenizer_content(second):
+            raise PipelineError(
+                f"{second}: differs from {first}, but the app feeds both text encoders from one {name}; "
+                "use components whose two CLIP tokenizers share their vocabulary and merges (SD3 Medium's do)"
+            )
+
+
+def tokenizer_content(path: Path):
+    """What a tokenizer file says, whatever its formatting: the vocabulary, or the merge lines."""
+    text = Path(path).read_text(encoding="utf-8")
+    return json.loads(text) if path.suffix == ".json" else [line for line in text.splitlines() if line]
+
+
 def copy_tokenizer_files(tokenizer_dir: Path, out_dir: Path) -> None:
     tokenizer_dir, out_dir = Path(tokenizer_dir), Path(out_dir)
     check_vocab(tokenizer_dir / "vocab.json")
@@ -62,9 +87,10 @@ def register_cli(subparsers) -> None:
     step.set_defaults(func=lambda args: copy_tokenizer_files(args.tokenizer, args.out_dir))
 
 
-def load_clip_tokenizer(directory: Path, max_length: int = MAX_TOKENS):
-    """transformers' CLIPTokenizer over a folder's vocab.json and merges.txt, padding to 77 like SD3."""
+def load_clip_tokenizer(directory: Path):
+    """transformers' CLIPTokenizer of one of SD3's tokenizer folders, its pad token included."""
     from transformers import CLIPTokenizer
 
-    files = [str(Path(directory) / name) for name in ("vocab.json", "merges.txt")]
-    return CLIPTokenizer(*files, model_max_length=max_length)
+    # from_pretrained reads the files; in transformers 5, vocab_file=/merges_file= keywords would
+    # silently build a 3-token vocabulary.
+    return CLIPTokenizer.from_pretrained(str(directory))

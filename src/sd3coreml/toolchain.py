@@ -23,6 +23,8 @@ PINNED_PACKAGES = (
     "scikit-learn",
     "kmeans1d",
     "snakemake",
+    # Its CLIP BPE file becomes the synthetic tokenizer files.
+    "open_clip_torch",
 )
 
 
