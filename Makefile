@@ -26,6 +26,7 @@ demo: $(STAMP)
 		coremlsd3_4step_packages coremlsd3_2step_packages
 	cd results/demo/coremlsd3_4step_packages && sha256sum -c --quiet SHA256SUMS
 	cd results/demo/coremlsd3_2step_packages && sha256sum -c --quiet SHA256SUMS
+	$(BIN)/python -m sd3coreml verify-folder results/demo/coremlsd3_4step_packages results/demo/coremlsd3_2step_packages
 	@echo "demo folders: results/demo/coremlsd3_4step_packages results/demo/coremlsd3_2step_packages"
 
 test: $(STAMP)
