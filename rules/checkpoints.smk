@@ -8,10 +8,10 @@ rule synthetic_transformer:
         weights=f"{ROOT}/checkpoints/{{preset}}{{heavy}}-seed{{seed}}.safetensors",
         config=f"{ROOT}/checkpoints/{{preset}}{{heavy}}-seed{{seed}}.json",
     params:
+        code=step_code("synthetic-transformer"),
         distribution=lambda wildcards: "heavy-tailed" if wildcards.heavy else "normal",
         toolchain=TOOLCHAIN_FINGERPRINT,
     input:
-        code=library("synthetic"),
     log:
         f"{ROOT}/logs/synthetic_transformer/{{preset}}{{heavy}}-seed{{seed}}.log",
     benchmark:
@@ -33,9 +33,9 @@ rule synthetic_components:
     output:
         directory(f"{ROOT}/checkpoints/{{preset}}-components-seed{{seed}}"),
     params:
+        code=step_code("synthetic-components"),
         toolchain=TOOLCHAIN_FINGERPRINT,
     input:
-        code=library("synthetic", "clip_vocabulary"),
     log:
         f"{ROOT}/logs/synthetic_components/{{preset}}-seed{{seed}}.log",
     benchmark:

@@ -11,7 +11,7 @@ for name, flags in (("cleanup", ""), ("cleanup_preview", "--dry-run")):
         params:
             root=ROOT,
             config=lambda wildcards: json.dumps(config),
-            snakefile=workflow.main_snakefile,
+            snakefile=os.path.relpath(workflow.main_snakefile),
             targets=referenced_targets(),
             flags=flags,
         log:

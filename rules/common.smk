@@ -1,5 +1,6 @@
 # Config validation, the plan, and the input functions every rule file uses.
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -7,6 +8,8 @@ from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
 from sd3coreml import toolchain
+from sd3coreml.checksums import file_sha256
+from sd3coreml.code_closure import CodeBase
 from sd3coreml.compile import require_compiler
 from sd3coreml.config import check_compression_settings, plan_models, schema_problem
 from sd3coreml.disk import component_weight_files, require_creatable, require_free_space
@@ -54,12 +57,13 @@ TARGET = config["conversion_target"]
 LATENT = latent_slug(config["latent_size"])
 TOOLCHAIN = toolchain.installed_versions()
 TOOLCHAIN_FINGERPRINT = toolchain.fingerprint(TOOLCHAIN)
-SRC = Path(workflow.basedir) / "src" / "sd3coreml"
+# The code of each step, named by content (code_closure.py), from this checkout's src/.
+CODE = CodeBase(Path(workflow.basedir) / "src")
 
 
-def library(*modules):
-    """Library modules a job runs; Snakemake reruns the job when one of them changes."""
-    return [str(SRC / f"{name}.py") for name in modules]
+def step_code(step):
+    """Fingerprint of what `python -m sd3coreml STEP` runs: a job reruns when any of it changes."""
+    return CODE.fingerprint(step)
 
 
 def compressed(path_stem, settings):
@@ -133,12 +137,21 @@ def transformer_inputs(wildcards):
     """The diffusers-format weights the MMDiT jobs read: the normalised copy of an original-layout file."""
     model = MODELS[wildcards.model]
     weights = normalized_transformer(wildcards.model) if model.layout == ORIGINAL else str(model.weights)
-    return {"weights": weights, "config": str(model.config_path)}
+    return {"weights": weights}
 
 
 def original_transformer_inputs(wildcards):
-    model = MODELS[wildcards.model]
-    return {"original": str(model.weights), "config": str(model.config_path)}
+    return {"original": str(MODELS[wildcards.model].weights)}
+
+
+def transformer_config(wildcards):
+    # A repository file: a param, counted by content (transformer_config_sha256), so that a
+    # fresh clone, newer than results copied beside it, reruns nothing.
+    return str(MODELS[wildcards.model].config_path)
+
+
+def transformer_config_sha256(wildcards):
+    return file_sha256(MODELS[wildcards.model].config_path)
 
 
 def end_to_end_mem_mb(wildcards, input):

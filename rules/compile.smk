@@ -10,10 +10,10 @@ localrules:
 rule compile_package:
     input:
         package=f"{ROOT}/{{path}}.mlpackage",
-        code=library("compile", "atomic"),
     output:
         directory(f"{ROOT}/compiled/ios{{deployment_target}}/{{path}}.mlmodelc"),
     params:
+        code=step_code("compile-package"),
         command=compiler_command,
     log:
         f"{ROOT}/logs/compile/ios{{deployment_target}}/{{path}}.log",

@@ -5,10 +5,10 @@
 rule compress_package:
     input:
         package=f"{ROOT}/{{path}}.fp16.mlpackage",
-        code=library("compress", "package", "atomic"),
     output:
         directory(f"{ROOT}/{{path}}.{{compression}}.mlpackage"),
     params:
+        code=step_code("compress-package"),
         compression=compression_args,
         toolchain=TOOLCHAIN_FINGERPRINT,
     log:

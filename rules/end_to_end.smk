@@ -9,10 +9,6 @@ rule end_to_end:
         unpack(transformer_inputs),
         folder=f"{ROOT}/coremlsd3_{{model}}_packages/SHA256SUMS",
         components=config["components"],
-        code=library(
-            "end_to_end", "app_chain", "chain_record", "reference_pipeline", "sampler", "mil_executor", "mil_ops", "tokenizer",
-            "fidelity",
-        ),
     output:
         json=f"{ROOT}/reports/coremlsd3_{{model}}_packages/end_to_end.json",
         png=report(
@@ -22,6 +18,9 @@ rule end_to_end:
             labels={"folder": "coremlsd3_{model}_packages"},
         ),
     params:
+        config=transformer_config,
+        config_sha256=transformer_config_sha256,
+        code=step_code("end-to-end"),
         steps=sampler_steps,
         seed=VERIFY_SEED,
         min_psnr_db=end_to_end_bar,
@@ -37,6 +36,6 @@ rule end_to_end:
         "../envs/convert.yaml"
     shell:
         "python -m sd3coreml end-to-end --folder $(dirname {input.folder}) --weights {input.weights}"
-        " --config {input.config} --components {input.components} --steps {params.steps} --seed {params.seed}"
+        " --config {params.config} --components {input.components} --steps {params.steps} --seed {params.seed}"
         " --min-psnr-db {params.min_psnr_db} --prompt {params.prompt:q} --out-json {output.json}"
         " --out-png {output.png} > {log} 2>&1"

@@ -4,10 +4,6 @@
 # build whose report passed. The measurement path mirrors the compressed package's, so a layout
 # or compression change re-measures only the packages that changed.
 
-VERIFY_CODE = library(
-    "fidelity", "fidelity_checks", "mil_executor", "mil_ops", "mmdit", "mmdit_packages", "geometry", "checkpoint",
-    "tokenizer",
-)
 VERIFY_SEED = config["fidelity"]["seed"]
 
 
@@ -15,10 +11,12 @@ rule verify_mmdit_conditioning:
     input:
         unpack(transformer_inputs),
         packages=verified_packages(f"{ROOT}/mmdit/{{model}}/{{target}}/conditioning"),
-        code=VERIFY_CODE,
     output:
         f"{ROOT}/fidelity/mmdit/{{model}}/{{target}}/conditioning.{{precision}}.json",
     params:
+        config=transformer_config,
+        config_sha256=transformer_config_sha256,
+        code=step_code("verify-package"),
         seed=VERIFY_SEED,
         toolchain=TOOLCHAIN_FINGERPRINT,
     log:
@@ -30,7 +28,7 @@ rule verify_mmdit_conditioning:
     conda:
         "../envs/convert.yaml"
     shell:
-        "python -m sd3coreml verify-package --kind conditioning --weights {input.weights} --config {input.config}"
+        "python -m sd3coreml verify-package --kind conditioning --weights {input.weights} --config {params.config}"
         " --packages {input.packages} --seed {params.seed} --out {output} > {log} 2>&1"
 
 
@@ -38,10 +36,12 @@ rule verify_mmdit_input_stage:
     input:
         unpack(transformer_inputs),
         packages=verified_packages(f"{ROOT}/mmdit/{{model}}/{{target}}/latent{{height}}x{{width}}/input"),
-        code=VERIFY_CODE,
     output:
         f"{ROOT}/fidelity/mmdit/{{model}}/{{target}}/latent{{height}}x{{width}}/input.{{precision}}.json",
     params:
+        config=transformer_config,
+        config_sha256=transformer_config_sha256,
+        code=step_code("verify-package"),
         seed=VERIFY_SEED,
         toolchain=TOOLCHAIN_FINGERPRINT,
     log:
@@ -53,7 +53,7 @@ rule verify_mmdit_input_stage:
     conda:
         "../envs/convert.yaml"
     shell:
-        "python -m sd3coreml verify-package --kind input-stage --weights {input.weights} --config {input.config}"
+        "python -m sd3coreml verify-package --kind input-stage --weights {input.weights} --config {params.config}"
         " --latent {wildcards.height} {wildcards.width} --packages {input.packages} --seed {params.seed}"
         " --out {output} > {log} 2>&1"
 
@@ -64,10 +64,12 @@ rule verify_mmdit_block_range:
         packages=verified_packages(
             f"{ROOT}/mmdit/{{model}}/{{target}}/latent{{height}}x{{width}}/blocks{{start}}-{{end}}{{head}}"
         ),
-        code=VERIFY_CODE,
     output:
         f"{ROOT}/fidelity/mmdit/{{model}}/{{target}}/latent{{height}}x{{width}}/blocks{{start}}-{{end}}{{head}}.{{precision}}.json",
     params:
+        config=transformer_config,
+        config_sha256=transformer_config_sha256,
+        code=step_code("verify-package"),
         seed=VERIFY_SEED,
         toolchain=TOOLCHAIN_FINGERPRINT,
     log:
@@ -79,7 +81,7 @@ rule verify_mmdit_block_range:
     conda:
         "../envs/convert.yaml"
     shell:
-        "python -m sd3coreml verify-package --kind block-range --weights {input.weights} --config {input.config}"
+        "python -m sd3coreml verify-package --kind block-range --weights {input.weights} --config {params.config}"
         " --start {wildcards.start} --end {wildcards.end} --latent {wildcards.height} {wildcards.width}"
         " --packages {input.packages} --seed {params.seed} --out {output} > {log} 2>&1"
 
@@ -88,10 +90,10 @@ rule verify_text_encoder:
     input:
         components=config["components"],
         packages=verified_packages(f"{ROOT}/text_encoders/{{target}}/{{encoder}}"),
-        code=VERIFY_CODE,
     output:
         f"{ROOT}/fidelity/text_encoders/{{target}}/{{encoder}}.{{precision}}.json",
     params:
+        code=step_code("verify-package"),
         folder=text_encoder_folder,
         seed=VERIFY_SEED,
         toolchain=TOOLCHAIN_FINGERPRINT,
@@ -112,10 +114,10 @@ rule verify_vae_decoder:
     input:
         components=config["components"],
         packages=verified_packages(f"{ROOT}/vae/{{target}}/latent{{height}}x{{width}}/VAEDecoder"),
-        code=VERIFY_CODE,
     output:
         f"{ROOT}/fidelity/vae/{{target}}/latent{{height}}x{{width}}/VAEDecoder.{{precision}}.json",
     params:
+        code=step_code("verify-package"),
         seed=VERIFY_SEED,
         toolchain=TOOLCHAIN_FINGERPRINT,
     log:
@@ -135,7 +137,6 @@ rule verify_vae_decoder:
 rule fidelity_report:
     input:
         measurements=lambda wildcards: fidelity_measurements(wildcards.model).values(),
-        code=library("fidelity_report", "atomic"),
     output:
         json=f"{ROOT}/reports/coremlsd3_{{model}}_packages/fidelity.json",
         table=report(
@@ -145,6 +146,7 @@ rule fidelity_report:
             labels={"folder": "coremlsd3_{model}_packages"},
         ),
     params:
+        code=step_code("fidelity-report"),
         measurements=fidelity_report_args,
         thresholds=json.dumps(config["fidelity"]["min_psnr_db"], sort_keys=True),
     log:

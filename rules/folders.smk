@@ -9,11 +9,11 @@ rule packages_folder:
         unpack(packages_folder_inputs),
         # Only a build whose packages passed their fidelity checks becomes a folder.
         fidelity=lambda wildcards: fidelity_report(wildcards.model),
-        code=library("folder", "checksums", "atomic", "client", "package"),
     output:
         sums=f"{ROOT}/coremlsd3_{{model}}_packages/SHA256SUMS",
         record=build_record("coremlsd3_{model}_packages"),
     params:
+        code=step_code("assemble-folder"),
         spec=packages_folder_spec,
     log:
         f"{ROOT}/logs/folders/coremlsd3_{{model}}_packages.log",
@@ -33,11 +33,11 @@ rule app_folder:
         unpack(app_folder_inputs),
         packages=lambda wildcards: list(compiled_from(wildcards).values()),
         fidelity=lambda wildcards: fidelity_report(wildcards.model),
-        code=library("folder", "checksums", "atomic", "client", "package"),
     output:
         sums=f"{ROOT}/coremlsd3_{{model}}/SHA256SUMS",
         record=build_record("coremlsd3_{model}"),
     params:
+        code=step_code("assemble-folder"),
         spec=app_folder_spec,
     log:
         f"{ROOT}/logs/folders/coremlsd3_{{model}}.log",

@@ -2,16 +2,17 @@
 # A block range's path names its content (model, target, latent, blocks, head), so layouts
 # that share a range share the package.
 
-MMDIT_CODE = library("mmdit_packages", "mmdit", "geometry", "checkpoint", "convert", "package", "atomic")
 
 
 rule mmdit_conditioning:
     input:
         unpack(transformer_inputs),
-        code=MMDIT_CODE,
     output:
         directory(f"{ROOT}/mmdit/{{model}}/{{target}}/conditioning.fp16.mlpackage"),
     params:
+        config=transformer_config,
+        config_sha256=transformer_config_sha256,
+        code=step_code("convert-conditioning"),
         toolchain=TOOLCHAIN_FINGERPRINT,
     log:
         f"{ROOT}/logs/mmdit/{{model}}/{{target}}/conditioning.log",
@@ -22,17 +23,19 @@ rule mmdit_conditioning:
     conda:
         "../envs/convert.yaml"
     shell:
-        "python -m sd3coreml convert-conditioning --weights {input.weights} --config {input.config}"
+        "python -m sd3coreml convert-conditioning --weights {input.weights} --config {params.config}"
         " --target {wildcards.target} --out {output} > {log} 2>&1"
 
 
 rule mmdit_input_stage:
     input:
         unpack(transformer_inputs),
-        code=MMDIT_CODE,
     output:
         directory(f"{ROOT}/mmdit/{{model}}/{{target}}/latent{{height}}x{{width}}/input.fp16.mlpackage"),
     params:
+        config=transformer_config,
+        config_sha256=transformer_config_sha256,
+        code=step_code("convert-input-stage"),
         toolchain=TOOLCHAIN_FINGERPRINT,
     log:
         f"{ROOT}/logs/mmdit/{{model}}/{{target}}/latent{{height}}x{{width}}/input.log",
@@ -43,19 +46,21 @@ rule mmdit_input_stage:
     conda:
         "../envs/convert.yaml"
     shell:
-        "python -m sd3coreml convert-input-stage --weights {input.weights} --config {input.config}"
+        "python -m sd3coreml convert-input-stage --weights {input.weights} --config {params.config}"
         " --latent {wildcards.height} {wildcards.width} --target {wildcards.target} --out {output} > {log} 2>&1"
 
 
 rule mmdit_block_range:
     input:
         unpack(transformer_inputs),
-        code=MMDIT_CODE,
     output:
         directory(
             f"{ROOT}/mmdit/{{model}}/{{target}}/latent{{height}}x{{width}}/blocks{{start}}-{{end}}{{head}}.fp16.mlpackage"
         ),
     params:
+        config=transformer_config,
+        config_sha256=transformer_config_sha256,
+        code=step_code("convert-block-range"),
         toolchain=TOOLCHAIN_FINGERPRINT,
     log:
         f"{ROOT}/logs/mmdit/{{model}}/{{target}}/latent{{height}}x{{width}}/blocks{{start}}-{{end}}{{head}}.log",
@@ -66,6 +71,6 @@ rule mmdit_block_range:
     conda:
         "../envs/convert.yaml"
     shell:
-        "python -m sd3coreml convert-block-range --weights {input.weights} --config {input.config}"
+        "python -m sd3coreml convert-block-range --weights {input.weights} --config {params.config}"
         " --start {wildcards.start} --end {wildcards.end} --latent {wildcards.height} {wildcards.width}"
         " --target {wildcards.target} --out {output} > {log} 2>&1"

@@ -6,10 +6,12 @@
 rule normalize_transformer:
     input:
         unpack(original_transformer_inputs),
-        code=library("normalize", "checkpoint", "atomic"),
     output:
         f"{ROOT}/checkpoints/normalized/{{model}}.safetensors",
     params:
+        config=transformer_config,
+        config_sha256=transformer_config_sha256,
+        code=step_code("normalize-transformer"),
         toolchain=TOOLCHAIN_FINGERPRINT,
     log:
         f"{ROOT}/logs/normalize/{{model}}.log",
@@ -20,5 +22,5 @@ rule normalize_transformer:
     conda:
         "../envs/convert.yaml"
     shell:
-        "python -m sd3coreml normalize-transformer --weights {input.original} --config {input.config}"
+        "python -m sd3coreml normalize-transformer --weights {input.original} --config {params.config}"
         " --out {output} > {log} 2>&1"

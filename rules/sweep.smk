@@ -21,13 +21,13 @@ else:
     rule sweep_summary:
         input:
             unpack(sweep_inputs),
-            code=library("sweep_summary", "sweep_plot", "program_stats", "device_profile", "package", "atomic"),
         output:
             csv=f"{SWEEP_DIR}/summary.csv",
             md=f"{SWEEP_DIR}/summary.md",
             png=report(f"{SWEEP_DIR}/summary.png", caption="../report/sweep.rst", category="Sweep"),
             stages=f"{SWEEP_DIR}/stages.csv",
         params:
+            code=step_code("sweep-summary"),
             plan=sweep_plan_json,
         log:
             f"{ROOT}/logs/sweep/summary.log",
@@ -44,9 +44,10 @@ else:
 rule profile_on_device:
     input:
         package=f"{ROOT}/{{path}}.mlpackage",
-        code=library("device_profile", "package", "atomic"),
     output:
         f"{ROOT}/device/{{path}}.json",
+    params:
+        code=step_code("profile-on-device"),
     log:
         f"{ROOT}/logs/device/{{path}}.log",
     resources:

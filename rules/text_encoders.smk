@@ -3,10 +3,10 @@
 rule text_encoder:
     input:
         components=config["components"],
-        code=library("text_encoder", "convert", "package", "atomic"),
     output:
         directory(f"{ROOT}/text_encoders/{{target}}/{{encoder}}.fp16.mlpackage"),
     params:
+        code=step_code("convert-text-encoder"),
         folder=text_encoder_folder,
         toolchain=TOOLCHAIN_FINGERPRINT,
     log:

@@ -4,10 +4,11 @@
 rule tokenizer_files:
     input:
         components=config["components"],
-        code=library("tokenizer", "atomic"),
     output:
         vocab=tokenizer_files()["vocab.json"],
         merges=tokenizer_files()["merges.txt"],
+    params:
+        code=step_code("copy-tokenizer"),
     log:
         f"{ROOT}/logs/tokenizer.log",
     benchmark:

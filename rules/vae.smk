@@ -4,10 +4,10 @@
 rule vae_decoder:
     input:
         components=config["components"],
-        code=library("vae", "convert", "package", "atomic"),
     output:
         directory(f"{ROOT}/vae/{{target}}/latent{{height}}x{{width}}/VAEDecoder.fp16.mlpackage"),
     params:
+        code=step_code("convert-vae-decoder"),
         toolchain=TOOLCHAIN_FINGERPRINT,
     log:
         f"{ROOT}/logs/vae/{{target}}/latent{{height}}x{{width}}.log",

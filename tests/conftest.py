@@ -11,16 +11,22 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 FAKE_COMPILER = Path(__file__).parent / "fake_coremlcompiler"
+MODULE_RECORDER = Path(__file__).parent / "module_record"
+# Where the session build's jobs record the modules they loaded (tests/module_record).
+MODULE_RECORDS = "module_records"
 DEMO_FOLDERS = ["coremlsd3_4step_packages", "coremlsd3_2step_packages"]
 # The sweep too: it shares the build's stages, and one run keeps both cores busy.
 DEMO_TARGETS = [*DEMO_FOLDERS, "sweep"]
 
 
-def snakemake(workdir: Path, *args: str, config: str = "config/demo.yaml", check: bool = True):
-    """Run the project's Snakefile in `workdir`; shell steps find this interpreter's `python`."""
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    command = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir)]
-    command += ["--configfile", str(workdir / config), *args]
+def snakemake(
+    workdir: Path, *args: str, config: str = "config/demo.yaml", check: bool = True, env=None, snakefile=None
+):
+    """Run the project's Snakefile (or `snakefile`) in `workdir`; shell steps find this interpreter's `python`."""
+    env = {**os.environ, **(env or {})}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
+    command = [sys.executable, "-m", "snakemake", "--snakefile", str(snakefile or REPO / "Snakefile")]
+    command += ["--directory", str(workdir), "--configfile", str(workdir / config), *args]
     result = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
     if check and result.returncode != 0:
         raise AssertionError(f"snakemake {' '.join(args)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
@@ -60,7 +66,8 @@ def demo_workdir(tmp_path_factory) -> Path:
     """
     kept = os.environ.get("SD3COREML_DEMO_WORKDIR")
     workdir = new_workdir(Path(kept) if kept else tmp_path_factory.mktemp("demo"))
-    snakemake(workdir, "-c2", *DEMO_TARGETS)
+    recording = {"PYTHONPATH": str(MODULE_RECORDER), "SD3COREML_TEST_RECORD_MODULES": str(workdir / MODULE_RECORDS)}
+    snakemake(workdir, "-c2", *DEMO_TARGETS, env=recording)
     return workdir
 
 

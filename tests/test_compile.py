@@ -227,7 +227,9 @@ def test_custom_templates_need_an_executable_first_word(tmp_path):
 
 
 def run_cli(monkeypatch, argv: list[str]) -> int:
-    monkeypatch.setattr(cli, "STEP_MODULES", ["sd3coreml.compile", "sd3coreml.folder"])
+    monkeypatch.setattr(
+        cli, "STEP_MODULES", {"compile-folder": "sd3coreml.compile", "compile-package": "sd3coreml.compile"}
+    )
     return cli.main(argv)
 
 

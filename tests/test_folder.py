@@ -197,7 +197,7 @@ def test_manifest_that_cannot_be_written_as_given_is_refused(tmp_path, manifest)
 
 
 def run_cli(monkeypatch, argv: list[str]) -> int:
-    monkeypatch.setattr(cli, "STEP_MODULES", ["sd3coreml.folder"])
+    monkeypatch.setattr(cli, "STEP_MODULES", {"assemble-folder": "sd3coreml.folder"})
     return cli.main(argv)
 
 

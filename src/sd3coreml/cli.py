@@ -14,23 +14,28 @@ from sd3coreml.disk import MIL_WRITER_FAILED, OUT_OF_ROOM, out_of_room_message, 
 from sd3coreml.errors import PipelineError
 from sd3coreml.frameworks import skip_unused_frameworks
 
-STEP_MODULES = [
-    "sd3coreml.synthetic",
-    "sd3coreml.folder",
-    "sd3coreml.folder_check",
-    "sd3coreml.compile",
-    "sd3coreml.tokenizer",
-    "sd3coreml.bench_report",
-    "sd3coreml.download",
-    "sd3coreml.normalize",
-    "sd3coreml.fidelity",
-    "sd3coreml.fidelity_report",
-    "sd3coreml.end_to_end",
-    "sd3coreml.sweep_summary",
-    "sd3coreml.cleanup",
-    "sd3coreml.device_profile",
-    "sd3coreml.release_check",
-]
+# Step -> the module whose register_cli() adds it. A run imports only its own step's module
+# (code_closure.py names a job's code by what it loads); --help imports them all.
+STEP_MODULES = {
+    "synthetic-transformer": "sd3coreml.synthetic",
+    "synthetic-components": "sd3coreml.synthetic",
+    "assemble-folder": "sd3coreml.folder",
+    "verify-folder": "sd3coreml.folder_check",
+    "compile-package": "sd3coreml.compile",
+    "compile-folder": "sd3coreml.compile",
+    "copy-tokenizer": "sd3coreml.tokenizer",
+    "bench-report": "sd3coreml.bench_report",
+    "download-file": "sd3coreml.download",
+    "download-snapshot": "sd3coreml.download",
+    "normalize-transformer": "sd3coreml.normalize",
+    "verify-package": "sd3coreml.fidelity",
+    "fidelity-report": "sd3coreml.fidelity_report",
+    "end-to-end": "sd3coreml.end_to_end",
+    "sweep-summary": "sd3coreml.sweep_summary",
+    "cleanup": "sd3coreml.cleanup",
+    "profile-on-device": "sd3coreml.device_profile",
+    "release-check": "sd3coreml.release_check",
+}
 
 
 def convert_conditioning(args):
@@ -135,17 +140,22 @@ def register_conversion_steps(subparsers):
     step.set_defaults(func=compress_package)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(step: str | None = None) -> argparse.ArgumentParser:
+    """The parser for `step` (its module's steps only), or for every step when it is none of them."""
     parser = argparse.ArgumentParser(prog="python -m sd3coreml", description=__doc__.splitlines()[0])
     subparsers = parser.add_subparsers(dest="step", required=True, metavar="STEP")
     register_conversion_steps(subparsers)
-    for name in STEP_MODULES:
-        importlib.import_module(name).register_cli(subparsers)
+    if step not in subparsers.choices:
+        modules = [STEP_MODULES[step]] if step in STEP_MODULES else STEP_MODULES.values()
+        for name in dict.fromkeys(modules):
+            importlib.import_module(name).register_cli(subparsers)
     return parser
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    step = next((word for word in argv if not word.startswith("-")), None)
+    args = build_parser(step).parse_args(argv)
     try:
         args.func(args)
     except PipelineError as error:
