@@ -1,6 +1,7 @@
 """Compiling packages with a test-double compiler, and the Mac hand-off of a packages folder."""
 
 import json
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -251,3 +252,36 @@ def test_cli_compile_folder_and_compile_package(tmp_path, monkeypatch, capsys):
     capsys.readouterr()
     assert run_cli(monkeypatch, ["compile-folder", str(packages_dir), str(tmp_path / "app2")]) == 1
     assert "xcrun --find coremlcompiler" in capsys.readouterr().err
+
+
+@pytest.fixture
+def demo_packages(demo_workdir, tmp_path):
+    """A copy of the session's 4-step packages folder, real packages and manifest."""
+    copy = tmp_path / "coremlsd3_4step_packages"
+    shutil.copytree(demo_workdir / "results" / "demo" / copy.name, copy)
+    return copy
+
+
+def test_compile_folder_refuses_a_stale_stage_even_with_regenerated_sums(demo_packages, tmp_path):
+    shutil.copytree(demo_packages / f"{STAGE}3.mlpackage", demo_packages / f"{STAGE}4.mlpackage")
+    checksums.write_sha256sums(demo_packages)  # what a hand fix looks like
+    with pytest.raises(PipelineError) as error:
+        compile.compile_folder(demo_packages, tmp_path / "app", FAKE_TEMPLATE)
+    message = str(error.value)
+    assert (
+        "\n" not in message and f"stale: {STAGE}4.mlpackage (the layout in manifest.json is Stage0..Stage3)" in message
+    )
+    assert not (tmp_path / "app").exists()
+
+
+def test_compile_folder_ignores_finder_files_and_refuses_any_other_extra(demo_packages, tmp_path):
+    (demo_packages / ".DS_Store").write_bytes(b"Finder")
+    (demo_packages / f"._{STAGE}1.mlpackage").write_bytes(b"AppleDouble")
+    (demo_packages / f"{STAGE}1.mlpackage" / ".DS_Store").write_bytes(b"Finder")
+    app_dir = tmp_path / "coremlsd3_4step"
+    compile.compile_folder(demo_packages, app_dir, FAKE_TEMPLATE)
+    assert not [path for path in app_dir.rglob("*") if checksums.is_finder_file(path.name)]
+    assert folder_check.folder_problems(app_dir) == []
+    (demo_packages / "notes.txt").write_text("left by hand")
+    with pytest.raises(PipelineError, match="extra: notes.txt"):
+        compile.compile_folder(demo_packages, tmp_path / "other", FAKE_TEMPLATE)

@@ -19,6 +19,10 @@ from sd3coreml.errors import PipelineError
 
 SNAKEMAKE_MARKER = ".snakemake_timestamp"
 SUMS_NAME = "SHA256SUMS"
+# What macOS writes into folders: Finder's `.DS_Store` in any folder a user opens, `._*`
+# AppleDouble files on copies to exFAT or SMB. No folder check counts them, no folder gets them.
+FINDER_FILE = ".DS_Store"
+APPLE_DOUBLE_PREFIX = "._"
 CHUNK_BYTES = 1 << 20
 
 
@@ -95,9 +99,14 @@ def sums_line(sha: str, relative_path: str) -> str:
     return f"{sha}  {relative_path}\n"
 
 
+def is_finder_file(relative_path: str) -> bool:
+    """Whether macOS, not a build, put this file there (at any depth)."""
+    return any(part == FINDER_FILE or part.startswith(APPLE_DOUBLE_PREFIX) for part in relative_path.split("/"))
+
+
 def folder_files(folder: Path) -> list[tuple[str, Path]]:
-    """Files a folder's SHA256SUMS covers: all of them except SHA256SUMS itself."""
-    return [(rel, path) for rel, path in list_tree_files(folder) if rel != SUMS_NAME]
+    """Files a folder's SHA256SUMS covers: all but SHA256SUMS itself and what Finder wrote."""
+    return [(rel, path) for rel, path in list_tree_files(folder) if rel != SUMS_NAME and not is_finder_file(rel)]
 
 
 def write_sha256sums(folder: Path) -> Path:

@@ -180,29 +180,32 @@ def compile_package(package: Path, out_modelc: Path, command_template: str, depl
         shutil.rmtree(work_dir, ignore_errors=True)
 
 
-def _verified_packages_manifest(packages_dir: Path) -> dict:
-    """The packages folder's manifest, after its SHA256SUMS proved the folder unmodified."""
+def verified_packages_manifest(packages_dir: Path) -> dict:
+    """The packages folder's manifest, once the whole folder check (verify-folder's) found nothing.
+
+    SHA256SUMS alone is not enough: regenerated over a stale stage it matches, and the app
+    would run that stage.
+    """
+    from sd3coreml.folder_check import folder_problems
+
     if not packages_dir.is_dir():
         raise PipelineError(f"{packages_dir}: no such packages folder; build the packages target first")
-    problems = checksums.check_sha256sums(packages_dir)
+    # Problems of whole entries (a stale stage) before those of single files inside them.
+    problems = sorted(folder_problems(packages_dir), key=lambda problem: "/" in problem.split(" (")[0])
     if problems:
-        shown = ", ".join(problems[:3]) + (f" and {len(problems) - 3} more" if len(problems) > 3 else "")
+        shown = "; ".join(problems[:3]) + (f"; and {len(problems) - 3} more" if len(problems) > 3 else "")
         raise PipelineError(
-            f"{packages_dir}: does not match its SHA256SUMS ({shown}); rebuild or re-copy the packages folder"
+            f"{packages_dir}: {shown} (python -m sd3coreml verify-folder lists all); rebuild or re-copy the packages folder"
         )
-    manifest_path = packages_dir / folder.MANIFEST_NAME
-    if not manifest_path.is_file():
-        raise PipelineError(f"{manifest_path}: missing; rebuild the packages folder with the pipeline")
-    try:
-        return json.loads(manifest_path.read_text(encoding="utf-8"))
-    except ValueError as error:
-        raise PipelineError(f"{manifest_path}: not JSON ({error}); rebuild the packages folder") from None
+    return json.loads((packages_dir / folder.MANIFEST_NAME).read_text(encoding="utf-8"))
 
 
 def _hand_off_items(packages_dir: Path) -> tuple[list[Path], list[Path]]:
     """(packages to compile, other files to carry over) of a packages folder."""
     skipped = {checksums.SUMS_NAME, folder.MANIFEST_NAME, checksums.SNAKEMAKE_MARKER}
-    items = sorted(path for path in packages_dir.iterdir() if path.name not in skipped)
+    items = sorted(
+        path for path in packages_dir.iterdir() if path.name not in skipped and not checksums.is_finder_file(path.name)
+    )
     packages = [path for path in items if path.suffix == ".mlpackage"]
     if not packages:
         raise PipelineError(f"{packages_dir}: holds no .mlpackage; point compile-folder at a packages folder")
@@ -221,9 +224,10 @@ def compile_folder(
     packages_dir, app_dir = Path(packages_dir), Path(app_dir)
     if packages_dir.resolve() == app_dir.resolve():
         raise PipelineError(f"{app_dir}: the app folder must differ from the packages folder; name another folder")
-    packages_manifest = _verified_packages_manifest(packages_dir)
+    # The compiler first: hashing a full-size folder takes a while, and without Xcode it is in vain.
     if not compiler_available(command_template):
         raise PipelineError(f"{_unavailable_reason(command_template)}: run compile-folder on a Mac with Xcode")
+    packages_manifest = verified_packages_manifest(packages_dir)
     packages, carried = _hand_off_items(packages_dir)
     # Name problems surface before minutes of compiling, not after.
     folder.validate_entry_names([path.name for path in carried] + [f"{path.stem}.mlmodelc" for path in packages])

@@ -23,8 +23,6 @@ from pathlib import Path
 from sd3coreml import checksums
 from sd3coreml.errors import PipelineError
 
-# Files Finder and macOS write into folders a user opens; never part of a release.
-FINDER_FILES = (".DS_Store", "Icon\r", ".localized")
 ADVICE = (
     "keep a folder's layout across releases (the app deletes nothing), and know that a changed file of "
     "unchanged size reaches phones only when users reinstall the app"
@@ -32,10 +30,7 @@ ADVICE = (
 
 
 def ignored(relative_path: str) -> bool:
-    parts = relative_path.split("/")
-    return (
-        any(part in FINDER_FILES or part.startswith("._") for part in parts) or parts[-1] == checksums.SNAKEMAKE_MARKER
-    )
+    return checksums.is_finder_file(relative_path) or relative_path.split("/")[-1] == checksums.SNAKEMAKE_MARKER
 
 
 def git_blob_id(data: bytes) -> str:
