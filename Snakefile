@@ -14,102 +14,110 @@ if not config:
     configfile: "config/config.yaml"
 
 
-include: "rules/common.smk"
+# The Mac hand-off (config/handoff.yaml): packages folders built elsewhere, compiled into the
+# app's folders; nothing else is planned, no model or checkpoint is read.
+if "handoff" in config:
+
+    include: "rules/handoff.smk"
+
+else:
+
+    include: "rules/common.smk"
 
 
-report: "report/workflow.rst"
+    report: "report/workflow.rst"
 
 
-# Artifact paths name their content; these keep each wildcard to what it names.
-wildcard_constraints:
-    model="|".join(MODELS),
-    target="iOS\d+",
-    height="\d+",
-    width="\d+",
-    start="\d+",
-    end="\d+",
-    head="(_head)?",
-    encoder="TextEncoder2?",
-    compression=COMPRESSION_SLUG,
-    precision=f"fp16|{COMPRESSION_SLUG}",
+    # Artifact paths name their content; these keep each wildcard to what it names.
+    wildcard_constraints:
+        model="|".join(MODELS),
+        target="iOS\d+",
+        height="\d+",
+        width="\d+",
+        start="\d+",
+        end="\d+",
+        head="(_head)?",
+        encoder="TextEncoder2?",
+        compression=COMPRESSION_SLUG,
+        precision=f"fp16|{COMPRESSION_SLUG}",
 
 
-include: "rules/checkpoints.smk"
-include: "rules/downloads.smk"
-include: "rules/normalize.smk"
-include: "rules/mmdit.smk"
-include: "rules/compress.smk"
-include: "rules/text_encoders.smk"
-include: "rules/vae.smk"
-include: "rules/tokenizer.smk"
-include: "rules/fidelity.smk"
-include: "rules/end_to_end.smk"
-include: "rules/compile.smk"
-include: "rules/folders.smk"
-include: "rules/sweep.smk"
-include: "rules/cleanup.smk"
+    include: "rules/checkpoints.smk"
+    include: "rules/downloads.smk"
+    include: "rules/normalize.smk"
+    include: "rules/mmdit.smk"
+    include: "rules/compress.smk"
+    include: "rules/text_encoders.smk"
+    include: "rules/vae.smk"
+    include: "rules/tokenizer.smk"
+    include: "rules/fidelity.smk"
+    include: "rules/end_to_end.smk"
+    include: "rules/compile.smk"
+    include: "rules/folders.smk"
+    include: "rules/sweep.smk"
+    include: "rules/cleanup.smk"
 
 
-onstart:
-    check_host_before_jobs()
+    onstart:
+        check_host_before_jobs()
 
 
-rule all:
-    default_target: True
-    input:
-        [f"{ROOT}/coremlsd3_{model}_packages/SHA256SUMS" for model in MODELS],
-
-
-# Per-package fidelity (also part of every packages folder).
-rule fidelity:
-    input:
-        [fidelity_report(model) for model in MODELS],
-
-
-localrules:
-    verify,
-    verify_folders,
-
-
-# Fidelity, the end-to-end check, then every packages folder (and each app folder already
-# built) against its SHA256SUMS and manifest.json. Rules without outputs run whenever asked for.
-rule verify:
-    input:
-        [fidelity_report(model) for model in MODELS],
-        [end_to_end_report(model) for model in MODELS],
-        [f"{ROOT}/coremlsd3_{model}_packages/SHA256SUMS" for model in MODELS],
-    params:
-        folders=lambda wildcards: built_folders(include_packages=True),
-    log:
-        f"{ROOT}/logs/verify_folders.log",
-    conda:
-        "envs/convert.yaml"
-    shell:
-        "python -m sd3coreml verify-folder {params.folders:q} 2>&1 | tee {log}"
-
-
-# Only the folder check, over the configured folders as they are on disk; builds nothing.
-rule verify_folders:
-    params:
-        folders=lambda wildcards: built_folders(),
-    log:
-        f"{ROOT}/logs/verify_folders.log",
-    conda:
-        "envs/convert.yaml"
-    shell:
-        "python -m sd3coreml verify-folder {params.folders:q} 2>&1 | tee {log}"
-
-
-for model in MODELS:
-
-    rule:
-        name:
-            f"coremlsd3_{model}_packages"
+    rule all:
+        default_target: True
         input:
-            f"{ROOT}/coremlsd3_{model}_packages/SHA256SUMS",
+            [f"{ROOT}/coremlsd3_{model}_packages/SHA256SUMS" for model in MODELS],
 
-    rule:
-        name:
-            f"coremlsd3_{model}"
+
+    # Per-package fidelity (also part of every packages folder).
+    rule fidelity:
         input:
-            f"{ROOT}/coremlsd3_{model}/SHA256SUMS",
+            [fidelity_report(model) for model in MODELS],
+
+
+    localrules:
+        verify,
+        verify_folders,
+
+
+    # Fidelity, the end-to-end check, then every packages folder (and each app folder already
+    # built) against its SHA256SUMS and manifest.json. Rules without outputs run whenever asked for.
+    rule verify:
+        input:
+            [fidelity_report(model) for model in MODELS],
+            [end_to_end_report(model) for model in MODELS],
+            [f"{ROOT}/coremlsd3_{model}_packages/SHA256SUMS" for model in MODELS],
+        params:
+            folders=lambda wildcards: built_folders(include_packages=True),
+        log:
+            f"{ROOT}/logs/verify_folders.log",
+        conda:
+            "envs/convert.yaml"
+        shell:
+            "python -m sd3coreml verify-folder {params.folders:q} 2>&1 | tee {log}"
+
+
+    # Only the folder check, over the configured folders as they are on disk; builds nothing.
+    rule verify_folders:
+        params:
+            folders=lambda wildcards: built_folders(),
+        log:
+            f"{ROOT}/logs/verify_folders.log",
+        conda:
+            "envs/convert.yaml"
+        shell:
+            "python -m sd3coreml verify-folder {params.folders:q} 2>&1 | tee {log}"
+
+
+    for model in MODELS:
+
+        rule:
+            name:
+                f"coremlsd3_{model}_packages"
+            input:
+                f"{ROOT}/coremlsd3_{model}_packages/SHA256SUMS",
+
+        rule:
+            name:
+                f"coremlsd3_{model}"
+            input:
+                f"{ROOT}/coremlsd3_{model}/SHA256SUMS",

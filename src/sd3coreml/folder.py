@@ -219,6 +219,9 @@ def hash_inputs(manifest: dict) -> dict:
 
 
 def run_assemble_folder(args) -> None:
+    from sd3coreml.frameworks import skip_unused_frameworks
+
+    skip_unused_frameworks("torch", "sklearn", "transformers")  # only coremltools' protobuf classes are read
     entries, manifest, packages = load_spec(args.spec)
     manifest = {**hash_inputs(manifest), **app_record(packages)}
     if "compiler" in manifest:

@@ -101,7 +101,9 @@ def manifest_problems(folder_path: Path, manifest: dict, on_disk: dict[str, str]
 
 def layout_problems(folder_path: Path, manifest: dict) -> list[str]:
     """Stages against the layout the manifest records: none beyond it, each holding its blocks."""
-    ranges = manifest.get("config", {}).get("stage_block_ranges")
+    # An app folder made by the hand-off keeps its packages folder's manifest under `packages`.
+    config = manifest.get("config") or manifest.get("packages", {}).get("config", {})
+    ranges = config.get("stage_block_ranges")
     if ranges is None:
         return []
     last = len(ranges)

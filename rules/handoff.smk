@@ -1,0 +1,113 @@
+# The Mac hand-off (config/handoff.yaml): each packages folder named under `handoff.folders`,
+# built elsewhere and copied here, compiled into the app's folder. Only compile and folder
+# jobs: no models, no checkpoints, no toolchain fingerprint (the packages are what their
+# manifest says they are, and the folder check proves it before the first job).
+import json
+import sys
+from pathlib import Path
+
+from sd3coreml.code_closure import CodeBase
+from sd3coreml.compile import require_compiler
+from sd3coreml.errors import PipelineError
+from sd3coreml.handoff import app_manifest, check_handoff_folders, plan_handoff
+
+
+def fail(message):
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(1)
+
+
+try:
+    HANDOFF = plan_handoff(config["handoff"])
+except PipelineError as error:
+    fail(error)
+
+ROOT = config.get("output_root", "results").rstrip("/")
+DEPLOYMENT_TARGET = config["compiler"]["deployment_target"]
+CODE = CodeBase(Path(workflow.basedir) / "src")
+
+
+def step_code(step):
+    return CODE.fingerprint(step)
+
+
+def handoff_compiled(key, name):
+    return f"{ROOT}/compiled/handoff/{key}/ios{DEPLOYMENT_TARGET}/{name}.mlmodelc"
+
+
+def handoff_entries(wildcards):
+    entry = HANDOFF[wildcards.key]
+    entries = {f"{name}.mlmodelc": handoff_compiled(entry.key, name) for name in entry.packages}
+    return {**entries, **{name: str(entry.packages_dir / name) for name in entry.carried}}
+
+
+def handoff_spec(wildcards, input):
+    entry = HANDOFF[wildcards.key]
+    entries = {name: input[name] for name in handoff_entries(wildcards)}
+    packages = {f"{name}.mlmodelc": str(entry.packages_dir / f"{name}.mlpackage") for name in entry.packages}
+    compiler = {key: config["compiler"][key] for key in ("command", "deployment_target")}
+    return json.dumps({"entries": entries, "manifest": app_manifest(entry, compiler), "packages": packages}, sort_keys=True)
+
+
+onstart:
+    try:
+        require_compiler(config["compiler"]["command"], "the packages folders on the converting machine")
+        check_handoff_folders(HANDOFF)
+    except PipelineError as error:
+        fail(error)
+
+
+wildcard_constraints:
+    key="|".join(HANDOFF),
+    name="[A-Za-z0-9]+",
+
+
+localrules:
+    handoff_compile,
+
+
+rule handoff_compile:
+    input:
+        package=lambda wildcards: str(HANDOFF[wildcards.key].packages_dir / f"{wildcards.name}.mlpackage"),
+    output:
+        directory(f"{ROOT}/compiled/handoff/{{key}}/ios{DEPLOYMENT_TARGET}/{{name}}.mlmodelc"),
+    params:
+        code=step_code("compile-package"),
+        command=lambda wildcards: config["compiler"]["command"],
+        deployment_target=DEPLOYMENT_TARGET,
+    log:
+        f"{ROOT}/logs/compile/handoff/{{key}}/{{name}}.log",
+    shell:
+        "python -m sd3coreml compile-package --package {input.package:q} --out {output:q}"
+        " --compiler {params.command:q} --deployment-target {params.deployment_target} > {log:q} 2>&1"
+
+
+rule handoff_app_folder:
+    input:
+        unpack(handoff_entries),
+    output:
+        sums=f"{ROOT}/coremlsd3_{{key}}/SHA256SUMS",
+        record=f"{ROOT}/reports/coremlsd3_{{key}}/build_host.json",
+    params:
+        code=step_code("assemble-folder"),
+        spec=handoff_spec,
+    log:
+        f"{ROOT}/logs/folders/coremlsd3_{{key}}.log",
+    shell:
+        "echo {params.spec:q} | python -m sd3coreml assemble-folder --spec - --out $(dirname {output.sums})"
+        " --build-record {output.record} > {log} 2>&1"
+
+
+rule all:
+    default_target: True
+    input:
+        [f"{ROOT}/coremlsd3_{key}/SHA256SUMS" for key in HANDOFF],
+
+
+for key in HANDOFF:
+
+    rule:
+        name:
+            f"coremlsd3_{key}"
+        input:
+            f"{ROOT}/coremlsd3_{key}/SHA256SUMS",

@@ -1,0 +1,62 @@
+"""The Mac hand-off (config/handoff.yaml): only compile and folder jobs, on a machine of its own."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import FAKE_COMPILER, new_workdir, snakemake
+from test_workflow import planned_jobs
+
+from sd3coreml import checksums, folder_check
+
+DRIFT = Path(__file__).parent / "toolchain_drift"
+FOLDER = "coremlsd3_4step_packages"
+STAGE = "MultiModalDiffusionTransformerStage"
+
+
+@pytest.fixture
+def mac(demo_workdir, tmp_path):
+    """A fresh checkout's working directory holding only a packages folder copied from the build."""
+    workdir = new_workdir(tmp_path / "mac")
+    shutil.copytree(demo_workdir / "results" / "demo" / FOLDER, workdir / "results" / FOLDER)
+    config = yaml.safe_load((workdir / "config" / "handoff.yaml").read_text())
+    config["handoff"]["folders"] = {"4step": f"results/{FOLDER}"}
+    config["compiler"]["command"] = (
+        f"{FAKE_COMPILER} compile {{package}} {{output_dir}} --platform iOS --deployment-target {{deployment_target}}"
+    )
+    (workdir / "config" / "mac.yaml").write_text(yaml.safe_dump(config))
+    return workdir
+
+
+def hand_off(workdir: Path, *args: str, check: bool = True):
+    return snakemake(workdir, *args, "coremlsd3_4step", config="config/mac.yaml", check=check,
+                     env={"PYTHONPATH": str(DRIFT)})  # fmt: skip
+
+
+def test_the_handoff_compiles_and_assembles_only_with_another_toolchain_and_no_checkpoints(mac):
+    assert planned_jobs(hand_off(mac, "-n")) == {"handoff_compile": 8, "handoff_app_folder": 1, "coremlsd3_4step": 1}
+    hand_off(mac, "-c2")
+    app = mac / "results" / "coremlsd3_4step"
+    assert folder_check.folder_problems(app) == []
+    assert sorted(path.name for path in app.glob("*.mlmodelc")) == sorted(
+        path.name.replace(".mlpackage", ".mlmodelc") for path in (mac / "results" / FOLDER).glob("*.mlpackage")
+    )
+    manifest = json.loads((app / "manifest.json").read_text())
+    assert manifest["packages"] == json.loads((mac / "results" / FOLDER / "manifest.json").read_text())
+    assert manifest["compiler"]["deployment_target"] == "18.2" and manifest["app_loadable"] is False
+    assert sorted(path.name for path in (mac / "results").iterdir()) == sorted(
+        ["coremlsd3_4step", FOLDER, "compiled", "logs", "reports"]
+    )
+
+
+def test_the_handoff_refuses_a_stale_stage_before_any_job(mac):
+    packages = mac / "results" / FOLDER
+    shutil.copytree(packages / f"{STAGE}3.mlpackage", packages / f"{STAGE}4.mlpackage")
+    checksums.write_sha256sums(packages)
+    result = hand_off(mac, "-c2", check=False)
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert result.returncode == 1 and len(errors) == 1
+    assert f"stale: {STAGE}4.mlpackage (the layout in manifest.json is Stage0..Stage3)" in errors[0]
+    assert not (mac / "results" / "coremlsd3_4step").exists() and not (mac / "results" / "compiled").exists()
