@@ -13,8 +13,15 @@ CLIP_BPE_WHEEL := open_clip_torch==3.3.0
 # pip byte-compiles what it installs (half a minute for torch and the rest). Keep it: with
 # PYTHONDONTWRITEBYTECODE set, as on the team's machines, nothing compiles later, and every
 # job would compile torch from source at each import.
+# Python 3.11 only: the pinned wheels (torch 2.13, coremltools 9.0) are for it. No fallback to
+# another python3, and a .venv of another version is made again, not reused.
+IS_PY311 := -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))'
 $(STAMP): requirements.txt pyproject.toml Makefile
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
+	@command -v $(PYTHON) >/dev/null 2>&1 && $(PYTHON) $(IS_PY311) || { echo "error: $(PYTHON) is not Python 3.11;" \
+		"install it (python.org, or Homebrew's python@3.11) or name one: make PYTHON=/path/to/python3.11" >&2; exit 1; }
+	@if [ -x $(BIN)/python ] && ! $(BIN)/python $(IS_PY311); then echo "$(VENV) is not Python 3.11: making it again"; \
+		rm -rf $(VENV); fi
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -r requirements.txt
 	$(BIN)/pip install --quiet --no-deps $(CLIP_BPE_WHEEL)

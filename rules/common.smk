@@ -284,6 +284,12 @@ def fidelity_report_args(wildcards):
     return " ".join(f"--measurement {entry}={path}" for entry, path in pairs)
 
 
+def coreml_policy_args(wildcards):
+    fidelity = config["fidelity"]
+    enforce = " --enforce-coreml" if fidelity["enforce_coreml"] else ""
+    return f"--coreml-min-psnr-db {fidelity['coreml_min_psnr_db']}{enforce}"
+
+
 def fidelity_report(model):
     return f"{ROOT}/reports/coremlsd3_{model}_packages/fidelity.json"
 

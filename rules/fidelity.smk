@@ -5,6 +5,9 @@
 # or compression change re-measures only the packages that changed.
 
 VERIFY_SEED = config["fidelity"]["seed"]
+# Who measures: a Mac adds Core ML's own figures, so measurements copied from Linux are
+# measured again there.
+RUNNER = "executor+coreml" if ON_MACOS else "executor"
 
 
 rule verify_mmdit_conditioning:
@@ -18,6 +21,7 @@ rule verify_mmdit_conditioning:
         config_sha256=transformer_config_sha256,
         code=step_code("verify-package"),
         seed=VERIFY_SEED,
+        runner=RUNNER,
         toolchain=TOOLCHAIN_FINGERPRINT,
     log:
         f"{ROOT}/logs/fidelity/mmdit/{{model}}/{{target}}/conditioning.{{precision}}.log",
@@ -43,6 +47,7 @@ rule verify_mmdit_input_stage:
         config_sha256=transformer_config_sha256,
         code=step_code("verify-package"),
         seed=VERIFY_SEED,
+        runner=RUNNER,
         toolchain=TOOLCHAIN_FINGERPRINT,
     log:
         f"{ROOT}/logs/fidelity/mmdit/{{model}}/{{target}}/latent{{height}}x{{width}}/input.{{precision}}.log",
@@ -71,6 +76,7 @@ rule verify_mmdit_block_range:
         config_sha256=transformer_config_sha256,
         code=step_code("verify-package"),
         seed=VERIFY_SEED,
+        runner=RUNNER,
         toolchain=TOOLCHAIN_FINGERPRINT,
     log:
         f"{ROOT}/logs/fidelity/mmdit/{{model}}/{{target}}/latent{{height}}x{{width}}/blocks{{start}}-{{end}}{{head}}.{{precision}}.log",
@@ -96,6 +102,7 @@ rule verify_text_encoder:
         code=step_code("verify-package"),
         folder=text_encoder_folder,
         seed=VERIFY_SEED,
+        runner=RUNNER,
         toolchain=TOOLCHAIN_FINGERPRINT,
     log:
         f"{ROOT}/logs/fidelity/text_encoders/{{target}}/{{encoder}}.{{precision}}.log",
@@ -119,6 +126,7 @@ rule verify_vae_decoder:
     params:
         code=step_code("verify-package"),
         seed=VERIFY_SEED,
+        runner=RUNNER,
         toolchain=TOOLCHAIN_FINGERPRINT,
     log:
         f"{ROOT}/logs/fidelity/vae/{{target}}/latent{{height}}x{{width}}/VAEDecoder.{{precision}}.log",
@@ -149,6 +157,7 @@ rule fidelity_report:
         code=step_code("fidelity-report"),
         measurements=fidelity_report_args,
         thresholds=json.dumps(config["fidelity"]["min_psnr_db"], sort_keys=True),
+        coreml=coreml_policy_args,
     log:
         f"{ROOT}/logs/fidelity/coremlsd3_{{model}}_packages.log",
     localrule: True
@@ -156,4 +165,4 @@ rule fidelity_report:
         "../envs/convert.yaml"
     shell:
         "python -m sd3coreml fidelity-report {params.measurements} --thresholds {params.thresholds:q}"
-        " --out-json {output.json} --out-md {output.table} > {log} 2>&1"
+        " --out-json {output.json} --out-md {output.table} {params.coreml} > {log} 2>&1"

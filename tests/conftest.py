@@ -11,8 +11,9 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 FAKE_COMPILER = Path(__file__).parent / "fake_coremlcompiler"
-MODULE_RECORDER = Path(__file__).parent / "module_record"
-# Where the session build's jobs record the modules they loaded (tests/module_record).
+# Test hooks a run's processes load (see its docstring), each switched on by a variable.
+JOB_HOOKS = Path(__file__).parent / "job_hooks"
+# Where the session build's jobs record the modules they loaded.
 MODULE_RECORDS = "module_records"
 DEMO_FOLDERS = ["coremlsd3_4step_packages", "coremlsd3_2step_packages"]
 # The sweep too: it shares the build's stages, and one run keeps both cores busy.
@@ -58,6 +59,10 @@ def copy_of_build(workdir: Path, path: Path) -> Path:
     return path
 
 
+def recording_modules(workdir: Path) -> dict:
+    return {"PYTHONPATH": str(JOB_HOOKS), "SD3COREML_TEST_RECORD_MODULES": str(workdir / MODULE_RECORDS)}
+
+
 @pytest.fixture(scope="session")
 def demo_workdir(tmp_path_factory) -> Path:
     """The demo's two packages folders and its sweep, built once from nothing like `make demo` does.
@@ -66,8 +71,7 @@ def demo_workdir(tmp_path_factory) -> Path:
     """
     kept = os.environ.get("SD3COREML_DEMO_WORKDIR")
     workdir = new_workdir(Path(kept) if kept else tmp_path_factory.mktemp("demo"))
-    recording = {"PYTHONPATH": str(MODULE_RECORDER), "SD3COREML_TEST_RECORD_MODULES": str(workdir / MODULE_RECORDS)}
-    snakemake(workdir, "-c2", *DEMO_TARGETS, env=recording)
+    snakemake(workdir, "-c2", *DEMO_TARGETS, env=recording_modules(workdir))
     return workdir
 
 
@@ -80,7 +84,13 @@ def demo_app_workdir(demo_workdir) -> Path:
     config = yaml.safe_load((demo_workdir / "config" / "demo.yaml").read_text())
     config["compiler"]["command"] = command
     (demo_workdir / "config" / "demo_fake_compiler.yaml").write_text(yaml.safe_dump(config))
-    snakemake(demo_workdir, "-c2", "coremlsd3_4step", config="config/demo_fake_compiler.yaml")
+    snakemake(
+        demo_workdir,
+        "-c2",
+        "coremlsd3_4step",
+        config="config/demo_fake_compiler.yaml",
+        env=recording_modules(demo_workdir),
+    )
     return demo_workdir
 
 

@@ -12,7 +12,7 @@ is tested. One test, or one parametrize id, per case:
 - missing checkpoint, truncated or corrupt safetensors, another architecture, missing or extra
   tensors, a config that disagrees with the weights: test_bad_checkpoint[<id>]
 - pickle checkpoints: test_pickle_checkpoint_is_refused_unread
-- palettization without the exact k-means (kmeans1d): test_palettes_without_exact_kmeans_are_refused
+- palettization without coremltools' exact k-means: test_palettes_without_exact_kmeans_are_refused
 - missing or malformed tokenizer files: test_bad_tokenizer_files[<id>]; a tokenizer_2 unlike tokenizer:
   test_a_second_tokenizer_unlike_the_first_is_refused
 - an output folder that cannot be made: test_a_file_where_an_output_folder_must_be,
@@ -176,10 +176,10 @@ def test_bad_config_value(workdir, changes, expected):
 
 
 def test_palettes_without_exact_kmeans_are_refused(workdir, monkeypatch):
-    # Without kmeans1d coremltools would silently fall back to a randomised k-means.
-    monkeypatch.setitem(sys.modules, "kmeans1d", None)
+    # Without its bundled exact k-means coremltools would silently fall back to a randomised one.
+    monkeypatch.setattr("sd3coreml.compress.exact_kmeans_installed", lambda: False)
     message = refusal(demo_config())
-    assert message.startswith("config key 'compression.text_encoders': palettization needs the 'kmeans1d'")
+    assert message.startswith("config key 'compression.text_encoders': palettization needs coremltools' bundled exact")
     assert list(plan_models(demo_config(compression={"text_encoders": {"mode": "none"}})))
 
 

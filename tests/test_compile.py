@@ -209,6 +209,39 @@ def write_fake_xcrun(bin_dir: Path, finds: bool) -> None:
     xcrun.chmod(0o755)
 
 
+def fake_tool(bin_dir: Path, name: str, script: str) -> None:
+    (bin_dir / name).write_text(f"#!/bin/sh\n{script}\n")
+    (bin_dir / name).chmod(0o755)
+
+
+@pytest.mark.parametrize(
+    "selected, licence, expected",
+    [
+        (
+            "/Library/Developer/CommandLineTools",
+            "exit 0",
+            "only the Command Line Tools are selected (/Library/Developer/CommandLineTools), and coremlcompiler comes "
+            "with Xcode: install Xcode, then run sudo xcode-select -s /Applications/Xcode.app/Contents/Developer",
+        ),
+        (
+            "/Applications/Xcode.app/Contents/Developer",
+            "exit 69",
+            "Xcode's licence is not accepted yet, so xcrun runs none of its tools: run sudo xcodebuild -license accept",
+        ),
+    ],
+    ids=["command-line-tools-only", "licence-not-accepted"],
+)
+def test_a_mac_without_a_usable_xcode_is_told_what_to_do(tmp_path, monkeypatch, selected, licence, expected):
+    bin_dir = tmp_path / "bin"
+    write_fake_xcrun(bin_dir, finds=False)
+    fake_tool(bin_dir, "xcode-select", f'[ "$1" = -p ] && echo {selected}')
+    fake_tool(bin_dir, "xcodebuild", f'[ "$1" = -license ] && [ "$2" = check ] && {licence}')
+    monkeypatch.setenv("PATH", str(bin_dir))
+    with pytest.raises(PipelineError) as raised:
+        compile.require_compiler(compile.DEFAULT_COMPILER, "coremlsd3_4step_packages")
+    assert str(raised.value).startswith(expected + ": build 'coremlsd3_4step_packages' here")
+
+
 @pytest.mark.parametrize("finds", [True, False])
 def test_the_default_template_asks_xcrun_to_find_the_compiler(tmp_path, monkeypatch, finds):
     write_fake_xcrun(tmp_path / "bin", finds)

@@ -12,7 +12,7 @@ from sd3coreml.errors import PipelineError
 from sd3coreml.package import read_spec
 
 # 64 outputs x 256 inputs: 16,384 weights, over the 10,000 palettization threshold, while a
-# group of 8 channels (2,048 weights) is under kmeans1d's and gets scikit-learn's k-means.
+# group of 8 channels (2,048 weights) is under coremltools' exact k-means' and gets scikit-learn's.
 OUT, IN = 64, 256
 
 
@@ -105,3 +105,11 @@ def test_good_settings_pass():
         {"mode": "linear_symmetric", "nbits": 8, "granularity": "per_block", "block_size": 32}, "k", "iOS18"
     )
     check_compression_settings({"mode": "palettize", "nbits": 6}, "k", "iOS16")
+
+
+def test_the_parse_time_probe_of_the_exact_kmeans_agrees_with_coremltools_own_flag():
+    from coremltools import _deps
+
+    from sd3coreml.compress import exact_kmeans_installed
+
+    assert exact_kmeans_installed() is _deps._HAS_KMEANS1D is True

@@ -8,7 +8,7 @@ import pytest
 
 from sd3coreml.errors import PipelineError
 from sd3coreml.fidelity import precision_class, psnr
-from sd3coreml.fidelity_report import write_report
+from sd3coreml.fidelity_report import CoreMLPolicy, report_rows, write_report
 
 BARS = {"fp16": 60, "int8": 35, "int4": 25, "palettized": 25}
 
@@ -63,7 +63,7 @@ def test_report_passes_and_writes_a_table(tmp_path):
     report = json.loads((tmp_path / "fidelity.json").read_text())
     assert report["passed"] and len(report["outputs"]) == 3
     table = (tmp_path / "fidelity.md").read_text()
-    assert "| MultiModalDiffusionTransformerStage1 | int8 | out | 40.2 | - | 35 | ok |" in table
+    assert "| MultiModalDiffusionTransformerStage1 | int8 | out | 40.2 | 35 | - | 30 | ok |" in table
     assert "Core ML prediction (CPU_AND_NE): needs macOS" in table
 
 
@@ -80,14 +80,46 @@ def test_report_fails_naming_package_output_and_figure(tmp_path):
     assert "35 dB" in message and "\n" not in message
 
 
-def test_report_judges_core_ml_figures_where_they_exist(tmp_path):
-    """On macOS the measurement holds Core ML's own figures too; both must clear the bar."""
-    on_mac = package("a.int8.mlpackage", "int8", 44.0)
-    on_mac["coreml"] = {"out": {"psnr_db": 31.5}}
-    measurements = {"MultiModalDiffusionTransformerStage1": measurement(tmp_path, "a", [on_mac])}
-    with pytest.raises(PipelineError, match=r"has PSNR 31\.5 dB in Core ML, under the int8 bar of 35 dB"):
-        write_report(measurements, BARS, tmp_path / "fidelity.json", tmp_path / "fidelity.md")
-    assert "| 44.0 | 31.5 | 35 | **FAIL** |" in (tmp_path / "fidelity.md").read_text()
+def on_mac(coreml) -> dict:
+    """An int8 package measured on a Mac: the executor at 44 dB, Core ML as recorded."""
+    measured = package("a.int8.mlpackage", "int8", 44.0)
+    measured["coreml"] = coreml
+    return measured
+
+
+def judged(tmp_path, coreml, policy) -> dict:
+    measurements = {"MultiModalDiffusionTransformerStage1": measurement(tmp_path, "a", [on_mac(coreml)])}
+    return report_rows(measurements, BARS, policy)[0]
+
+
+@pytest.mark.parametrize(
+    "coreml, enforce, passed, decided_by",
+    [
+        ({"out": {"psnr_db": 31.5}}, False, True, "MIL executor; Core ML not enforced"),
+        ({"out": {"psnr_db": 31.5}}, True, False, "Core ML"),
+        ({"out": {"psnr_db": 41.0}}, True, True, "MIL executor and Core ML"),
+        (
+            {"failed": "signal SIGKILL after 2.1 s", "failure": "signal"},
+            False,
+            True,
+            "MIL executor; Core ML not enforced",
+        ),
+        ({"failed": "signal SIGKILL after 2.1 s", "failure": "signal"}, True, False, "Core ML"),
+        ("needs macOS 15", True, True, "MIL executor"),
+    ],
+)
+def test_core_ml_figures_count_under_their_own_bar_only_when_enforced(tmp_path, coreml, enforce, passed, decided_by):
+    row = judged(tmp_path, coreml, CoreMLPolicy(min_psnr_db=40.0, enforce=enforce))
+    assert (row["passed"], row["decided_by"]) == (passed, decided_by)
+
+
+def test_an_enforced_core_ml_figure_fails_the_report_naming_its_runner(tmp_path):
+    measurements = {
+        "MultiModalDiffusionTransformerStage1": measurement(tmp_path, "a", [on_mac({"out": {"psnr_db": 31.5}})])
+    }
+    with pytest.raises(PipelineError, match=r"has PSNR 31\.5 dB in Core ML, under the Core ML bar of 40 dB"):
+        write_report(measurements, BARS, tmp_path / "f.json", tmp_path / "f.md", CoreMLPolicy(40.0, enforce=True))
+    assert "| 44.0 | 35 | 31.5 | 40 | **FAIL** | Core ML |" in (tmp_path / "f.md").read_text()
 
 
 def test_report_needs_a_bar_for_each_precision(tmp_path):

@@ -6,12 +6,11 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import FAKE_COMPILER, new_workdir, snakemake
+from conftest import FAKE_COMPILER, JOB_HOOKS, new_workdir, snakemake
 from test_workflow import planned_jobs
 
 from sd3coreml import checksums, folder_check
 
-DRIFT = Path(__file__).parent / "toolchain_drift"
 FOLDER = "coremlsd3_4step_packages"
 STAGE = "MultiModalDiffusionTransformerStage"
 
@@ -32,7 +31,7 @@ def mac(demo_workdir, tmp_path):
 
 def hand_off(workdir: Path, *args: str, check: bool = True):
     return snakemake(workdir, *args, "coremlsd3_4step", config="config/mac.yaml", check=check,
-                     env={"PYTHONPATH": str(DRIFT)})  # fmt: skip
+                     env={"PYTHONPATH": str(JOB_HOOKS), "SD3COREML_TEST_TOOLCHAIN_DRIFT": "1"})  # fmt: skip
 
 
 def test_the_handoff_compiles_and_assembles_only_with_another_toolchain_and_no_checkpoints(mac):

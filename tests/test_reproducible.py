@@ -1,9 +1,10 @@
 """Bit-identical rebuilds, interrupted or not.
 
-The 4-step packages folder is rebuilt in another directory, a year later (libfaketime), with
-another PYTHONHASHSEED and OMP_NUM_THREADS, and SIGKILLed at three points on the way: a
-job mid-write (tests/kill_points stops it just before it moves its output into place), Snakemake itself while jobs run, and Snakemake together with the
-folder job. The documented rerun (`--unlock` where Snakemake was killed, then the same
+The 4-step packages folder is rebuilt in another directory, a year later (libfaketime on
+Linux, a Python clock shift from tests/job_hooks on macOS), with another PYTHONHASHSEED and
+OMP_NUM_THREADS, and SIGKILLed at three points on the way: a job mid-write (tests/job_hooks
+stops it just before it moves its output into place), Snakemake itself while jobs run, and
+Snakemake together with the folder job. The documented rerun (`--unlock` where Snakemake was killed, then the same
 command; profiles/default sets rerun-incomplete) must end with the SHA256SUMS of the
 session's uninterrupted demo build.
 
@@ -25,8 +26,9 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
-from conftest import DEMO_FOLDERS, REPO, copy_of_build, new_workdir
+from conftest import DEMO_FOLDERS, JOB_HOOKS, REPO, copy_of_build, new_workdir
 
 from sd3coreml import checksums, folder_check
 from sd3coreml.atomic import remove_path
@@ -42,7 +44,7 @@ REBUILT_ARTIFACTS = (
 )
 TEMPORARY = re.compile(r"\..+\.tmp-(\d+)(\.mlpackage)?")
 POLL_SECONDS = 0.02
-KILL_POINTS = Path(__file__).parent / "kill_points"
+SHIFT_DAYS = 400
 PHASE_TIMEOUT_SECONDS = 300
 
 
@@ -55,15 +57,17 @@ def other_conditions() -> dict:
     """Another day (400 days on), hash seed and thread count than the session's build."""
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     env.pop("SOURCE_DATE_EPOCH", None)
-    env.update(
-        LD_PRELOAD=faketime_library(),
-        FAKETIME="+400d",
+    env.update(PYTHONHASHSEED="4242", OMP_NUM_THREADS="1")
+    if sys.platform == "darwin":
+        # macOS strips DYLD_* from processes started through /bin/bash, and the wheel's library is Linux's.
+        return {**env, "PYTHONPATH": str(JOB_HOOKS), "SD3COREML_TEST_CLOCK_SHIFT_DAYS": str(SHIFT_DAYS)}
+    return {
+        **env,
+        "LD_PRELOAD": faketime_library(),
+        "FAKETIME": f"+{SHIFT_DAYS}d",
         # A faked monotonic clock hangs Python's timed waits (Snakemake's scheduler uses them).
-        DONT_FAKE_MONOTONIC="1",
-        PYTHONHASHSEED="4242",
-        OMP_NUM_THREADS="1",
-    )
-    return env
+        "DONT_FAKE_MONOTONIC": "1",
+    }
 
 
 def snakemake_command(workdir: Path, *args: str) -> list[str]:
@@ -84,26 +88,26 @@ def start(workdir: Path, env: dict, *args: str) -> subprocess.Popen:
 def job_processes(workdir: Path, step: str | None = None) -> list[int]:
     """PIDs of `python -m sd3coreml <step>` jobs (any step by default) running in `workdir`."""
     found = []
-    for proc in Path("/proc").iterdir():
+    for process in psutil.process_iter():
         try:
-            words = (proc / "cmdline").read_bytes().split(b"\0")
-            wanted = b"sd3coreml" in words and (step is None or step.encode() in words)
-            if wanted and Path(os.readlink(proc / "cwd")) == workdir:
-                found.append(int(proc.name))
-        except (OSError, ValueError):
+            words = process.cmdline()
+            wanted = "sd3coreml" in words and (step is None or step in words)
+            if wanted and Path(process.cwd()) == workdir:
+                found.append(process.pid)
+        except (psutil.Error, OSError):
             continue
     return found
 
 
 def stopped_jobs(workdir: Path) -> list[int]:
-    """Jobs that stopped themselves before moving an output into place (tests/kill_points)."""
-    return [pid for pid in job_processes(workdir) if process_state(pid) == "T"]
+    """Jobs that stopped themselves before moving an output into place (tests/job_hooks)."""
+    return [pid for pid in job_processes(workdir) if process_state(pid) == psutil.STATUS_STOPPED]
 
 
 def process_state(pid: int) -> str:
     try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
+        return psutil.Process(pid).status()
+    except psutil.Error:
         return ""
 
 
@@ -150,7 +154,7 @@ def interrupted_rebuild(demo_workdir, tmp_path_factory):
     env, events = other_conditions(), {}
 
     # 1. A job's own process, mid-write: its output is complete under the temporary name.
-    stopping = {**env, "PYTHONPATH": str(KILL_POINTS), "SD3COREML_TEST_STOP_BEFORE_MOVE": "1"}
+    stopping = {**env, "PYTHONPATH": str(JOB_HOOKS), "SD3COREML_TEST_STOP_BEFORE_MOVE": "1"}
     build = start(workdir, stopping, "-c2", REBUILT)
     writer = wait_for(lambda: stopped_jobs(workdir), build, "a job about to move its output into place")[0]
     events["killed mid-write"] = temporaries_of(writer, workdir / ROOT)
@@ -194,7 +198,7 @@ def test_an_interrupted_rebuild_elsewhere_a_year_later_is_bit_identical(demo_wor
     assert folder_check.folder_problems(rebuilt) == []
     # The host-and-time record lies outside the folder, and it did see the other year.
     record = (workdir / ROOT / "reports" / REBUILT / "build_host.json").read_text()
-    assert str(time.gmtime(time.time() + 400 * 86400).tm_year) in record
+    assert str(time.gmtime(time.time() + SHIFT_DAYS * 86400).tm_year) in record
 
 
 def test_killed_writers_leave_nothing_that_looks_finished(interrupted_rebuild):
@@ -232,9 +236,16 @@ def test_manifest_records_what_shaped_each_entry(demo_workdir):
         settings = manifest["artifacts"][f"MultiModalDiffusionTransformerStage{index}"]
         assert settings["blocks"] == block_range and settings["head"] == (index == len(ranges))
     assert set(manifest["inputs"]) == {"transformer_weights", "transformer_config", "components"}
-    assert {"python", "torch", "coremltools", "numpy", "diffusers", "transformers", "snakemake", "kmeans1d"} <= set(
-        manifest["toolchain"]
-    )
+    assert {
+        "python",
+        "torch",
+        "coremltools",
+        "numpy",
+        "diffusers",
+        "transformers",
+        "snakemake",
+        "open_clip_torch",
+    } <= set(manifest["toolchain"])
 
 
 @pytest.mark.slow

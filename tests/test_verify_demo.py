@@ -42,8 +42,10 @@ def test_packages_folders_carry_a_passing_fidelity_report(demo_workdir):
         assert ("MultiModalDiffusionTransformerStage3", "fp16") in precisions
         assert ("TextEncoder2", "palettized") in precisions
         # Core ML's own prediction exists only on macOS; elsewhere the report says so.
-        if sys.platform == "darwin":
-            assert all(isinstance(row["coreml"], dict) for row in rows)
+        if sys.platform == "darwin":  # measured, failed (a record, not a dead job), or the macOS it needs
+            assert all(
+                row["coreml"] in ("measured", "failed") or row["coreml"].startswith("needs macOS ") for row in rows
+            )
         else:
             assert all(row["coreml"] == "needs macOS" for row in rows)
 

@@ -92,9 +92,37 @@ def compiler_available(command_template: str) -> bool:
 def _unavailable_reason(command_template: str) -> str:
     tool = _xcrun_tool(command_template)
     if tool is not None:
-        return f"Apple's Core ML compiler is not available on this host ('xcrun --find {tool}' failed)"
+        return (
+            _xcode_problem() or f"Apple's Core ML compiler is not available on this host ('xcrun --find {tool}' failed)"
+        )
     program = _template_words(command_template)[0]
     return f"the compiler {program!r} of the compiler template is not an executable on this host"
+
+
+def _xcode_problem() -> str | None:
+    """What is wrong with a Mac's developer tools, where `xcrun --find coremlcompiler` fails."""
+    if shutil.which("xcode-select") is None:
+        return None  # not a Mac
+    selected = _answer_of(["xcode-select", "-p"])
+    if selected is not None and "CommandLineTools" in selected:
+        return (
+            f"only the Command Line Tools are selected ({selected}), and coremlcompiler comes with Xcode: "
+            "install Xcode, then run sudo xcode-select -s /Applications/Xcode.app/Contents/Developer"
+        )
+    if shutil.which("xcodebuild") is not None and _answer_of(["xcodebuild", "-license", "check"]) is None:
+        return (
+            "Xcode's licence is not accepted yet, so xcrun runs none of its tools: run sudo xcodebuild -license accept"
+        )
+    return None
+
+
+def _answer_of(command: list[str]) -> str | None:
+    """A tool's stdout when it succeeds, else None."""
+    try:
+        result = subprocess.run(command, capture_output=True, text=True, timeout=TOOL_TIMEOUT_SECONDS, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return result.stdout.strip() if result.returncode == 0 else None
 
 
 def require_compiler(command_template: str, packages_target_hint: str) -> None:

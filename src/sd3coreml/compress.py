@@ -12,14 +12,39 @@ from sd3coreml.package import load_package, save_package
 KMEANS1D_MIN_WEIGHTS = 10_000
 
 
-def require_exact_kmeans() -> None:
-    # Without kmeans1d coremltools silently falls back to a randomised k-means.
+# coremltools 9 ships its own compiled, exact 1-D k-means (coremltools._deps.kmeans1d; the
+# kmeans1d PyPI package is not what it calls). Where that extension does not load
+# (`_HAS_KMEANS1D` false) it palettizes with a randomised k-means instead, without a word.
+BUNDLED_KMEANS1D = "coremltools/_deps/kmeans1d/_core"
+NO_EXACT_KMEANS = (
+    "palettization needs coremltools' bundled exact 1-D k-means (coremltools._deps.kmeans1d), which this "
+    "coremltools install lacks; reinstall coremltools==9.0 from its wheel (make .venv/.installed)"
+)
+
+
+def exact_kmeans_installed() -> bool:
+    """Whether coremltools' wheel holds its compiled k-means: read from its file list, without importing it."""
+    from importlib import metadata
+
     try:
-        import kmeans1d  # noqa: F401
-    except ImportError:
-        raise PipelineError(
-            "palettization needs the 'kmeans1d' package for exact, deterministic k-means; pip install kmeans1d"
-        ) from None
+        files = metadata.distribution("coremltools").files or []
+    except metadata.PackageNotFoundError:
+        return False
+    return any(file.as_posix().startswith(BUNDLED_KMEANS1D) and file.suffix in (".so", ".pyd") for file in files)
+
+
+def require_exact_kmeans() -> None:
+    """At parse time, by coremltools' file list (importing it takes seconds)."""
+    if not exact_kmeans_installed():
+        raise PipelineError(NO_EXACT_KMEANS)
+
+
+def require_loaded_exact_kmeans() -> None:
+    """In the job, by coremltools' own flag: the extension may be present and still fail to load."""
+    from coremltools import _deps
+
+    if not _deps._HAS_KMEANS1D:
+        raise PipelineError(NO_EXACT_KMEANS)
 
 
 def linear_config(nbits: int, granularity: str, block_size: int | None):
@@ -35,8 +60,8 @@ def linear_config(nbits: int, granularity: str, block_size: int | None):
 def palette_config(nbits: int, granularity: str, group_size: int | None):
     import coremltools.optimize.coreml as cto
 
-    require_exact_kmeans()
-    # coremltools clusters each palette's weights with the exact kmeans1d when they are >= 10,000
+    require_loaded_exact_kmeans()
+    # coremltools clusters each palette's weights with its exact k-means when they are >= 10,000
     # fp16 values and with scikit-learn's k-means (seeded: random_state=0) below that. Weights
     # under 10,000 stay fp16; a small group of channels of a larger weight gets the seeded k-means,
     # run on one thread (compress_package) so its sums, and so the palette, repeat exactly.

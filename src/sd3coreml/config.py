@@ -165,7 +165,7 @@ def granularity_of(size_key: str) -> str:
 
 
 def require_exact_palettes(key: str) -> None:
-    # Without kmeans1d, coremltools palettizes with a randomised k-means: refuse up front.
+    # Without its exact k-means, coremltools palettizes with a randomised one: refuse up front.
     try:
         require_exact_kmeans()
     except PipelineError as error:

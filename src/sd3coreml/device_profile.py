@@ -7,7 +7,10 @@
   compile of the program (the slow part of an app's first launch).
 - Predict: the median of a few predictions on zero inputs of the package's declared shapes.
 
-On any other host the step refuses with one line; the sweep then reports `needs a Mac`.
+On any other host the step refuses with one line; the sweep then reports `needs a Mac`. On a
+macOS too old for the package (iOS18 packages need macOS 15) the profile records that; every
+Core ML call runs in a child process (`isolated`), so a Neural Engine crash or a hang is a
+recorded result, not a dead job.
 """
 
 import json
@@ -20,6 +23,8 @@ from pathlib import Path
 from sd3coreml.atomic import written_atomically
 from sd3coreml.errors import PipelineError
 
+# A stage's compile, load and predictions; past this Core ML counts as hung.
+PROFILE_TIMEOUT_S = 1800
 DEVICE_NAMES = {
     "MLNeuralEngineComputeDevice": "neural_engine",
     "MLGPUComputeDevice": "gpu",
@@ -46,6 +51,9 @@ def count_placements(devices: list[str | None]) -> dict:
 
 def device_columns(profile: dict) -> dict:
     """The sweep summary's columns for one stage's profile."""
+    if "unavailable" in profile or "failed" in profile:
+        shown = profile.get("unavailable") or f"failed: {profile['failed']}"
+        return dict.fromkeys(("neural_engine_ops_pct", "first_load_s", "predict_s"), shown)
     ops = profile["ops"]
     share = 100.0 * ops["neural_engine"] / ops["total"] if ops["total"] else 0.0
     return {"neural_engine_ops_pct": share, "first_load_s": profile["first_load_s"], "predict_s": profile["predict_s"]}
@@ -77,7 +85,7 @@ def preferred_devices(compiled: str) -> list[str | None]:
 
 
 def profile_package(package: Path, runs: int = 5) -> dict:
-    require_macos(package)
+    """In a child process (isolated_profile): Core ML's compile, placement, load and predictions."""
     import coremltools as ct
 
     with tempfile.TemporaryDirectory() as scratch:
@@ -101,8 +109,24 @@ def profile_package(package: Path, runs: int = 5) -> dict:
     }
 
 
+def isolated_profile(package: Path, runs: int, timeout_s: float = PROFILE_TIMEOUT_S) -> dict:
+    """The profile, or what kept Core ML from making one: an old macOS, a signal, a hang."""
+    from sd3coreml.coreml_runtime import spec_version, unavailable_reason
+    from sd3coreml.isolated import describe, run_isolated
+
+    require_macos(package)
+    reason = unavailable_reason(spec_version(package))
+    if reason is not None:
+        return {"package": str(package), "unavailable": reason}
+    kwargs = {"package": str(package), "runs": runs}
+    result = run_isolated("sd3coreml.device_profile:profile_package", kwargs, timeout_s)
+    return (
+        result.value if result.ok else {"package": str(package), "failed": describe(result.failure), **result.failure}
+    )
+
+
 def profile_command(args) -> None:
-    profile = profile_package(args.package, args.runs)
+    profile = isolated_profile(args.package, args.runs)
     with written_atomically(args.out) as temporary:
         temporary.write_text(json.dumps(profile, indent=2, sort_keys=True) + "\n")
 

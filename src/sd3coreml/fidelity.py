@@ -1,15 +1,15 @@
 """Fidelity: run packages on seeded inputs and compare them with their PyTorch reference.
 
 PSNR is measured as Apple's converter measures it: peak = max |reference|. On Linux the
-packages run in `mil_executor` (coremltools' op semantics, op by op); on macOS they also
-run in Core ML itself (CPU_AND_NE) and both figures are recorded. A measurement is written
+packages run in `mil_executor` (coremltools' op semantics, op by op); on a macOS new enough
+for the package they also run in Core ML itself (CPU_AND_NE, in a child process) and both
+figures are recorded. A measurement is written
 for every package; thresholds are applied by the report, so changing a bar re-judges
 without re-measuring.
 """
 
 import json
 import math
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -55,16 +55,6 @@ def compare_outputs(outputs: dict, reference: dict) -> dict:
     }
 
 
-def coreml_outputs(package: Path, inputs: dict):
-    """Core ML's own prediction on the Neural Engine (falling back per op as Core ML does); macOS only."""
-    if sys.platform != "darwin":
-        return None
-    import coremltools as ct
-
-    model = ct.models.MLModel(str(package), compute_units=ct.ComputeUnit.CPU_AND_NE)
-    return {name: np.asarray(value) for name, value in model.predict(inputs).items()}
-
-
 def measure_package(package: Path, check) -> dict:
     from sd3coreml.mil_executor import run_package
 
@@ -73,9 +63,22 @@ def measure_package(package: Path, check) -> dict:
         "precision": precision_class(package),
         "executor": compare_outputs(run_package(Path(package), check.inputs), check.reference),
     }
-    coreml = coreml_outputs(Path(package), check.inputs)
-    record["coreml"] = "needs macOS" if coreml is None else compare_outputs(coreml, check.reference)
+    record["coreml"] = coreml_figures(Path(package), check)
     return record
+
+
+def coreml_figures(package: Path, check):
+    """Core ML's own figures (macOS 15 for iOS18 packages), in a child process; else why there are none.
+
+    `needs macOS`/`needs macOS 15` where Core ML cannot load the package, `{"failed": ...}`
+    where its child died or hung (the Neural Engine can kill a process), else PSNR per output.
+    """
+    from sd3coreml.coreml_runtime import isolated_predict
+
+    outcome = isolated_predict(package, check.inputs)
+    if isinstance(outcome, str) or "failed" in outcome:
+        return outcome
+    return compare_outputs(outcome, check.reference)
 
 
 def measure_packages(packages: list[Path], check, seed: int, out: Path) -> None:

@@ -7,6 +7,7 @@ precision's bar fails the report with one line naming the package, the output an
 
 import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 from sd3coreml.atomic import written_atomically
@@ -17,7 +18,19 @@ def figure(value) -> float:
     return float(value)  # "inf" and "-inf" are how JSON holds exact and hopeless matches
 
 
-def report_rows(measurements: dict[str, Path], thresholds: dict[str, float]) -> list[dict]:
+@dataclass(frozen=True)
+class CoreMLPolicy:
+    """How Core ML's own figures (macOS) count: their bar, and whether they can fail a build.
+
+    Off by default (`fidelity.enforce_coreml`) until measured on a Mac: then a Core ML figure
+    under `fidelity.coreml_min_psnr_db`, or a Core ML run that died, fails its row.
+    """
+
+    min_psnr_db: float = 30.0
+    enforce: bool = False
+
+
+def report_rows(measurements: dict[str, Path], thresholds: dict[str, float], coreml=CoreMLPolicy()) -> list[dict]:
     rows = []
     for entry, path in sorted(measurements.items()):
         measurement = json.loads(Path(path).read_text())
@@ -29,8 +42,6 @@ def report_rows(measurements: dict[str, Path], thresholds: dict[str, float]) -> 
                     f"({package['package']}); add one"
                 )
             for output, figures in sorted(package["executor"].items()):
-                coreml = core_ml_figure(package["coreml"], output)
-                passed = figure(figures["psnr_db"]) >= bar and (coreml is None or figure(coreml) >= bar)
                 rows.append(
                     {
                         "entry": entry,
@@ -38,18 +49,37 @@ def report_rows(measurements: dict[str, Path], thresholds: dict[str, float]) -> 
                         "precision": package["precision"],
                         "output": output,
                         "psnr_db": figures["psnr_db"],
-                        "coreml_psnr_db": coreml,
                         "min_psnr_db": bar,
-                        "passed": passed,
-                        "coreml": package["coreml"] if isinstance(package["coreml"], str) else "measured",
+                        "coreml_psnr_db": core_ml_figure(package["coreml"], output),
+                        "coreml_min_psnr_db": coreml.min_psnr_db,
+                        "coreml": core_ml_status(package["coreml"]),
+                        **verdict(figure(figures["psnr_db"]) >= bar, package["coreml"], output, coreml),
                     }
                 )
     return rows
 
 
+def verdict(executor_passed: bool, coreml_record, output: str, policy: CoreMLPolicy) -> dict:
+    """`passed` and `decided_by`: the runner whose figure decided the row."""
+    if not executor_passed:
+        return {"passed": False, "decided_by": "MIL executor"}
+    status = core_ml_status(coreml_record)
+    if not policy.enforce or status not in ("measured", "failed"):
+        return {"passed": True, "decided_by": "MIL executor" + ("" if policy.enforce else "; Core ML not enforced")}
+    coreml_passed = status == "measured" and figure(coreml_record[output]["psnr_db"]) >= policy.min_psnr_db
+    return {"passed": coreml_passed, "decided_by": "MIL executor and Core ML" if coreml_passed else "Core ML"}
+
+
 def core_ml_figure(coreml, output: str):
-    """Core ML's own PSNR for an output (macOS), or None where Core ML cannot predict."""
-    return None if isinstance(coreml, str) else coreml[output]["psnr_db"]
+    """Core ML's own PSNR for an output (macOS), or None where Core ML did not predict."""
+    return None if core_ml_status(coreml) != "measured" else coreml[output]["psnr_db"]
+
+
+def core_ml_status(coreml) -> str:
+    """`measured`, `failed`, or why Core ML did not run (`needs macOS`, `needs macOS 15`)."""
+    if isinstance(coreml, str):
+        return coreml
+    return "failed" if "failed" in coreml else "measured"
 
 
 def shown(value) -> str:
@@ -61,17 +91,18 @@ def shown(value) -> str:
 
 def markdown_table(rows: list[dict]) -> str:
     lines = [
-        "| entry | precision | output | PSNR (dB) | Core ML PSNR (dB) | bar (dB) | | package |",
-        "|---|---|---|---:|---:|---:|---|---|",
+        "| entry | precision | output | PSNR (dB) | bar (dB) | Core ML PSNR (dB) | Core ML bar (dB) | | decided by | package |",
+        "|---|---|---|---:|---:|---:|---:|---|---|---|",
     ]
     for row in rows:
-        verdict = "ok" if row["passed"] else "**FAIL**"
+        shown_verdict = "ok" if row["passed"] else "**FAIL**"
         lines.append(
-            f"| {row['entry']} | {row['precision']} | {row['output']} | {shown(row['psnr_db'])} "
-            f"| {shown(row['coreml_psnr_db'])} | {row['min_psnr_db']:g} | {verdict} | `{Path(row['package']).name}` |"
+            f"| {row['entry']} | {row['precision']} | {row['output']} | {shown(row['psnr_db'])} | {row['min_psnr_db']:g} "
+            f"| {shown(row['coreml_psnr_db'])} | {row['coreml_min_psnr_db']:g} | {shown_verdict} | {row['decided_by']} "
+            f"| `{Path(row['package']).name}` |"
         )
     coreml = {row["coreml"] for row in rows}
-    lines += ["", f"Core ML prediction (CPU_AND_NE): {', '.join(sorted(coreml))}; PSNR is from the MIL executor."]
+    lines += ["", f"Core ML prediction (CPU_AND_NE): {', '.join(sorted(coreml))}."]
     return "\n".join(lines) + "\n"
 
 
@@ -80,27 +111,43 @@ def first_failure(rows: list[dict], report: Path) -> str | None:
     if not failures:
         return None
     worst = min(failures, key=lowest_figure)
-    runner = "in Core ML" if lowest_figure(worst) < figure(worst["psnr_db"]) else "in the MIL executor"
+    if worst["decided_by"] == "Core ML" and worst["coreml"] == "failed":
+        return (
+            f"fidelity: {worst['package']} ({worst['entry']}): Core ML's run failed and fidelity.enforce_coreml is on "
+            f"({len(failures)} output(s) failing; table in {report})"
+        )
+    core_ml = worst["decided_by"] == "Core ML"
+    runner = "in Core ML" if core_ml else "in the MIL executor"
+    bar = worst["coreml_min_psnr_db"] if core_ml else worst["min_psnr_db"]
     return (
         f"fidelity: {worst['package']} ({worst['entry']}) output '{worst['output']}' has PSNR "
-        f"{lowest_figure(worst):.1f} dB {runner}, under the {worst['precision']} bar of {worst['min_psnr_db']:g} dB "
+        f"{lowest_figure(worst):.1f} dB {runner}, under the {'Core ML' if core_ml else worst['precision']} bar of {bar:g} dB "
         f"({len(failures)} output(s) under their bar; table in {report})"
     )
 
 
 def lowest_figure(row: dict) -> float:
-    coreml = row["coreml_psnr_db"]
-    return min(figure(row["psnr_db"]), math.inf if coreml is None else figure(coreml))
+    """The figure that decided a failing row."""
+    if row["decided_by"] == "Core ML":
+        return -math.inf if row["coreml_psnr_db"] is None else figure(row["coreml_psnr_db"])
+    return figure(row["psnr_db"])
 
 
-def write_report(measurements: dict[str, Path], thresholds: dict[str, float], out_json: Path, out_md: Path) -> None:
-    rows = report_rows(measurements, thresholds)
+def write_report(
+    measurements: dict[str, Path], thresholds: dict[str, float], out_json: Path, out_md: Path, coreml=CoreMLPolicy()
+) -> None:
+    rows = report_rows(measurements, thresholds, coreml)
     table = markdown_table(rows)
     print(table)
     failure = first_failure(rows, out_md)
     with written_atomically(Path(out_md)) as temporary:
         temporary.write_text(f"# Fidelity of {Path(out_md).parent.name}\n\n{table}")
-    report = {"passed": failure is None, "thresholds_db": thresholds, "outputs": rows}
+    report = {
+        "passed": failure is None,
+        "thresholds_db": thresholds,
+        "coreml": {"min_psnr_db": coreml.min_psnr_db, "enforced": coreml.enforce},
+        "outputs": rows,
+    }
     with written_atomically(Path(out_json)) as temporary:
         temporary.write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
     if failure:
@@ -118,8 +165,14 @@ def register_cli(subparsers) -> None:
     step.add_argument("--thresholds", type=json.loads, required=True, help='JSON, e.g. {"fp16": 60, "int8": 35}')
     step.add_argument("--out-json", type=Path, required=True)
     step.add_argument("--out-md", type=Path, required=True)
+    step.add_argument("--coreml-min-psnr-db", type=float, default=CoreMLPolicy.min_psnr_db, help="Core ML's own bar")
+    step.add_argument("--enforce-coreml", action="store_true", help="a Core ML figure under its bar fails the row")
     step.set_defaults(
         func=lambda args: write_report(
-            parse_measurements(args.measurement), args.thresholds, args.out_json, args.out_md
+            parse_measurements(args.measurement),
+            args.thresholds,
+            args.out_json,
+            args.out_md,
+            CoreMLPolicy(args.coreml_min_psnr_db, args.enforce_coreml),
         )
     )

@@ -21,7 +21,6 @@ PINNED_PACKAGES = (
     "safetensors",
     "huggingface_hub",
     "scikit-learn",
-    "kmeans1d",
     "snakemake",
     # Its CLIP BPE file becomes the synthetic tokenizer files.
     "open_clip_torch",

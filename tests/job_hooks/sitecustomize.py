@@ -1,0 +1,79 @@
+"""Test hooks for the processes of one run (Snakemake and its jobs), each off unless its variable is set.
+
+On PYTHONPATH of the runs that want them (tests/conftest.py, test_reproducible.py, test_handoff.py):
+
+- SD3COREML_TEST_STOP_BEFORE_MOVE: a process stops itself (SIGSTOP) whenever an output is
+  complete under its temporary name and about to be moved into place, so a test can SIGKILL
+  a job exactly mid-write (writes of tiny demo packages last milliseconds).
+- SD3COREML_TEST_RECORD_MODULES=DIR: every `python -m sd3coreml STEP` writes, at exit, the
+  step and the sd3coreml modules it loaded, to hold each step's code closure against them.
+- SD3COREML_TEST_TOOLCHAIN_DRIFT: every package version importlib.metadata reports reads one
+  patch release on, as on a Mac whose pip resolved other wheels.
+- SD3COREML_TEST_CLOCK_SHIFT_DAYS=N: Python's clock runs N days ahead (where libfaketime's
+  LD_PRELOAD is not available: macOS strips DYLD_* from jobs started through /bin/bash).
+"""
+
+import os
+import sys
+
+if os.environ.get("SD3COREML_TEST_STOP_BEFORE_MOVE"):
+    import signal
+
+    from sd3coreml import atomic
+
+    move_into_place = atomic.replace_path
+
+    def stop_then_move(new, target):
+        os.kill(os.getpid(), signal.SIGSTOP)
+        move_into_place(new, target)
+
+    atomic.replace_path = stop_then_move
+
+if records := os.environ.get("SD3COREML_TEST_RECORD_MODULES"):
+    import atexit
+    import json
+    from pathlib import Path
+
+    def record_modules() -> None:
+        if Path(sys.argv[0]).parts[-2:] != ("sd3coreml", "__main__.py") or len(sys.argv) < 2:
+            return
+        loaded = sorted(name for name in sys.modules if name == "sd3coreml" or name.startswith("sd3coreml."))
+        out = Path(records) / f"{sys.argv[1]}-{os.getpid()}.json"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps({"step": sys.argv[1], "modules": loaded}))
+
+    atexit.register(record_modules)
+
+if os.environ.get("SD3COREML_TEST_TOOLCHAIN_DRIFT"):
+    import importlib.metadata
+
+    installed_version = importlib.metadata.version
+    importlib.metadata.version = lambda name: f"{installed_version(name)}.post1"
+
+if days := os.environ.get("SD3COREML_TEST_CLOCK_SHIFT_DAYS"):
+    import datetime
+    import time
+
+    shift = float(days) * 86400
+    real_time, real_time_ns = time.time, time.time_ns
+    real_gmtime, real_localtime, real_strftime = time.gmtime, time.localtime, time.strftime
+    time.time = lambda: real_time() + shift
+    time.time_ns = lambda: real_time_ns() + int(shift * 1e9)
+    time.gmtime = lambda seconds=None: real_gmtime(time.time() if seconds is None else seconds)
+    time.localtime = lambda seconds=None: real_localtime(time.time() if seconds is None else seconds)
+    time.strftime = lambda form, when=None: real_strftime(form, time.localtime() if when is None else when)
+
+    class ShiftedDatetime(datetime.datetime):
+        @classmethod
+        def now(cls, tz=None):
+            return super().now(tz) + datetime.timedelta(seconds=shift)
+
+        @classmethod
+        def utcnow(cls):
+            return super().utcnow() + datetime.timedelta(seconds=shift)
+
+        @classmethod
+        def today(cls):
+            return cls.now()
+
+    datetime.datetime = ShiftedDatetime
