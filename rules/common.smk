@@ -49,6 +49,9 @@ except PipelineError as error:
 ROOT = config["output_root"].rstrip("/")
 # Core ML's own measurements (compute plan, load, predict) exist only on macOS.
 ON_MACOS = sys.platform == "darwin"
+# On a Mac the fidelity checks predict with Core ML too: one job on the Neural Engine at a
+# time, measurement or check (profiles/mac sets neural_engine=1).
+NEURAL_ENGINE_JOBS = 1 if ON_MACOS else 0
 # Directory names of compressed packages (plan.quantization_slug); `fp16` is the unconverted one.
 COMPRESSION_SLUG = (
     r"int[48]_linear_symmetric_per_(channel|tensor|block\d+)|palettize[468]_per_(tensor|grouped_channel\d+)"
@@ -369,7 +372,7 @@ def sweep_inputs(wildcards):
 
 def sweep_plan_json(wildcards):
     plan = {"sweep": SWEEP.name, "model": SWEEP.model, "rows": sweep_rows()}
-    return json.dumps({**plan, "min_psnr_db": config["fidelity"]["min_psnr_db"]}, sort_keys=True)
+    return json.dumps({**plan, "min_psnr_db": config["fidelity"]["min_psnr_db"], "device": config["device"]}, sort_keys=True)
 
 
 def referenced_targets():

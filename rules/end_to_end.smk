@@ -32,6 +32,7 @@ rule end_to_end:
         f"{ROOT}/benchmarks/end_to_end/coremlsd3_{{model}}_packages.tsv"
     resources:
         mem_mb=end_to_end_mem_mb,
+        neural_engine=NEURAL_ENGINE_JOBS,
     conda:
         "../envs/convert.yaml"
     shell:

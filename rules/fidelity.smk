@@ -29,6 +29,7 @@ rule verify_mmdit_conditioning:
         f"{ROOT}/benchmarks/fidelity/mmdit/{{model}}/{{target}}/conditioning.{{precision}}.tsv"
     resources:
         mem_mb=2000,
+        neural_engine=NEURAL_ENGINE_JOBS,
     conda:
         "../envs/convert.yaml"
     shell:
@@ -55,6 +56,7 @@ rule verify_mmdit_input_stage:
         f"{ROOT}/benchmarks/fidelity/mmdit/{{model}}/{{target}}/latent{{height}}x{{width}}/input.{{precision}}.tsv"
     resources:
         mem_mb=2000,
+        neural_engine=NEURAL_ENGINE_JOBS,
     conda:
         "../envs/convert.yaml"
     shell:
@@ -84,6 +86,7 @@ rule verify_mmdit_block_range:
         f"{ROOT}/benchmarks/fidelity/mmdit/{{model}}/{{target}}/latent{{height}}x{{width}}/blocks{{start}}-{{end}}{{head}}.{{precision}}.tsv"
     resources:
         mem_mb=4000,
+        neural_engine=NEURAL_ENGINE_JOBS,
     conda:
         "../envs/convert.yaml"
     shell:
@@ -110,6 +113,7 @@ rule verify_text_encoder:
         f"{ROOT}/benchmarks/fidelity/text_encoders/{{target}}/{{encoder}}.{{precision}}.tsv"
     resources:
         mem_mb=8000,
+        neural_engine=NEURAL_ENGINE_JOBS,
     conda:
         "../envs/convert.yaml"
     shell:
@@ -134,6 +138,7 @@ rule verify_vae_decoder:
         f"{ROOT}/benchmarks/fidelity/vae/{{target}}/latent{{height}}x{{width}}/VAEDecoder.{{precision}}.tsv"
     resources:
         mem_mb=8000,
+        neural_engine=NEURAL_ENGINE_JOBS,
     conda:
         "../envs/convert.yaml"
     shell:

@@ -10,6 +10,7 @@ import pytest
 import yaml
 from conftest import REPO, snakemake
 
+from sd3coreml.device_verdict import DEVICE_COLUMNS
 from sd3coreml.errors import PipelineError
 from sd3coreml.program_stats import program_stats
 from sd3coreml.sweep import plan_sweep
@@ -127,7 +128,7 @@ def test_sweep_shares_jobs_and_says_what_it_saved(demo_sweep):
 def test_device_columns_say_they_need_a_mac(demo_sweep):
     reports = demo_sweep
     for row in read_rows(reports / "summary.csv"):
-        assert row["first_load_s"] == row["predict_s"] == row["neural_engine_ops_pct"] == "needs a Mac"
+        assert {row[column] for column in DEVICE_COLUMNS} == {"needs a Mac"}
 
 
 def test_a_config_without_sweep_says_how_to_add_one(demo_workdir, tmp_path):
@@ -137,3 +138,19 @@ def test_a_config_without_sweep_says_how_to_add_one(demo_workdir, tmp_path):
     result = snakemake(demo_workdir, "-c1", "sweep", config="config/demo_no_sweep.yaml", check=False)
     assert result.returncode != 0
     assert "error: config has no 'sweep'; add e.g. 'sweep: {name: demo}'" in result.stderr + result.stdout
+
+
+def test_a_layouts_device_figures_combine_its_stages():
+    from sd3coreml.sweep_summary import combined_device_figures
+
+    measured = {"verdict": "neural_engine", "neural_engine_pct": 95.0, "first_load_s": 2.0, "predict_s": 0.5,
+                "cpu_only_predict_s": 2.0, "step_s": 1.0}  # fmt: skip
+    partial = {**measured, "verdict": "partial", "neural_engine_pct": 60.0}
+    assert combined_device_figures([measured, partial]) == {
+        "verdict": "partial", "neural_engine_pct": 60.0, "first_load_s": 4.0, "predict_s": 1.0,
+        "cpu_only_predict_s": 4.0, "step_s": 2.0,
+    }  # fmt: skip
+    dead = {**measured, "verdict": "failed", "step_s": "failed: signal SIGKILL after 3.0 s"}
+    combined = combined_device_figures([measured, dead])
+    assert combined["verdict"] == "failed" and combined["step_s"] == "failed: signal SIGKILL after 3.0 s"
+    assert combined_device_figures([dict.fromkeys(DEVICE_COLUMNS, "needs macOS 15")])["verdict"] == "needs macOS 15"

@@ -27,6 +27,8 @@ STDERR_LINES = 20
 class ChildResult:
     value: object = None
     failure: dict | None = None  # {"failure": "signal"|"timeout"|"exit", "seconds", "stderr", ...}
+    stderr: list[str] = ()  # the child's last stderr lines, whether it succeeded or not
+    pid: int | None = None
 
     @property
     def ok(self) -> bool:
@@ -44,22 +46,29 @@ def run_isolated(target: str, kwargs: dict, timeout_s: float) -> ChildResult:
         call.write_bytes(pickle.dumps((target, kwargs)))
         command = [sys.executable, "-m", "sd3coreml.isolated", str(call), str(result)]
         started = time.monotonic()
+        child = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         try:
-            child = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s, check=False)
-        except subprocess.TimeoutExpired as expired:
-            stderr = expired.stderr.decode(errors="replace") if isinstance(expired.stderr, bytes) else expired.stderr
-            return ChildResult(failure=failure("timeout", timeout_s, stderr or "", timeout_s=timeout_s))
-        seconds = round(time.monotonic() - started, 3)
+            _, stderr = child.communicate(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            _, stderr = child.communicate()
+            lines = last_lines(stderr or "")
+            return ChildResult(
+                failure=failure("timeout", timeout_s, lines, timeout_s=timeout_s), stderr=lines, pid=child.pid
+            )
+        seconds, lines = round(time.monotonic() - started, 3), last_lines(stderr or "")
         if child.returncode < 0:
             name = signal.Signals(-child.returncode).name
-            return ChildResult(failure=failure("signal", seconds, child.stderr, signal=name))
+            return ChildResult(failure=failure("signal", seconds, lines, signal=name), stderr=lines, pid=child.pid)
         if child.returncode != 0 or not result.is_file():
-            return ChildResult(failure=failure("exit", seconds, child.stderr, exit_code=child.returncode))
-        return ChildResult(value=pickle.loads(result.read_bytes()))
+            return ChildResult(
+                failure=failure("exit", seconds, lines, exit_code=child.returncode), stderr=lines, pid=child.pid
+            )
+        return ChildResult(value=pickle.loads(result.read_bytes()), stderr=lines, pid=child.pid)
 
 
-def failure(kind: str, seconds: float, stderr: str, **details) -> dict:
-    return {"failure": kind, "seconds": seconds, **details, "stderr": last_lines(stderr)}
+def failure(kind: str, seconds: float, stderr: list[str], **details) -> dict:
+    return {"failure": kind, "seconds": seconds, **details, "stderr": stderr}
 
 
 def describe(record: dict) -> str:

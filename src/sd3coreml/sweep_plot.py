@@ -1,8 +1,10 @@
 """The sweep's plot: per layout and compression mode, the figures that choose a layout.
 
-Three panels share the layout axis: the largest stage's weights (what one Neural Engine
-load must hold), the lowest PSNR of any stage (fidelity), and the job time to build and
-check the layout. One bar per mode.
+Four panels share the layout axis: the largest stage's weights (what one Neural Engine
+load must hold), the lowest PSNR of any stage (fidelity), the job time to build and check
+the layout, and what one denoising step costs the app on a Mac (every stage loaded, run and
+unloaded), each bar labelled with the layout's Neural Engine verdict. One bar per mode; a
+panel with nothing measured (the step cost off a Mac) says why.
 """
 
 from pathlib import Path
@@ -11,15 +13,27 @@ PANELS = (
     ("largest_stage_weights_mib", "largest stage weights (MiB)"),
     ("min_psnr_db", "lowest stage PSNR (dB)"),
     ("build_s", "build + check job time (s)"),
+    ("step_s", "app's step cost on a Mac (s), with verdict"),
 )
+
+
+def figure_of(value) -> float | None:
+    return float(value) if isinstance(value, int | float) else None
 
 
 def grouped_bars(axis, rows: list[dict], column: str, layouts: list[str], modes: list[str]) -> None:
     width = 0.8 / len(modes)
     for offset, mode in enumerate(modes):
-        values = {row["layout"]: row[column] for row in rows if row["mode"] == mode}
+        mode_rows = {row["layout"]: row for row in rows if row["mode"] == mode}
         positions = [index + (offset - (len(modes) - 1) / 2) * width for index in range(len(layouts))]
-        axis.bar(positions, [values.get(layout, 0.0) for layout in layouts], width, label=mode)
+        values = [figure_of(mode_rows[layout][column]) if layout in mode_rows else None for layout in layouts]
+        axis.bar(positions, [value or 0.0 for value in values], width, label=mode)
+        if column == "step_s":
+            for position, layout, value in zip(positions, layouts, values):
+                if value is not None:
+                    axis.text(position, value, mode_rows[layout]["verdict"], ha="center", va="bottom", fontsize=6)
+    if all(figure_of(row[column]) is None for row in rows):
+        axis.text(0.5, 0.5, str(rows[0][column]), transform=axis.transAxes, ha="center", va="center")
     axis.set_xticks(range(len(layouts)), layouts, rotation=30, ha="right")
 
 

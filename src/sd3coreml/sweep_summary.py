@@ -11,12 +11,12 @@ import math
 from pathlib import Path
 
 from sd3coreml.atomic import written_atomically
+from sd3coreml.device_verdict import DEVICE_COLUMNS, VERDICTS, worst
 from sd3coreml.fidelity import precision_class
 from sd3coreml.program_stats import program_stats
 
 MIB = 1024 * 1024
 NEEDS_A_MAC = "needs a Mac"
-DEVICE_COLUMNS = ("neural_engine_ops_pct", "first_load_s", "predict_s")
 ROW_COLUMNS = (
     "layout", "mode", "stages", "largest_stage_weights_mib", "total_mib", "compute_ops", "peak_activation_mib",
     "build_s", "disk_mib", "min_psnr_db", "min_fp16_psnr_db", "passed", *DEVICE_COLUMNS,
@@ -48,15 +48,16 @@ def min_psnr(measurement: dict, package: str) -> float:
     raise ValueError(f"{package} is not in its measurement")
 
 
-def device_figures(stage: dict) -> dict:
+def device_figures(stage: dict, verdict_thresholds: dict) -> dict:
     if "device" not in stage:
         return dict.fromkeys(DEVICE_COLUMNS, NEEDS_A_MAC)
     from sd3coreml.device_profile import device_columns
+    from sd3coreml.device_verdict import VerdictThresholds
 
-    return device_columns(json.loads(Path(stage["device"]).read_text()))
+    return device_columns(json.loads(Path(stage["device"]).read_text()), VerdictThresholds(**verdict_thresholds))
 
 
-def stage_record(stage: dict, thresholds: dict) -> dict:
+def stage_record(stage: dict, thresholds: dict, verdict_thresholds: dict) -> dict:
     stats = program_stats(Path(stage["package"]))
     measurement = json.loads(Path(stage["measurement"]).read_text())
     psnr = min_psnr(measurement, stage["package"])
@@ -70,7 +71,7 @@ def stage_record(stage: dict, thresholds: dict) -> dict:
         "psnr_db": psnr,
         "fp16_psnr_db": min_psnr(measurement, stage["fp16_package"]),
         "passed": psnr >= thresholds[precision_class(Path(stage["package"]))],
-        **device_figures(stage),
+        **device_figures(stage, verdict_thresholds),
     }
 
 
@@ -95,14 +96,20 @@ def row_record(row: dict, stages: list[dict]) -> dict:
 
 
 def combined_device_figures(stages: list[dict]) -> dict:
-    """A layout's device figures: its worst stage's placement, the sum of load and predict times."""
-    if any(stage[DEVICE_COLUMNS[0]] == NEEDS_A_MAC for stage in stages):
-        return dict.fromkeys(DEVICE_COLUMNS, NEEDS_A_MAC)
-    return {
-        "neural_engine_ops_pct": min(stage["neural_engine_ops_pct"] for stage in stages),
-        "first_load_s": sum(stage["first_load_s"] for stage in stages),
-        "predict_s": sum(stage["predict_s"] for stage in stages),
-    }
+    """A layout's device figures: its worst stage's verdict and placement, the sums of its times
+    (`step_s`: what one denoising step costs the app, every stage loaded, run and unloaded)."""
+    verdicts = [stage["verdict"] for stage in stages]
+    if not all(verdict in VERDICTS for verdict in verdicts):
+        reason = next(verdict for verdict in verdicts if verdict not in VERDICTS)  # needs a Mac, needs macOS 15
+        return dict.fromkeys(DEVICE_COLUMNS, reason)
+    combined = {"verdict": worst(verdicts)}
+    for column in DEVICE_COLUMNS[1:]:
+        values = [stage[column] for stage in stages]
+        if not all(isinstance(value, float | int) for value in values):
+            combined[column] = next(value for value in values if not isinstance(value, float | int))
+        else:
+            combined[column] = min(values) if column == "neural_engine_pct" else sum(values)
+    return combined
 
 
 def sharing_cost(rows: list[dict]) -> dict:
@@ -121,10 +128,10 @@ def sharing_cost(rows: list[dict]) -> dict:
 
 
 def summarize(plan: dict) -> tuple[list[dict], list[dict], dict]:
-    thresholds = plan["min_psnr_db"]
+    thresholds, verdict_thresholds = plan["min_psnr_db"], plan.get("device", {})
     rows, stage_rows = [], []
     for row in plan["rows"]:
-        stages = [stage_record(stage, thresholds) for stage in row["stages"]]
+        stages = [stage_record(stage, thresholds, verdict_thresholds) for stage in row["stages"]]
         rows.append(row_record(row, stages))
         stage_rows += [{"layout": row["layout"], "mode": row["mode"], **stage} for stage in stages]
     return rows, stage_rows, sharing_cost(plan["rows"])
