@@ -25,6 +25,8 @@ rule end_to_end:
         seed=VERIFY_SEED,
         min_psnr_db=end_to_end_bar,
         prompt=config["fidelity"]["prompt"],
+        runner=RUNNER,
+        coreml=coreml_policy_args,
         toolchain=TOOLCHAIN_FINGERPRINT,
     log:
         f"{ROOT}/logs/end_to_end/coremlsd3_{{model}}_packages.log",
@@ -39,4 +41,4 @@ rule end_to_end:
         "python -m sd3coreml end-to-end --folder $(dirname {input.folder}) --weights {input.weights}"
         " --config {params.config} --components {input.components} --steps {params.steps} --seed {params.seed}"
         " --min-psnr-db {params.min_psnr_db} --prompt {params.prompt:q} --out-json {output.json}"
-        " --out-png {output.png} > {log} 2>&1"
+        " --out-png {output.png} {params.coreml} --coreml-compute-units {params.runner[units]} > {log} 2>&1"

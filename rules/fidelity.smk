@@ -5,9 +5,10 @@
 # or compression change re-measures only the packages that changed.
 
 VERIFY_SEED = config["fidelity"]["seed"]
-# Who measures: a Mac adds Core ML's own figures, so measurements copied from Linux are
-# measured again there.
-RUNNER = "executor+coreml" if ON_MACOS else "executor"
+# Who measures: a Mac adds Core ML's own figures (on the config's compute units), so
+# measurements copied from Linux are measured again there.
+COREML_UNITS = config["fidelity"]["coreml_compute_units"]
+RUNNER = {"runner": "executor+coreml" if ON_MACOS else "executor", "units": COREML_UNITS}
 
 
 rule verify_mmdit_conditioning:
@@ -34,7 +35,8 @@ rule verify_mmdit_conditioning:
         "../envs/convert.yaml"
     shell:
         "python -m sd3coreml verify-package --kind conditioning --weights {input.weights} --config {params.config}"
-        " --packages {input.packages} --seed {params.seed} --out {output} > {log} 2>&1"
+        " --packages {input.packages} --seed {params.seed} --out {output}"
+        " --coreml-compute-units {params.runner[units]} > {log} 2>&1"
 
 
 rule verify_mmdit_input_stage:
@@ -62,7 +64,7 @@ rule verify_mmdit_input_stage:
     shell:
         "python -m sd3coreml verify-package --kind input-stage --weights {input.weights} --config {params.config}"
         " --latent {wildcards.height} {wildcards.width} --packages {input.packages} --seed {params.seed}"
-        " --out {output} > {log} 2>&1"
+        " --out {output} --coreml-compute-units {params.runner[units]} > {log} 2>&1"
 
 
 rule verify_mmdit_block_range:
@@ -92,7 +94,8 @@ rule verify_mmdit_block_range:
     shell:
         "python -m sd3coreml verify-package --kind block-range --weights {input.weights} --config {params.config}"
         " --start {wildcards.start} --end {wildcards.end} --latent {wildcards.height} {wildcards.width}"
-        " --packages {input.packages} --seed {params.seed} --out {output} > {log} 2>&1"
+        " --packages {input.packages} --seed {params.seed} --out {output}"
+        " --coreml-compute-units {params.runner[units]} > {log} 2>&1"
 
 
 rule verify_text_encoder:
@@ -118,7 +121,8 @@ rule verify_text_encoder:
         "../envs/convert.yaml"
     shell:
         "python -m sd3coreml verify-package --kind text-encoder --source {input.components}/{params.folder}"
-        " --packages {input.packages} --seed {params.seed} --out {output} > {log} 2>&1"
+        " --packages {input.packages} --seed {params.seed} --out {output}"
+        " --coreml-compute-units {params.runner[units]} > {log} 2>&1"
 
 
 rule verify_vae_decoder:
@@ -144,7 +148,7 @@ rule verify_vae_decoder:
     shell:
         "python -m sd3coreml verify-package --kind vae-decoder --source {input.components}/vae"
         " --latent {wildcards.height} {wildcards.width} --packages {input.packages} --seed {params.seed}"
-        " --out {output} > {log} 2>&1"
+        " --out {output} --coreml-compute-units {params.runner[units]} > {log} 2>&1"
 
 
 rule fidelity_report:

@@ -27,10 +27,10 @@ def folder_stages(folder: Path) -> list[Path]:
     return sorted(stages, key=lambda path: int(STAGE.fullmatch(path.name).group(1)))
 
 
-def encode_prompt(folder: Path, ids: dict[str, list[int]], joint_attention_dim: int, record: ChainRecord):
+def encode_prompt(folder: Path, ids: dict[str, list[int]], joint_attention_dim: int, record: ChainRecord, run):
     """(1, joint_attention_dim, 1, 154) token embeddings and (1, 2048, 1, 1) pooled embeddings."""
     clip_l, clip_g = (
-        run_package(folder / f"{name}.mlpackage", {"input_ids": np.array([ids[name]], dtype=np.float32)})
+        run(folder / f"{name}.mlpackage", {"input_ids": np.array([ids[name]], dtype=np.float32)})
         for name in ("TextEncoder", "TextEncoder2")
     )
     clip = np.concatenate([clip_l["hidden_embeds"], clip_g["hidden_embeds"]], axis=-1).astype(np.float32)
@@ -42,10 +42,10 @@ def encode_prompt(folder: Path, ids: dict[str, list[int]], joint_attention_dim: 
     return tokens.transpose(0, 2, 1)[:, :, None, :], pooled.reshape(1, -1, 1, 1)
 
 
-def predict_velocity(folder: Path, latent, text, pooled, timestep: float, step: int, record: ChainRecord):
+def predict_velocity(folder: Path, latent, text, pooled, timestep: float, step: int, record: ChainRecord, run):
     conditioning = folder / "MultiModalDiffusionTransformerConditioning.mlpackage"
     feeds = {"pooled_text_embeddings": pooled, "timestep": np.array([timestep], dtype=np.float32)}
-    modulation = run_package(conditioning, feeds)["modulation_inputs"].astype(np.float32)
+    modulation = run(conditioning, feeds)["modulation_inputs"].astype(np.float32)
     record.put(step, conditioning.name, modulation)
     image, text_tokens = latent, text
     for stage in folder_stages(folder):
@@ -54,7 +54,7 @@ def predict_velocity(folder: Path, latent, text, pooled, timestep: float, step: 
             "token_level_text_embeddings": text_tokens,
             "modulation_inputs": modulation,
         }
-        outputs = run_package(stage, feeds)
+        outputs = run(stage, feeds)
         if "noise_pred" in outputs:
             record.put(step, stage.name, outputs["noise_pred"])
             return outputs["noise_pred"]
@@ -65,18 +65,22 @@ def predict_velocity(folder: Path, latent, text, pooled, timestep: float, step: 
 
 
 def run_app_chain(
-    folder: Path, ids: dict[str, list[int]], noise: np.ndarray, steps: int, joint_attention_dim: int
+    folder: Path, ids: dict[str, list[int]], noise: np.ndarray, steps: int, joint_attention_dim: int, run=run_package
 ) -> ChainRecord:
-    """The app's chain on the ids it feeds each text encoder (`app_tokenizer.app_token_ids`)."""
+    """The app's chain on the ids it feeds each text encoder (`app_tokenizer.app_token_ids`).
+
+    `run(package, feeds) -> outputs` runs one package: the MIL executor, or Core ML itself
+    (`coreml_runtime.coreml_chain`, on a Mac).
+    """
     folder = Path(folder)
     record = ChainRecord()
-    text, pooled = encode_prompt(folder, ids, joint_attention_dim, record)
+    text, pooled = encode_prompt(folder, ids, joint_attention_dim, record, run)
     sigmas = app_sigmas(steps)
     latent = noise.astype(np.float32)
     for step in range(steps):
-        velocity = predict_velocity(folder, latent, text, pooled, sigmas[step] * 1000.0, step, record)
+        velocity = predict_velocity(folder, latent, text, pooled, sigmas[step] * 1000.0, step, record, run)
         latent = euler_step(latent, velocity, sigmas[step], sigmas[step + 1])
     record.put(None, "final_latent", latent)
     z = latent / VAE_SCALING_FACTOR + VAE_SHIFT_FACTOR
-    record.put(None, "image", run_package(folder / "VAEDecoder.mlpackage", {"z": z})["image"])
+    record.put(None, "image", run(folder / "VAEDecoder.mlpackage", {"z": z})["image"])
     return record

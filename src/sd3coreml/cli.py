@@ -35,6 +35,7 @@ STEP_MODULES = {
     "cleanup": "sd3coreml.cleanup",
     "profile-on-device": "sd3coreml.device_profile",
     "release-check": "sd3coreml.release_check",
+    "mac-selfcheck": "sd3coreml.mac_selfcheck",
 }
 
 

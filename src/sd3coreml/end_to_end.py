@@ -101,6 +101,26 @@ def write_side_by_side(package_image: np.ndarray, reference_image: np.ndarray, o
         Image.fromarray(pixels).save(temporary, format="PNG")
 
 
+def coreml_side(folder: Path, ids, noise, steps: int, joint_attention_dim: int, reference, coreml) -> tuple:
+    """The same chain in Core ML (macOS 15 or newer, in a child process), against the same reference.
+
+    Returns (what the report holds, the failure line where Core ML is enforced and fell short).
+    """
+    from sd3coreml.chain_record import ChainRecord
+    from sd3coreml.coreml_runtime import isolated_chain
+
+    compute_units, bar, enforce = coreml
+    outcome = isolated_chain(folder, ids, noise, steps, joint_attention_dim, compute_units)
+    if isinstance(outcome, str):
+        return outcome, None
+    if "failed" in outcome:
+        return outcome, (f"end-to-end: the Core ML chain failed ({outcome['failed']})" if enforce else None)
+    rows = comparisons(ChainRecord(outcome), reference, app_timesteps(steps))
+    failure = first_failure(rows, bar)
+    report = {"compute_units": compute_units, "min_psnr_db": bar, "enforced": enforce, "comparisons": rows}
+    return report, (f"{failure} (in Core ML)" if failure and enforce else None)
+
+
 def build_config_of(folder: Path) -> dict:
     """What shaped the folder (its manifest's `config`): the layout and the latent size."""
     return json.loads((Path(folder) / "manifest.json").read_text())["config"]
@@ -117,7 +137,9 @@ def check_end_to_end(
     out_json,
     out_png,
     prompt: str = DEFAULT_PROMPT,
+    coreml=None,
 ) -> None:
+    """`coreml`: (compute units, bar, enforce) of the Core ML chain run beside the executor's (macOS 15)."""
     from sd3coreml.frameworks import skip_unused_frameworks
 
     skip_unused_frameworks("sklearn")
@@ -137,6 +159,9 @@ def check_end_to_end(
     package_side = run_app_chain(folder, ids, noise, steps, transformer.joint_attention_dim)
     rows = comparisons(package_side, reference, app_timesteps(steps))
     failure = first_failure(rows, bar)
+    coreml_report, coreml_failure = coreml_side(folder, ids, noise, steps, transformer.joint_attention_dim, reference,
+                                                coreml or ("CPU_AND_NE", bar, False))  # fmt: skip
+    failure = failure or coreml_failure
     final = next(row for row in rows if row["name"] == "final_latent")
     report = {
         "folder": folder.name,
@@ -153,6 +178,7 @@ def check_end_to_end(
         "final_latent_psnr_db": final["psnr_db"],
         "passed": failure is None,
         "comparisons": rows,
+        "coreml": coreml_report,
     }
     write_side_by_side(package_side.values[(None, "image")], reference.values[(None, "image")], out_png)
     with written_atomically(Path(out_json)) as temporary:
@@ -174,6 +200,9 @@ def register_cli(subparsers) -> None:
     step.add_argument("--prompt", default=DEFAULT_PROMPT)
     step.add_argument("--out-json", type=Path, required=True)
     step.add_argument("--out-png", type=Path, required=True)
+    step.add_argument("--coreml-compute-units", default="CPU_AND_NE", help="the Core ML chain's (macOS 15)")
+    step.add_argument("--coreml-min-psnr-db", type=float, default=30.0)
+    step.add_argument("--enforce-coreml", action="store_true", help="a Core ML chain under its bar fails the check")
     step.set_defaults(
         func=lambda args: check_end_to_end(
             args.folder,
@@ -186,5 +215,6 @@ def register_cli(subparsers) -> None:
             args.out_json,
             args.out_png,
             args.prompt,
+            (args.coreml_compute_units, args.coreml_min_psnr_db, args.enforce_coreml),
         )
     )

@@ -55,7 +55,7 @@ def compare_outputs(outputs: dict, reference: dict) -> dict:
     }
 
 
-def measure_package(package: Path, check) -> dict:
+def measure_package(package: Path, check, coreml_compute_units: str = "CPU_AND_NE") -> dict:
     from sd3coreml.mil_executor import run_package
 
     record = {
@@ -63,11 +63,11 @@ def measure_package(package: Path, check) -> dict:
         "precision": precision_class(package),
         "executor": compare_outputs(run_package(Path(package), check.inputs), check.reference),
     }
-    record["coreml"] = coreml_figures(Path(package), check)
+    record["coreml"] = coreml_figures(Path(package), check, coreml_compute_units)
     return record
 
 
-def coreml_figures(package: Path, check):
+def coreml_figures(package: Path, check, compute_units: str = "CPU_AND_NE"):
     """Core ML's own figures (macOS 15 for iOS18 packages), in a child process; else why there are none.
 
     `needs macOS`/`needs macOS 15` where Core ML cannot load the package, `{"failed": ...}`
@@ -75,18 +75,20 @@ def coreml_figures(package: Path, check):
     """
     from sd3coreml.coreml_runtime import isolated_predict
 
-    outcome = isolated_predict(package, check.inputs)
+    outcome = isolated_predict(package, check.inputs, compute_units)
     if isinstance(outcome, str) or "failed" in outcome:
         return outcome
     return compare_outputs(outcome, check.reference)
 
 
-def measure_packages(packages: list[Path], check, seed: int, out: Path) -> None:
+def measure_packages(
+    packages: list[Path], check, seed: int, out: Path, coreml_compute_units: str = "CPU_AND_NE"
+) -> None:
     """Measure each package against one check and write the figures as JSON."""
     measurement = {
         "reference": check.description,
         "seed": seed,
-        "packages": [measure_package(package, check) for package in packages],
+        "packages": [measure_package(package, check, coreml_compute_units) for package in packages],
     }
     with written_atomically(Path(out)) as temporary:
         temporary.write_text(json.dumps(measurement, indent=2, sort_keys=True) + "\n")
@@ -111,7 +113,7 @@ def verify_packages_command(args) -> None:
 
     # transformers only for the CLIP reference: its import is seconds of every other check.
     skip_unused_frameworks("sklearn", *([] if args.kind == "text-encoder" else ["transformers"]))
-    measure_packages(args.packages, build_check(args), args.seed, args.out)
+    measure_packages(args.packages, build_check(args), args.seed, args.out, args.coreml_compute_units)
 
 
 def register_cli(subparsers) -> None:
@@ -130,4 +132,5 @@ def register_cli(subparsers) -> None:
     step.add_argument("--latent", type=int, nargs=2, metavar=("H", "W"))
     step.add_argument("--seed", type=int, default=0)
     step.add_argument("--out", type=Path, required=True, help="the measurement JSON to write")
+    step.add_argument("--coreml-compute-units", default="CPU_AND_NE", help="Core ML's own prediction (macOS)")
     step.set_defaults(func=verify_packages_command)
