@@ -7,15 +7,15 @@ from pathlib import Path
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
-from sd3coreml import toolchain
-from sd3coreml.checksums import file_sha256
-from sd3coreml.code_closure import CodeBase
-from sd3coreml.compile import require_compiler
-from sd3coreml.config import check_compression_settings, plan_models, schema_problem
-from sd3coreml.disk import component_weight_files, require_creatable, require_free_space
+from sd3coreml.pipeline import toolchain
+from sd3coreml.release.checksums import file_sha256
+from sd3coreml.pipeline.code_closure import CodeBase
+from sd3coreml.release.compile import require_compiler
+from sd3coreml.pipeline.config import check_compression_settings, plan_models, schema_problem
+from sd3coreml.pipeline.disk import component_weight_files, require_creatable, require_free_space
 from sd3coreml.errors import PipelineError
-from sd3coreml.normalize import ORIGINAL, normalized_memory_mb
-from sd3coreml.plan import (
+from sd3coreml.inputs.normalize import ORIGINAL, normalized_memory_mb
+from sd3coreml.pipeline.plan import (
     CONTRACT_CONDITIONING,
     CONTRACT_STAGE,
     TEXT_ENCODERS,
@@ -26,7 +26,7 @@ from sd3coreml.plan import (
     manifest_request,
     quantization_slug,
 )
-from sd3coreml.sweep import plan_sweep
+from sd3coreml.sweep.plan import plan_sweep
 
 
 def fail(message):

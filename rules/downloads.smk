@@ -3,7 +3,7 @@
 # rules when the key is absent. The pins are the params, so a new pin downloads again;
 # the library module is no input: the pinned sha256 alone decides the content, and a
 # rerun would make every conversion downstream look outdated.
-from sd3coreml.download import planned_downloads
+from sd3coreml.inputs.download import planned_downloads
 
 try:
     DOWNLOADED_FILES, DOWNLOADED_SNAPSHOTS = planned_downloads(config)

@@ -6,10 +6,11 @@ import json
 import sys
 from pathlib import Path
 
-from sd3coreml.code_closure import CodeBase
-from sd3coreml.compile import require_compiler
+from sd3coreml.commands.frameworks import skip_unused_frameworks
+from sd3coreml.pipeline.code_closure import CodeBase
+from sd3coreml.release.compile import require_compiler
 from sd3coreml.errors import PipelineError
-from sd3coreml.handoff import app_manifest, check_handoff_folders, plan_handoff
+from sd3coreml.pipeline.handoff import app_manifest, check_handoff_folders, plan_handoff
 
 
 def fail(message):
@@ -50,6 +51,9 @@ def handoff_spec(wildcards, input):
 
 
 onstart:
+    # Reading package specs needs coremltools' protobuf classes only; its framework probing
+    # would import torch into the Snakemake process for seconds.
+    skip_unused_frameworks("torch", "sklearn", "transformers")
     try:
         require_compiler(config["compiler"]["command"], "the packages folders on the converting machine")
         check_handoff_folders(HANDOFF)

@@ -71,6 +71,7 @@ def demo_workdir(tmp_path_factory) -> Path:
     """
     kept = os.environ.get("SD3COREML_DEMO_WORKDIR")
     workdir = new_workdir(Path(kept) if kept else tmp_path_factory.mktemp("demo"))
+    shutil.rmtree(workdir / MODULE_RECORDS, ignore_errors=True)  # records of this build's jobs only
     snakemake(workdir, "-c2", *DEMO_TARGETS, env=recording_modules(workdir))
     return workdir
 

@@ -4,9 +4,9 @@ import json
 
 import pytest
 
-from sd3coreml.app_tokenizer import AppTokenizer, read_merges
-from sd3coreml.clip_vocabulary import write_clip_tokenizer
-from sd3coreml.tokenizer import load_clip_tokenizer
+from sd3coreml.inputs.tokenizer import load_clip_tokenizer
+from sd3coreml.synthetic.clip_vocabulary import write_clip_tokenizer
+from sd3coreml.verify.end_to_end.app_tokenizer import AppTokenizer, read_merges
 
 VOCAB = [
     "!", "a", "c", "d", "e", "h", "l", "o", "r", "t", "w", "#", ",",

@@ -41,12 +41,12 @@ from conftest import REPO, new_workdir, snakemake
 from safetensors.torch import load_file, save_file
 from snakemake.utils import validate
 
-from sd3coreml import checksums
-from sd3coreml.clip_vocabulary import write_sd3_tokenizers
-from sd3coreml.config import plan_models
-from sd3coreml.disk import require_creatable
 from sd3coreml.errors import PipelineError
-from sd3coreml.synthetic import write_synthetic_transformer
+from sd3coreml.pipeline.config import plan_models
+from sd3coreml.pipeline.disk import require_creatable
+from sd3coreml.release import checksums
+from sd3coreml.synthetic.checkpoints import write_synthetic_transformer
+from sd3coreml.synthetic.clip_vocabulary import write_sd3_tokenizers
 
 TINY_CONFIG = str(REPO / "config" / "transformers" / "sd3-tiny.json")
 JOB_LINE = re.compile(r"^(local)?rule \w+:", re.MULTILINE)
@@ -177,7 +177,7 @@ def test_bad_config_value(workdir, changes, expected):
 
 def test_palettes_without_exact_kmeans_are_refused(workdir, monkeypatch):
     # Without its bundled exact k-means coremltools would silently fall back to a randomised one.
-    monkeypatch.setattr("sd3coreml.compress.exact_kmeans_installed", lambda: False)
+    monkeypatch.setattr("sd3coreml.compress.weights.exact_kmeans_installed", lambda: False)
     message = refusal(demo_config())
     assert message.startswith("config key 'compression.text_encoders': palettization needs coremltools' bundled exact")
     assert list(plan_models(demo_config(compression={"text_encoders": {"mode": "none"}})))
@@ -390,7 +390,7 @@ def linear_package(path: Path, width: int) -> Path:
     import numpy as np
     from coremltools.converters.mil import Builder as mb
 
-    from sd3coreml.package import save_package
+    from sd3coreml.convert.package import save_package
 
     weight = np.random.default_rng(width).standard_normal((width, width)).astype(np.float32)
 

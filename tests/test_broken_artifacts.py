@@ -5,22 +5,23 @@ transposed, the last hidden state read in place of the penultimate one, two stag
 in a folder.
 """
 
+import re
 import shutil
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from sd3coreml.checkpoint import save_safetensors
-from sd3coreml.convert import TensorSpec, convert_module
-from sd3coreml.end_to_end import check_end_to_end
+from sd3coreml.convert.conversion import TensorSpec, convert_module
+from sd3coreml.convert.mmdit import convert_block_range
+from sd3coreml.convert.package import save_package
+from sd3coreml.convert.text_encoder import TextEncoderForApp, example_token_ids, load_text_encoder
 from sd3coreml.errors import PipelineError
-from sd3coreml.fidelity import measure_packages
-from sd3coreml.fidelity_checks import block_range_check, text_encoder_check
-from sd3coreml.fidelity_report import write_report
-from sd3coreml.mmdit_packages import convert_block_range
-from sd3coreml.package import save_package
-from sd3coreml.text_encoder import TextEncoderForApp, example_token_ids, load_text_encoder
+from sd3coreml.inputs.checkpoint import save_safetensors
+from sd3coreml.verify.end_to_end.check import end_to_end_check
+from sd3coreml.verify.measure import measure_packages
+from sd3coreml.verify.references import block_range_check, text_encoder_check
+from sd3coreml.verify.report import write_report
 
 BARS = {"fp16": 60, "int8": 35, "int4": 25, "palettized": 25}
 TEXT_ENCODER_ENTRY = "TextEncoder"
@@ -93,15 +94,5 @@ def test_two_stages_swapped_in_a_folder_fail_end_to_end(demo_workdir, tmp_path):
     first.rename(tmp_path / "aside.mlpackage")
     second.rename(first)
     (tmp_path / "aside.mlpackage").rename(second)
-    with pytest.raises(PipelineError, match=r"end-to-end: MultiModalDiffusionTransformerStage1\.mlpackage at step 0"):
-        check_end_to_end(
-            folder,
-            paths["weights"],
-            paths["config"],
-            paths["components"],
-            4,
-            0,
-            30.0,
-            tmp_path / "end_to_end.json",
-            tmp_path / "end_to_end.png",
-        )
+    check = end_to_end_check(folder, paths["weights"], paths["config"], paths["components"], 4, 0, 30.0)
+    assert re.match(r"end-to-end: MultiModalDiffusionTransformerStage1\.mlpackage at step 0", check.failure)

@@ -9,7 +9,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from sd3coreml.checkpoint import (
+from sd3coreml.errors import PipelineError
+from sd3coreml.inputs.checkpoint import (
     check_header_matches_config,
     check_weights_match_config,
     expected_tensor_shapes,
@@ -18,8 +19,7 @@ from sd3coreml.checkpoint import (
     save_safetensors,
     sd3_tensor_shapes,
 )
-from sd3coreml.errors import PipelineError
-from sd3coreml.synthetic import write_synthetic_transformer
+from sd3coreml.synthetic.checkpoints import write_synthetic_transformer
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_CONFIG = REPO / "config" / "transformers" / "sd3-tiny.json"

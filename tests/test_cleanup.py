@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from conftest import snakemake
 
-from sd3coreml.cleanup import clean, unreferenced
 from sd3coreml.errors import PipelineError
+from sd3coreml.release.cleanup import clean, unreferenced
 
 
 def touch(path: Path, size: int = 4096) -> Path:

@@ -6,8 +6,8 @@ import json
 from conftest import REPO
 from package_contract import interfaces, load_contract
 
-from sd3coreml.client import APP_CLIP_HIDDEN_WIDTH, APP_JOINT_WIDTH, APP_POOLED_WIDTH, interface_problems
-from sd3coreml.synthetic_presets import get_preset
+from sd3coreml.release.client import APP_CLIP_HIDDEN_WIDTH, APP_JOINT_WIDTH, APP_POOLED_WIDTH, interface_problems
+from sd3coreml.synthetic.presets import get_preset
 
 
 def test_the_pinned_sd3_medium_config_and_preset_have_the_apps_sizes():

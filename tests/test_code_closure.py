@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from conftest import MODULE_RECORDS, REPO, snakemake
 
-from sd3coreml import cli
-from sd3coreml.code_closure import CodeBase
+from sd3coreml.commands import main as cli
+from sd3coreml.pipeline.code_closure import CodeBase
 
 CODE = CodeBase(REPO / "src")
 # What the demo's two packages folders plan after an edit of the VAE's module: its conversion,
@@ -37,16 +37,20 @@ def test_each_step_module_registers_exactly_its_steps():
 
 
 def test_a_conversion_steps_code_is_what_its_function_imports():
-    assert {"sd3coreml.vae", "sd3coreml.convert", "sd3coreml.package"} <= CODE.step_code("convert-vae-decoder")
-    assert "sd3coreml.mmdit" not in CODE.step_code("convert-vae-decoder")
+    assert {"sd3coreml.convert.vae", "sd3coreml.convert.conversion", "sd3coreml.convert.package"} <= CODE.step_code(
+        "convert-vae-decoder"
+    )
+    assert "sd3coreml.convert.mmdit_modules" not in CODE.step_code("convert-vae-decoder")
     # The text encoder imports the tokenizer's constants (a list once left it out).
-    assert "sd3coreml.tokenizer" in CODE.step_code("convert-text-encoder")
-    assert "sd3coreml.synthetic_presets" in CODE.step_code("synthetic-transformer")
+    assert "sd3coreml.inputs.tokenizer" in CODE.step_code("convert-text-encoder")
+    assert "sd3coreml.synthetic.presets" in CODE.step_code("synthetic-transformer")
 
 
 def test_every_module_a_demo_job_loaded_is_in_its_steps_closure(demo_workdir):
     """The session build's jobs recorded their sys.modules at exit (tests/module_record)."""
     records = [json.loads(path.read_text()) for path in (demo_workdir / MODULE_RECORDS).glob("*.json")]
+    if not records and os.environ.get("SD3COREML_DEMO_WORKDIR"):
+        pytest.skip("the kept demo build was up to date: no job ran to record its modules")
     steps = {record["step"] for record in records}
     assert {"synthetic-transformer", "synthetic-components", "convert-conditioning", "convert-input-stage",
             "convert-block-range", "convert-text-encoder", "convert-vae-decoder", "compress-package",
@@ -97,7 +101,7 @@ def test_a_fresh_clone_newer_than_the_results_plans_nothing(demo_workdir, tmp_pa
 
 def test_an_edit_replans_exactly_the_jobs_whose_code_holds_it(demo_workdir, tmp_path):
     checkout = copy_of_checkout(demo_workdir, tmp_path / "edited")
-    vae = checkout / "src" / "sd3coreml" / "vae.py"
+    vae = checkout / "src" / "sd3coreml" / "convert" / "vae.py"
     vae.write_text(vae.read_text() + "\n# an edit\n")
     assert planned(checkout) == VAE_JOBS
     errors = checkout / "src" / "sd3coreml" / "errors.py"

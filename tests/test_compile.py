@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from sd3coreml import checksums, cli, compile, folder, folder_check
+from sd3coreml.commands import main as cli
 from sd3coreml.errors import PipelineError
+from sd3coreml.release import checksums, compile, folder, folder_check
 
 FAKE_COMPILER = Path(__file__).parent / "fake_coremlcompiler"
 FAKE_ARGUMENTS = "compile {package} {output_dir} --platform iOS --deployment-target {deployment_target}"
@@ -261,9 +262,6 @@ def test_custom_templates_need_an_executable_first_word(tmp_path):
 
 
 def run_cli(monkeypatch, argv: list[str]) -> int:
-    monkeypatch.setattr(
-        cli, "STEP_MODULES", {"compile-folder": "sd3coreml.compile", "compile-package": "sd3coreml.compile"}
-    )
     return cli.main(argv)
 
 

@@ -14,8 +14,8 @@ from conftest import REPO, new_workdir, snakemake, write_config
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
-from sd3coreml.compress import optimization_config
-from sd3coreml.config import (
+from sd3coreml.compress.weights import optimization_config
+from sd3coreml.pipeline.config import (
     COMPRESSION_MINIMUM_TARGET,
     CONVERSION_TARGETS,
     GRANULARITY_MINIMUM_TARGET,

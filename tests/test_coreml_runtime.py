@@ -4,9 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from sd3coreml.coreml_runtime import unavailable_reason
-from sd3coreml.device_profile import device_columns
-from sd3coreml.isolated import describe, run_isolated
+from sd3coreml.sweep.device_profile import device_columns
+from sd3coreml.verify.coreml_runtime import unavailable_reason
+from sd3coreml.verify.isolated import describe, run_isolated
 
 TESTS = Path(__file__).parent
 

@@ -11,8 +11,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from sd3coreml.device_profile import device_columns, zero_inputs
-from sd3coreml.device_verdict import (
+from sd3coreml.sweep.device_profile import device_columns, zero_inputs
+from sd3coreml.sweep.device_verdict import (
     PlacedOp,
     VerdictThresholds,
     failure_markers,

@@ -7,8 +7,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from sd3coreml.disk import BYTES_WRITTEN_PER_WEIGHT, estimate_build_bytes, require_free_space
 from sd3coreml.errors import PipelineError
+from sd3coreml.pipeline.disk import BYTES_WRITTEN_PER_WEIGHT, estimate_build_bytes, require_free_space
 
 Usage = namedtuple("Usage", "total used free")
 

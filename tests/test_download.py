@@ -16,9 +16,9 @@ from conftest import new_workdir, snakemake
 from huggingface_hub import constants
 from huggingface_hub.errors import GatedRepoError, HfHubHTTPError
 
-from sd3coreml.download import download_file, download_snapshot, planned_downloads
 from sd3coreml.errors import PipelineError
-from sd3coreml.synthetic import write_synthetic_transformer
+from sd3coreml.inputs.download import download_file, download_snapshot, planned_downloads
+from sd3coreml.synthetic.checkpoints import write_synthetic_transformer
 
 MODEL_REPO = "Owner/MobileDiffuser-test"
 SD3_REPO = "stabilityai/stable-diffusion-3-medium-diffusers"

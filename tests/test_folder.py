@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from sd3coreml import checksums, cli, folder
+from sd3coreml.commands import main as cli
 from sd3coreml.errors import PipelineError
+from sd3coreml.release import checksums, folder
 
 STAGE = "MultiModalDiffusionTransformerStage"
 
@@ -197,7 +198,6 @@ def test_manifest_that_cannot_be_written_as_given_is_refused(tmp_path, manifest)
 
 
 def run_cli(monkeypatch, argv: list[str]) -> int:
-    monkeypatch.setattr(cli, "STEP_MODULES", {"assemble-folder": "sd3coreml.folder"})
     return cli.main(argv)
 
 

@@ -6,7 +6,7 @@ import shlex
 import yaml
 from conftest import REPO, copy_of_build, snakemake
 
-from sd3coreml import cli
+from sd3coreml.commands import main as cli
 
 WORKFLOW = yaml.safe_load((REPO / ".github" / "workflows" / "macos.yml").read_text())
 STEPS = WORKFLOW["jobs"]["mac"]["steps"]

@@ -9,7 +9,7 @@ ct = pytest.importorskip("coremltools")
 from coremltools.converters.mil import Builder as mb
 from coremltools.optimize import coreml as cto
 
-from sd3coreml.mil_executor import NonFiniteValue, UnsupportedOp, load_program, run_package, run_program
+from sd3coreml.verify.mil_executor import NonFiniteValue, UnsupportedOp, load_program, run_package, run_program
 
 FP16, FP32 = ct.precision.FLOAT16, ct.precision.FLOAT32
 

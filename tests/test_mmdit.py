@@ -9,10 +9,10 @@ import torch
 from diffusers import SD3Transformer2DModel
 from safetensors import safe_open
 
-from sd3coreml.geometry import MMDiTShape
-from sd3coreml.mmdit import build_block_range, build_conditioning, build_input_stage
-from sd3coreml.plan import stage_ranges
-from sd3coreml.synthetic import write_synthetic_transformer
+from sd3coreml.convert.mmdit_modules import build_block_range, build_conditioning, build_input_stage
+from sd3coreml.inputs.geometry import MMDiTShape
+from sd3coreml.pipeline.plan import stage_ranges
+from sd3coreml.synthetic.checkpoints import write_synthetic_transformer
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO_LAYOUT = [1, 2, 2]

@@ -10,10 +10,10 @@ import yaml
 from conftest import new_workdir, snakemake, write_config
 from safetensors.torch import load_file, save_file
 
-from sd3coreml import cli
-from sd3coreml.checkpoint import check_weights_match_config, load_transformer_config, read_tensor_table
+from sd3coreml.commands import main as cli
 from sd3coreml.errors import PipelineError
-from sd3coreml.normalize import (
+from sd3coreml.inputs.checkpoint import check_weights_match_config, load_transformer_config, read_tensor_table
+from sd3coreml.inputs.normalize import (
     BASE_MEMORY_MB,
     DIFFUSERS,
     ORIGINAL,
@@ -24,7 +24,7 @@ from sd3coreml.normalize import (
     normalized_memory_mb,
     write_original_layout,
 )
-from sd3coreml.synthetic import write_synthetic_transformer
+from sd3coreml.synthetic.checkpoints import write_synthetic_transformer
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_CONFIG = REPO / "config" / "transformers" / "sd3-tiny.json"

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from sd3coreml.program_stats import program_stats
+from sd3coreml.sweep.program_stats import program_stats
 
 WIDTH = 1024
 
@@ -47,7 +47,7 @@ def test_weight_bytes_hold_the_weight_file(residual_package):
 
 
 def test_an_int8_twin_has_the_same_program_and_half_the_weights(residual_package, tmp_path):
-    from sd3coreml.compress import compress_package
+    from sd3coreml.compress.weights import compress_package
 
     twin = tmp_path / "residual.int8.mlpackage"
     compress_package(residual_package, twin, "linear_symmetric", 8, "per_channel")

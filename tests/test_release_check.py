@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from sd3coreml.release_check import folder_files, listed_files, release_hazards
+from sd3coreml.release.downloader import folder_files, listed_files, release_hazards
 
 STAGE = "MultiModalDiffusionTransformerStage"
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from diffusers import FlowMatchEulerDiscreteScheduler
 
-from sd3coreml.sampler import SHIFT, app_sigmas, app_timesteps, euler_step, unshifted_sigmas
+from sd3coreml.verify.end_to_end.sampler import SHIFT, app_sigmas, app_timesteps, euler_step, unshifted_sigmas
 
 
 @pytest.mark.parametrize(("steps", "timesteps"), [(4, [1000, 900, 750, 500]), (2, [1000, 750])])

@@ -10,10 +10,10 @@ import pytest
 import yaml
 from conftest import REPO, snakemake
 
-from sd3coreml.device_verdict import DEVICE_COLUMNS
 from sd3coreml.errors import PipelineError
-from sd3coreml.program_stats import program_stats
-from sd3coreml.sweep import plan_sweep
+from sd3coreml.sweep.device_verdict import DEVICE_COLUMNS
+from sd3coreml.sweep.plan import plan_sweep
+from sd3coreml.sweep.program_stats import program_stats
 
 INT8 = {"mode": "linear_symmetric", "nbits": 8, "granularity": "per_channel"}
 INT4 = {"mode": "linear_symmetric", "nbits": 4, "granularity": "per_block", "block_size": 32}
@@ -141,7 +141,7 @@ def test_a_config_without_sweep_says_how_to_add_one(demo_workdir, tmp_path):
 
 
 def test_a_layouts_device_figures_combine_its_stages():
-    from sd3coreml.sweep_summary import combined_device_figures
+    from sd3coreml.sweep.summary import combined_device_figures
 
     measured = {"verdict": "neural_engine", "neural_engine_pct": 95.0, "first_load_s": 2.0, "predict_s": 0.5,
                 "cpu_only_predict_s": 2.0, "step_s": 1.0}  # fmt: skip

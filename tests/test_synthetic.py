@@ -11,16 +11,16 @@ import numpy as np
 import pytest
 import torch
 
-from sd3coreml.clip_vocabulary import bytes_to_unicode, clip_merges
 from sd3coreml.errors import PipelineError
-from sd3coreml.synthetic import (
+from sd3coreml.synthetic.checkpoints import (
     OUTLIER_GAIN,
     synthetic_tensor,
     transformer_tensor_shapes,
     write_synthetic_components,
     write_synthetic_transformer,
 )
-from sd3coreml.synthetic_presets import PRESETS, get_preset, relation_problems
+from sd3coreml.synthetic.clip_vocabulary import bytes_to_unicode, clip_merges
+from sd3coreml.synthetic.presets import PRESETS, get_preset, relation_problems
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 
@@ -109,7 +109,7 @@ def test_tensor_values_do_not_depend_on_process_hash_seed_or_order():
 
     # Only numpy and torch are imported there, to keep it fast; Python's hash() is salted per process.
     script = (
-        "import json, sys; from sd3coreml.synthetic import synthetic_tensor; import hashlib, torch\n"
+        "import json, sys; from sd3coreml.synthetic.checkpoints import synthetic_tensor; import hashlib, torch\n"
         "order = json.loads(sys.argv[1])\n"
         "print(json.dumps({n: hashlib.sha256(synthetic_tensor(7, 'part', n, tuple(s), torch.float16)"
         ".numpy().tobytes()).hexdigest() for n, s in order}))"
@@ -207,7 +207,7 @@ def test_unknown_preset_is_one_clear_error(tmp_path):
 
 
 def test_cli_writes_transformer_and_replaces_existing_components(tmp_path):
-    from sd3coreml.cli import main
+    from sd3coreml.commands.main import main
 
     weights, config = tmp_path / "t.safetensors", tmp_path / "t.json"
     arguments = ["--preset", "tiny", "--seed", "3", "--weights", str(weights), "--config", str(config)]

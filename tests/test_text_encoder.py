@@ -10,10 +10,10 @@ import pytest
 import torch
 from coremltools.converters.mil import Builder as mb
 
-from sd3coreml.fidelity import psnr
-from sd3coreml.mil_executor import run_package, run_program
-from sd3coreml.text_encoder import load_text_encoder, pooled_position
-from sd3coreml.tokenizer import BOS, EOS, LEGACY_EOS_TOKEN_ID, MAX_TOKENS
+from sd3coreml.convert.text_encoder import load_text_encoder, pooled_position
+from sd3coreml.inputs.tokenizer import BOS, EOS, LEGACY_EOS_TOKEN_ID, MAX_TOKENS
+from sd3coreml.verify.measure import psnr
+from sd3coreml.verify.mil_executor import run_package, run_program
 
 FP16_BAR_DB = 60
 PROMPT = [320, 1125, 539, 320, 2368]  # "a photo of a cat"

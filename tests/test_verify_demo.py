@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from conftest import snakemake
 
-from sd3coreml.mil_executor import load_program, run_program
+from sd3coreml.verify.mil_executor import load_program, run_program
 
 ENTRIES = {
     "TextEncoder",

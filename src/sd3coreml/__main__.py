@@ -1,3 +1,3 @@
-from sd3coreml.cli import main
+from sd3coreml.commands.main import main
 
 raise SystemExit(main())

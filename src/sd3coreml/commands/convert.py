@@ -1,0 +1,113 @@
+"""The conversion steps: PyTorch pieces to fp16 packages, and their compression.
+
+Each step imports its library code inside its function (code_closure.py names a job's code
+by those imports), after marking the frameworks it does not use as absent: coremltools
+imports torch, scikit-learn and transformers only to learn whether they exist, seconds of
+every job.
+"""
+
+from pathlib import Path
+
+from sd3coreml.commands.frameworks import skip_unused_frameworks
+
+
+def convert_conditioning(args):
+    skip_unused_frameworks("sklearn", "transformers")
+    from sd3coreml.convert.mmdit import convert_conditioning
+
+    convert_conditioning(args.weights, args.config, args.target, args.out)
+
+
+def convert_input_stage(args):
+    skip_unused_frameworks("sklearn", "transformers")
+    from sd3coreml.convert.mmdit import convert_input_stage
+
+    convert_input_stage(args.weights, args.config, tuple(args.latent), args.target, args.out)
+
+
+def convert_block_range(args):
+    skip_unused_frameworks("sklearn", "transformers")
+    from sd3coreml.convert.mmdit import convert_block_range
+
+    convert_block_range(args.weights, args.config, args.start, args.end, tuple(args.latent), args.target, args.out)
+
+
+def convert_text_encoder(args):
+    skip_unused_frameworks("sklearn")
+    from sd3coreml.convert.text_encoder import convert_text_encoder
+
+    convert_text_encoder(args.encoder, args.target, args.out)
+
+
+def convert_vae_decoder(args):
+    skip_unused_frameworks("sklearn", "transformers")
+    from sd3coreml.convert.vae import convert_vae_decoder
+
+    convert_vae_decoder(args.vae, tuple(args.latent), args.target, args.out)
+
+
+def compress_package(args):
+    # Palettes per grouped channel need scikit-learn's k-means for groups under 10,000 weights,
+    # and scikit-learn fails to import with torch marked absent.
+    grouped = args.granularity == "per_grouped_channel"
+    skip_unused_frameworks("transformers", *([] if grouped else ["torch", "sklearn"]))
+    from sd3coreml.compress.weights import compress_package
+
+    sizes = {"group_size": args.group_size, "block_size": args.block_size}
+    compress_package(args.package, args.out, args.mode, args.nbits, args.granularity, **sizes)
+
+
+def add_transformer_args(parser, latent: bool = True):
+    parser.add_argument("--weights", type=Path, required=True, help="diffusers-format transformer .safetensors")
+    parser.add_argument("--config", type=Path, required=True, help="the transformer config JSON for the weights")
+    if latent:
+        parser.add_argument("--latent", type=int, nargs=2, required=True, metavar=("H", "W"))
+
+
+def add_output_args(parser):
+    parser.add_argument("--target", default="iOS18", help="coremltools minimum deployment target")
+    parser.add_argument("--out", type=Path, required=True, help="the .mlpackage to write")
+
+
+def register_cli(subparsers) -> None:
+    step = subparsers.add_parser("convert-conditioning", help="MMDiT Conditioning: time_text_embed")
+    add_transformer_args(step, latent=False)
+    add_output_args(step)
+    step.set_defaults(func=convert_conditioning)
+
+    step = subparsers.add_parser("convert-input-stage", help="MMDiT Stage0: patch and text embedding")
+    add_transformer_args(step)
+    add_output_args(step)
+    step.set_defaults(func=convert_input_stage)
+
+    step = subparsers.add_parser("convert-block-range", help="MMDiT joint blocks [start, end), head if last")
+    add_transformer_args(step)
+    step.add_argument("--start", type=int, required=True)
+    step.add_argument("--end", type=int, required=True)
+    add_output_args(step)
+    step.set_defaults(func=convert_block_range)
+
+    step = subparsers.add_parser("convert-text-encoder", help="a CLIP text encoder folder")
+    step.add_argument("--encoder", type=Path, required=True, help="e.g. COMPONENTS/text_encoder")
+    add_output_args(step)
+    step.set_defaults(func=convert_text_encoder)
+
+    step = subparsers.add_parser("convert-vae-decoder", help="the SD3 VAE decoder")
+    step.add_argument("--vae", type=Path, required=True, help="e.g. COMPONENTS/vae")
+    step.add_argument("--latent", type=int, nargs=2, required=True, metavar=("H", "W"))
+    add_output_args(step)
+    step.set_defaults(func=convert_vae_decoder)
+
+    step = subparsers.add_parser("compress-package", help="int8/int4 quantize or palettize a saved package")
+    step.add_argument("--package", type=Path, required=True)
+    step.add_argument("--out", type=Path, required=True)
+    step.add_argument("--mode", choices=["linear_symmetric", "palettize"], required=True)
+    step.add_argument("--nbits", type=int, default=8)
+    step.add_argument(
+        "--granularity",
+        default="per_channel",
+        choices=["per_tensor", "per_channel", "per_block", "per_grouped_channel"],
+    )
+    step.add_argument("--group-size", type=int, help="output channels per palette (per_grouped_channel)")
+    step.add_argument("--block-size", type=int, help="weights per scale along the input axis (per_block)")
+    step.set_defaults(func=compress_package)

@@ -1,0 +1,50 @@
+"""`sweep-summary`, `profile-on-device`, `bench-report`: what layouts cost and where they run."""
+
+import json
+from pathlib import Path
+
+from sd3coreml.commands.frameworks import skip_unused_frameworks
+
+
+def sweep_summary(args) -> None:
+    skip_unused_frameworks("torch", "sklearn", "transformers")
+    from sd3coreml.sweep.summary import write_summary
+
+    write_summary(json.loads(args.plan), args.out_dir)
+
+
+def profile_on_device(args) -> None:
+    from sd3coreml.atomic import written_atomically
+    from sd3coreml.sweep.device_profile import isolated_profile
+
+    profile = isolated_profile(args.package, args.runs)
+    with written_atomically(args.out) as temporary:
+        temporary.write_text(json.dumps(profile, indent=2, sort_keys=True) + "\n")
+
+
+def bench_report(args) -> None:
+    from sd3coreml.sweep.bench_report import write_report
+
+    write_report(args.root, args.folder, args.wall, args.command, args.out, args.notes)
+
+
+def register_cli(subparsers) -> None:
+    step = subparsers.add_parser("sweep-summary", help="summarise a stage-layout sweep (table, CSV, plot)")
+    step.add_argument("--plan", required=True, help="the sweep plan JSON the sweep_summary rule writes")
+    step.add_argument("--out-dir", type=Path, required=True)
+    step.set_defaults(func=sweep_summary)
+
+    step = subparsers.add_parser("profile-on-device", help="Core ML placement, timings and verdict inputs (macOS)")
+    step.add_argument("--package", type=Path, required=True)
+    step.add_argument("--out", type=Path, required=True, help="the profile JSON to write")
+    step.add_argument("--runs", type=int, default=5)
+    step.set_defaults(func=profile_on_device)
+
+    step = subparsers.add_parser("bench-report", help="tabulate a build's benchmark files into Markdown")
+    step.add_argument("--root", type=Path, required=True, help="the build's output_root")
+    step.add_argument("--folder", type=Path, required=True, help="the packages folder built")
+    step.add_argument("--wall", type=float, required=True, help="the build's wall-clock seconds")
+    step.add_argument("--command", required=True, help="the command that was timed")
+    step.add_argument("--out", type=Path, required=True)
+    step.add_argument("--notes", type=Path, help="hand-written Markdown to include after the targets")
+    step.set_defaults(func=bench_report)

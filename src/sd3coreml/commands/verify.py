@@ -1,0 +1,101 @@
+"""`verify-package`, `fidelity-report`, `end-to-end`: every package against its PyTorch module, judged."""
+
+import json
+from pathlib import Path
+
+from sd3coreml.commands.frameworks import skip_unused_frameworks
+from sd3coreml.errors import PipelineError
+
+KINDS = ("conditioning", "input-stage", "block-range", "text-encoder", "vae-decoder")
+COMPUTE_UNITS_HELP = "what Core ML's own predictions run on (macOS)"
+
+
+def build_check(args):
+    from sd3coreml.verify import references
+
+    if args.kind == "conditioning":
+        return references.conditioning_check(args.weights, args.config, args.seed)
+    if args.kind == "input-stage":
+        return references.input_stage_check(args.weights, args.config, tuple(args.latent), args.seed)
+    if args.kind == "block-range":
+        latent = tuple(args.latent)
+        return references.block_range_check(args.weights, args.config, args.start, args.end, latent, args.seed)
+    if args.kind == "text-encoder":
+        return references.text_encoder_check(args.source, args.seed)
+    return references.vae_decoder_check(args.source, tuple(args.latent), args.seed)
+
+
+def verify_package(args) -> None:
+    # transformers only for the CLIP reference: its import is seconds of every other check.
+    skip_unused_frameworks("sklearn", *([] if args.kind == "text-encoder" else ["transformers"]))
+    from sd3coreml.verify import references  # noqa: F401  (build_check's: named where code_closure reads)
+    from sd3coreml.verify.measure import measure_packages
+
+    measure_packages(args.packages, build_check(args), args.seed, args.out, args.coreml_compute_units)
+
+
+def fidelity_report(args) -> None:
+    from sd3coreml.verify.report import CoreMLPolicy, write_report
+
+    measurements = {entry: Path(path) for entry, path in (pair.split("=", 1) for pair in args.measurement)}
+    policy = CoreMLPolicy(args.coreml_min_psnr_db, args.enforce_coreml)
+    write_report(measurements, args.thresholds, args.out_json, args.out_md, policy)
+
+
+def end_to_end(args) -> None:
+    skip_unused_frameworks("sklearn")
+    from sd3coreml.atomic import written_atomically
+    from sd3coreml.verify.end_to_end.check import end_to_end_check, write_side_by_side
+
+    coreml = (args.coreml_compute_units, args.coreml_min_psnr_db, args.enforce_coreml)
+    check = end_to_end_check(args.folder, args.weights, args.config, args.components, args.steps, args.seed,
+                             args.min_psnr_db, args.prompt, coreml)  # fmt: skip
+    write_side_by_side(check.package_image, check.reference_image, args.out_png)
+    with written_atomically(args.out_json) as temporary:
+        temporary.write_text(json.dumps(check.report, indent=2, sort_keys=True) + "\n")
+    print(json.dumps(check.report, indent=2))
+    if check.failure:
+        raise PipelineError(check.failure)
+
+
+def register_cli(subparsers) -> None:
+    step = subparsers.add_parser("verify-package", help="measure packages against their PyTorch reference")
+    step.add_argument("--kind", required=True, choices=KINDS)
+    step.add_argument(
+        "--packages", type=Path, nargs="+", required=True, help="the fp16 package and its compressed twin"
+    )
+    step.add_argument("--weights", type=Path, help="transformer .safetensors (MMDiT kinds)")
+    step.add_argument("--config", type=Path, help="transformer config JSON (MMDiT kinds)")
+    step.add_argument("--source", type=Path, help="the component folder (text encoder or vae)")
+    step.add_argument("--start", type=int)
+    step.add_argument("--end", type=int)
+    step.add_argument("--latent", type=int, nargs=2, metavar=("H", "W"))
+    step.add_argument("--seed", type=int, default=0)
+    step.add_argument("--out", type=Path, required=True, help="the measurement JSON to write")
+    step.add_argument("--coreml-compute-units", default="CPU_AND_NE", help=COMPUTE_UNITS_HELP)
+    step.set_defaults(func=verify_package)
+
+    step = subparsers.add_parser("fidelity-report", help="judge a build's fidelity measurements")
+    step.add_argument("--measurement", action="append", required=True, metavar="ENTRY=JSON")
+    step.add_argument("--thresholds", type=json.loads, required=True, help='JSON, e.g. {"fp16": 60, "int8": 35}')
+    step.add_argument("--out-json", type=Path, required=True)
+    step.add_argument("--out-md", type=Path, required=True)
+    step.add_argument("--coreml-min-psnr-db", type=float, default=30.0, help="Core ML's own bar")
+    step.add_argument("--enforce-coreml", action="store_true", help="a Core ML figure under its bar fails the row")
+    step.set_defaults(func=fidelity_report)
+
+    step = subparsers.add_parser("end-to-end", help="a packages folder against stock diffusers, prompt to image")
+    step.add_argument("--folder", type=Path, required=True, help="a coremlsd3_*_packages folder")
+    step.add_argument("--weights", type=Path, required=True)
+    step.add_argument("--config", type=Path, required=True)
+    step.add_argument("--components", type=Path, required=True)
+    step.add_argument("--steps", type=int, required=True, choices=[2, 4])
+    step.add_argument("--seed", type=int, default=0)
+    step.add_argument("--min-psnr-db", type=float, default=30.0)
+    step.add_argument("--prompt", required=True, help="the prompt, tokenized as the app tokenizes it")
+    step.add_argument("--out-json", type=Path, required=True)
+    step.add_argument("--out-png", type=Path, required=True)
+    step.add_argument("--coreml-compute-units", default="CPU_AND_NE", help=COMPUTE_UNITS_HELP)
+    step.add_argument("--coreml-min-psnr-db", type=float, default=30.0)
+    step.add_argument("--enforce-coreml", action="store_true", help="a Core ML chain under its bar fails the check")
+    step.set_defaults(func=end_to_end)

@@ -1,0 +1,73 @@
+"""Convert the MMDiT pieces (Conditioning, Stage0, block ranges) to fp16 `.mlpackage`s.
+
+Each function reads only its own tensors from the weights file, so a job's memory follows
+its block range, not the whole transformer.
+"""
+
+from pathlib import Path
+
+import torch
+
+from sd3coreml.convert.conversion import Float16Inputs, TensorSpec, convert_module, fp16_except_sinusoids, random_inputs
+from sd3coreml.convert.mmdit_modules import build_block_range, build_conditioning, build_input_stage
+from sd3coreml.convert.package import ARTIFACT_KEY, block_range_label, save_package
+from sd3coreml.inputs.checkpoint import check_header_matches_config, load_transformer_config
+from sd3coreml.inputs.geometry import MMDiTShape
+
+# Joint blocks hold no shape constants, so a trace on one row of patches and a few text
+# tokens converts to the same program as a full-size one (DESIGN section 2) at a fraction of
+# the forward's cost.
+TRACE_TEXT_TOKENS = 8
+
+
+def load_shape(weights: Path, config_path: Path, latent_size: tuple[int, int]) -> MMDiTShape:
+    config = load_transformer_config(config_path)
+    check_header_matches_config(weights, config, config_path)
+    return MMDiTShape.from_config(config, *latent_size)
+
+
+def body_specs(shape: MMDiTShape) -> list[TensorSpec]:
+    return [
+        TensorSpec("latent_image_embeddings", (1, shape.image_tokens, shape.width)),
+        TensorSpec("token_level_text_embeddings", (1, shape.text_tokens, shape.width)),
+        TensorSpec("modulation_inputs", (1, shape.width)),
+    ]
+
+
+def convert_conditioning(weights: Path, config_path: Path, target: str, out: Path) -> None:
+    shape = load_shape(weights, config_path, (0, 0))
+    # Traced in fp32 so that the timestep's sinusoid can stay fp32 (a few ops of a small model).
+    module = build_conditioning(shape, weights, torch.float32)
+    inputs = [
+        TensorSpec("pooled_text_embeddings", (1, shape.pooled_projection_dim, 1, 1)),
+        TensorSpec("timestep", (1,)),
+    ]
+    mlmodel = convert_module(module, inputs, ["modulation_inputs"], target, compute_precision=fp16_except_sinusoids())
+    save_package(mlmodel, Path(out), {ARTIFACT_KEY: "MMDiT conditioning"})
+
+
+def convert_input_stage(weights: Path, config_path: Path, latent_size, target: str, out: Path) -> None:
+    shape = load_shape(weights, config_path, latent_size)
+    module = Float16Inputs(build_input_stage(shape, weights, torch.float16))
+    inputs = [
+        TensorSpec("latent_image_embeddings", (1, shape.in_channels, shape.latent_height, shape.latent_width)),
+        TensorSpec("token_level_text_embeddings", (1, shape.joint_attention_dim, 1, shape.text_tokens)),
+        TensorSpec("modulation_inputs", (1, shape.width)),
+    ]
+    outputs = ["latent_image_embeddings_out", "token_level_text_embeddings_out"]
+    mlmodel = convert_module(module, inputs, outputs, target)
+    save_package(mlmodel, Path(out), {ARTIFACT_KEY: "MMDiT input stage"})
+
+
+def convert_block_range(weights: Path, config_path: Path, start: int, end: int, latent_size, target: str, out: Path):
+    """Blocks [start, end); the range ending the transformer also gets the head (noise_pred)."""
+    shape = load_shape(weights, config_path, latent_size)
+    module = Float16Inputs(build_block_range(shape, start, end, weights, torch.float16))
+    if module.module.has_head:
+        outputs = ["noise_pred"]
+    else:
+        outputs = ["latent_image_embeddings_out", "token_level_text_embeddings_out"]
+    one_row = shape.latent_width // shape.patch_size
+    example = random_inputs([(1, one_row, shape.width), (1, TRACE_TEXT_TOKENS, shape.width), (1, shape.width)])
+    mlmodel = convert_module(module, body_specs(shape), outputs, target, example=example)
+    save_package(mlmodel, Path(out), {ARTIFACT_KEY: block_range_label(start, end)})

@@ -1,0 +1,303 @@
+"""Semantic checks of a schema-valid config, and the per-model plan built from it.
+
+The JSON schema (config/schema.yaml) checks types and fills defaults; this module checks
+what a schema cannot: stage sizes against the transformer's depth, targets against each
+other, compression against the conversion target, the latent size against the positional
+embedding, the weights file's tensor table against its pinned config, the tokenizer files,
+and that paths jobs write stay where jobs write. Every failure is one line naming the key or
+file.
+"""
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from sd3coreml.compress.weights import require_exact_kmeans
+from sd3coreml.errors import PipelineError
+from sd3coreml.inputs.checkpoint import PICKLE_SUFFIXES, check_header_matches_config, load_transformer_config
+from sd3coreml.inputs.download import downloaded_paths
+from sd3coreml.inputs.geometry import MMDiTShape
+from sd3coreml.inputs.normalize import DIFFUSERS, ORIGINAL, check_original_header_matches_config, detect_layout
+from sd3coreml.inputs.tokenizer import check_merges, check_same_tokenizers, check_vocab
+from sd3coreml.pipeline.plan import CONTRACT_CONDITIONING, CONTRACT_STAGE, TEXT_ENCODERS, BlockRange, stage_ranges
+
+# Spec versions of ML Program targets; iOS15 lacks fp16 inputs/outputs and is refused.
+CONVERSION_TARGETS = {"iOS16": 16, "iOS17": 17, "iOS18": 18}
+# iOS majors coremltools 9 has a ct.target for; Apple went from 18 to 26. A compiler target
+# with another major (a typo such as 99.0, or 19 to 25) names no iOS release.
+KNOWN_IOS_MAJORS = (13, 14, 15, 16, 17, 18, 26)
+# The oldest conversion target at which coremltools 9 compresses weights each way
+# (coremltools/optimize/coreml/_quantization_passes.py): its passes need iOS16; 4-bit linear
+# quantization, blocks of weights sharing a scale (constexpr_blockwise_shift_scale) and a
+# palette per group of channels (iOS18 constexpr_lut_to_dense) need iOS18.
+COMPRESSION_MINIMUM_TARGET = {
+    ("linear_symmetric", 8): "iOS16",
+    ("linear_symmetric", 4): "iOS18",
+    ("palettize", 8): "iOS16",
+    ("palettize", 6): "iOS16",
+    ("palettize", 4): "iOS16",
+}
+GRANULARITY_MINIMUM_TARGET = {"per_block": "iOS18", "per_grouped_channel": "iOS18"}
+# Granularities per mode, and the size key each needs.
+GRANULARITIES = {
+    "linear_symmetric": {"per_channel": None, "per_tensor": None, "per_block": "block_size"},
+    "palettize": {"per_tensor": None, "per_grouped_channel": "group_size"},
+}
+# Folder entries a compression override may name, beside the stages (the VAE is kept fp16).
+OVERRIDABLE_ENTRIES = {*TEXT_ENCODERS, CONTRACT_CONDITIONING}
+SAMPLER_STEPS = (2, 4)
+COMPONENT_DIRS = ("text_encoder", "text_encoder_2", "vae", "tokenizer", "tokenizer_2")
+
+
+@dataclass(frozen=True)
+class ModelPlan:
+    """What one model's folders are built from."""
+
+    key: str
+    weights: Path
+    config_path: Path
+    shape: MMDiTShape
+    ranges: tuple[BlockRange, ...]
+    steps: int
+    # "original": joint_blocks.* names, normalised to the diffusers layout by a job first.
+    layout: str = DIFFUSERS
+
+
+def parse_version(text: str, key: str) -> tuple[int, ...]:
+    if not re.fullmatch(r"\d+(\.\d+){0,2}", str(text)):
+        raise PipelineError(f"config key '{key}' is {text!r}, not a version; write an iOS version such as \"18.2\"")
+    version = tuple(int(part) for part in str(text).split("."))
+    if version[0] not in KNOWN_IOS_MAJORS:
+        majors = ", ".join(map(str, KNOWN_IOS_MAJORS))
+        raise PipelineError(
+            f"config key '{key}' is {text!r}, not an iOS release coremltools 9 knows (majors {majors}); "
+            'write one such as "18.2"'
+        )
+    return version
+
+
+def check_targets(config: dict) -> None:
+    target = config["conversion_target"]
+    if target not in CONVERSION_TARGETS:
+        raise PipelineError(f"config key 'conversion_target' is {target!r}; use one of {', '.join(CONVERSION_TARGETS)}")
+    compiler_target = parse_version(config["compiler"]["deployment_target"], "compiler.deployment_target")
+    if compiler_target < (CONVERSION_TARGETS[target],):
+        raise PipelineError(
+            f"config key 'compiler.deployment_target' ({config['compiler']['deployment_target']}) is older "
+            f"than conversion_target {target}; raise it to at least {CONVERSION_TARGETS[target]}.0"
+        )
+
+
+def check_compression(config: dict) -> None:
+    """Each family's (and overridden entry's) compression is one coremltools 9 runs at the conversion target."""
+    target = config["conversion_target"]
+    for family, settings in config["compression"].items():
+        if family != "overrides":
+            check_compression_settings(settings, f"compression.{family}", target)
+    for entry, settings in config["compression"].get("overrides", {}).items():
+        check_compression_settings(settings, f"compression.overrides.{entry}", target)
+
+
+def check_overrides(config: dict, stage_counts: dict[str, int]) -> None:
+    """Override keys name a folder entry every model has (VAEDecoder is kept fp16)."""
+    fewest = min(stage_counts.values())
+    stages = {CONTRACT_STAGE.format(index=index) for index in range(fewest)}
+    for entry in config["compression"].get("overrides", {}):
+        if entry not in OVERRIDABLE_ENTRIES | stages:
+            named = ", ".join(sorted(OVERRIDABLE_ENTRIES))
+            raise PipelineError(
+                f"config key 'compression.overrides.{entry}' names no compressed folder entry; use {named} or "
+                f"{CONTRACT_STAGE.format(index=0)}..{fewest - 1}"
+            )
+
+
+def check_compression_settings(settings: dict, key: str, target: str) -> None:
+    """One compression setting under config key `key`, against conversion target `target`."""
+    mode = settings["mode"]
+    if mode == "none":
+        return
+    if "nbits" not in settings:
+        raise PipelineError(f"config key '{key}.nbits' is missing; set 4, 6 or 8")
+    nbits = settings["nbits"]
+    needed = COMPRESSION_MINIMUM_TARGET.get((mode, nbits))
+    if needed is None:
+        offered = " or ".join(str(bits) for known, bits in COMPRESSION_MINIMUM_TARGET if known == mode)
+        raise PipelineError(f"config key '{key}.nbits' is {nbits}; {mode} takes {offered}")
+    granularity = check_granularity(settings, key)
+    for reason, minimum in ((f"{nbits}-bit", needed), (granularity, GRANULARITY_MINIMUM_TARGET.get(granularity))):
+        if minimum and CONVERSION_TARGETS[minimum] > CONVERSION_TARGETS[target]:
+            raise PipelineError(
+                f"config key '{key}' ({mode}, {reason}) needs conversion_target {minimum} or newer "
+                f"(coremltools 9), but it is {target}; raise conversion_target to {minimum} or use 8 bits per channel"
+            )
+    if mode == "palettize":
+        require_exact_palettes(key)
+
+
+def schema_problem(config: dict, schema_path: Path) -> str:
+    """`config key 'a.b': <what is wrong>`, for the first value config/schema.yaml refuses."""
+    import jsonschema
+    import yaml
+
+    schema = yaml.safe_load(Path(schema_path).read_text())
+    error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(schema).iter_errors(config))
+    key = ".".join(str(part) for part in error.absolute_path) or "(top level)"
+    return f"config key '{key}': {error.message}; see config/schema.yaml"
+
+
+def check_granularity(settings: dict, key: str) -> str:
+    mode, offered = settings["mode"], GRANULARITIES[settings["mode"]]
+    granularity = settings.get("granularity", next(iter(offered)))
+    if granularity not in offered:
+        raise PipelineError(f"config key '{key}.granularity' is {granularity!r}; {mode} takes {', '.join(offered)}")
+    size_key = offered[granularity]
+    for other in ("block_size", "group_size"):
+        if other in settings and other != size_key:
+            raise PipelineError(f"config key '{key}.{other}' needs granularity {granularity_of(other)}; drop it")
+    if size_key and not (isinstance(settings.get(size_key), int) and settings[size_key] > 0):
+        raise PipelineError(f"config key '{key}.{size_key}' must be a positive integer with {granularity}")
+    return granularity
+
+
+def granularity_of(size_key: str) -> str:
+    return "per_block" if size_key == "block_size" else "per_grouped_channel"
+
+
+def require_exact_palettes(key: str) -> None:
+    # Without its exact k-means, coremltools palettizes with a randomised one: refuse up front.
+    try:
+        require_exact_kmeans()
+    except PipelineError as error:
+        raise PipelineError(f"config key '{key}': {error}") from None
+
+
+def check_latent(shape: MMDiTShape, key: str) -> None:
+    for side in (shape.latent_height, shape.latent_width):
+        if side <= 0 or side % shape.patch_size:
+            raise PipelineError(
+                f"config key 'latent_size' holds {side}, not a positive multiple of the patch size "
+                f"{shape.patch_size} of model '{key}'"
+            )
+        if side // shape.patch_size > shape.pos_embed_max_size:
+            limit = shape.pos_embed_max_size * shape.patch_size
+            raise PipelineError(
+                f"config key 'latent_size' holds {side}, beyond the positional embedding of model "
+                f"'{key}' (at most {limit}); lower it"
+            )
+
+
+def check_components(components: Path) -> None:
+    for name in COMPONENT_DIRS:
+        if not (components / name).is_dir():
+            raise PipelineError(
+                f"{components / name}: missing; 'components' must be an SD3 diffusers-layout folder "
+                f"with {', '.join(COMPONENT_DIRS)}"
+            )
+    # Plain JSON and text checks: transformers is too slow to import at every parse.
+    check_vocab(components / "tokenizer" / "vocab.json")
+    check_merges(components / "tokenizer" / "merges.txt")
+    check_same_tokenizers(components / "tokenizer", components / "tokenizer_2")
+
+
+def lies_under(path: str, root: str) -> bool:
+    """Whether `path` is inside `root`, compared lexically (neither need exist yet)."""
+    path, root = os.path.abspath(path), os.path.abspath(root)
+    return path != root and os.path.commonpath([path, root]) == root
+
+
+def check_generated_paths(config: dict, downloaded: set[Path]) -> None:
+    """With `synthetic`, weights and components are made by jobs, which write under output_root."""
+    if "synthetic" not in config:
+        return
+    root = config["output_root"].rstrip("/")
+    made = {f"models.{key}.weights": entry["weights"] for key, entry in config["models"].items()}
+    made["components"] = config["components"]
+    for key, path in made.items():
+        # An existing file is read as it is, and a downloaded one is placed by its own job.
+        if Path(path).exists() or Path(path) in downloaded or lies_under(path, root):
+            continue
+        raise PipelineError(
+            f"config key '{key}' ({path}) lies outside output_root ({root}); synthetic inputs are written "
+            f"under output_root: use {root}/checkpoints/{Path(path).name}"
+        )
+
+
+def check_downloads_root(config: dict) -> None:
+    root = str((config.get("downloads") or {}).get("root", "checkpoints"))
+    if os.path.isabs(root) or ".." in Path(root).parts:
+        raise PipelineError(
+            f"config key 'downloads.root' is {root!r}; download jobs write there, so it must be a folder "
+            "inside the working directory: write a relative path without '..', such as checkpoints"
+        )
+
+
+def refuse_pickle(weights: Path, key: str) -> None:
+    """Refused by name alone: a pickle is never opened, since unpickling can run its code."""
+    if weights.suffix.lower() in PICKLE_SUFFIXES:
+        raise PipelineError(
+            f"config key '{key}' ({weights}) is a pickle checkpoint, refused unread (loading one can run "
+            "code); convert it to .safetensors and point the key at that"
+        )
+
+
+def require_weights_file(weights: Path, key: str) -> None:
+    if not weights.is_file():
+        raise PipelineError(
+            f"config key '{key}' ({weights}): no such file; fix the path, or pin the file under 'downloads'"
+        )
+
+
+def sampler_steps(entry: dict, key: str) -> int:
+    """The app's step count for a model: `models.K.steps`, or the N of a key named `Nstep`."""
+    if "steps" in entry:
+        return entry["steps"]
+    named = re.fullmatch(r"(\d+)step", key)
+    if not named or int(named.group(1)) not in SAMPLER_STEPS:
+        raise PipelineError(f"config key 'models.{key}.steps' is missing; set the app's step count, 2 or 4")
+    return int(named.group(1))
+
+
+def plan_model(config: dict, key: str, made_by_job: bool) -> ModelPlan:
+    entry = config["models"][key]
+    weights, config_path = Path(entry["weights"]), Path(entry["config"])
+    refuse_pickle(weights, f"models.{key}.weights")
+    transformer_config = load_transformer_config(config_path)
+    if transformer_config.get("dual_attention_layers") or transformer_config.get("qk_norm"):
+        raise PipelineError(
+            f"{config_path}: dual attention layers or qk_norm (SD3.5) are not supported; use an SD3 Medium config"
+        )
+    shape = MMDiTShape.from_config(transformer_config, *config["latent_size"])
+    check_latent(shape, key)
+    sizes_key = f"models.{key}.stage_sizes" if "stage_sizes" in entry else "stage_sizes"
+    ranges = stage_ranges(entry.get("stage_sizes", config["stage_sizes"]), shape.depth, sizes_key)
+    # Synthetic or downloaded weights are made by a job; once they exist they are checked.
+    layout = DIFFUSERS
+    if weights.exists() or not made_by_job:
+        require_weights_file(weights, f"models.{key}.weights")
+        layout = detect_layout(weights)
+        if layout == ORIGINAL:
+            # The normalised file is checked in full by its job; here depth and widths only.
+            check_original_header_matches_config(weights, transformer_config, config_path)
+        else:
+            check_header_matches_config(weights, transformer_config, config_path)
+    return ModelPlan(key, weights, config_path, shape, tuple(ranges), sampler_steps(entry, key), layout)
+
+
+def plan_models(config: dict) -> dict[str, ModelPlan]:
+    """Check the whole config and return each model's plan; raises PipelineError."""
+    check_targets(config)
+    check_compression(config)
+    check_downloads_root(config)
+    generated = "synthetic" in config
+    downloaded = downloaded_paths(config)
+    check_generated_paths(config, downloaded)
+    components = Path(config["components"])
+    # Synthetic components are this pipeline's own output, which its job remakes when its code
+    # changes (an older folder may lack what is checked now); downloaded ones, once placed.
+    if not generated and (components.exists() or components not in downloaded):
+        check_components(components)
+    models = config["models"]
+    plans = {key: plan_model(config, key, generated or Path(models[key]["weights"]) in downloaded) for key in models}
+    check_overrides(config, {key: len(plan.ranges) + 1 for key, plan in plans.items()})
+    return plans

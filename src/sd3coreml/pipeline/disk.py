@@ -1,0 +1,110 @@
+"""Check before a build that its outputs fit on the disk and can be made; name a full disk.
+
+A conversion writes each weight about three times: the fp16 package (2 bytes a weight),
+its compressed twin (1 byte, or less for palettes) and the folder's copy of that. The
+estimate reads only safetensors headers, so it costs nothing before a multi-GB build.
+"""
+
+import errno
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from sd3coreml.atomic import sibling_of
+from sd3coreml.errors import PipelineError
+from sd3coreml.inputs.checkpoint import read_tensor_table
+
+BYTES_WRITTEN_PER_WEIGHT = 2 + 1 + 1
+COMPONENT_WEIGHTS = ("text_encoder", "text_encoder_2", "vae")
+# A write that failed for want of room: a full disk, a quota, a file-size limit (`ulimit -f`).
+OUT_OF_ROOM = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+# coremltools writes every package's weights into a temporary folder first (tempfile's, so
+# TMPDIR's); when that write fails its C++ writer raises a RuntimeError starting so, with no errno.
+MIL_WRITER_FAILED = "[MIL FileWriter]"
+
+
+def weight_count(weights: Path) -> int:
+    count = 0
+    for entry in read_tensor_table(weights).values():
+        size = 1
+        for dim in entry["shape"]:
+            size *= dim
+        count += size
+    return count
+
+
+def component_weight_files(components: Path) -> list[Path]:
+    return [path for name in COMPONENT_WEIGHTS for path in sorted((Path(components) / name).glob("*.safetensors"))]
+
+
+def estimate_build_bytes(weight_files: list[Path]) -> int:
+    """Bytes a build of these weights writes at most; files not yet on disk count zero."""
+    return sum(weight_count(path) * BYTES_WRITTEN_PER_WEIGHT for path in weight_files if Path(path).is_file())
+
+
+def nearest_existing(path: Path) -> Path:
+    path = Path(path).absolute()
+    while not path.exists():
+        path = path.parent
+    return path
+
+
+def require_free_space(output_root: Path, weight_files: list[Path]) -> None:
+    needed = estimate_build_bytes(weight_files)
+    free = shutil.disk_usage(nearest_existing(output_root)).free
+    if needed > free:
+        raise PipelineError(
+            f"{output_root}: the build writes up to {needed / 2**30:.1f} GiB but {free / 2**30:.1f} GiB are free; "
+            "free some space or set output_root to a larger disk"
+        )
+
+
+def folder_in_the_way(output: Path) -> Path | None:
+    """The nearest existing ancestor of `output` when it is no folder (so no job can write there)."""
+    ancestor = Path(output).parent
+    while not os.path.lexists(ancestor) and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    return None if ancestor.is_dir() else ancestor
+
+
+def require_creatable(outputs) -> None:
+    """Every output's folder exists or can be made: a regular file in its place stops root too."""
+    for output in outputs:
+        blocker = folder_in_the_way(output)
+        if blocker is not None:
+            raise PipelineError(
+                f"{blocker}: a file is in the way of the folder {blocker} that {output} needs; move or delete it"
+            )
+
+
+def final_name(path: str) -> str:
+    """The artifact a temporary sibling (see atomic.py) stands for, so messages name what was asked for."""
+
+    def part_name(part: str) -> str:
+        found = sibling_of(part)
+        return part if found is None else found[0]
+
+    return str(Path(*(part_name(part) for part in Path(os.fsdecode(path)).parts)))
+
+
+def out_of_room_message(error: OSError, where: str) -> str:
+    """One line for a write that failed for want of room; `where` when the error names no file."""
+    # A failed copy names its source first and the file it was writing second.
+    written = error.filename2 or error.filename
+    place = final_name(written) if written else where
+    if error.errno == errno.EFBIG:
+        return (
+            f"{place}: file too large ({error.strerror}: the file-size limit, ulimit -f, or the filesystem's "
+            "maximum); raise the limit or set output_root to another disk, and rerun"
+        )
+    return f"{place}: disk full ({error.strerror}); free space and rerun"
+
+
+def temporary_weights_message(error: RuntimeError) -> str:
+    """One line for coremltools' failed write of a package's weights into its temporary folder."""
+    return (
+        f"{tempfile.gettempdir()}: coremltools could not write a package's weights into its temporary folder "
+        f"({error}): that disk is likely full, or a file-size limit (ulimit -f) was hit; free space there "
+        "or set TMPDIR to a larger disk, and rerun"
+    )

@@ -1,0 +1,158 @@
+"""`docs/PERFORMANCE.md` from a build's Snakemake `benchmark:` files.
+
+Each rule's `benchmark:` TSV records the job's wall time (`s`) and peak resident memory
+(`max_rss`, MiB); this module tabulates them per job and per rule, adds the disk use of the
+artifacts and a description of the machine, and writes Markdown.
+"""
+
+import csv
+import json
+import os
+import platform
+import shutil
+from collections import defaultdict
+from pathlib import Path
+
+from sd3coreml.atomic import written_atomically
+
+SYNTHETIC_PREFIX = "synthetic_"
+# Not part of a packages build: `snakemake verify` runs it afterwards.
+END_TO_END = "end_to_end"
+
+
+def read_benchmarks(benchmarks: Path) -> list[dict]:
+    """One row per job: rule (first folder), job (the rest of the path), wall s, max_rss MiB."""
+    rows = []
+    for tsv in sorted(Path(benchmarks).rglob("*.tsv")):
+        with tsv.open() as stream:
+            record = next(csv.DictReader(stream, delimiter="\t"))
+        relative = tsv.relative_to(benchmarks).with_suffix("")
+        rows.append(
+            {
+                "rule": relative.parts[0],
+                "job": "/".join(relative.parts[1:]) or relative.parts[0],
+                "wall_s": float(record["s"]),
+                "max_rss_mib": float(record["max_rss"]) if record["max_rss"] not in ("", "-") else 0.0,
+            }
+        )
+    return rows
+
+
+def folder_size_mib(path: Path) -> float:
+    total = sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
+    return total / 2**20
+
+
+def machine_description() -> str:
+    cpu = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines() if "model name" in line]
+        cpu = names[0] if names else cpu
+    memory = ""
+    if hasattr(os, "sysconf") and "SC_PHYS_PAGES" in os.sysconf_names:
+        memory = f", {os.sysconf('SC_PHYS_PAGES') * os.sysconf('SC_PAGE_SIZE') / 2**30:.0f} GiB RAM"
+    system = f"{platform.system()} {platform.release()}"
+    return f"{system}, {os.cpu_count()} cores ({cpu}){memory}, Python {platform.python_version()}"
+
+
+def rule_table(rows: list[dict]) -> list[str]:
+    by_rule = defaultdict(list)
+    for row in rows:
+        by_rule[row["rule"]].append(row)
+    lines = ["| rule | jobs | wall s (sum) | wall s (max) | max_rss MiB (max) |", "|---|---:|---:|---:|---:|"]
+    for rule, jobs in sorted(by_rule.items()):
+        walls = [job["wall_s"] for job in jobs]
+        rss = max(job["max_rss_mib"] for job in jobs)
+        lines.append(f"| {rule} | {len(jobs)} | {sum(walls):.1f} | {max(walls):.1f} | {rss:.0f} |")
+    return lines
+
+
+def job_table(rows: list[dict]) -> list[str]:
+    lines = ["| rule | job | wall s | max_rss MiB |", "|---|---|---:|---:|"]
+    for row in sorted(rows, key=lambda r: (r["rule"], r["job"])):
+        lines.append(f"| {row['rule']} | {row['job']} | {row['wall_s']:.1f} | {row['max_rss_mib']:.0f} |")
+    return lines
+
+
+def is_mmdit(row: dict) -> bool:
+    return row["rule"] == "mmdit" or (row["rule"] == "compress" and row["job"].startswith("mmdit/"))
+
+
+def is_encoder_or_vae(row: dict) -> bool:
+    return row["rule"] in ("text_encoders", "vae") or (row["rule"] == "compress" and row["job"].startswith("text_"))
+
+
+def target_table(rows: list[dict], wall_s: float) -> list[str]:
+    """The issue's targets for a 2-core, 24 GB machine, each with the measured figure."""
+    mmdit = [r for r in rows if is_mmdit(r)]
+    others = [r for r in rows if is_encoder_or_vae(r)]
+    fidelity = [r for r in rows if r["rule"] == "fidelity"]
+    checks = [
+        ("MMDiT fp16 + int8 jobs, job wall sum / 2 cores", sum(r["wall_s"] for r in mmdit) / 2, 110, "s"),
+        ("per-package fidelity checks, job wall sum / 2 cores", sum(r["wall_s"] for r in fidelity) / 2, 300, "s"),
+        ("largest MMDiT job max_rss", max((r["max_rss_mib"] for r in mmdit), default=0), 3800, "MiB"),
+        ("largest text-encoder or VAE job max_rss", max((r["max_rss_mib"] for r in others), default=0), 6000, "MiB"),
+        ("whole packages folder (fidelity checks included), wall clock", wall_s, 240, "s"),
+    ]
+    lines = ["| target | measured | limit | met |", "|---|---:|---:|---|"]
+    for name, value, limit, unit in checks:
+        lines.append(f"| {name} | {value:.0f} {unit} | {limit} {unit} | {'yes' if value <= limit else 'no'} |")
+    return lines
+
+
+def end_to_end_lines(rows: list[dict], root: Path, folder: Path) -> list[str]:
+    report = Path(root) / "reports" / Path(folder).name / "end_to_end.json"
+    if not rows or not report.exists():
+        return []
+    figures = json.loads(report.read_text())
+    return [
+        "## End to end (`snakemake verify`, run after the build)",
+        "",
+        f"- {figures['steps']} steps, prompt {figures['prompt']!r}, seed {figures['seed']}: final-latent PSNR "
+        f"**{figures['final_latent_psnr_db']} dB** (bar {figures['min_psnr_db']} dB), "
+        f"{'passed' if figures['passed'] else 'FAILED'}",
+        f"- job wall time {rows[0]['wall_s']:.0f} s, max_rss {rows[0]['max_rss_mib']:.0f} MiB",
+        "",
+    ]
+
+
+def write_report(root: Path, folder: Path, wall_s: float, command: str, out: Path, notes: Path | None = None) -> None:
+    every_row = read_benchmarks(Path(root) / "benchmarks")
+    rows = [row for row in every_row if not row["rule"].startswith(SYNTHETIC_PREFIX) and row["rule"] != END_TO_END]
+    artifacts = [p for p in Path(root).iterdir() if p.is_dir() and p.name not in {"checkpoints", "logs", "benchmarks"}]
+    lines = [
+        "# Performance",
+        "",
+        f"Measured by `{command}` on {machine_description()}.",
+        "",
+        f"- whole build, wall clock: **{wall_s:.0f} s** ({len(rows)} jobs)",
+        f"- sum of job wall times: {sum(r['wall_s'] for r in rows):.0f} s",
+        f"- largest job max_rss: {max((r['max_rss_mib'] for r in rows), default=0):.0f} MiB",
+        f"- packages folder `{Path(folder).name}`: {folder_size_mib(folder):.0f} MiB;"
+        f" all artifacts under `{root}` (without checkpoints): {sum(folder_size_mib(p) for p in artifacts):.0f} MiB",
+        f"- free disk after the build: {shutil.disk_usage(root).free / 2**30:.0f} GiB",
+        "",
+        "## Targets",
+        "",
+        *target_table(rows, wall_s),
+        "",
+        *([Path(notes).read_text().rstrip(), ""] if notes else []),
+        "## Per rule",
+        "",
+        *rule_table(rows),
+        "",
+        "## Per job",
+        "",
+        *job_table(rows),
+        "",
+    ]
+    at = lines.index("## Per rule")
+    lines[at:at] = end_to_end_lines([row for row in every_row if row["rule"] == END_TO_END], root, folder)
+    fidelity = Path(root) / "reports" / Path(folder).name / "fidelity.md"
+    if fidelity.exists():
+        table = fidelity.read_text().split("\n", 1)[1].strip()
+        at = lines.index("## Per rule")
+        lines[at:at] = ["## Fidelity of the packages (`reports/.../fidelity.md`)", "", table, ""]
+    with written_atomically(Path(out)) as temporary:
+        temporary.write_text("\n".join(lines))

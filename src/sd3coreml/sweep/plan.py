@@ -1,0 +1,133 @@
+"""From `config/sweeps.yaml` to a sweep plan: stage layouts and compression modes of one model.
+
+A config names one sweep (`sweep: {name: demo}`); the sweep splits one configured model's
+MMDiT into each layout and compresses each layout's stages under each mode. Artifacts are
+named by content (plan.py), so block ranges that layouts share are built once.
+
+A mode is a compression setting, or a per-stage mix: `{default: SETTINGS, stages: {K: SETTINGS}}`
+with K a stage index (0 is the input stage; negative counts from the last stage, so -1 is
+the head stage of every layout).
+"""
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from sd3coreml.errors import PipelineError
+from sd3coreml.pipeline.plan import BlockRange, stage_ranges
+
+
+@dataclass(frozen=True)
+class Layout:
+    sizes: tuple[int, ...]
+    ranges: tuple[BlockRange, ...]
+
+    @property
+    def name(self) -> str:
+        """`6x4` for six stages of 4 blocks, `4-4-4-4-8` otherwise."""
+        if len(set(self.sizes)) == 1 and len(self.sizes) > 1:
+            return f"{len(self.sizes)}x{self.sizes[0]}"
+        return "-".join(map(str, self.sizes))
+
+    @property
+    def stage_count(self) -> int:
+        return len(self.ranges) + 1  # Stage0, the input stage, and one per block range
+
+
+@dataclass(frozen=True)
+class CompressionMode:
+    name: str
+    default: dict
+    stages: dict[int, dict] = field(default_factory=dict)
+
+    def for_stage(self, index: int, stage_count: int) -> dict:
+        for key, settings in self.stages.items():
+            if key % stage_count == index:
+                return settings
+        return self.default
+
+
+@dataclass(frozen=True)
+class SweepPlan:
+    name: str
+    model: str
+    layouts: tuple[Layout, ...]
+    modes: tuple[CompressionMode, ...]
+
+
+def read_sweeps(path: Path) -> dict:
+    if not Path(path).is_file():
+        raise PipelineError(f"config key 'sweep.file': {path} does not exist; point it at a sweeps file")
+    sweeps = yaml.safe_load(Path(path).read_text())
+    if not isinstance(sweeps, dict):
+        raise PipelineError(f"{path}: holds no sweeps; write `NAME: {{model: ..., layouts: ..., compression: ...}}`")
+    return sweeps
+
+
+def parse_layouts(entry: dict, key: str, depth: int) -> tuple[Layout, ...]:
+    layouts = entry.get("layouts")
+    if not isinstance(layouts, list) or not layouts:
+        raise PipelineError(f"{key}.layouts: give a list of stage-size lists, e.g. [[4, 4, 4, 4, 4, 4], [8, 8, 8]]")
+    parsed = []
+    for index, sizes in enumerate(layouts):
+        if not isinstance(sizes, list):
+            raise PipelineError(f"{key}.layouts[{index}] is {sizes!r}; write a list of block counts")
+        ranges = stage_ranges(sizes, depth, key=f"{key}.layouts[{index}]")
+        parsed.append(Layout(tuple(sizes), tuple(ranges)))
+    names = [layout.name for layout in parsed]
+    if len(set(names)) != len(names):
+        raise PipelineError(f"{key}.layouts names one layout twice; list each once")
+    return tuple(parsed)
+
+
+def parse_mode(name: str, value, key: str, stage_counts: list[int], check_settings) -> CompressionMode:
+    if not isinstance(value, dict):
+        raise PipelineError(f"{key} is {value!r}; write compression settings or {{default: ..., stages: ...}}")
+    if "mode" in value:
+        check_settings(value, key)
+        return CompressionMode(name, value)
+    if "default" not in value or set(value) - {"default", "stages"}:
+        raise PipelineError(f"{key}: a per-stage mix takes `default:` settings and `stages: {{INDEX: settings}}`")
+    check_settings(value["default"], f"{key}.default")
+    stages = {}
+    for index, settings in (value.get("stages") or {}).items():
+        stage_key = f"{key}.stages.{index}"
+        fewest = min(stage_counts)
+        if not isinstance(index, int) or not -fewest <= index < fewest:
+            raise PipelineError(
+                f"{stage_key}: stage index must be an integer from {-fewest} to {fewest - 1} "
+                f"(the smallest layout has {fewest} stages, Stage0 included)"
+            )
+        check_settings(settings, stage_key)
+        stages[index] = settings
+    return CompressionMode(name, value["default"], stages)
+
+
+def plan_sweep(config: dict, models: dict, check_settings) -> SweepPlan | None:
+    """The configured sweep, or None when the config names none. `check_settings(settings, key)`
+    refuses compression settings the conversion target cannot take."""
+    if "sweep" not in config:
+        return None
+    path, name = config["sweep"].get("file", "config/sweeps.yaml"), config["sweep"]["name"]
+    sweeps = read_sweeps(path)
+    if name not in sweeps:
+        raise PipelineError(
+            f"config key 'sweep.name' is {name!r}, not a sweep in {path}; use one of {', '.join(sweeps)}"
+        )
+    entry, key = sweeps[name], f"{path}: {name}"
+    model = entry.get("model")
+    if model not in models:
+        raise PipelineError(f"{key}.model is {model!r}; use a key of config 'models' ({', '.join(models)})")
+    layouts = parse_layouts(entry, key, models[model].shape.depth)
+    modes = entry.get("compression")
+    if not isinstance(modes, dict) or not modes:
+        raise PipelineError(
+            f"{key}.compression: give at least one mode, e.g. int8: {{mode: linear_symmetric, nbits: 8}}"
+        )
+    counts = [layout.stage_count for layout in layouts]
+    parsed = tuple(
+        parse_mode(str(mode), value, f"{key}.compression.{mode}", counts, check_settings)
+        for mode, value in modes.items()
+    )
+    return SweepPlan(name, model, layouts, parsed)

@@ -1,0 +1,184 @@
+"""The sweep's summary: one row per stage layout and compression mode, and what sharing saved.
+
+Input: the plan the `sweep_summary` rule writes (per row, each stage's package, its fp16
+twin, its fidelity measurement and the benchmark files of the jobs that made it). Output, in
+one folder: summary.csv, summary.md, stages.csv (one row per stage) and summary.png.
+"""
+
+import csv
+import json
+import math
+from pathlib import Path
+
+from sd3coreml.atomic import written_atomically
+from sd3coreml.sweep.device_verdict import DEVICE_COLUMNS, VERDICTS, worst
+from sd3coreml.sweep.program_stats import program_stats
+from sd3coreml.verify.measure import precision_class
+
+MIB = 1024 * 1024
+NEEDS_A_MAC = "needs a Mac"
+ROW_COLUMNS = (
+    "layout", "mode", "stages", "largest_stage_weights_mib", "total_mib", "compute_ops", "peak_activation_mib",
+    "build_s", "disk_mib", "min_psnr_db", "min_fp16_psnr_db", "passed", *DEVICE_COLUMNS,
+)  # fmt: skip
+STAGE_COLUMNS = (
+    "layout", "mode", "stage", "package", "weights_mib", "package_mib", "compute_ops", "peak_activation_mib",
+    "psnr_db", "fp16_psnr_db", *DEVICE_COLUMNS,
+)  # fmt: skip
+
+
+def job_seconds(benchmark: str) -> float | None:
+    """Wall seconds from a Snakemake benchmark TSV (first run), or None if the job left none."""
+    path = Path(benchmark)
+    if not path.is_file():
+        return None
+    rows = list(csv.DictReader(path.open(), delimiter="\t"))
+    return float(rows[0]["s"]) if rows else None
+
+
+def disk_bytes(folder: str) -> int:
+    return sum(path.stat().st_blocks * 512 for path in Path(folder).rglob("*") if path.is_file())
+
+
+def min_psnr(measurement: dict, package: str) -> float:
+    """Lowest executor PSNR over the outputs of one package in a measurement."""
+    for record in measurement["packages"]:
+        if Path(record["package"]).name == Path(package).name:
+            return min(float(figures["psnr_db"]) for figures in record["executor"].values())
+    raise ValueError(f"{package} is not in its measurement")
+
+
+def device_figures(stage: dict, verdict_thresholds: dict) -> dict:
+    if "device" not in stage:
+        return dict.fromkeys(DEVICE_COLUMNS, NEEDS_A_MAC)
+    from sd3coreml.sweep.device_profile import device_columns
+    from sd3coreml.sweep.device_verdict import VerdictThresholds
+
+    return device_columns(json.loads(Path(stage["device"]).read_text()), VerdictThresholds(**verdict_thresholds))
+
+
+def stage_record(stage: dict, thresholds: dict, verdict_thresholds: dict) -> dict:
+    stats = program_stats(Path(stage["package"]))
+    measurement = json.loads(Path(stage["measurement"]).read_text())
+    psnr = min_psnr(measurement, stage["package"])
+    return {
+        "stage": stage["stage"],
+        "package": stage["package"],
+        "weights_mib": stats.weight_bytes / MIB,
+        "package_mib": stats.package_bytes / MIB,
+        "compute_ops": stats.compute_ops,
+        "peak_activation_mib": stats.peak_activation_bytes / MIB,
+        "psnr_db": psnr,
+        "fp16_psnr_db": min_psnr(measurement, stage["fp16_package"]),
+        "passed": psnr >= thresholds[precision_class(Path(stage["package"]))],
+        **device_figures(stage, verdict_thresholds),
+    }
+
+
+def row_record(row: dict, stages: list[dict]) -> dict:
+    benchmarks = {file for stage in row["stages"] for file in stage["benchmarks"]}
+    packages = {stage[key] for stage in row["stages"] for key in ("package", "fp16_package")}
+    return {
+        "layout": row["layout"],
+        "mode": row["mode"],
+        "stages": len(stages),
+        "largest_stage_weights_mib": max(stage["weights_mib"] for stage in stages),
+        "total_mib": sum(stage["package_mib"] for stage in stages),
+        "compute_ops": sum(stage["compute_ops"] for stage in stages),
+        "peak_activation_mib": max(stage["peak_activation_mib"] for stage in stages),
+        "build_s": sum(seconds for seconds in map(job_seconds, sorted(benchmarks)) if seconds is not None),
+        "disk_mib": sum(map(disk_bytes, sorted(packages))) / MIB,
+        "min_psnr_db": min(stage["psnr_db"] for stage in stages),
+        "min_fp16_psnr_db": min(stage["fp16_psnr_db"] for stage in stages),
+        "passed": all(stage["passed"] for stage in stages),
+        **combined_device_figures(stages),
+    }
+
+
+def combined_device_figures(stages: list[dict]) -> dict:
+    """A layout's device figures: its worst stage's verdict and placement, the sums of its times
+    (`step_s`: what one denoising step costs the app, every stage loaded, run and unloaded)."""
+    verdicts = [stage["verdict"] for stage in stages]
+    if not all(verdict in VERDICTS for verdict in verdicts):
+        reason = next(verdict for verdict in verdicts if verdict not in VERDICTS)  # needs a Mac, needs macOS 15
+        return dict.fromkeys(DEVICE_COLUMNS, reason)
+    combined = {"verdict": worst(verdicts)}
+    for column in DEVICE_COLUMNS[1:]:
+        values = [stage[column] for stage in stages]
+        if not all(isinstance(value, float | int) for value in values):
+            combined[column] = next(value for value in values if not isinstance(value, float | int))
+        else:
+            combined[column] = min(values) if column == "neural_engine_pct" else sum(values)
+    return combined
+
+
+def sharing_cost(rows: list[dict]) -> dict:
+    """Job time the sweep ran (each shared job once) against building every row on its own."""
+    per_row = [{file for stage in row["stages"] for file in stage["benchmarks"]} for row in rows]
+    seconds = {file: job_seconds(file) for file in set().union(*per_row)}
+    measured = {file: value for file, value in seconds.items() if value is not None}
+    return {
+        "builds": len(rows),
+        "sweep_jobs": len(measured),
+        "sweep_job_s": sum(measured.values()),
+        "separate_jobs": sum(len(files & measured.keys()) for files in per_row),
+        "separate_job_s": sum(measured[file] for files in per_row for file in files if file in measured),
+        "jobs_without_benchmark": len(seconds) - len(measured),
+    }
+
+
+def summarize(plan: dict) -> tuple[list[dict], list[dict], dict]:
+    thresholds, verdict_thresholds = plan["min_psnr_db"], plan.get("device", {})
+    rows, stage_rows = [], []
+    for row in plan["rows"]:
+        stages = [stage_record(stage, thresholds, verdict_thresholds) for stage in row["stages"]]
+        rows.append(row_record(row, stages))
+        stage_rows += [{"layout": row["layout"], "mode": row["mode"], **stage} for stage in stages]
+    return rows, stage_rows, sharing_cost(plan["rows"])
+
+
+def shown(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.2f}" if math.isfinite(value) else str(value)
+    return str(value)
+
+
+def write_csv(path: Path, records: list[dict], columns: tuple[str, ...]) -> None:
+    with written_atomically(path) as temporary, temporary.open("w", newline="") as stream:
+        writer = csv.DictWriter(stream, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
+        writer.writeheader()
+        writer.writerows({key: shown(record[key]) for key in columns} for record in records)
+
+
+def cost_lines(cost: dict) -> list[str]:
+    saved = 1 - cost["sweep_job_s"] / cost["separate_job_s"] if cost["separate_job_s"] else 0.0
+    lines = [
+        f"- Sweep: {cost['sweep_jobs']} jobs, {cost['sweep_job_s']:.0f} s of job time (each shared job once).",
+        f"- The same {cost['builds']} layout and mode builds one by one: {cost['separate_jobs']} jobs, "
+        f"{cost['separate_job_s']:.0f} s. Sharing saved {saved:.0%}.",
+    ]
+    if cost["jobs_without_benchmark"]:
+        lines.append(
+            f"- {cost['jobs_without_benchmark']} jobs left no benchmark file (built before benchmarks were kept)."
+        )
+    return lines
+
+
+def markdown(plan: dict, rows: list[dict], cost: dict) -> str:
+    header = "| " + " | ".join(ROW_COLUMNS) + " |"
+    rule = "|" + "|".join("---" if column in ("layout", "mode") else "---:" for column in ROW_COLUMNS) + "|"
+    body = ["| " + " | ".join(shown(row[column]) for column in ROW_COLUMNS) + " |" for row in rows]
+    title = f"# Sweep `{plan['sweep']}` of model `{plan['model']}`"
+    return "\n".join([title, "", header, rule, *body, "", "## Cost", "", *cost_lines(cost), ""])
+
+
+def write_summary(plan: dict, out_dir: Path) -> None:
+    from sd3coreml.sweep.plot import plot_summary
+
+    rows, stage_rows, cost = summarize(plan)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_csv(out_dir / "summary.csv", rows, ROW_COLUMNS)
+    write_csv(out_dir / "stages.csv", stage_rows, STAGE_COLUMNS)
+    with written_atomically(out_dir / "summary.md") as temporary:
+        temporary.write_text(markdown(plan, rows, cost))
+    plot_summary(rows, f"sweep {plan['sweep']} ({plan['model']})", out_dir / "summary.png")

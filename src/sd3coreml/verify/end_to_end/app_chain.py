@@ -1,0 +1,86 @@
+"""What the app does with a resource folder, step by step, run through `mil_executor`.
+
+Tokenize with the folder's vocab.json/merges.txt as the app does (`app_tokenizer`: CLIP-L's
+ids padded with EOS, CLIP-G's with "!"), encode with both CLIP packages, lay the
+embeddings out as the MMDiT expects them (CLIP-L and CLIP-G side by side, zero-padded to
+`joint_attention_dim`, then 77 zero T5 slots), run Conditioning and Stage0..N under the
+app's sampler, then the VAE decoder on `latent / 1.5305 + 0.0609`. Every intermediate the
+reference can be compared with is recorded in `ChainRecord`.
+"""
+
+import re
+from pathlib import Path
+
+import numpy as np
+
+from sd3coreml.verify.end_to_end.chain_record import ChainRecord
+from sd3coreml.verify.end_to_end.sampler import app_sigmas, euler_step
+from sd3coreml.verify.mil_executor import run_package
+
+VAE_SCALING_FACTOR, VAE_SHIFT_FACTOR = 1.5305, 0.0609
+STAGE = re.compile(r"MultiModalDiffusionTransformerStage(\d+)\.mlpackage")
+
+
+def folder_stages(folder: Path) -> list[Path]:
+    """The stages as the app finds them: listed and sorted numerically, with no gap check."""
+    stages = [path for path in Path(folder).iterdir() if STAGE.fullmatch(path.name)]
+    return sorted(stages, key=lambda path: int(STAGE.fullmatch(path.name).group(1)))
+
+
+def encode_prompt(folder: Path, ids: dict[str, list[int]], joint_attention_dim: int, record: ChainRecord, run):
+    """(1, joint_attention_dim, 1, 154) token embeddings and (1, 2048, 1, 1) pooled embeddings."""
+    clip_l, clip_g = (
+        run(folder / f"{name}.mlpackage", {"input_ids": np.array([ids[name]], dtype=np.float32)})
+        for name in ("TextEncoder", "TextEncoder2")
+    )
+    clip = np.concatenate([clip_l["hidden_embeds"], clip_g["hidden_embeds"]], axis=-1).astype(np.float32)
+    clip = np.pad(clip, ((0, 0), (0, 0), (0, joint_attention_dim - clip.shape[-1])))
+    tokens = np.concatenate([clip, np.zeros_like(clip)], axis=1)
+    pooled = np.concatenate([clip_l["pooled_outputs"], clip_g["pooled_outputs"]], axis=-1).astype(np.float32)
+    record.put(None, "prompt_embeds", tokens)
+    record.put(None, "pooled_projections", pooled)
+    return tokens.transpose(0, 2, 1)[:, :, None, :], pooled.reshape(1, -1, 1, 1)
+
+
+def predict_velocity(folder: Path, latent, text, pooled, timestep: float, step: int, record: ChainRecord, run):
+    conditioning = folder / "MultiModalDiffusionTransformerConditioning.mlpackage"
+    feeds = {"pooled_text_embeddings": pooled, "timestep": np.array([timestep], dtype=np.float32)}
+    modulation = run(conditioning, feeds)["modulation_inputs"].astype(np.float32)
+    record.put(step, conditioning.name, modulation)
+    image, text_tokens = latent, text
+    for stage in folder_stages(folder):
+        feeds = {
+            "latent_image_embeddings": image,
+            "token_level_text_embeddings": text_tokens,
+            "modulation_inputs": modulation,
+        }
+        outputs = run(stage, feeds)
+        if "noise_pred" in outputs:
+            record.put(step, stage.name, outputs["noise_pred"])
+            return outputs["noise_pred"]
+        image = outputs["latent_image_embeddings_out"].astype(np.float32)
+        text_tokens = outputs["token_level_text_embeddings_out"].astype(np.float32)
+        record.put(step, stage.name, np.concatenate([text_tokens, image], axis=1))
+    raise ValueError(f"{folder}: no stage returns noise_pred; the last stage is missing")
+
+
+def run_app_chain(
+    folder: Path, ids: dict[str, list[int]], noise: np.ndarray, steps: int, joint_attention_dim: int, run=run_package
+) -> ChainRecord:
+    """The app's chain on the ids it feeds each text encoder (`app_tokenizer.app_token_ids`).
+
+    `run(package, feeds) -> outputs` runs one package: the MIL executor, or Core ML itself
+    (`coreml_runtime.coreml_chain`, on a Mac).
+    """
+    folder = Path(folder)
+    record = ChainRecord()
+    text, pooled = encode_prompt(folder, ids, joint_attention_dim, record, run)
+    sigmas = app_sigmas(steps)
+    latent = noise.astype(np.float32)
+    for step in range(steps):
+        velocity = predict_velocity(folder, latent, text, pooled, sigmas[step] * 1000.0, step, record, run)
+        latent = euler_step(latent, velocity, sigmas[step], sigmas[step + 1])
+    record.put(None, "final_latent", latent)
+    z = latent / VAE_SCALING_FACTOR + VAE_SHIFT_FACTOR
+    record.put(None, "image", run(folder / "VAEDecoder.mlpackage", {"z": z})["image"])
+    return record

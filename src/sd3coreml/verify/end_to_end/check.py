@@ -1,0 +1,182 @@
+"""End-to-end check of a packages folder: the app's chain against stock diffusers.
+
+One prompt, tokenized as the app tokenizes it (`app_tokenizer`), and one seeded noise go
+through the folder's packages as the app runs them (`app_chain`) and, as the same ids, through
+`StableDiffusion3Pipeline` (`reference_pipeline`). Every recorded intermediate is compared by
+PSNR (peak = max |reference|); the prompt encoding, the first step's stage boundaries, the
+final latent and the image must clear the bar, so a wrong stage is named, and both images are
+written side by side.
+
+Beside it, tokenization only: for a set of prompts with punctuation, `#`, non-ASCII text and
+one over 75 tokens, the report lists each prompt whose app ids differ from those of diffusers'
+own tokenizers, per text encoder, and where.
+"""
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from sd3coreml.atomic import written_atomically
+from sd3coreml.errors import PipelineError
+from sd3coreml.verify.end_to_end.sampler import app_timesteps
+from sd3coreml.verify.measure import json_figure, psnr
+
+DEFAULT_PROMPT = "a photo of an astronaut riding a horse on the moon"
+TOKENIZATION_PROMPTS = (
+    DEFAULT_PROMPT,
+    "a robot, painted in oil; dramatic light!",
+    "#sunset over the sea #nofilter",
+    "café au lait … in a paris bistro",
+    "东京 at night 🌃",
+    " ".join(["a very long prompt about a quiet mountain village"] * 10),
+)
+# Ids shown on each side from the first difference on.
+SHOWN_IDS = 4
+
+
+def first_difference(app_ids: list[int], stock_ids: list[int]) -> int | None:
+    return next((index for index, (a, b) in enumerate(zip(app_ids, stock_ids)) if a != b), None)
+
+
+def tokenization_differences(folder: Path, components: Path, prompts=TOKENIZATION_PROMPTS) -> list[dict]:
+    """Each (prompt, encoder) whose app ids differ from diffusers' tokenizer's, and where."""
+    from sd3coreml.inputs.tokenizer import APP_PADDING, MAX_TOKENS, load_clip_tokenizer
+    from sd3coreml.verify.end_to_end.app_tokenizer import AppTokenizer
+
+    rows = []
+    for encoder, tokenizer_dir in (("TextEncoder", "tokenizer"), ("TextEncoder2", "tokenizer_2")):
+        app = AppTokenizer.from_folder(folder, APP_PADDING[encoder][0])
+        stock = load_clip_tokenizer(components / tokenizer_dir)
+        for prompt in prompts:
+            app_ids = app.token_ids(prompt)
+            stock_ids = stock(prompt, padding="max_length", max_length=MAX_TOKENS, truncation=True).input_ids
+            at = first_difference(app_ids, stock_ids)
+            if at is not None:
+                shown = slice(at, at + SHOWN_IDS)
+                rows.append({"prompt": prompt, "encoder": encoder, "first_difference": at,
+                             "app_ids": app_ids[shown], "diffusers_ids": stock_ids[shown]})  # fmt: skip
+    return rows
+
+
+def comparisons(package_side, reference_side, timesteps) -> list[dict]:
+    rows = []
+    for (step, name), expected in reference_side.values.items():
+        if (step, name) not in package_side.values:
+            raise PipelineError(f"end-to-end: the folder produced no {name} at step {step}")
+        figure = psnr(expected, package_side.values[(step, name)])
+        timestep = None if step is None else float(timesteps[step])
+        rows.append({"step": step, "timestep": timestep, "name": name, "psnr_db": json_figure(round(figure, 3))})
+    return rows
+
+
+def judged(row: dict) -> bool:
+    """The prompt encoding, the first step's boundaries (before errors compound), the final
+    latent and the image; later steps are reported only."""
+    return row["step"] in (None, 0)
+
+
+def first_failure(rows: list[dict], bar: float) -> str | None:
+    for row in rows:
+        if judged(row) and float(row["psnr_db"]) < bar:
+            where = "" if row["step"] is None else f" at step {row['step']} (timestep {row['timestep']:g})"
+            return (
+                f"end-to-end: {row['name']}{where} has PSNR {float(row['psnr_db']):.1f} dB against stock diffusers, "
+                f"under the bar of {bar:g} dB"
+            )
+    return None
+
+
+def image_bytes(image: np.ndarray) -> np.ndarray:
+    """(1, 3, H, W) in [-1, 1] -> (H, W, 3) uint8, as diffusers' image processor denormalises."""
+    pixels = np.clip((image[0].transpose(1, 2, 0) + 1.0) / 2.0, 0.0, 1.0)
+    return (pixels * 255.0).round().astype(np.uint8)
+
+
+def write_side_by_side(package_image: np.ndarray, reference_image: np.ndarray, out: Path) -> None:
+    from PIL import Image
+
+    pixels = np.concatenate([image_bytes(package_image), image_bytes(reference_image)], axis=1)
+    with written_atomically(Path(out)) as temporary:
+        Image.fromarray(pixels).save(temporary, format="PNG")
+
+
+def coreml_side(folder: Path, ids, noise, steps: int, joint_attention_dim: int, reference, coreml) -> tuple:
+    """The same chain in Core ML (macOS 15 or newer, in a child process), against the same reference.
+
+    Returns (what the report holds, the failure line where Core ML is enforced and fell short).
+    """
+    from sd3coreml.verify.coreml_runtime import isolated_chain
+    from sd3coreml.verify.end_to_end.chain_record import ChainRecord
+
+    compute_units, bar, enforce = coreml
+    outcome = isolated_chain(folder, ids, noise, steps, joint_attention_dim, compute_units)
+    if isinstance(outcome, str):
+        return outcome, None
+    if "failed" in outcome:
+        return outcome, (f"end-to-end: the Core ML chain failed ({outcome['failed']})" if enforce else None)
+    rows = comparisons(ChainRecord(outcome), reference, app_timesteps(steps))
+    failure = first_failure(rows, bar)
+    report = {"compute_units": compute_units, "min_psnr_db": bar, "enforced": enforce, "comparisons": rows}
+    return report, (f"{failure} (in Core ML)" if failure and enforce else None)
+
+
+def build_config_of(folder: Path) -> dict:
+    """What shaped the folder (its manifest's `config`): the layout and the latent size."""
+    return json.loads((Path(folder) / "manifest.json").read_text())["config"]
+
+
+@dataclass(frozen=True)
+class EndToEnd:
+    """One end-to-end check: the report, both images, and the failure line (None when it passed)."""
+
+    report: dict
+    package_image: np.ndarray
+    reference_image: np.ndarray
+    failure: str | None
+
+
+def end_to_end_check(
+    folder, weights, config, components, steps: int, seed: int, bar: float, prompt: str = DEFAULT_PROMPT, coreml=None
+) -> EndToEnd:
+    """`coreml`: (compute units, bar, enforce) of the Core ML chain run beside the executor's (macOS 15)."""
+    from sd3coreml.verify.end_to_end.app_chain import run_app_chain
+    from sd3coreml.verify.end_to_end.app_tokenizer import app_token_ids
+    from sd3coreml.verify.end_to_end.reference import load_pipeline, run_reference
+
+    folder, components = Path(folder), Path(components)
+    pipeline = load_pipeline(weights, config, components)
+    transformer = pipeline.transformer.config
+    build = build_config_of(folder)
+    block_ranges = [tuple(block_range) for block_range in build["stage_block_ranges"]]
+    noise = np.random.default_rng(seed).standard_normal((1, transformer.in_channels, *build["latent_size"]))
+    noise = noise.astype(np.float32)
+    ids = app_token_ids(folder, prompt)
+    reference = run_reference(pipeline, prompt, ids, noise, steps, block_ranges)
+    package_side = run_app_chain(folder, ids, noise, steps, transformer.joint_attention_dim)
+    rows = comparisons(package_side, reference, app_timesteps(steps))
+    failure = first_failure(rows, bar)
+    coreml_report, coreml_failure = coreml_side(folder, ids, noise, steps, transformer.joint_attention_dim, reference,
+                                                coreml or ("CPU_AND_NE", bar, False))  # fmt: skip
+    failure = failure or coreml_failure
+    final = next(row for row in rows if row["name"] == "final_latent")
+    report = {
+        "folder": folder.name,
+        "prompt": prompt,
+        "token_ids": ids,
+        "tokenization": {
+            "prompts": list(TOKENIZATION_PROMPTS),
+            "differences": tokenization_differences(folder, components),
+        },
+        "seed": seed,
+        "steps": steps,
+        "timesteps": [float(t) for t in app_timesteps(steps)],
+        "min_psnr_db": bar,
+        "final_latent_psnr_db": final["psnr_db"],
+        "passed": failure is None,
+        "comparisons": rows,
+        "coreml": coreml_report,
+    }
+    images = (package_side.values[(None, "image")], reference.values[(None, "image")])
+    return EndToEnd(report, *images, failure)
