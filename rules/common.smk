@@ -7,25 +7,19 @@ from pathlib import Path
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
-from sd3coreml.pipeline import toolchain
-from sd3coreml.release.checksums import file_sha256
+from sd3coreml.release import toolchain
+from sd3coreml.checksums import file_sha256
 from sd3coreml.pipeline.code_closure import CodeBase
 from sd3coreml.release.compile import require_compiler
 from sd3coreml.pipeline.config import check_compression_settings, plan_models, schema_problem
 from sd3coreml.pipeline.disk import component_weight_files, require_creatable, require_free_space
 from sd3coreml.errors import PipelineError
 from sd3coreml.inputs.normalize import ORIGINAL, normalized_memory_mb
-from sd3coreml.pipeline.plan import (
-    CONTRACT_CONDITIONING,
-    CONTRACT_STAGE,
-    TEXT_ENCODERS,
-    TOKENIZER_FILES,
-    compression_settings,
-    entry_compression,
-    latent_slug,
-    manifest_request,
-    quantization_slug,
-)
+from sd3coreml.pipeline.plan import compression_settings, entry_compression, latent_slug, manifest_request, quantization_slug
+from sd3coreml.contract import CONDITIONING as CONTRACT_CONDITIONING
+from sd3coreml.contract import STAGE as CONTRACT_STAGE
+from sd3coreml.contract import TEXT_ENCODERS
+from sd3coreml.contract import TOKENIZER_FILES
 from sd3coreml.sweep.plan import plan_sweep
 
 

@@ -41,10 +41,10 @@ from conftest import REPO, new_workdir, snakemake
 from safetensors.torch import load_file, save_file
 from snakemake.utils import validate
 
+from sd3coreml import checksums
 from sd3coreml.errors import PipelineError
 from sd3coreml.pipeline.config import plan_models
 from sd3coreml.pipeline.disk import require_creatable
-from sd3coreml.release import checksums
 from sd3coreml.synthetic.checkpoints import write_synthetic_transformer
 from sd3coreml.synthetic.clip_vocabulary import write_sd3_tokenizers
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from sd3coreml import checksums
 from sd3coreml.errors import PipelineError
-from sd3coreml.release import checksums
 
 
 def make_package(parent: Path, name: str, model_bytes: bytes = b"weights") -> Path:

@@ -6,7 +6,8 @@ import json
 from conftest import REPO
 from package_contract import interfaces, load_contract
 
-from sd3coreml.release.client import APP_CLIP_HIDDEN_WIDTH, APP_JOINT_WIDTH, APP_POOLED_WIDTH, interface_problems
+from sd3coreml.contract import APP_CLIP_HIDDEN_WIDTH, APP_JOINT_WIDTH, APP_POOLED_WIDTH
+from sd3coreml.release.client import interface_problems
 from sd3coreml.synthetic.presets import get_preset
 
 

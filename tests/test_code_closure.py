@@ -41,8 +41,8 @@ def test_a_conversion_steps_code_is_what_its_function_imports():
         "convert-vae-decoder"
     )
     assert "sd3coreml.convert.mmdit_modules" not in CODE.step_code("convert-vae-decoder")
-    # The text encoder imports the tokenizer's constants (a list once left it out).
-    assert "sd3coreml.inputs.tokenizer" in CODE.step_code("convert-text-encoder")
+    # The text encoder imports the contract's token ids (a hand-written list once left them out).
+    assert "sd3coreml.contract" in CODE.step_code("convert-text-encoder")
     assert "sd3coreml.synthetic.presets" in CODE.step_code("synthetic-transformer")
 
 

@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from sd3coreml import checksums
 from sd3coreml.commands import main as cli
 from sd3coreml.errors import PipelineError
-from sd3coreml.release import checksums, compile, folder, folder_check
+from sd3coreml.release import compile, folder, folder_check
 
 FAKE_COMPILER = Path(__file__).parent / "fake_coremlcompiler"
 FAKE_ARGUMENTS = "compile {package} {output_dir} --platform iOS --deployment-target {deployment_target}"

@@ -6,9 +6,10 @@ from pathlib import Path
 
 import pytest
 
+from sd3coreml import checksums
 from sd3coreml.commands import main as cli
 from sd3coreml.errors import PipelineError
-from sd3coreml.release import checksums, folder
+from sd3coreml.release import folder
 
 STAGE = "MultiModalDiffusionTransformerStage"
 

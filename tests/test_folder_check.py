@@ -7,7 +7,8 @@ import sys
 from conftest import new_workdir, snakemake
 from test_folder import STAGE, make_entries
 
-from sd3coreml.release import checksums, folder, folder_check
+from sd3coreml import checksums
+from sd3coreml.release import folder, folder_check
 
 # Stage1..3 hold blocks [0,2), [2,4), [4,5): Stage0..Stage3 in all.
 MANIFEST = {

@@ -9,7 +9,8 @@ import yaml
 from conftest import FAKE_COMPILER, JOB_HOOKS, new_workdir, snakemake
 from test_workflow import planned_jobs
 
-from sd3coreml.release import checksums, folder_check
+from sd3coreml import checksums
+from sd3coreml.release import folder_check
 
 FOLDER = "coremlsd3_4step_packages"
 STAGE = "MultiModalDiffusionTransformerStage"

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from sd3coreml.release.mac_selfcheck import spelling_probe, summary, with_spelling, xcode_version
+from sd3coreml.sweep.mac_selfcheck import spelling_probe, summary, with_spelling, xcode_version
 
 FAKE_TEMPLATE = (
     f"{Path(__file__).parent / 'fake_coremlcompiler'} compile {{package}} {{output_dir}} --platform iOS"

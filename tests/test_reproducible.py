@@ -30,8 +30,9 @@ import psutil
 import pytest
 from conftest import DEMO_FOLDERS, JOB_HOOKS, REPO, copy_of_build, new_workdir
 
+from sd3coreml import checksums
 from sd3coreml.atomic import remove_path
-from sd3coreml.release import checksums, folder_check
+from sd3coreml.release import folder_check
 
 ROOT = "results/demo"
 REBUILT = "coremlsd3_4step_packages"

@@ -10,8 +10,8 @@ import pytest
 import torch
 from coremltools.converters.mil import Builder as mb
 
+from sd3coreml.contract import BOS, EOS, LEGACY_EOS_TOKEN_ID, MAX_TOKENS
 from sd3coreml.convert.text_encoder import load_text_encoder, pooled_position
-from sd3coreml.inputs.tokenizer import BOS, EOS, LEGACY_EOS_TOKEN_ID, MAX_TOKENS
 from sd3coreml.verify.measure import psnr
 from sd3coreml.verify.mil_executor import run_package, run_program
 

@@ -9,7 +9,8 @@ import pytest
 import yaml
 from conftest import DEMO_TARGETS, copy_of_build, new_workdir, snakemake, write_config
 
-from sd3coreml.release import checksums, folder_check
+from sd3coreml import checksums
+from sd3coreml.release import folder_check
 from sd3coreml.release.compile import DEFAULT_COMPILER, compiler_available
 
 ROOT = "results/demo"

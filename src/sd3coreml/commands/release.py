@@ -93,7 +93,7 @@ def release_check(args) -> None:
 
 def mac_selfcheck(args) -> None:
     from sd3coreml.atomic import written_atomically
-    from sd3coreml.release.mac_selfcheck import gather, summary
+    from sd3coreml.sweep.mac_selfcheck import gather, summary
 
     if sys.platform != "darwin":
         raise PipelineError("mac-selfcheck looks at a Mac's Xcode and Core ML; run it on a Mac")

@@ -15,10 +15,10 @@ from pathlib import Path
 import torch
 from transformers import CLIPTextModelWithProjection
 
+from sd3coreml.contract import BOS, EOS, LEGACY_EOS_TOKEN_ID, MAX_TOKENS
 from sd3coreml.convert.conversion import TensorSpec, convert_module
 from sd3coreml.convert.package import ARTIFACT_KEY, save_package
 from sd3coreml.errors import PipelineError
-from sd3coreml.inputs.tokenizer import BOS, EOS, LEGACY_EOS_TOKEN_ID, MAX_TOKENS
 
 
 def pooled_position(ids: torch.Tensor, eos_token_id: int | None) -> torch.Tensor:

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from sd3coreml.atomic import written_atomically
+from sd3coreml.checksums import file_sha256
 from sd3coreml.errors import PipelineError
-from sd3coreml.release.checksums import file_sha256
 
 COMMIT = re.compile(r"[0-9a-f]{40}")
 SHA256 = re.compile(r"[0-9a-fA-F]{64}")

@@ -5,18 +5,10 @@ import shutil
 from pathlib import Path
 
 from sd3coreml.atomic import written_atomically
+from sd3coreml.contract import BOS, CLIP_VOCAB_SIZE, EOS
 from sd3coreml.errors import PipelineError
 
-CLIP_VOCAB_SIZE = 49408
-BOS, EOS = 49406, 49407
 SPECIAL_TOKENS = {"<|startoftext|>": BOS, "<|endoftext|>": EOS}
-MAX_TOKENS = 77  # CLIP's context; SD3 pads every prompt to it
-# The `eos_token_id` of OpenAI's and LAION's CLIP configs (SD3 Medium's too), which
-# transformers reads as "pool at the largest id" (its PR #24773).
-LEGACY_EOS_TOKEN_ID = 2
-# What the app pads each text encoder's ids with, and its CLIP id (SD3PipelineLoader.swift:
-# CLIP-L's BPETokenizer pads with its default, CLIP-G's with `padToken: "!"`).
-APP_PADDING = {"TextEncoder": ("<|endoftext|>", EOS), "TextEncoder2": ("!", 0)}
 
 
 def check_vocab(path: Path) -> None:

@@ -14,13 +14,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sd3coreml.compress.weights import require_exact_kmeans
+from sd3coreml.contract import CONDITIONING as CONTRACT_CONDITIONING
+from sd3coreml.contract import STAGE as CONTRACT_STAGE
+from sd3coreml.contract import TEXT_ENCODERS
 from sd3coreml.errors import PipelineError
 from sd3coreml.inputs.checkpoint import PICKLE_SUFFIXES, check_header_matches_config, load_transformer_config
 from sd3coreml.inputs.download import downloaded_paths
 from sd3coreml.inputs.geometry import MMDiTShape
 from sd3coreml.inputs.normalize import DIFFUSERS, ORIGINAL, check_original_header_matches_config, detect_layout
 from sd3coreml.inputs.tokenizer import check_merges, check_same_tokenizers, check_vocab
-from sd3coreml.pipeline.plan import CONTRACT_CONDITIONING, CONTRACT_STAGE, TEXT_ENCODERS, BlockRange, stage_ranges
+from sd3coreml.pipeline.plan import BlockRange, stage_ranges
 
 # Spec versions of ML Program targets; iOS15 lacks fp16 inputs/outputs and is refused.
 CONVERSION_TARGETS = {"iOS16": 16, "iOS17": 17, "iOS18": 18}

@@ -8,13 +8,10 @@ share a block range share the file and a stage-size change replans only what cha
 import re
 from dataclasses import dataclass
 
+from sd3coreml.contract import CLIENT, TEXT_ENCODERS, TOKENIZER_FILES
+from sd3coreml.contract import CONDITIONING as CONTRACT_CONDITIONING
+from sd3coreml.contract import STAGE as CONTRACT_STAGE
 from sd3coreml.errors import PipelineError
-from sd3coreml.release.client import CLIENT
-
-CONTRACT_STAGE = "MultiModalDiffusionTransformerStage{index}"
-CONTRACT_CONDITIONING = "MultiModalDiffusionTransformerConditioning"
-TEXT_ENCODERS = {"TextEncoder": "text_encoder", "TextEncoder2": "text_encoder_2"}
-TOKENIZER_FILES = ("vocab.json", "merges.txt")
 
 
 @dataclass(frozen=True)

@@ -19,15 +19,17 @@ its manifest says `app_loadable: false`, with why.
 
 import re
 
-CLIENT = {"repo": "TWWinde/MobileDiffuser", "commit": "bfe2f28a5a814619447081fbe6ef4b91d5919eb0", "branch": "MCL"}
-APP_TOKENS = 77
-APP_JOINT_WIDTH = 4096
-APP_CLIP_HIDDEN_WIDTH = 2048  # 4096 less the [1, 77, 2048] zero padding
-APP_POOLED_WIDTH = 2048
-APP_TEXT_TOKENS = 2 * APP_TOKENS  # 77 CLIP + 77 zero T5 slots
-ONE_INPUT = ("TextEncoder", "TextEncoder2", "VAEDecoder")
-ADALN_FILE = re.compile(r"MultiModalDiffusionTransformerAdaLN(Stage\d+)?\.(mlmodelc|mlpackage)")
-STAGE = re.compile(r"MultiModalDiffusionTransformerStage(\d+)")
+from sd3coreml.contract import (
+    APP_CLIP_HIDDEN_WIDTH,
+    APP_JOINT_WIDTH,
+    APP_POOLED_WIDTH,
+    APP_TEXT_TOKENS,
+    ONE_INPUT,
+    STAGE_PREFIX,
+)
+from sd3coreml.contract import MAX_TOKENS as APP_TOKENS
+
+STAGE = re.compile(rf"{STAGE_PREFIX}(\d+)")
 # What a folder's manifest says of the client (loadable_record), carried from packages to app folders.
 APP_RECORD_KEYS = ("client", "app_loadable", "app_problems")
 

@@ -17,11 +17,12 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+from sd3coreml import checksums
 from sd3coreml.atomic import replace_path
 from sd3coreml.errors import PipelineError
-from sd3coreml.pipeline.toolchain import TOOL_TIMEOUT_SECONDS, compiler_versions
-from sd3coreml.release import checksums, folder
+from sd3coreml.release import folder
 from sd3coreml.release.client import APP_RECORD_KEYS
+from sd3coreml.release.toolchain import TOOL_TIMEOUT_SECONDS, compiler_versions
 
 DEFAULT_COMPILER = (
     "xcrun coremlcompiler compile {package} {output_dir} --platform iOS --deployment-target {deployment_target}"

@@ -19,8 +19,8 @@ import hashlib
 import json
 from pathlib import Path
 
+from sd3coreml import checksums
 from sd3coreml.errors import PipelineError
-from sd3coreml.release import checksums
 
 ADVICE = (
     "keep a folder's layout across releases (the app deletes nothing), and know that a changed file of "

@@ -10,20 +10,17 @@ failure leaves the old folder as it was.
 import hashlib
 import json
 import os
-import re
 import shutil
 import sys
 from pathlib import Path
 
+from sd3coreml import checksums
 from sd3coreml.atomic import fresh_temporary, remove_path, replace_path, written_atomically
+from sd3coreml.contract import STAGE_NAME, STAGE_PREFIX
 from sd3coreml.errors import PipelineError
-from sd3coreml.release import checksums
 
 MANIFEST_NAME = "manifest.json"
-STAGE_PREFIX = "MultiModalDiffusionTransformerStage"
 MODEL_SUFFIXES = (".mlpackage", ".mlmodelc")
-# Leading zeros are refused: `Stage01` would sort as 1 in the app but is no contract name.
-STAGE_NAME = re.compile(rf"{STAGE_PREFIX}(0|[1-9][0-9]*)(\.mlpackage|\.mlmodelc)")
 RESERVED_NAMES = {MANIFEST_NAME, checksums.SUMS_NAME, checksums.SNAKEMAKE_MARKER}
 MANIFEST_KEYS_WE_WRITE = ("files", "build_id")
 

@@ -20,10 +20,11 @@ says so, from its manifest.
 import json
 from pathlib import Path
 
+from sd3coreml import checksums
+from sd3coreml.contract import ADALN_FILE
 from sd3coreml.convert.package import ARTIFACT_KEY, block_range_label, read_spec
 from sd3coreml.errors import PipelineError
-from sd3coreml.release import checksums, folder
-from sd3coreml.release.client import ADALN_FILE
+from sd3coreml.release import folder
 
 
 def folder_problems(folder_path: Path) -> list[str]:

@@ -8,8 +8,8 @@ head width (DESIGN.md section 1). A preset that breaks them is refused on constr
 import dataclasses
 from dataclasses import dataclass
 
+from sd3coreml.contract import BOS, EOS, LEGACY_EOS_TOKEN_ID
 from sd3coreml.errors import PipelineError
-from sd3coreml.inputs.tokenizer import BOS, EOS, LEGACY_EOS_TOKEN_ID
 from sd3coreml.synthetic.clip_vocabulary import VOCAB_SIZE
 
 

@@ -14,10 +14,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from sd3coreml.contract import APP_PADDING, BOS, CLIP_VOCAB_SIZE, EOS, MAX_TOKENS, TEXT_ENCODERS
 from sd3coreml.convert.mmdit import load_shape
 from sd3coreml.convert.mmdit_modules import build_block_range, build_conditioning, build_input_stage
-from sd3coreml.inputs.tokenizer import APP_PADDING, BOS, CLIP_VOCAB_SIZE, EOS, MAX_TOKENS
-from sd3coreml.pipeline.plan import TEXT_ENCODERS
 
 
 @dataclass(frozen=True)

@@ -13,12 +13,12 @@ from pathlib import Path
 
 import numpy as np
 
+from sd3coreml.contract import STAGE_PREFIX, VAE_SCALING_FACTOR, VAE_SHIFT_FACTOR
 from sd3coreml.verify.end_to_end.chain_record import ChainRecord
 from sd3coreml.verify.end_to_end.sampler import app_sigmas, euler_step
 from sd3coreml.verify.mil_executor import run_package
 
-VAE_SCALING_FACTOR, VAE_SHIFT_FACTOR = 1.5305, 0.0609
-STAGE = re.compile(r"MultiModalDiffusionTransformerStage(\d+)\.mlpackage")
+STAGE = re.compile(rf"{STAGE_PREFIX}(\d+)\.mlpackage")
 
 
 def folder_stages(folder: Path) -> list[Path]:

@@ -26,8 +26,8 @@ from pathlib import Path
 
 import regex
 
+from sd3coreml.contract import APP_PADDING, MAX_TOKENS
 from sd3coreml.errors import PipelineError
-from sd3coreml.inputs.tokenizer import APP_PADDING, MAX_TOKENS
 
 START_TOKEN, END_TOKEN = "<|startoftext|>", "<|endoftext|>"
 UNKNOWN_TOKEN = END_TOKEN

@@ -42,7 +42,8 @@ def first_difference(app_ids: list[int], stock_ids: list[int]) -> int | None:
 
 def tokenization_differences(folder: Path, components: Path, prompts=TOKENIZATION_PROMPTS) -> list[dict]:
     """Each (prompt, encoder) whose app ids differ from diffusers' tokenizer's, and where."""
-    from sd3coreml.inputs.tokenizer import APP_PADDING, MAX_TOKENS, load_clip_tokenizer
+    from sd3coreml.contract import APP_PADDING, MAX_TOKENS
+    from sd3coreml.inputs.tokenizer import load_clip_tokenizer
     from sd3coreml.verify.end_to_end.app_tokenizer import AppTokenizer
 
     rows = []

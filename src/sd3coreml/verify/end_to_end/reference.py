@@ -16,7 +16,8 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
-from sd3coreml.inputs.tokenizer import MAX_TOKENS, load_clip_tokenizer
+from sd3coreml.contract import MAX_TOKENS
+from sd3coreml.inputs.tokenizer import load_clip_tokenizer
 from sd3coreml.verify.end_to_end.chain_record import ChainRecord
 from sd3coreml.verify.end_to_end.sampler import SHIFT, unshifted_sigmas
 

@@ -100,7 +100,7 @@ def gather(package: Path, template: str) -> dict:
     from sd3coreml.verify.isolated import describe, run_isolated
 
     version = answer(["xcodebuild", "-version"])
-    result = run_isolated("sd3coreml.release.mac_selfcheck:coreml_probe", {"package": str(package)}, 1800)
+    result = run_isolated("sd3coreml.sweep.mac_selfcheck:coreml_probe", {"package": str(package)}, 1800)
     return {
         "macos": platform.mac_ver()[0],
         "machine": platform.machine(),
