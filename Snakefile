@@ -38,8 +38,8 @@ else:
         end="\d+",
         head="(_head)?",
         encoder="TextEncoder2?",
-        compression=COMPRESSION_SLUG,
-        precision=f"fp16|{COMPRESSION_SLUG}",
+        compression=SLUG_PATTERN,
+        precision=f"fp16|{SLUG_PATTERN}",
 
 
     include: "rules/checkpoints.smk"
@@ -65,13 +65,13 @@ else:
     rule all:
         default_target: True
         input:
-            [f"{ROOT}/coremlsd3_{model}_packages/SHA256SUMS" for model in MODELS],
+            [ART.sums(model, "packages") for model in MODELS],
 
 
     # Per-package fidelity (also part of every packages folder).
     rule fidelity:
         input:
-            [fidelity_report(model) for model in MODELS],
+            [ART.report(model, "fidelity.json") for model in MODELS],
 
 
     localrules:
@@ -83,13 +83,12 @@ else:
     # built) against its SHA256SUMS and manifest.json. Rules without outputs run whenever asked for.
     rule verify:
         input:
-            [fidelity_report(model) for model in MODELS],
-            [end_to_end_report(model) for model in MODELS],
-            [f"{ROOT}/coremlsd3_{model}_packages/SHA256SUMS" for model in MODELS],
+            [ART.report(model, name) for model in MODELS for name in ("fidelity.json", "end_to_end.json")],
+            [ART.sums(model, "packages") for model in MODELS],
         params:
-            folders=lambda wildcards: built_folders(include_packages=True),
+            folders=lambda wildcards: get_built_folders(include_packages=True),
         log:
-            f"{ROOT}/logs/verify_folders.log",
+            ART.log("verify"),
         conda:
             "envs/convert.yaml"
         shell:
@@ -99,9 +98,9 @@ else:
     # Only the folder check, over the configured folders as they are on disk; builds nothing.
     rule verify_folders:
         params:
-            folders=lambda wildcards: built_folders(),
+            folders=lambda wildcards: get_built_folders(),
         log:
-            f"{ROOT}/logs/verify_folders.log",
+            ART.log("verify_folders"),
         conda:
             "envs/convert.yaml"
         shell:
@@ -114,10 +113,10 @@ else:
             name:
                 f"coremlsd3_{model}_packages"
             input:
-                f"{ROOT}/coremlsd3_{model}_packages/SHA256SUMS",
+                ART.sums(model, "packages"),
 
         rule:
             name:
                 f"coremlsd3_{model}"
             input:
-                f"{ROOT}/coremlsd3_{model}/SHA256SUMS",
+                ART.sums(model, "app"),

@@ -5,17 +5,16 @@
 # quantization on weights shaped like trained ones.
 rule synthetic_transformer:
     output:
-        weights=f"{ROOT}/checkpoints/{{preset}}{{heavy}}-seed{{seed}}.safetensors",
-        config=f"{ROOT}/checkpoints/{{preset}}{{heavy}}-seed{{seed}}.json",
+        weights=ART.synthetic("transformer", ".safetensors"),
+        config=ART.synthetic("transformer", ".json"),
     params:
         code=step_code("synthetic-transformer"),
         distribution=lambda wildcards: "heavy-tailed" if wildcards.heavy else "normal",
         toolchain=TOOLCHAIN_FINGERPRINT,
-    input:
     log:
-        f"{ROOT}/logs/synthetic_transformer/{{preset}}{{heavy}}-seed{{seed}}.log",
+        ART.log("synthetic_transformer/{preset}{heavy}-seed{seed}"),
     benchmark:
-        f"{ROOT}/benchmarks/synthetic_transformer/{{preset}}{{heavy}}-seed{{seed}}.tsv"
+        ART.benchmark("synthetic_transformer/{preset}{heavy}-seed{seed}")
     resources:
         mem_mb=6000,
     wildcard_constraints:
@@ -31,15 +30,14 @@ rule synthetic_transformer:
 
 rule synthetic_components:
     output:
-        directory(f"{ROOT}/checkpoints/{{preset}}-components-seed{{seed}}"),
+        directory(ART.synthetic("components")),
     params:
         code=step_code("synthetic-components"),
         toolchain=TOOLCHAIN_FINGERPRINT,
-    input:
     log:
-        f"{ROOT}/logs/synthetic_components/{{preset}}-seed{{seed}}.log",
+        ART.log("synthetic_components/{preset}-seed{seed}"),
     benchmark:
-        f"{ROOT}/benchmarks/synthetic_components/{{preset}}-seed{{seed}}.tsv"
+        ART.benchmark("synthetic_components/{preset}-seed{seed}")
     resources:
         mem_mb=6000,
     wildcard_constraints:

@@ -2,6 +2,9 @@
 # layout's block ranges, a compression no longer configured) and says how much it freed;
 # `cleanup_preview` lists them and removes nothing. Snakemake's own DAG (--summary) decides.
 
+import os
+
+
 for name, flags in (("cleanup", ""), ("cleanup_preview", "--dry-run")):
 
     rule:
@@ -12,10 +15,10 @@ for name, flags in (("cleanup", ""), ("cleanup_preview", "--dry-run")):
             root=ROOT,
             config=lambda wildcards: json.dumps(config),
             snakefile=os.path.relpath(workflow.main_snakefile),
-            targets=referenced_targets(),
+            targets=referenced_targets(MODELS, SWEEP),
             flags=flags,
         log:
-            f"{ROOT}/logs/{name}.log",
+            ART.log(name),
         conda:
             "../envs/convert.yaml"
         shell:

@@ -11,14 +11,15 @@ rule compile_package:
     input:
         package=f"{ROOT}/{{path}}.mlpackage",
     output:
-        directory(f"{ROOT}/compiled/ios{{deployment_target}}/{{path}}.mlmodelc"),
+        directory(ART.compiled_pattern()),
     params:
         code=step_code("compile-package"),
-        command=compiler_command,
+        # A function, so Snakemake leaves the template's {package} fields alone.
+        command=lambda wildcards: config["compiler"]["command"],
     log:
-        f"{ROOT}/logs/compile/ios{{deployment_target}}/{{path}}.log",
+        ART.log("compile/ios{deployment_target}/{path}"),
     benchmark:
-        f"{ROOT}/benchmarks/compile/ios{{deployment_target}}/{{path}}.tsv"
+        ART.benchmark("compile/ios{deployment_target}/{path}")
     wildcard_constraints:
         deployment_target="\d+(\.\d+)*",
     resources:
@@ -28,4 +29,3 @@ rule compile_package:
     shell:
         "python -m sd3coreml compile-package --package {input.package} --out {output}"
         " --compiler {params.command:q} --deployment-target {wildcards.deployment_target} > {log} 2>&1"
-

@@ -1,20 +1,20 @@
 # Weight compression of any fp16 package, by a separate job: the output's name carries the
-# settings, so changing them never reconverts the fp16 package.
+# settings (compress/settings.py), so changing them never reconverts the fp16 package.
 
 
 rule compress_package:
     input:
         package=f"{ROOT}/{{path}}.fp16.mlpackage",
     output:
-        directory(f"{ROOT}/{{path}}.{{compression}}.mlpackage"),
+        directory(ART.compressed_pattern()),
     params:
         code=step_code("compress-package"),
-        compression=compression_args,
+        compression=get_compression_flags,
         toolchain=TOOLCHAIN_FINGERPRINT,
     log:
-        f"{ROOT}/logs/compress/{{path}}.{{compression}}.log",
+        ART.log("compress/{path}.{compression}"),
     benchmark:
-        f"{ROOT}/benchmarks/compress/{{path}}.{{compression}}.tsv"
+        ART.benchmark("compress/{path}.{compression}")
     resources:
         mem_mb=4000,
     conda:

@@ -3,12 +3,6 @@
 # rules when the key is absent. The pins are the params, so a new pin downloads again;
 # the library module is no input: the pinned sha256 alone decides the content, and a
 # rerun would make every conversion downstream look outdated.
-from sd3coreml.inputs.download import planned_downloads
-
-try:
-    DOWNLOADED_FILES, DOWNLOADED_SNAPSHOTS = planned_downloads(config)
-except PipelineError as error:
-    fail(error)
 
 
 for download in DOWNLOADED_FILES:
@@ -21,9 +15,9 @@ for download in DOWNLOADED_FILES:
         params:
             pin=download.pin,
         log:
-            f"{ROOT}/logs/downloads/{download.name}.log",
+            ART.log(f"downloads/{download.name}"),
         benchmark:
-            f"{ROOT}/benchmarks/downloads/{download.name}.tsv"
+            ART.benchmark(f"downloads/{download.name}")
         resources:
             mem_mb=1000,
         conda:
@@ -43,9 +37,9 @@ for download in DOWNLOADED_SNAPSHOTS:
         params:
             pin=download.pin,
         log:
-            f"{ROOT}/logs/downloads/{download.name}.log",
+            ART.log(f"downloads/{download.name}"),
         benchmark:
-            f"{ROOT}/benchmarks/downloads/{download.name}.tsv"
+            ART.benchmark(f"downloads/{download.name}")
         resources:
             mem_mb=1000,
         conda:

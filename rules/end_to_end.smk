@@ -6,34 +6,34 @@
 
 rule end_to_end:
     input:
-        unpack(transformer_inputs),
-        folder=f"{ROOT}/coremlsd3_{{model}}_packages/SHA256SUMS",
+        weights=get_transformer_weights,
+        folder=ART.sums("{model}", "packages"),
         components=config["components"],
     output:
-        json=f"{ROOT}/reports/coremlsd3_{{model}}_packages/end_to_end.json",
+        json=ART.report("{model}", "end_to_end.json"),
         png=report(
-            f"{ROOT}/reports/coremlsd3_{{model}}_packages/end_to_end.png",
+            ART.report("{model}", "end_to_end.png"),
             caption="../report/end_to_end.rst",
             category="Samples",
             labels={"folder": "coremlsd3_{model}_packages"},
         ),
     params:
-        config=transformer_config,
-        config_sha256=transformer_config_sha256,
+        config=get_transformer_config,
+        config_sha256=get_transformer_config_sha256,
         code=step_code("end-to-end"),
-        steps=sampler_steps,
+        steps=get_sampler_steps,
         seed=VERIFY_SEED,
-        min_psnr_db=end_to_end_bar,
+        min_psnr_db=get_end_to_end_bar,
         prompt=config["fidelity"]["prompt"],
-        runner=RUNNER,
-        coreml=coreml_policy_args,
+        runner=COREML,
+        coreml=get_coreml_policy_args,
         toolchain=TOOLCHAIN_FINGERPRINT,
     log:
-        f"{ROOT}/logs/end_to_end/coremlsd3_{{model}}_packages.log",
+        ART.log(f"end_to_end/{folder_name('{model}', 'packages')}"),
     benchmark:
-        f"{ROOT}/benchmarks/end_to_end/coremlsd3_{{model}}_packages.tsv"
+        ART.benchmark(f"end_to_end/{folder_name('{model}', 'packages')}")
     resources:
-        mem_mb=end_to_end_mem_mb,
+        mem_mb=get_end_to_end_mem_mb,
         neural_engine=NEURAL_ENGINE_JOBS,
     conda:
         "../envs/convert.yaml"

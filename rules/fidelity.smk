@@ -1,33 +1,27 @@
 # Fidelity: each package (fp16 and its compressed twin) run on seeded inputs by the MIL
-# executor and compared with the PyTorch module it came from; the report judges the
-# figures against config `fidelity.min_psnr_db`. A packages folder is assembled only from a
-# build whose report passed. The measurement path mirrors the compressed package's, so a layout
-# or compression change re-measures only the packages that changed.
-
-VERIFY_SEED = config["fidelity"]["seed"]
-# Who measures: a Mac adds Core ML's own figures (on the config's compute units), so
-# measurements copied from Linux are measured again there.
-COREML_UNITS = config["fidelity"]["coreml_compute_units"]
-RUNNER = {"runner": "executor+coreml" if ON_MACOS else "executor", "units": COREML_UNITS}
+# executor (and, on a Mac, by Core ML) and compared with the PyTorch module it came from; the
+# report judges the figures against config `fidelity.min_psnr_db`. A packages folder is
+# assembled only from a build whose report passed. The measurement path mirrors the
+# package's, so a layout or compression change re-measures only the packages that changed.
 
 
 rule verify_mmdit_conditioning:
     input:
-        unpack(transformer_inputs),
-        packages=verified_packages(f"{ROOT}/mmdit/{{model}}/{{target}}/conditioning"),
+        weights=get_transformer_weights,
+        packages=get_verified_packages("conditioning"),
     output:
-        f"{ROOT}/fidelity/mmdit/{{model}}/{{target}}/conditioning.{{precision}}.json",
+        ART.measurement_pattern("conditioning"),
     params:
-        config=transformer_config,
-        config_sha256=transformer_config_sha256,
+        config=get_transformer_config,
+        config_sha256=get_transformer_config_sha256,
         code=step_code("verify-package"),
         seed=VERIFY_SEED,
-        runner=RUNNER,
+        runner=COREML,
         toolchain=TOOLCHAIN_FINGERPRINT,
     log:
-        f"{ROOT}/logs/fidelity/mmdit/{{model}}/{{target}}/conditioning.{{precision}}.log",
+        ART.log(f"fidelity/{PIECES['conditioning']}.{{precision}}"),
     benchmark:
-        f"{ROOT}/benchmarks/fidelity/mmdit/{{model}}/{{target}}/conditioning.{{precision}}.tsv"
+        ART.benchmark(f"fidelity/{PIECES['conditioning']}.{{precision}}")
     resources:
         mem_mb=2000,
         neural_engine=NEURAL_ENGINE_JOBS,
@@ -41,21 +35,21 @@ rule verify_mmdit_conditioning:
 
 rule verify_mmdit_input_stage:
     input:
-        unpack(transformer_inputs),
-        packages=verified_packages(f"{ROOT}/mmdit/{{model}}/{{target}}/latent{{height}}x{{width}}/input"),
+        weights=get_transformer_weights,
+        packages=get_verified_packages("input_stage"),
     output:
-        f"{ROOT}/fidelity/mmdit/{{model}}/{{target}}/latent{{height}}x{{width}}/input.{{precision}}.json",
+        ART.measurement_pattern("input_stage"),
     params:
-        config=transformer_config,
-        config_sha256=transformer_config_sha256,
+        config=get_transformer_config,
+        config_sha256=get_transformer_config_sha256,
         code=step_code("verify-package"),
         seed=VERIFY_SEED,
-        runner=RUNNER,
+        runner=COREML,
         toolchain=TOOLCHAIN_FINGERPRINT,
     log:
-        f"{ROOT}/logs/fidelity/mmdit/{{model}}/{{target}}/latent{{height}}x{{width}}/input.{{precision}}.log",
+        ART.log(f"fidelity/{PIECES['input_stage']}.{{precision}}"),
     benchmark:
-        f"{ROOT}/benchmarks/fidelity/mmdit/{{model}}/{{target}}/latent{{height}}x{{width}}/input.{{precision}}.tsv"
+        ART.benchmark(f"fidelity/{PIECES['input_stage']}.{{precision}}")
     resources:
         mem_mb=2000,
         neural_engine=NEURAL_ENGINE_JOBS,
@@ -63,29 +57,28 @@ rule verify_mmdit_input_stage:
         "../envs/convert.yaml"
     shell:
         "python -m sd3coreml verify-package --kind input-stage --weights {input.weights} --config {params.config}"
-        " --latent {wildcards.height} {wildcards.width} --packages {input.packages} --seed {params.seed}"
-        " --out {output} --coreml-compute-units {params.runner[units]} > {log} 2>&1"
+        " --latent {wildcards.height} {wildcards.width}"
+        " --packages {input.packages} --seed {params.seed} --out {output}"
+        " --coreml-compute-units {params.runner[units]} > {log} 2>&1"
 
 
 rule verify_mmdit_block_range:
     input:
-        unpack(transformer_inputs),
-        packages=verified_packages(
-            f"{ROOT}/mmdit/{{model}}/{{target}}/latent{{height}}x{{width}}/blocks{{start}}-{{end}}{{head}}"
-        ),
+        weights=get_transformer_weights,
+        packages=get_verified_packages("block_range"),
     output:
-        f"{ROOT}/fidelity/mmdit/{{model}}/{{target}}/latent{{height}}x{{width}}/blocks{{start}}-{{end}}{{head}}.{{precision}}.json",
+        ART.measurement_pattern("block_range"),
     params:
-        config=transformer_config,
-        config_sha256=transformer_config_sha256,
+        config=get_transformer_config,
+        config_sha256=get_transformer_config_sha256,
         code=step_code("verify-package"),
         seed=VERIFY_SEED,
-        runner=RUNNER,
+        runner=COREML,
         toolchain=TOOLCHAIN_FINGERPRINT,
     log:
-        f"{ROOT}/logs/fidelity/mmdit/{{model}}/{{target}}/latent{{height}}x{{width}}/blocks{{start}}-{{end}}{{head}}.{{precision}}.log",
+        ART.log(f"fidelity/{PIECES['block_range']}.{{precision}}"),
     benchmark:
-        f"{ROOT}/benchmarks/fidelity/mmdit/{{model}}/{{target}}/latent{{height}}x{{width}}/blocks{{start}}-{{end}}{{head}}.{{precision}}.tsv"
+        ART.benchmark(f"fidelity/{PIECES['block_range']}.{{precision}}")
     resources:
         mem_mb=4000,
         neural_engine=NEURAL_ENGINE_JOBS,
@@ -101,19 +94,19 @@ rule verify_mmdit_block_range:
 rule verify_text_encoder:
     input:
         components=config["components"],
-        packages=verified_packages(f"{ROOT}/text_encoders/{{target}}/{{encoder}}"),
+        packages=get_verified_packages("text_encoder"),
     output:
-        f"{ROOT}/fidelity/text_encoders/{{target}}/{{encoder}}.{{precision}}.json",
+        ART.measurement_pattern("text_encoder"),
     params:
+        folder=lambda wildcards: TEXT_ENCODERS[wildcards.encoder],
         code=step_code("verify-package"),
-        folder=text_encoder_folder,
         seed=VERIFY_SEED,
-        runner=RUNNER,
+        runner=COREML,
         toolchain=TOOLCHAIN_FINGERPRINT,
     log:
-        f"{ROOT}/logs/fidelity/text_encoders/{{target}}/{{encoder}}.{{precision}}.log",
+        ART.log(f"fidelity/{PIECES['text_encoder']}.{{precision}}"),
     benchmark:
-        f"{ROOT}/benchmarks/fidelity/text_encoders/{{target}}/{{encoder}}.{{precision}}.tsv"
+        ART.benchmark(f"fidelity/{PIECES['text_encoder']}.{{precision}}")
     resources:
         mem_mb=8000,
         neural_engine=NEURAL_ENGINE_JOBS,
@@ -128,18 +121,18 @@ rule verify_text_encoder:
 rule verify_vae_decoder:
     input:
         components=config["components"],
-        packages=verified_packages(f"{ROOT}/vae/{{target}}/latent{{height}}x{{width}}/VAEDecoder"),
+        packages=get_verified_packages("vae_decoder"),
     output:
-        f"{ROOT}/fidelity/vae/{{target}}/latent{{height}}x{{width}}/VAEDecoder.{{precision}}.json",
+        ART.measurement_pattern("vae_decoder"),
     params:
         code=step_code("verify-package"),
         seed=VERIFY_SEED,
-        runner=RUNNER,
+        runner=COREML,
         toolchain=TOOLCHAIN_FINGERPRINT,
     log:
-        f"{ROOT}/logs/fidelity/vae/{{target}}/latent{{height}}x{{width}}/VAEDecoder.{{precision}}.log",
+        ART.log(f"fidelity/{PIECES['vae_decoder']}.{{precision}}"),
     benchmark:
-        f"{ROOT}/benchmarks/fidelity/vae/{{target}}/latent{{height}}x{{width}}/VAEDecoder.{{precision}}.tsv"
+        ART.benchmark(f"fidelity/{PIECES['vae_decoder']}.{{precision}}")
     resources:
         mem_mb=8000,
         neural_engine=NEURAL_ENGINE_JOBS,
@@ -147,28 +140,29 @@ rule verify_vae_decoder:
         "../envs/convert.yaml"
     shell:
         "python -m sd3coreml verify-package --kind vae-decoder --source {input.components}/vae"
-        " --latent {wildcards.height} {wildcards.width} --packages {input.packages} --seed {params.seed}"
-        " --out {output} --coreml-compute-units {params.runner[units]} > {log} 2>&1"
+        " --latent {wildcards.height} {wildcards.width}"
+        " --packages {input.packages} --seed {params.seed} --out {output}"
+        " --coreml-compute-units {params.runner[units]} > {log} 2>&1"
 
 
 rule fidelity_report:
     input:
-        measurements=lambda wildcards: fidelity_measurements(wildcards.model).values(),
+        measurements=lambda wildcards: get_fidelity_measurements(wildcards).values(),
     output:
-        json=f"{ROOT}/reports/coremlsd3_{{model}}_packages/fidelity.json",
+        json=ART.report("{model}", "fidelity.json"),
         table=report(
-            f"{ROOT}/reports/coremlsd3_{{model}}_packages/fidelity.md",
+            ART.report("{model}", "fidelity.md"),
             caption="../report/fidelity.rst",
             category="Fidelity",
             labels={"folder": "coremlsd3_{model}_packages"},
         ),
     params:
         code=step_code("fidelity-report"),
-        measurements=fidelity_report_args,
+        measurements=get_fidelity_report_args,
         thresholds=json.dumps(config["fidelity"]["min_psnr_db"], sort_keys=True),
-        coreml=coreml_policy_args,
+        coreml=get_coreml_policy_args,
     log:
-        f"{ROOT}/logs/fidelity/coremlsd3_{{model}}_packages.log",
+        ART.log(f"fidelity/{folder_name('{model}', 'packages')}"),
     localrule: True
     conda:
         "../envs/convert.yaml"

@@ -6,19 +6,19 @@
 
 rule packages_folder:
     input:
-        unpack(packages_folder_inputs),
+        unpack(get_packages_folder_inputs),
         # Only a build whose packages passed their fidelity checks becomes a folder.
-        fidelity=lambda wildcards: fidelity_report(wildcards.model),
+        fidelity=ART.report("{model}", "fidelity.json"),
     output:
-        sums=f"{ROOT}/coremlsd3_{{model}}_packages/SHA256SUMS",
-        record=build_record("coremlsd3_{model}_packages"),
+        sums=ART.sums("{model}", "packages"),
+        record=ART.build_record(folder_name("{model}", "packages")),
     params:
         code=step_code("assemble-folder"),
-        spec=packages_folder_spec,
+        spec=get_packages_folder_spec,
     log:
-        f"{ROOT}/logs/folders/coremlsd3_{{model}}_packages.log",
+        ART.log(f"folders/{folder_name('{model}', 'packages')}"),
     benchmark:
-        f"{ROOT}/benchmarks/folders/coremlsd3_{{model}}_packages.tsv"
+        ART.benchmark(f"folders/{folder_name('{model}', 'packages')}")
     resources:
         mem_mb=1000,
     conda:
@@ -30,19 +30,19 @@ rule packages_folder:
 
 rule app_folder:
     input:
-        unpack(app_folder_inputs),
-        packages=lambda wildcards: list(compiled_from(wildcards).values()),
-        fidelity=lambda wildcards: fidelity_report(wildcards.model),
+        unpack(get_app_folder_inputs),
+        packages=lambda wildcards: list(get_compiled_from(wildcards).values()),
+        fidelity=ART.report("{model}", "fidelity.json"),
     output:
-        sums=f"{ROOT}/coremlsd3_{{model}}/SHA256SUMS",
-        record=build_record("coremlsd3_{model}"),
+        sums=ART.sums("{model}", "app"),
+        record=ART.build_record(folder_name("{model}", "app")),
     params:
         code=step_code("assemble-folder"),
-        spec=app_folder_spec,
+        spec=get_app_folder_spec,
     log:
-        f"{ROOT}/logs/folders/coremlsd3_{{model}}.log",
+        ART.log(f"folders/{folder_name('{model}', 'app')}"),
     benchmark:
-        f"{ROOT}/benchmarks/folders/coremlsd3_{{model}}.tsv"
+        ART.benchmark(f"folders/{folder_name('{model}', 'app')}")
     resources:
         mem_mb=1000,
     conda:

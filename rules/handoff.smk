@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from sd3coreml.commands.frameworks import skip_unused_frameworks
+from sd3coreml.pipeline.artifacts import build_record_path, folder_name, handoff_compiled, log_path, sums_path
 from sd3coreml.pipeline.code_closure import CodeBase
 from sd3coreml.release.compile import require_compiler
 from sd3coreml.errors import PipelineError
@@ -32,13 +33,9 @@ def step_code(step):
     return CODE.fingerprint(step)
 
 
-def handoff_compiled(key, name):
-    return f"{ROOT}/compiled/handoff/{key}/ios{DEPLOYMENT_TARGET}/{name}.mlmodelc"
-
-
 def handoff_entries(wildcards):
     entry = HANDOFF[wildcards.key]
-    entries = {f"{name}.mlmodelc": handoff_compiled(entry.key, name) for name in entry.packages}
+    entries = {f"{name}.mlmodelc": handoff_compiled(ROOT, entry.key, DEPLOYMENT_TARGET, name) for name in entry.packages}
     return {**entries, **{name: str(entry.packages_dir / name) for name in entry.carried}}
 
 
@@ -74,13 +71,13 @@ rule handoff_compile:
     input:
         package=lambda wildcards: str(HANDOFF[wildcards.key].packages_dir / f"{wildcards.name}.mlpackage"),
     output:
-        directory(f"{ROOT}/compiled/handoff/{{key}}/ios{DEPLOYMENT_TARGET}/{{name}}.mlmodelc"),
+        directory(handoff_compiled(ROOT, "{key}", DEPLOYMENT_TARGET)),
     params:
         code=step_code("compile-package"),
         command=lambda wildcards: config["compiler"]["command"],
         deployment_target=DEPLOYMENT_TARGET,
     log:
-        f"{ROOT}/logs/compile/handoff/{{key}}/{{name}}.log",
+        log_path(ROOT, "compile/handoff/{key}/{name}"),
     shell:
         "python -m sd3coreml compile-package --package {input.package:q} --out {output:q}"
         " --compiler {params.command:q} --deployment-target {params.deployment_target} > {log:q} 2>&1"
@@ -90,13 +87,13 @@ rule handoff_app_folder:
     input:
         unpack(handoff_entries),
     output:
-        sums=f"{ROOT}/coremlsd3_{{key}}/SHA256SUMS",
-        record=f"{ROOT}/reports/coremlsd3_{{key}}/build_host.json",
+        sums=sums_path(ROOT, folder_name("{key}", "app")),
+        record=build_record_path(ROOT, folder_name("{key}", "app")),
     params:
         code=step_code("assemble-folder"),
         spec=handoff_spec,
     log:
-        f"{ROOT}/logs/folders/coremlsd3_{{key}}.log",
+        log_path(ROOT, f"folders/{folder_name('{key}', 'app')}"),
     shell:
         "echo {params.spec:q} | python -m sd3coreml assemble-folder --spec - --out $(dirname {output.sums})"
         " --build-record {output.record} > {log} 2>&1"
@@ -105,7 +102,7 @@ rule handoff_app_folder:
 rule all:
     default_target: True
     input:
-        [f"{ROOT}/coremlsd3_{key}/SHA256SUMS" for key in HANDOFF],
+        [sums_path(ROOT, folder_name(key, "app")) for key in HANDOFF],
 
 
 for key in HANDOFF:
@@ -114,4 +111,4 @@ for key in HANDOFF:
         name:
             f"coremlsd3_{key}"
         input:
-            f"{ROOT}/coremlsd3_{key}/SHA256SUMS",
+            sums_path(ROOT, folder_name(key, "app")),

@@ -3,21 +3,20 @@
 # that share a range share the package.
 
 
-
 rule mmdit_conditioning:
     input:
-        unpack(transformer_inputs),
+        weights=get_transformer_weights,
     output:
-        directory(f"{ROOT}/mmdit/{{model}}/{{target}}/conditioning.fp16.mlpackage"),
+        directory(ART.piece("conditioning", "fp16")),
     params:
-        config=transformer_config,
-        config_sha256=transformer_config_sha256,
+        config=get_transformer_config,
+        config_sha256=get_transformer_config_sha256,
         code=step_code("convert-conditioning"),
         toolchain=TOOLCHAIN_FINGERPRINT,
     log:
-        f"{ROOT}/logs/mmdit/{{model}}/{{target}}/conditioning.log",
+        ART.log(PIECES["conditioning"]),
     benchmark:
-        f"{ROOT}/benchmarks/mmdit/{{model}}/{{target}}/conditioning.tsv"
+        ART.benchmark(PIECES["conditioning"])
     resources:
         mem_mb=2000,
     conda:
@@ -29,18 +28,18 @@ rule mmdit_conditioning:
 
 rule mmdit_input_stage:
     input:
-        unpack(transformer_inputs),
+        weights=get_transformer_weights,
     output:
-        directory(f"{ROOT}/mmdit/{{model}}/{{target}}/latent{{height}}x{{width}}/input.fp16.mlpackage"),
+        directory(ART.piece("input_stage", "fp16")),
     params:
-        config=transformer_config,
-        config_sha256=transformer_config_sha256,
+        config=get_transformer_config,
+        config_sha256=get_transformer_config_sha256,
         code=step_code("convert-input-stage"),
         toolchain=TOOLCHAIN_FINGERPRINT,
     log:
-        f"{ROOT}/logs/mmdit/{{model}}/{{target}}/latent{{height}}x{{width}}/input.log",
+        ART.log(PIECES["input_stage"]),
     benchmark:
-        f"{ROOT}/benchmarks/mmdit/{{model}}/{{target}}/latent{{height}}x{{width}}/input.tsv"
+        ART.benchmark(PIECES["input_stage"])
     resources:
         mem_mb=2000,
     conda:
@@ -52,20 +51,18 @@ rule mmdit_input_stage:
 
 rule mmdit_block_range:
     input:
-        unpack(transformer_inputs),
+        weights=get_transformer_weights,
     output:
-        directory(
-            f"{ROOT}/mmdit/{{model}}/{{target}}/latent{{height}}x{{width}}/blocks{{start}}-{{end}}{{head}}.fp16.mlpackage"
-        ),
+        directory(ART.piece("block_range", "fp16")),
     params:
-        config=transformer_config,
-        config_sha256=transformer_config_sha256,
+        config=get_transformer_config,
+        config_sha256=get_transformer_config_sha256,
         code=step_code("convert-block-range"),
         toolchain=TOOLCHAIN_FINGERPRINT,
     log:
-        f"{ROOT}/logs/mmdit/{{model}}/{{target}}/latent{{height}}x{{width}}/blocks{{start}}-{{end}}{{head}}.log",
+        ART.log(PIECES["block_range"]),
     benchmark:
-        f"{ROOT}/benchmarks/mmdit/{{model}}/{{target}}/latent{{height}}x{{width}}/blocks{{start}}-{{end}}{{head}}.tsv"
+        ART.benchmark(PIECES["block_range"])
     resources:
         mem_mb=4000,
     conda:

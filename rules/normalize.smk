@@ -1,24 +1,24 @@
 # A transformer given in the original SD3 layout (joint_blocks.*, e.g. Stability's single-file
 # sd3_medium.safetensors) is converted once to a bare diffusers-format file, which every
-# MMDiT job then reads like any other (see transformer_inputs in common.smk).
+# MMDiT job then reads like any other (see get_transformer_weights in common.smk).
 
 
 rule normalize_transformer:
     input:
-        unpack(original_transformer_inputs),
+        original=get_original_weights,
     output:
-        f"{ROOT}/checkpoints/normalized/{{model}}.safetensors",
+        ART.normalized_transformer("{model}"),
     params:
-        config=transformer_config,
-        config_sha256=transformer_config_sha256,
+        config=get_transformer_config,
+        config_sha256=get_transformer_config_sha256,
         code=step_code("normalize-transformer"),
         toolchain=TOOLCHAIN_FINGERPRINT,
     log:
-        f"{ROOT}/logs/normalize/{{model}}.log",
+        ART.log("normalize/{model}"),
     benchmark:
-        f"{ROOT}/benchmarks/normalize/{{model}}.tsv"
+        ART.benchmark("normalize/{model}")
     resources:
-        mem_mb=normalize_mem_mb,
+        mem_mb=get_normalize_mem_mb,
     conda:
         "../envs/convert.yaml"
     shell:

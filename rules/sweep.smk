@@ -3,8 +3,6 @@
 # reports/sweep/. Artifacts are named by content, so a block range two layouts share, or a
 # stage two modes compress alike, is one job; the summary says what that sharing saved.
 
-SWEEP_DIR = f"{ROOT}/reports/sweep"
-
 if SWEEP is None:
 
     rule sweep:
@@ -16,21 +14,21 @@ else:
 
     rule sweep:
         input:
-            [f"{SWEEP_DIR}/summary.{ext}" for ext in ("csv", "md", "png")],
+            [ART.sweep_report(f"summary.{ext}") for ext in ("csv", "md", "png")],
 
     rule sweep_summary:
         input:
-            unpack(sweep_inputs),
+            unpack(get_sweep_inputs),
         output:
-            csv=f"{SWEEP_DIR}/summary.csv",
-            md=f"{SWEEP_DIR}/summary.md",
-            png=report(f"{SWEEP_DIR}/summary.png", caption="../report/sweep.rst", category="Sweep"),
-            stages=f"{SWEEP_DIR}/stages.csv",
+            csv=ART.sweep_report("summary.csv"),
+            md=ART.sweep_report("summary.md"),
+            png=report(ART.sweep_report("summary.png"), caption="../report/sweep.rst", category="Sweep"),
+            stages=ART.sweep_report("stages.csv"),
         params:
             code=step_code("sweep-summary"),
-            plan=sweep_plan_json,
+            plan=get_sweep_plan_json,
         log:
-            f"{ROOT}/logs/sweep/summary.log",
+            ART.log("sweep/summary"),
         localrule: True
         conda:
             "../envs/convert.yaml"
@@ -45,11 +43,11 @@ rule profile_on_device:
     input:
         package=f"{ROOT}/{{path}}.mlpackage",
     output:
-        f"{ROOT}/device/{{path}}.json",
+        ART.device_pattern(),
     params:
         code=step_code("profile-on-device"),
     log:
-        f"{ROOT}/logs/device/{{path}}.log",
+        ART.log("device/{path}"),
     resources:
         neural_engine=1,
     conda:

@@ -1,18 +1,19 @@
 # CLIP-L (TextEncoder) and OpenCLIP bigG (TextEncoder2), fp16; shared by every model.
 
+
 rule text_encoder:
     input:
         components=config["components"],
     output:
-        directory(f"{ROOT}/text_encoders/{{target}}/{{encoder}}.fp16.mlpackage"),
+        directory(ART.piece("text_encoder", "fp16")),
     params:
         code=step_code("convert-text-encoder"),
-        folder=text_encoder_folder,
+        folder=lambda wildcards: TEXT_ENCODERS[wildcards.encoder],
         toolchain=TOOLCHAIN_FINGERPRINT,
     log:
-        f"{ROOT}/logs/text_encoders/{{target}}/{{encoder}}.log",
+        ART.log(PIECES["text_encoder"]),
     benchmark:
-        f"{ROOT}/benchmarks/text_encoders/{{target}}/{{encoder}}.tsv"
+        ART.benchmark(PIECES["text_encoder"])
     resources:
         mem_mb=6000,
     conda:

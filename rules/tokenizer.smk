@@ -5,18 +5,17 @@ rule tokenizer_files:
     input:
         components=config["components"],
     output:
-        vocab=tokenizer_files()["vocab.json"],
-        merges=tokenizer_files()["merges.txt"],
+        list(ART.tokenizer_files().values()),
     params:
         code=step_code("copy-tokenizer"),
     log:
-        f"{ROOT}/logs/tokenizer.log",
+        ART.log("tokenizer"),
     benchmark:
-        f"{ROOT}/benchmarks/tokenizer.tsv"
+        ART.benchmark("tokenizer")
     resources:
         mem_mb=200,
     conda:
         "../envs/convert.yaml"
     shell:
         "python -m sd3coreml copy-tokenizer --tokenizer {input.components}/tokenizer"
-        " --out-dir $(dirname {output.vocab}) > {log} 2>&1"
+        " --out-dir $(dirname {output[0]}) > {log} 2>&1"

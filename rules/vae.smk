@@ -5,14 +5,14 @@ rule vae_decoder:
     input:
         components=config["components"],
     output:
-        directory(f"{ROOT}/vae/{{target}}/latent{{height}}x{{width}}/VAEDecoder.fp16.mlpackage"),
+        directory(ART.piece("vae_decoder", "fp16")),
     params:
         code=step_code("convert-vae-decoder"),
         toolchain=TOOLCHAIN_FINGERPRINT,
     log:
-        f"{ROOT}/logs/vae/{{target}}/latent{{height}}x{{width}}.log",
+        ART.log(PIECES["vae_decoder"]),
     benchmark:
-        f"{ROOT}/benchmarks/vae/{{target}}/latent{{height}}x{{width}}.tsv"
+        ART.benchmark(PIECES["vae_decoder"])
     resources:
         mem_mb=6000,
     conda:

@@ -177,7 +177,7 @@ def test_bad_config_value(workdir, changes, expected):
 
 def test_palettes_without_exact_kmeans_are_refused(workdir, monkeypatch):
     # Without its bundled exact k-means coremltools would silently fall back to a randomised one.
-    monkeypatch.setattr("sd3coreml.compress.weights.exact_kmeans_installed", lambda: False)
+    monkeypatch.setattr("sd3coreml.compress.settings.exact_kmeans_installed", lambda: False)
     message = refusal(demo_config())
     assert message.startswith("config key 'compression.text_encoders': palettization needs coremltools' bundled exact")
     assert list(plan_models(demo_config(compression={"text_encoders": {"mode": "none"}})))

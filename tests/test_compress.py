@@ -7,9 +7,9 @@ import sys
 
 import pytest
 
+from sd3coreml.compress.settings import check_compression_settings
 from sd3coreml.convert.package import read_spec
 from sd3coreml.errors import PipelineError
-from sd3coreml.pipeline.config import check_compression_settings
 
 # 64 outputs x 256 inputs: 16,384 weights, over the 10,000 palettization threshold, while a
 # group of 8 channels (2,048 weights) is under coremltools' exact k-means' and gets scikit-learn's.
@@ -110,6 +110,6 @@ def test_good_settings_pass():
 def test_the_parse_time_probe_of_the_exact_kmeans_agrees_with_coremltools_own_flag():
     from coremltools import _deps
 
-    from sd3coreml.compress.weights import exact_kmeans_installed
+    from sd3coreml.compress.settings import exact_kmeans_installed
 
     assert exact_kmeans_installed() is _deps._HAS_KMEANS1D is True

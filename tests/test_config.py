@@ -14,13 +14,9 @@ from conftest import REPO, new_workdir, snakemake, write_config
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
+from sd3coreml.compress.settings import COMPRESSION_MINIMUM_TARGET, CONVERSION_TARGETS, GRANULARITY_MINIMUM_TARGET
 from sd3coreml.compress.weights import optimization_config
-from sd3coreml.pipeline.config import (
-    COMPRESSION_MINIMUM_TARGET,
-    CONVERSION_TARGETS,
-    GRANULARITY_MINIMUM_TARGET,
-    schema_problem,
-)
+from sd3coreml.pipeline.config import schema_problem
 
 SCHEMA = REPO / "config" / "schema.yaml"
 

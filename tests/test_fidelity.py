@@ -6,8 +6,9 @@ import math
 import numpy as np
 import pytest
 
+from sd3coreml.compress.settings import precision_class
 from sd3coreml.errors import PipelineError
-from sd3coreml.verify.measure import precision_class, psnr
+from sd3coreml.verify.measure import psnr
 from sd3coreml.verify.report import CoreMLPolicy, report_rows, write_report
 
 BARS = {"fp16": 60, "int8": 35, "int4": 25, "palettized": 25}

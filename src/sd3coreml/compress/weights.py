@@ -6,37 +6,11 @@ Both run on the fp16 package by a separate step, so changing compression never r
 
 from pathlib import Path
 
+from sd3coreml.compress.settings import NO_EXACT_KMEANS, settings_label
 from sd3coreml.convert.package import load_package, save_package
 from sd3coreml.errors import PipelineError
 
 KMEANS1D_MIN_WEIGHTS = 10_000
-
-
-# coremltools 9 ships its own compiled, exact 1-D k-means (coremltools._deps.kmeans1d; the
-# kmeans1d PyPI package is not what it calls). Where that extension does not load
-# (`_HAS_KMEANS1D` false) it palettizes with a randomised k-means instead, without a word.
-BUNDLED_KMEANS1D = "coremltools/_deps/kmeans1d/_core"
-NO_EXACT_KMEANS = (
-    "palettization needs coremltools' bundled exact 1-D k-means (coremltools._deps.kmeans1d), which this "
-    "coremltools install lacks; reinstall coremltools==9.0 from its wheel (make .venv/.installed)"
-)
-
-
-def exact_kmeans_installed() -> bool:
-    """Whether coremltools' wheel holds its compiled k-means: read from its file list, without importing it."""
-    from importlib import metadata
-
-    try:
-        files = metadata.distribution("coremltools").files or []
-    except metadata.PackageNotFoundError:
-        return False
-    return any(file.as_posix().startswith(BUNDLED_KMEANS1D) and file.suffix in (".so", ".pyd") for file in files)
-
-
-def require_exact_kmeans() -> None:
-    """At parse time, by coremltools' file list (importing it takes seconds)."""
-    if not exact_kmeans_installed():
-        raise PipelineError(NO_EXACT_KMEANS)
 
 
 def require_loaded_exact_kmeans() -> None:
@@ -81,12 +55,6 @@ def optimization_config(mode: str, nbits: int, granularity: str, group_size=None
     else:
         raise PipelineError(f"unknown compression mode {mode!r}; use linear_symmetric or palettize")
     return cto.OptimizationConfig(global_config=op_config, op_type_configs={"gather": None})
-
-
-def settings_label(mode: str, nbits: int, granularity: str, group_size=None, block_size=None) -> str:
-    """The package's `sd3coreml.compression` metadata, e.g. `palettize 4-bit per_grouped_channel 16`."""
-    size = group_size if granularity == "per_grouped_channel" else block_size if granularity == "per_block" else None
-    return f"{mode} {nbits}-bit {granularity}" + (f" {size}" if size else "")
 
 
 def compress_package(

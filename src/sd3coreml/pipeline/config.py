@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from sd3coreml.compress.weights import require_exact_kmeans
+from sd3coreml.compress.settings import CONVERSION_TARGETS, check_compression_settings
 from sd3coreml.contract import CONDITIONING as CONTRACT_CONDITIONING
 from sd3coreml.contract import STAGE as CONTRACT_STAGE
 from sd3coreml.contract import TEXT_ENCODERS
@@ -25,28 +25,9 @@ from sd3coreml.inputs.normalize import DIFFUSERS, ORIGINAL, check_original_heade
 from sd3coreml.inputs.tokenizer import check_merges, check_same_tokenizers, check_vocab
 from sd3coreml.pipeline.plan import BlockRange, stage_ranges
 
-# Spec versions of ML Program targets; iOS15 lacks fp16 inputs/outputs and is refused.
-CONVERSION_TARGETS = {"iOS16": 16, "iOS17": 17, "iOS18": 18}
 # iOS majors coremltools 9 has a ct.target for; Apple went from 18 to 26. A compiler target
 # with another major (a typo such as 99.0, or 19 to 25) names no iOS release.
 KNOWN_IOS_MAJORS = (13, 14, 15, 16, 17, 18, 26)
-# The oldest conversion target at which coremltools 9 compresses weights each way
-# (coremltools/optimize/coreml/_quantization_passes.py): its passes need iOS16; 4-bit linear
-# quantization, blocks of weights sharing a scale (constexpr_blockwise_shift_scale) and a
-# palette per group of channels (iOS18 constexpr_lut_to_dense) need iOS18.
-COMPRESSION_MINIMUM_TARGET = {
-    ("linear_symmetric", 8): "iOS16",
-    ("linear_symmetric", 4): "iOS18",
-    ("palettize", 8): "iOS16",
-    ("palettize", 6): "iOS16",
-    ("palettize", 4): "iOS16",
-}
-GRANULARITY_MINIMUM_TARGET = {"per_block": "iOS18", "per_grouped_channel": "iOS18"}
-# Granularities per mode, and the size key each needs.
-GRANULARITIES = {
-    "linear_symmetric": {"per_channel": None, "per_tensor": None, "per_block": "block_size"},
-    "palettize": {"per_tensor": None, "per_grouped_channel": "group_size"},
-}
 # Folder entries a compression override may name, beside the stages (the VAE is kept fp16).
 OVERRIDABLE_ENTRIES = {*TEXT_ENCODERS, CONTRACT_CONDITIONING}
 SAMPLER_STEPS = (2, 4)
@@ -115,29 +96,6 @@ def check_overrides(config: dict, stage_counts: dict[str, int]) -> None:
             )
 
 
-def check_compression_settings(settings: dict, key: str, target: str) -> None:
-    """One compression setting under config key `key`, against conversion target `target`."""
-    mode = settings["mode"]
-    if mode == "none":
-        return
-    if "nbits" not in settings:
-        raise PipelineError(f"config key '{key}.nbits' is missing; set 4, 6 or 8")
-    nbits = settings["nbits"]
-    needed = COMPRESSION_MINIMUM_TARGET.get((mode, nbits))
-    if needed is None:
-        offered = " or ".join(str(bits) for known, bits in COMPRESSION_MINIMUM_TARGET if known == mode)
-        raise PipelineError(f"config key '{key}.nbits' is {nbits}; {mode} takes {offered}")
-    granularity = check_granularity(settings, key)
-    for reason, minimum in ((f"{nbits}-bit", needed), (granularity, GRANULARITY_MINIMUM_TARGET.get(granularity))):
-        if minimum and CONVERSION_TARGETS[minimum] > CONVERSION_TARGETS[target]:
-            raise PipelineError(
-                f"config key '{key}' ({mode}, {reason}) needs conversion_target {minimum} or newer "
-                f"(coremltools 9), but it is {target}; raise conversion_target to {minimum} or use 8 bits per channel"
-            )
-    if mode == "palettize":
-        require_exact_palettes(key)
-
-
 def schema_problem(config: dict, schema_path: Path) -> str:
     """`config key 'a.b': <what is wrong>`, for the first value config/schema.yaml refuses."""
     import jsonschema
@@ -147,32 +105,6 @@ def schema_problem(config: dict, schema_path: Path) -> str:
     error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(schema).iter_errors(config))
     key = ".".join(str(part) for part in error.absolute_path) or "(top level)"
     return f"config key '{key}': {error.message}; see config/schema.yaml"
-
-
-def check_granularity(settings: dict, key: str) -> str:
-    mode, offered = settings["mode"], GRANULARITIES[settings["mode"]]
-    granularity = settings.get("granularity", next(iter(offered)))
-    if granularity not in offered:
-        raise PipelineError(f"config key '{key}.granularity' is {granularity!r}; {mode} takes {', '.join(offered)}")
-    size_key = offered[granularity]
-    for other in ("block_size", "group_size"):
-        if other in settings and other != size_key:
-            raise PipelineError(f"config key '{key}.{other}' needs granularity {granularity_of(other)}; drop it")
-    if size_key and not (isinstance(settings.get(size_key), int) and settings[size_key] > 0):
-        raise PipelineError(f"config key '{key}.{size_key}' must be a positive integer with {granularity}")
-    return granularity
-
-
-def granularity_of(size_key: str) -> str:
-    return "per_block" if size_key == "block_size" else "per_grouped_channel"
-
-
-def require_exact_palettes(key: str) -> None:
-    # Without its exact k-means, coremltools palettizes with a randomised one: refuse up front.
-    try:
-        require_exact_kmeans()
-    except PipelineError as error:
-        raise PipelineError(f"config key '{key}': {error}") from None
 
 
 def check_latent(shape: MMDiTShape, key: str) -> None:

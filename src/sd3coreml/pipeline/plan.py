@@ -5,9 +5,10 @@ size, conversion target, precision), never its position in one layout, so two la
 share a block range share the file and a stage-size change replans only what changed.
 """
 
-import re
+import json
 from dataclasses import dataclass
 
+from sd3coreml.compress.settings import entry_compression
 from sd3coreml.contract import CLIENT, TEXT_ENCODERS, TOKENIZER_FILES
 from sd3coreml.contract import CONDITIONING as CONTRACT_CONDITIONING
 from sd3coreml.contract import STAGE as CONTRACT_STAGE
@@ -44,50 +45,6 @@ def stage_ranges(stage_sizes: list[int], depth: int, key: str = "stage_sizes") -
     return ranges
 
 
-def quantization_slug(settings: dict) -> str:
-    """A directory name for compression settings, e.g. `int8_linear_symmetric_per_channel`.
-
-    Group and block sizes end the name: `palettize4_per_grouped_channel16`,
-    `int4_linear_symmetric_per_block32`.
-    """
-    mode = settings["mode"]
-    if mode == "none":
-        return "fp16"
-    if mode == "palettize":
-        granularity = settings.get("granularity", "per_tensor")
-        return f"palettize{settings['nbits']}_{granularity}{settings.get('group_size', '')}"
-    granularity = settings.get("granularity", "per_channel")
-    return f"int{settings['nbits']}_{mode}_{granularity}{settings.get('block_size', '')}"
-
-
-def compression_settings(slug: str) -> dict:
-    """Invert `quantization_slug`: the settings a compression directory name stands for."""
-    if slug == "fp16":
-        return {"mode": "none"}
-    if slug.startswith("palettize"):
-        nbits, granularity = slug.removeprefix("palettize").split("_", 1)
-        settings, size_key = {"mode": "palettize", "nbits": int(nbits)}, "group_size"
-    else:
-        bits, rest = slug.split("_", 1)
-        mode, granularity = rest.rsplit("_per_", 1)
-        settings, size_key = {"mode": mode, "nbits": int(bits.removeprefix("int"))}, "block_size"
-        granularity = f"per_{granularity}"
-    size = re.search(r"\d+$", granularity)
-    if size:
-        settings[size_key] = int(size.group())
-        granularity = granularity[: size.start()]
-    return {**settings, "granularity": granularity}
-
-
-def latent_slug(latent_size: list[int]) -> str:
-    return f"latent{latent_size[0]}x{latent_size[1]}"
-
-
-def entry_compression(compression: dict, entry: str, family: str) -> dict:
-    """The settings one folder entry is compressed with: its override, else its family's."""
-    return compression.get("overrides", {}).get(entry, compression[family])
-
-
 def entry_settings(ranges: list[BlockRange], config: dict) -> dict[str, dict]:
     """Contract name (without suffix) -> the config values that shaped that folder entry.
 
@@ -119,12 +76,15 @@ def entry_settings(ranges: list[BlockRange], config: dict) -> dict[str, dict]:
     return settings
 
 
-def manifest_request(model, config: dict, toolchain: dict, kind: str) -> dict:
+def manifest_request(model, config: dict, toolchain: dict, kind: str, compiler: dict | None = None) -> dict:
     """What shaped a folder, recorded in its manifest.json: no host paths, no times.
 
-    `model` is the model's plan (config.ModelPlan): its key, block ranges and input files.
+    `model` is the model's plan (config.ModelPlan): its key, block ranges and input files;
+    `compiler` the compiler settings of an app folder (assemble-folder adds its versions).
     """
+    compiled = {"compiler": {key: compiler[key] for key in ("command", "deployment_target")}} if compiler else {}
     return {
+        **compiled,
         "kind": kind,
         "client": CLIENT,
         "model": model.key,
@@ -144,3 +104,20 @@ def manifest_request(model, config: dict, toolchain: dict, kind: str) -> dict:
             "components": config["components"],
         },
     }
+
+
+def folder_spec(entries: dict, manifest: dict, packages: dict | None = None) -> str:
+    """The JSON `assemble-folder` reads: entries, manifest and (app folders) the packages compiled."""
+    spec = {"entries": entries, "manifest": manifest, **({"packages": packages} if packages else {})}
+    return json.dumps(spec, sort_keys=True)
+
+
+def end_to_end_bar(config: dict, model: str) -> float:
+    """The end-to-end check's bar of one model: its own, else fidelity's."""
+    return config["models"][model].get("end_to_end_min_psnr_db", config["fidelity"]["end_to_end_min_psnr_db"])
+
+
+def referenced_targets(models: dict, sweep) -> list[str]:
+    """What a user of this config can ask for: its artifacts are what cleanup keeps."""
+    folders = [f"coremlsd3_{model}{suffix}" for model in models for suffix in ("_packages", "")]
+    return folders + ["verify"] + (["sweep"] if sweep else [])

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import yaml
 
+from sd3coreml.compress.settings import check_compression_settings
 from sd3coreml.errors import PipelineError
 from sd3coreml.pipeline.plan import BlockRange, stage_ranges
 
@@ -104,11 +105,15 @@ def parse_mode(name: str, value, key: str, stage_counts: list[int], check_settin
     return CompressionMode(name, value["default"], stages)
 
 
-def plan_sweep(config: dict, models: dict, check_settings) -> SweepPlan | None:
-    """The configured sweep, or None when the config names none. `check_settings(settings, key)`
-    refuses compression settings the conversion target cannot take."""
+def plan_sweep(config: dict, models: dict) -> SweepPlan | None:
+    """The configured sweep, or None when the config names none; every mode's settings are
+    checked against the conversion target."""
     if "sweep" not in config:
         return None
+
+    def check_settings(settings: dict, key: str) -> None:
+        check_compression_settings(settings, key, config["conversion_target"])
+
     path, name = config["sweep"].get("file", "config/sweeps.yaml"), config["sweep"]["name"]
     sweeps = read_sweeps(path)
     if name not in sweeps:

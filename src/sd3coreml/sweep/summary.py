@@ -11,9 +11,9 @@ import math
 from pathlib import Path
 
 from sd3coreml.atomic import written_atomically
+from sd3coreml.compress.settings import precision_class
 from sd3coreml.sweep.device_verdict import DEVICE_COLUMNS, VERDICTS, worst
 from sd3coreml.sweep.program_stats import program_stats
-from sd3coreml.verify.measure import precision_class
 
 MIB = 1024 * 1024
 NEEDS_A_MAC = "needs a Mac"

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from sd3coreml.atomic import written_atomically
+from sd3coreml.compress.settings import precision_class
 
 
 def psnr(reference: np.ndarray, candidate: np.ndarray) -> float:
@@ -28,16 +29,6 @@ def psnr(reference: np.ndarray, candidate: np.ndarray) -> float:
         return math.inf
     peak = float(np.max(np.abs(reference)))
     return -math.inf if peak == 0.0 else 20.0 * math.log10(peak / math.sqrt(mse))
-
-
-def precision_class(package: Path) -> str:
-    """`blocks0-4.int8_linear_symmetric_per_channel.mlpackage` -> `int8`, and so on."""
-    slug = Path(package).name.removesuffix(".mlpackage").rsplit(".", 1)[-1]
-    if slug.startswith("palettize"):
-        return "palettized"
-    if slug.startswith("int"):
-        return slug.split("_", 1)[0]
-    return "fp16"
 
 
 def json_figure(value: float):
