@@ -16,11 +16,17 @@ from sd3coreml.contract import TEXT_ENCODERS
 from sd3coreml.pipeline.artifacts import PIECES, Artifacts, folder_name
 from sd3coreml.pipeline.code_closure import CodeBase
 from sd3coreml.pipeline.config import plan_models, schema_problem
-from sd3coreml.pipeline.disk import require_creatable, require_free_space
-from sd3coreml.pipeline.plan import end_to_end_bar, folder_spec, manifest_request, referenced_targets
+from sd3coreml.pipeline.disk import check_host
+from sd3coreml.pipeline.plan import (
+    coreml_policy_flags,
+    end_to_end_bar,
+    end_to_end_mem_mb,
+    folder_spec,
+    manifest_request,
+    referenced_targets,
+)
 from sd3coreml.release import toolchain
-from sd3coreml.release.compile import require_compiler
-from sd3coreml.sweep.plan import plan_sweep
+from sd3coreml.sweep.plan import plan_sweep, summary_plan
 
 
 def fail(message):
@@ -65,10 +71,7 @@ def check_host_before_jobs():
     jobs = list(workflow.dag.needrun_jobs())
     outputs = [path for job in jobs for path in [*job.output, *job.log, *([job.benchmark] if job.benchmark else [])]]
     try:
-        require_creatable(outputs)
-        if any(str(path).startswith(f"{ROOT}/compiled/") for job in jobs for path in job.output):
-            require_compiler(config["compiler"]["command"], " or ".join(f"{folder_name(m, 'packages')}" for m in MODELS))
-        require_free_space(Path(ROOT), ART.weights_to_convert(outputs, MODELS, Path(config["components"])))
+        check_host(ART, outputs, MODELS, config)
     except PipelineError as error:
         fail(error)
 
@@ -116,13 +119,13 @@ def get_compiled_from(wildcards):
 
 
 def get_packages_folder_spec(wildcards, input):
-    manifest = manifest_request(MODELS[wildcards.model], config, TOOLCHAIN, "packages")
-    return folder_spec({name: input[name] for name in get_packages_folder_inputs(wildcards)}, manifest)
+    entries = {name: input[name] for name in get_packages_folder_inputs(wildcards)}
+    return folder_spec(entries, manifest_request(MODELS[wildcards.model], config, TOOLCHAIN, "packages"))
 
 
 def get_app_folder_spec(wildcards, input):
-    manifest = manifest_request(MODELS[wildcards.model], config, TOOLCHAIN, "app", config["compiler"])
     entries = {name: input[name] for name in get_app_folder_inputs(wildcards)}
+    manifest = manifest_request(MODELS[wildcards.model], config, TOOLCHAIN, "app", config["compiler"])
     return folder_spec(entries, manifest, get_compiled_from(wildcards))
 
 
@@ -135,8 +138,7 @@ def get_fidelity_report_args(wildcards):
 
 
 def get_coreml_policy_args(wildcards):
-    fidelity = config["fidelity"]
-    return f"--coreml-min-psnr-db {fidelity['coreml_min_psnr_db']}" + (" --enforce-coreml" * fidelity["enforce_coreml"])
+    return coreml_policy_flags(config)
 
 
 def get_compression_flags(wildcards):
@@ -152,10 +154,7 @@ def get_end_to_end_bar(wildcards):
 
 
 def get_end_to_end_mem_mb(wildcards, input):
-    # Measured at SD3 Medium size: 16.7 GiB peak for 4.2 GB of fp16 weights (the reference
-    # holds them in fp32 beside the packages'); before the weights exist, assume that size.
-    weights = Path(input.weights)
-    return max(2000, int(4.4 * weights.stat().st_size / 2**20)) if weights.exists() else 18000
+    return end_to_end_mem_mb(Path(input.weights))
 
 
 def get_normalize_mem_mb(wildcards, input):
@@ -163,24 +162,15 @@ def get_normalize_mem_mb(wildcards, input):
 
 
 def get_sweep_inputs(wildcards):
-    stages = [stage for row in ART.sweep_rows(SWEEP, ON_MACOS) for stage in row["stages"]]
-    return {
-        "packages": sorted({stage[key] for stage in stages for key in ("package", "fp16_package")}),
-        "measurements": sorted({stage["measurement"] for stage in stages}),
-        "device_profiles": sorted({stage["device"] for stage in stages if "device" in stage}),
-    }
+    return ART.sweep_inputs(SWEEP, ON_MACOS)
 
 
 def get_sweep_plan_json(wildcards):
-    plan = {"sweep": SWEEP.name, "model": SWEEP.model, "rows": ART.sweep_rows(SWEEP, ON_MACOS)}
-    fidelity = {"min_psnr_db": config["fidelity"]["min_psnr_db"], "device": config["device"]}
-    return json.dumps({**plan, **fidelity}, sort_keys=True)
+    return json.dumps(summary_plan(SWEEP, ART.sweep_rows(SWEEP, ON_MACOS), config), sort_keys=True)
 
 
 def get_built_folders(include_packages=False):
-    """The configured folders on disk (and the packages folders, about to be built, if asked)."""
-    folders = [ART.folder(model, kind) for model in MODELS for kind in ("packages", "app")]
-    built = [path for path in folders if Path(path).is_dir() or (include_packages and path.endswith("_packages"))]
-    if not built:
-        fail(f"{ROOT}: no coremlsd3_* folder built yet; build one first, e.g. snakemake {folder_name(next(iter(MODELS)), 'packages')}")
-    return built
+    try:
+        return ART.built_folders(MODELS, include_packages)
+    except PipelineError as error:
+        fail(error)

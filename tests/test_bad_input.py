@@ -6,7 +6,7 @@ is tested. One test, or one parametrize id, per case:
 
 - stage sizes, unknown targets, a compiler target older than the conversion target, compression
   the conversion target cannot run, a per-artifact override of no folder entry, a bad latent
-  size, a generated input outside output_root, a downloads root outside the working directory:
+  size, a generated input outside output_root or of another preset than synthetic.preset, a downloads root outside the working directory:
   test_bad_config_value[<id>]; through Snakemake, with a built artifact left as it was: test_parse_time_refusal_leaves_built_artifacts_untouched
   (and tests/test_config.py, which also holds config.py's compression table against coremltools)
 - missing checkpoint, truncated or corrupt safetensors, another architecture, missing or extra
@@ -163,6 +163,17 @@ CONFIG_CASES = {
             "'components' (results/c) lies outside output_root (results/demo); synthetic inputs are written under "
             "output_root: use results/demo/checkpoints/c"
         ),
+    ),
+    "synthetic-preset-disagrees-with-weights": (
+        {"synthetic": {"preset": "sd3-medium"}},
+        (
+            "'models.4step.weights' (results/demo/checkpoints/tiny-seed4.safetensors) names the 'tiny' preset but "
+            "'synthetic.preset' is 'sd3-medium'; the file name decides what is generated: make the two agree"
+        ),
+    ),
+    "synthetic-preset-disagrees-with-components": (
+        {"components": "results/demo/checkpoints/sd3-medium-components-seed0"},
+        "'components' (results/demo/checkpoints/sd3-medium-components-seed0) names the 'sd3-medium' preset",
     ),
     "downloads-root-absolute": ({"downloads": {"root": "/tmp/x"}}, "'downloads.root' is '/tmp/x'; download jobs"),
     "downloads-root-dot-dot": ({"downloads": {"root": "a/../../x"}}, "relative path without '..'"),

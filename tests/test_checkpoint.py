@@ -8,12 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import save_file
+from transformer_files import check_weights_match_config, expected_tensor_shapes
 
 from sd3coreml.errors import PipelineError
 from sd3coreml.inputs.checkpoint import (
     check_header_matches_config,
-    check_weights_match_config,
-    expected_tensor_shapes,
     load_transformer_config,
     read_tensor_table,
     save_safetensors,
@@ -59,7 +58,7 @@ def test_config_disagreeing_with_weights_is_named(tiny_weights, key, value):
 def test_pickle_checkpoint_is_refused(tmp_path):
     path = tmp_path / "model.ckpt"
     path.write_bytes(b"\x80\x04")
-    with pytest.raises(PipelineError, match="pickle checkpoints are refused"):
+    with pytest.raises(PipelineError, match="model.ckpt is a pickle checkpoint, refused unread"):
         read_tensor_table(path)
 
 

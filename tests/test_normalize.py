@@ -9,10 +9,11 @@ import torch
 import yaml
 from conftest import new_workdir, snakemake, write_config
 from safetensors.torch import load_file, save_file
+from transformer_files import check_weights_match_config, write_original_layout
 
 from sd3coreml.commands import main as cli
 from sd3coreml.errors import PipelineError
-from sd3coreml.inputs.checkpoint import check_weights_match_config, load_transformer_config, read_tensor_table
+from sd3coreml.inputs.checkpoint import load_transformer_config, read_tensor_table
 from sd3coreml.inputs.normalize import (
     BASE_MEMORY_MB,
     DIFFUSERS,
@@ -22,7 +23,6 @@ from sd3coreml.inputs.normalize import (
     detect_layout,
     normalize_transformer,
     normalized_memory_mb,
-    write_original_layout,
 )
 from sd3coreml.synthetic.checkpoints import write_synthetic_transformer
 

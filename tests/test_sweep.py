@@ -10,6 +10,7 @@ import pytest
 import yaml
 from conftest import REPO, snakemake
 
+import sd3coreml.sweep.plan
 from sd3coreml.errors import PipelineError
 from sd3coreml.sweep.device_verdict import DEVICE_COLUMNS
 from sd3coreml.sweep.plan import plan_sweep
@@ -20,12 +21,11 @@ INT4 = {"mode": "linear_symmetric", "nbits": 4, "granularity": "per_block", "blo
 MODELS = {"4step": SimpleNamespace(shape=SimpleNamespace(depth=5))}
 
 
-def sweep_plan(tmp_path, entry, checked=None):
-    checked = [] if checked is None else checked
+def sweep_plan(tmp_path, entry, conversion_target="iOS18"):
     path = tmp_path / "sweeps.yaml"
     path.write_text(yaml.safe_dump({"mine": entry}))
-    config = {"sweep": {"name": "mine", "file": str(path)}}
-    return plan_sweep(config, MODELS, lambda settings, key: checked.append(key))
+    config = {"sweep": {"name": "mine", "file": str(path)}, "conversion_target": conversion_target}
+    return plan_sweep(config, MODELS)
 
 
 def test_layouts_are_named_by_their_sizes(tmp_path):
@@ -35,16 +35,28 @@ def test_layouts_are_named_by_their_sizes(tmp_path):
     assert plan.layouts[1].ranges[-1].slug == "blocks2-5_head"
 
 
-def test_a_mix_picks_settings_per_stage_and_counts_back_from_the_head(tmp_path):
+def test_a_mix_picks_settings_per_stage_and_counts_back_from_the_head(tmp_path, monkeypatch):
     checked = []
+    check = sd3coreml.sweep.plan.check_compression_settings
+    monkeypatch.setattr(
+        "sd3coreml.sweep.plan.check_compression_settings",
+        lambda settings, key, target: (checked.append(key), check(settings, key, target)),
+    )
     mix = {"default": INT4, "stages": {0: INT8, -1: INT8}}
-    plan = sweep_plan(tmp_path, {"model": "4step", "layouts": [[2, 3]], "compression": {"mix": mix}}, checked)
+    plan = sweep_plan(tmp_path, {"model": "4step", "layouts": [[2, 3]], "compression": {"mix": mix}})
     mode = plan.modes[0]
     assert [mode.for_stage(index, 3) for index in range(3)] == [INT8, INT4, INT8]
     assert [mode.for_stage(index, 4) for index in range(4)] == [INT8, INT4, INT4, INT8]
     # Every settings block went through the compression check, under its own key.
     assert sorted(checked) == sorted(f"{tmp_path}/sweeps.yaml: mine.compression.mix{part}" for part in (
         ".default", ".stages.0", ".stages.-1"))  # fmt: skip
+
+
+def test_a_mode_the_conversion_target_cannot_run_is_refused_naming_its_key(tmp_path):
+    mix = {"default": INT8, "stages": {-1: INT4}}
+    with pytest.raises(PipelineError) as error:
+        sweep_plan(tmp_path, {"model": "4step", "layouts": [[5]], "compression": {"mix": mix}}, "iOS17")
+    assert "mine.compression.mix.stages.-1' (linear_symmetric, 4-bit) needs conversion_target iOS18" in str(error.value)
 
 
 @pytest.mark.parametrize(
@@ -69,7 +81,7 @@ def test_a_bad_sweep_is_refused_naming_its_key(tmp_path, entry, message):
 def test_an_unknown_sweep_name_lists_the_known_ones(tmp_path):
     config = {"sweep": {"name": "nope", "file": str(REPO / "config" / "sweeps.yaml")}}
     with pytest.raises(PipelineError, match="'sweep.name' is 'nope'.*demo"):
-        plan_sweep(config, MODELS, lambda settings, key: None)
+        plan_sweep(config, MODELS)
 
 
 @pytest.fixture(scope="module")

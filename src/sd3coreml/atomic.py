@@ -108,3 +108,11 @@ def written_atomically(path: Path):
         replace_path(temporary, path)
     finally:
         remove_path(temporary)
+
+
+def write_json(path: Path, value) -> None:
+    """`value` as JSON (indent 2, sorted keys, a final newline), written atomically."""
+    import json
+
+    with written_atomically(Path(path)) as temporary:
+        temporary.write_text(json.dumps(value, indent=2, sort_keys=True) + "\n", encoding="utf-8")

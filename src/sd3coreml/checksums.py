@@ -163,3 +163,13 @@ def check_sha256sums(folder: Path, hashes: dict[str, str] | None = None) -> list
             problems.append(f"modified: {relative_path}")
     problems.extend(f"extra: {rel}" for rel in sorted(on_disk) if rel not in listed)
     return problems
+
+
+def tree_bytes(path: Path, allocated: bool = False) -> int:
+    """Bytes of a file or of a folder's files: their sizes, or (`allocated`) the disk blocks they take."""
+    path = Path(path)
+    files = (
+        [path] if not path.is_dir() else [child for child in path.rglob("*") if child.is_file() or child.is_symlink()]
+    )
+    stats = [file.lstat() for file in files]
+    return sum(stat_.st_blocks * 512 if allocated else stat_.st_size for stat_ in stats)

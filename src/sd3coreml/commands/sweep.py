@@ -14,12 +14,11 @@ def sweep_summary(args) -> None:
 
 
 def profile_on_device(args) -> None:
-    from sd3coreml.atomic import written_atomically
+    from sd3coreml.atomic import write_json
     from sd3coreml.sweep.device_profile import isolated_profile
 
     profile = isolated_profile(args.package, args.runs)
-    with written_atomically(args.out) as temporary:
-        temporary.write_text(json.dumps(profile, indent=2, sort_keys=True) + "\n")
+    write_json(args.out, profile)
 
 
 def bench_report(args) -> None:

@@ -44,15 +44,14 @@ def fidelity_report(args) -> None:
 
 def end_to_end(args) -> None:
     skip_unused_frameworks("sklearn")
-    from sd3coreml.atomic import written_atomically
+    from sd3coreml.atomic import write_json
     from sd3coreml.verify.end_to_end.check import end_to_end_check, write_side_by_side
 
     coreml = (args.coreml_compute_units, args.coreml_min_psnr_db, args.enforce_coreml)
     check = end_to_end_check(args.folder, args.weights, args.config, args.components, args.steps, args.seed,
                              args.min_psnr_db, args.prompt, coreml)  # fmt: skip
     write_side_by_side(check.package_image, check.reference_image, args.out_png)
-    with written_atomically(args.out_json) as temporary:
-        temporary.write_text(json.dumps(check.report, indent=2, sort_keys=True) + "\n")
+    write_json(args.out_json, check.report)
     print(json.dumps(check.report, indent=2))
     if check.failure:
         raise PipelineError(check.failure)

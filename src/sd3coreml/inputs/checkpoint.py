@@ -20,13 +20,22 @@ PICKLE_SUFFIXES = {".bin", ".ckpt", ".pt", ".pth", ".pkl"}
 ORIGINAL_LAYOUT_PREFIX = "joint_blocks."
 
 
+def refuse_pickle(path: Path, where: str | None = None) -> None:
+    """Refused by name alone: a pickle is never opened, since unpickling can run its code.
+
+    `where` names what pointed at the file (a config key), else the file itself.
+    """
+    if Path(path).suffix.lower() in PICKLE_SUFFIXES:
+        raise PipelineError(
+            f"{where or path} is a pickle checkpoint, refused unread (loading one can run code); convert it to "
+            ".safetensors and point at that"
+        )
+
+
 def read_tensor_table(path: Path) -> dict[str, dict]:
     """Return {name: {"dtype", "shape"}} from a safetensors header without loading tensors."""
     path = Path(path)
-    if path.suffix.lower() in PICKLE_SUFFIXES:
-        raise PipelineError(
-            f"{path}: pickle checkpoints are refused (they can run code when loaded); convert it to .safetensors first"
-        )
+    refuse_pickle(path)
     if not path.is_file():
         raise PipelineError(f"{path}: checkpoint not found; fix the path in the config")
     with path.open("rb") as stream:
@@ -58,18 +67,33 @@ def load_transformer_config(path: Path) -> dict:
     return {key: value for key, value in config.items() if not key.startswith("_")}
 
 
-def expected_tensor_shapes(transformer_config: dict) -> dict[str, tuple]:
-    """The tensor table diffusers' `SD3Transformer2DModel` has for this config (meta device)."""
-    import torch
-    from diffusers import SD3Transformer2DModel
-
-    with torch.device("meta"):
-        model = SD3Transformer2DModel(**transformer_config)
-    return {name: tuple(tensor.shape) for name, tensor in model.state_dict().items()}
-
-
-# SD3.5's extra tensors (qk norm, dual attention): refused like their configs (see config.py).
+# SD3.5's extra tensors (qk norm, dual attention).
 SD35_MARKERS = (".ln_q.", ".ln_k.", ".attn2.")
+
+
+def refuse_sd35_config(config: dict, config_path: Path) -> None:
+    if config.get("dual_attention_layers") or config.get("qk_norm"):
+        raise PipelineError(
+            f"{config_path}: dual attention layers or qk_norm (SD3.5) are not supported; use an SD3 Medium config"
+        )
+
+
+def refuse_sd35_tensors(weights: Path, names) -> None:
+    sd35 = sorted(name for name in names if any(marker in name for marker in SD35_MARKERS))
+    if sd35:
+        raise PipelineError(
+            f"{weights}: holds SD3.5 tensors (qk norm or dual attention, e.g. {sd35[0]}); only SD3 Medium is supported"
+        )
+
+
+def compare_shapes(weights: Path, config_path: Path, expected: dict) -> None:
+    """{what: (found, wanted)}: the first mismatch, in one line naming both files."""
+    for what, (found, wanted) in expected.items():
+        if found is None or tuple(found) != tuple(wanted):
+            raise PipelineError(
+                f"{weights}: {what} is {found} but {config_path} implies {wanted}; "
+                "fix the transformer config or point at the right weights"
+            )
 
 
 def check_tensor_table(
@@ -77,11 +101,7 @@ def check_tensor_table(
 ):
     missing = sorted(set(expected) - set(found))
     unexpected = sorted(set(found) - set(expected))
-    if any(marker in name for name in unexpected for marker in SD35_MARKERS):
-        raise PipelineError(
-            f"{weights}: holds SD3.5 tensors (qk norm or dual attention, e.g. "
-            f"{next(n for n in unexpected if any(m in n for m in SD35_MARKERS))}); only SD3 Medium is supported"
-        )
+    refuse_sd35_tensors(weights, unexpected)
     if missing or unexpected:
         detail = f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}"
         raise PipelineError(
@@ -96,20 +116,11 @@ def check_tensor_table(
             )
 
 
-def check_weights_match_config(weights_path: Path, config_path: Path) -> None:
-    """Fail with one line when the weights file is not the architecture the config describes."""
-    table = read_tensor_table(weights_path)
-    check_layout(weights_path, table)
-    config = load_transformer_config(config_path)
-    found = {name: tuple(entry["shape"]) for name, entry in table.items()}
-    check_tensor_table(weights_path, config_path, found, expected_tensor_shapes(config), "tensors")
-
-
 def sd3_tensor_shapes(config: dict) -> dict[str, tuple]:
     """The tensor table of diffusers' `SD3Transformer2DModel` for an SD3 config, without torch.
 
     Importing torch and diffusers costs seconds at every parse, so the table is written out
-    here; tests/test_checkpoint.py holds it equal to diffusers' own (`expected_tensor_shapes`).
+    here; tests hold it equal to diffusers' own, built on the meta device.
     """
     width, depth = config["num_attention_heads"] * config["attention_head_dim"], config["num_layers"]
     patch, out_channels = config["patch_size"], config.get("out_channels") or config["in_channels"]
@@ -172,12 +183,7 @@ def check_header_matches_config(weights_path: Path, config: dict, config_path: P
             (1, config["pos_embed_max_size"] ** 2, width),
         ),
     }
-    for what, (found, wanted) in expected.items():
-        if found is None or tuple(found) != tuple(wanted):
-            raise PipelineError(
-                f"{weights_path}: {what} is {found} but {config_path} implies {wanted}; "
-                "fix the transformer config or point at the right weights"
-            )
+    compare_shapes(weights_path, config_path, expected)
     shapes = {name: tuple(entry["shape"]) for name, entry in table.items()}
     check_tensor_table(weights_path, config_path, shapes, sd3_tensor_shapes(config), "tensors")
 

@@ -16,10 +16,12 @@ from pathlib import Path
 from sd3coreml.atomic import written_atomically
 from sd3coreml.errors import PipelineError
 from sd3coreml.inputs.checkpoint import (
-    SD35_MARKERS,
     check_tensor_table,
+    compare_shapes,
     load_transformer_config,
     read_tensor_table,
+    refuse_sd35_config,
+    refuse_sd35_tensors,
     save_safetensors,
 )
 from sd3coreml.inputs.original_layout import original_layout_state_dict
@@ -126,12 +128,7 @@ def check_original_header_matches_config(weights_path: Path, config: dict, confi
     weights_path = Path(weights_path)
     table = read_tensor_table(weights_path)
     shapes = {bare: table[stored]["shape"] for bare, stored in _stored_names(weights_path, table).items()}
-    sd35 = sorted(name for name in shapes if any(marker in name for marker in SD35_MARKERS))
-    if sd35:
-        raise PipelineError(
-            f"{weights_path}: holds SD3.5 tensors (qk norm or dual attention, e.g. {sd35[0]}); "
-            "only SD3 Medium is supported"
-        )
+    refuse_sd35_tensors(weights_path, shapes)
     width = config["num_attention_heads"] * config["attention_head_dim"]
     patch = config["patch_size"]
     blocks = sorted({int(name.split(".")[1]) for name in shapes if name.startswith("joint_blocks.")})
@@ -145,12 +142,7 @@ def check_original_header_matches_config(weights_path: Path, config: dict, confi
         "y_embedder.mlp.0.weight": (shapes.get("y_embedder.mlp.0.weight"), (width, config["pooled_projection_dim"])),
         "pos_embed": (shapes.get("pos_embed"), (1, config["pos_embed_max_size"] ** 2, width)),
     }
-    for what, (found, wanted) in expected.items():
-        if found is None or list(found) != list(wanted):
-            raise PipelineError(
-                f"{weights_path}: {what} is {found} but {config_path} implies {wanted}; "
-                "fix the transformer config or point at the right weights"
-            )
+    compare_shapes(weights_path, config_path, expected)
 
 
 def _transformer_bytes(table: dict, stored: dict[str, str]) -> int:
@@ -183,10 +175,7 @@ def normalize_transformer(original: Path, config_path: Path, out: Path) -> None:
     original, config_path, out = Path(original), Path(config_path), Path(out)
     layout = detect_layout(original)
     transformer_config = load_transformer_config(config_path)
-    if transformer_config.get("dual_attention_layers") or transformer_config.get("qk_norm"):
-        raise PipelineError(
-            f"{config_path}: dual attention layers or qk_norm (SD3.5) are not supported; use an SD3 Medium config"
-        )
+    refuse_sd35_config(transformer_config, config_path)
     if layout != ORIGINAL:
         raise PipelineError(
             f"{original}: already in the diffusers layout (transformer_blocks.*); "
@@ -215,23 +204,3 @@ def normalize_transformer(original: Path, config_path: Path, out: Path) -> None:
     check_tensor_table(original, config_path, converted_shapes, diffusers_shapes, "converted tensors")
     with written_atomically(out) as temporary:
         save_safetensors(converted, temporary)
-
-
-def write_original_layout(diffusers_weights: Path, out: Path, prefix: str = ORIGINAL_PREFIX) -> None:
-    """Write a diffusers-format SD3 transformer in the original layout (as Stability ships it).
-
-    For tests and for checking the normalisation: `normalize_transformer` gives back the
-    same tensors, bit for bit. `prefix=""` writes bare `joint_blocks.*` names.
-    """
-    from safetensors.torch import load_file
-
-    diffusers_weights, out = Path(diffusers_weights), Path(out)
-    if detect_layout(diffusers_weights) != DIFFUSERS:
-        raise PipelineError(f"{diffusers_weights}: not in the diffusers layout (transformer_blocks.*)")
-    try:
-        original = original_layout_state_dict(load_file(str(diffusers_weights)))
-    except PipelineError as error:
-        raise PipelineError(f"{diffusers_weights}: {error}") from None
-    tensors = {prefix + name: tensor.contiguous() for name, tensor in original.items()}
-    with written_atomically(out) as temporary:
-        save_safetensors(tensors, temporary)

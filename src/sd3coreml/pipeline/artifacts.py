@@ -12,6 +12,7 @@ from pathlib import Path
 
 from sd3coreml.compress.settings import entry_compression, quantization_slug
 from sd3coreml.contract import CONDITIONING, STAGE, TEXT_ENCODERS, TOKENIZER_FILES, VAE_DECODER
+from sd3coreml.errors import PipelineError
 
 # Each converted piece under output_root, as a wildcard pattern; `.{precision}.mlpackage` ends it.
 PIECES = {
@@ -217,3 +218,23 @@ class Artifacts:
 
             files += component_weight_files(components)
         return files
+
+    def sweep_inputs(self, sweep, on_macos: bool) -> dict[str, list[str]]:
+        """What the sweep's summary reads: every stage package, its fp16 twin, measurement and profile."""
+        stages = [stage for row in self.sweep_rows(sweep, on_macos) for stage in row["stages"]]
+        return {
+            "packages": sorted({stage[key] for stage in stages for key in ("package", "fp16_package")}),
+            "measurements": sorted({stage["measurement"] for stage in stages}),
+            "device_profiles": sorted({stage["device"] for stage in stages if "device" in stage}),
+        }
+
+    def built_folders(self, models: dict, include_packages: bool = False) -> list[str]:
+        """The configured folders on disk (and the packages folders, about to be built, if asked)."""
+        folders = [self.folder(model, kind) for model in models for kind in ("packages", "app")]
+        built = [path for path in folders if Path(path).is_dir() or (include_packages and path.endswith("_packages"))]
+        if not built:
+            first = folder_name(next(iter(models)), "packages")
+            raise PipelineError(
+                f"{self.root}: no coremlsd3_* folder built yet; build one first, e.g. snakemake {first}"
+            )
+        return built

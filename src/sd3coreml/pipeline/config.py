@@ -18,11 +18,17 @@ from sd3coreml.contract import CONDITIONING as CONTRACT_CONDITIONING
 from sd3coreml.contract import STAGE as CONTRACT_STAGE
 from sd3coreml.contract import TEXT_ENCODERS
 from sd3coreml.errors import PipelineError
-from sd3coreml.inputs.checkpoint import PICKLE_SUFFIXES, check_header_matches_config, load_transformer_config
+from sd3coreml.inputs.checkpoint import (
+    check_header_matches_config,
+    load_transformer_config,
+    refuse_pickle,
+    refuse_sd35_config,
+)
 from sd3coreml.inputs.download import downloaded_paths
 from sd3coreml.inputs.geometry import MMDiTShape
 from sd3coreml.inputs.normalize import DIFFUSERS, ORIGINAL, check_original_header_matches_config, detect_layout
 from sd3coreml.inputs.tokenizer import check_merges, check_same_tokenizers, check_vocab
+from sd3coreml.pipeline.artifacts import SYNTHETIC_NAME
 from sd3coreml.pipeline.plan import BlockRange, stage_ranges
 
 # iOS majors coremltools 9 has a ct.target for; Apple went from 18 to 26. A compiler target
@@ -149,6 +155,7 @@ def check_generated_paths(config: dict, downloaded: set[Path]) -> None:
     made = {f"models.{key}.weights": entry["weights"] for key, entry in config["models"].items()}
     made["components"] = config["components"]
     for key, path in made.items():
+        check_synthetic_preset(key, path, config["synthetic"]["preset"], root)
         # An existing file is read as it is, and a downloaded one is placed by its own job.
         if Path(path).exists() or Path(path) in downloaded or lies_under(path, root):
             continue
@@ -158,21 +165,24 @@ def check_generated_paths(config: dict, downloaded: set[Path]) -> None:
         )
 
 
+def check_synthetic_preset(key: str, path: str, preset: str, root: str) -> None:
+    """A generated input's file name says its preset; `synthetic.preset` must say the same."""
+    kind = "components" if key == "components" else "transformer"
+    named = re.fullmatch(SYNTHETIC_NAME[kind], Path(path).name)
+    if not lies_under(path, root) or not named or named.group("preset") == preset:
+        return
+    raise PipelineError(
+        f"config key '{key}' ({path}) names the {named.group('preset')!r} preset but 'synthetic.preset' is "
+        f"{preset!r}; the file name decides what is generated: make the two agree"
+    )
+
+
 def check_downloads_root(config: dict) -> None:
     root = str((config.get("downloads") or {}).get("root", "checkpoints"))
     if os.path.isabs(root) or ".." in Path(root).parts:
         raise PipelineError(
             f"config key 'downloads.root' is {root!r}; download jobs write there, so it must be a folder "
             "inside the working directory: write a relative path without '..', such as checkpoints"
-        )
-
-
-def refuse_pickle(weights: Path, key: str) -> None:
-    """Refused by name alone: a pickle is never opened, since unpickling can run its code."""
-    if weights.suffix.lower() in PICKLE_SUFFIXES:
-        raise PipelineError(
-            f"config key '{key}' ({weights}) is a pickle checkpoint, refused unread (loading one can run "
-            "code); convert it to .safetensors and point the key at that"
         )
 
 
@@ -196,12 +206,9 @@ def sampler_steps(entry: dict, key: str) -> int:
 def plan_model(config: dict, key: str, made_by_job: bool) -> ModelPlan:
     entry = config["models"][key]
     weights, config_path = Path(entry["weights"]), Path(entry["config"])
-    refuse_pickle(weights, f"models.{key}.weights")
+    refuse_pickle(weights, f"config key 'models.{key}.weights' ({weights})")
     transformer_config = load_transformer_config(config_path)
-    if transformer_config.get("dual_attention_layers") or transformer_config.get("qk_norm"):
-        raise PipelineError(
-            f"{config_path}: dual attention layers or qk_norm (SD3.5) are not supported; use an SD3 Medium config"
-        )
+    refuse_sd35_config(transformer_config, config_path)
     shape = MMDiTShape.from_config(transformer_config, *config["latent_size"])
     check_latent(shape, key)
     sizes_key = f"models.{key}.stage_sizes" if "stage_sizes" in entry else "stage_sizes"

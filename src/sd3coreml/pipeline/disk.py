@@ -108,3 +108,14 @@ def temporary_weights_message(error: RuntimeError) -> str:
         f"({error}): that disk is likely full, or a file-size limit (ulimit -f) was hit; free space there "
         "or set TMPDIR to a larger disk, and rerun"
     )
+
+
+def check_host(artifacts, outputs: list, models: dict, config: dict) -> None:
+    """Before any job: a folder for every output, Apple's compiler if compiles are planned, disk room."""
+    from sd3coreml.release.compile import require_compiler
+
+    require_creatable(outputs)
+    if any(str(path).startswith(f"{artifacts.root}/compiled/") for path in outputs):
+        targets = " or ".join(f"coremlsd3_{model}_packages" for model in models)
+        require_compiler(config["compiler"]["command"], targets)
+    require_free_space(Path(artifacts.root), artifacts.weights_to_convert(outputs, models, Path(config["components"])))

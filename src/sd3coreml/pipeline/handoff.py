@@ -7,7 +7,6 @@ parse time only each folder's `manifest.json` is read; before the first job the 
 checked, then each folder with the whole check `verify-folder` runs (it hashes GBs at full size).
 """
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,14 +35,11 @@ def plan_handoff(handoff: dict) -> dict[str, HandoffFolder]:
 
 def handoff_folder(key: str, packages_dir: Path) -> HandoffFolder:
     where = f"config key 'handoff.folders.{key}' ({packages_dir})"
-    manifest_path = packages_dir / folder.MANIFEST_NAME
-    if not manifest_path.is_file():
-        raise PipelineError(f"{where}: no {folder.MANIFEST_NAME}; copy the whole packages folder, as built, here")
     try:
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-    except ValueError as error:
-        raise PipelineError(f"{manifest_path}: not JSON ({error}); copy the packages folder again") from None
-    if manifest.get("kind") != "packages" or not isinstance(manifest.get("files"), dict):
+        manifest = folder.read_manifest(packages_dir)
+    except PipelineError as error:
+        raise PipelineError(f"{where}: {error}") from None
+    if manifest.get("kind") != "packages":
         raise PipelineError(f"{where}: its manifest is not a packages folder's; name a coremlsd3_*_packages folder")
     entries = sorted({name.split("/", 1)[0] for name in manifest["files"]})
     packages = tuple(name.removesuffix(".mlpackage") for name in entries if name.endswith(".mlpackage"))

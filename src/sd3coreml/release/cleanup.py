@@ -12,6 +12,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from sd3coreml import checksums
 from sd3coreml.atomic import remove_path
 from sd3coreml.errors import PipelineError
 
@@ -65,8 +66,7 @@ def unreferenced(root: Path, keep: set[Path]) -> list[Path]:
 
 
 def disk_bytes(path: Path) -> int:
-    paths = list(path.rglob("*")) if path.is_dir() else [path]
-    return sum(p.lstat().st_blocks * 512 for p in paths if p.is_file() or p.is_symlink())
+    return checksums.tree_bytes(path, allocated=True)
 
 
 def remove_artifact(path: Path) -> None:

@@ -9,7 +9,6 @@ The compiler's `--deployment-target` (e.g. 18.2) is not the conversion target
 (`ct.target.iOS18`) that shaped the packages; the two are separate settings.
 """
 
-import json
 import re
 import shlex
 import shutil
@@ -226,7 +225,7 @@ def verified_packages_manifest(packages_dir: Path) -> dict:
         raise PipelineError(
             f"{packages_dir}: {shown} (python -m sd3coreml verify-folder lists all); rebuild or re-copy the packages folder"
         )
-    return json.loads((packages_dir / folder.MANIFEST_NAME).read_text(encoding="utf-8"))
+    return folder.read_manifest(packages_dir)
 
 
 def _hand_off_items(packages_dir: Path) -> tuple[list[Path], list[Path]]:

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from sd3coreml import checksums
-from sd3coreml.atomic import fresh_temporary, remove_path, replace_path, written_atomically
+from sd3coreml.atomic import fresh_temporary, remove_path, replace_path, write_json
 from sd3coreml.contract import STAGE_NAME, STAGE_PREFIX
 from sd3coreml.errors import PipelineError
 
@@ -121,6 +121,20 @@ def canonical_json(value) -> str:
         return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
     except (TypeError, ValueError) as error:
         raise PipelineError(f"manifest: {error}; pass only strings, numbers, lists and dicts") from None
+
+
+def read_manifest(folder: Path) -> dict:
+    """A built folder's `manifest.json`: one line naming the file where it is missing or unreadable."""
+    path = Path(folder) / MANIFEST_NAME
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise PipelineError(f"{path}: missing; copy or rebuild the whole folder") from None
+    except ValueError as error:
+        raise PipelineError(f"{path}: not JSON ({error}); copy or rebuild the whole folder") from None
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict):
+        raise PipelineError(f"{path}: no 'files' section; copy or rebuild the whole folder")
+    return manifest
 
 
 def write_manifest(manifest: dict, folder: Path) -> Path:
@@ -230,5 +244,4 @@ def write_build_record(path: Path, out_dir: Path, folder_build_id: str) -> None:
         "finished_utc": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "source_date_epoch": os.environ.get("SOURCE_DATE_EPOCH"),
     }
-    with written_atomically(Path(path)) as temporary:
-        temporary.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    write_json(path, record)

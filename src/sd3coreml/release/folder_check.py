@@ -17,7 +17,6 @@ A folder the app cannot load for its sizes (the demo's) is no problem of the fol
 says so, from its manifest.
 """
 
-import json
 from pathlib import Path
 
 from sd3coreml import checksums
@@ -50,8 +49,8 @@ def folder_problems(folder_path: Path) -> list[str]:
 def app_note(folder_path: Path) -> str | None:
     """Why the app cannot load the folder, as its manifest records it; None when it can."""
     try:
-        manifest = json.loads((Path(folder_path) / folder.MANIFEST_NAME).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        manifest = folder.read_manifest(folder_path)
+    except PipelineError:
         return None
     if not isinstance(manifest, dict) or manifest.get("app_loadable", True):
         return None
@@ -61,19 +60,16 @@ def app_note(folder_path: Path) -> str | None:
 
 
 def read_manifest(folder_path: Path, problems: list[str]) -> dict | None:
-    path = folder_path / folder.MANIFEST_NAME
-    if not path.is_file():
+    """The folder's manifest, or None with its problem appended (`missing`, `modified`)."""
+    if not (folder_path / folder.MANIFEST_NAME).is_file():
         problems.append(f"missing: {folder.MANIFEST_NAME}")
         return None
     try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except ValueError:
-        problems.append(f"modified: {folder.MANIFEST_NAME} (not JSON)")
+        return folder.read_manifest(folder_path)
+    except PipelineError as error:
+        why = "not JSON" if "not JSON" in str(error) else "no 'files' section"
+        problems.append(f"modified: {folder.MANIFEST_NAME} ({why})")
         return None
-    if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict):
-        problems.append(f"modified: {folder.MANIFEST_NAME} (no 'files' section)")
-        return None
-    return manifest
 
 
 def manifest_problems(folder_path: Path, manifest: dict, on_disk: dict[str, str]) -> list[str]:

@@ -13,6 +13,7 @@ import shutil
 from collections import defaultdict
 from pathlib import Path
 
+from sd3coreml import checksums
 from sd3coreml.atomic import written_atomically
 
 SYNTHETIC_PREFIX = "synthetic_"
@@ -20,12 +21,21 @@ SYNTHETIC_PREFIX = "synthetic_"
 END_TO_END = "end_to_end"
 
 
+def read_benchmark(tsv: Path) -> dict | None:
+    """The first run's record of a Snakemake benchmark TSV, or None where the job left none."""
+    if not Path(tsv).is_file():
+        return None
+    with Path(tsv).open() as stream:
+        return next(csv.DictReader(stream, delimiter="\t"), None)
+
+
 def read_benchmarks(benchmarks: Path) -> list[dict]:
     """One row per job: rule (first folder), job (the rest of the path), wall s, max_rss MiB."""
     rows = []
     for tsv in sorted(Path(benchmarks).rglob("*.tsv")):
-        with tsv.open() as stream:
-            record = next(csv.DictReader(stream, delimiter="\t"))
+        record = read_benchmark(tsv)
+        if record is None:
+            continue
         relative = tsv.relative_to(benchmarks).with_suffix("")
         rows.append(
             {
@@ -39,8 +49,7 @@ def read_benchmarks(benchmarks: Path) -> list[dict]:
 
 
 def folder_size_mib(path: Path) -> float:
-    total = sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
-    return total / 2**20
+    return checksums.tree_bytes(path) / 2**20
 
 
 def machine_description() -> str:

@@ -136,3 +136,9 @@ def plan_sweep(config: dict, models: dict) -> SweepPlan | None:
         for mode, value in modes.items()
     )
     return SweepPlan(name, model, layouts, parsed)
+
+
+def summary_plan(sweep: SweepPlan, rows: list[dict], config: dict) -> dict:
+    """What `sweep-summary` reads: the rows (artifacts.sweep_rows), the bars and the device thresholds."""
+    return {"sweep": sweep.name, "model": sweep.model, "rows": rows, "min_psnr_db": config["fidelity"]["min_psnr_db"],
+            "device": config["device"]}  # fmt: skip

@@ -11,6 +11,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from sd3coreml import checksums
 from sd3coreml.convert.package import read_spec
 
 WEIGHTS_DIR = Path("Data/com.apple.CoreML/weights")
@@ -81,17 +82,13 @@ def peak_live_bytes(function, block) -> int:
     return peak
 
 
-def files_bytes(folder: Path) -> int:
-    return sum(path.stat().st_size for path in Path(folder).rglob("*") if path.is_file())
-
-
 def program_stats(package: Path) -> ProgramStats:
     package = Path(package)
     function, block = main_block(read_spec(package))
     weights = package / WEIGHTS_DIR
     return ProgramStats(
         compute_ops=sum(not is_weight_op(op.type) for op in block.operations),
-        weight_bytes=files_bytes(weights) if weights.is_dir() else 0,
-        package_bytes=files_bytes(package),
+        weight_bytes=checksums.tree_bytes(weights) if weights.is_dir() else 0,
+        package_bytes=checksums.tree_bytes(package),
         peak_activation_bytes=peak_live_bytes(function, block),
     )

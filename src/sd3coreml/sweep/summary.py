@@ -10,8 +10,10 @@ import json
 import math
 from pathlib import Path
 
+from sd3coreml import checksums
 from sd3coreml.atomic import written_atomically
 from sd3coreml.compress.settings import precision_class
+from sd3coreml.sweep.bench_report import read_benchmark
 from sd3coreml.sweep.device_verdict import DEVICE_COLUMNS, VERDICTS, worst
 from sd3coreml.sweep.program_stats import program_stats
 
@@ -28,16 +30,9 @@ STAGE_COLUMNS = (
 
 
 def job_seconds(benchmark: str) -> float | None:
-    """Wall seconds from a Snakemake benchmark TSV (first run), or None if the job left none."""
-    path = Path(benchmark)
-    if not path.is_file():
-        return None
-    rows = list(csv.DictReader(path.open(), delimiter="\t"))
-    return float(rows[0]["s"]) if rows else None
-
-
-def disk_bytes(folder: str) -> int:
-    return sum(path.stat().st_blocks * 512 for path in Path(folder).rglob("*") if path.is_file())
+    """Wall seconds of a job's benchmark (first run), or None if the job left none."""
+    record = read_benchmark(Path(benchmark))
+    return None if record is None else float(record["s"])
 
 
 def min_psnr(measurement: dict, package: str) -> float:
@@ -87,7 +82,7 @@ def row_record(row: dict, stages: list[dict]) -> dict:
         "compute_ops": sum(stage["compute_ops"] for stage in stages),
         "peak_activation_mib": max(stage["peak_activation_mib"] for stage in stages),
         "build_s": sum(seconds for seconds in map(job_seconds, sorted(benchmarks)) if seconds is not None),
-        "disk_mib": sum(map(disk_bytes, sorted(packages))) / MIB,
+        "disk_mib": sum(checksums.tree_bytes(package, allocated=True) for package in sorted(packages)) / MIB,
         "min_psnr_db": min(stage["psnr_db"] for stage in stages),
         "min_fp16_psnr_db": min(stage["fp16_psnr_db"] for stage in stages),
         "passed": all(stage["passed"] for stage in stages),

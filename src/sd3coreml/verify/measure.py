@@ -8,13 +8,12 @@ for every package; thresholds are applied by the report, so changing a bar re-ju
 without re-measuring.
 """
 
-import json
 import math
 from pathlib import Path
 
 import numpy as np
 
-from sd3coreml.atomic import written_atomically
+from sd3coreml.atomic import write_json
 from sd3coreml.compress.settings import precision_class
 
 
@@ -81,5 +80,4 @@ def measure_packages(
         "seed": seed,
         "packages": [measure_package(package, check, coreml_compute_units) for package in packages],
     }
-    with written_atomically(Path(out)) as temporary:
-        temporary.write_text(json.dumps(measurement, indent=2, sort_keys=True) + "\n")
+    write_json(Path(out), measurement)

@@ -10,7 +10,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from sd3coreml.atomic import written_atomically
+from sd3coreml.atomic import write_json, written_atomically
 from sd3coreml.errors import PipelineError
 
 
@@ -148,7 +148,6 @@ def write_report(
         "coreml": {"min_psnr_db": coreml.min_psnr_db, "enforced": coreml.enforce},
         "outputs": rows,
     }
-    with written_atomically(Path(out_json)) as temporary:
-        temporary.write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
+    write_json(Path(out_json), report)
     if failure:
         raise PipelineError(failure)

@@ -12,7 +12,6 @@ one over 75 tokens, the report lists each prompt whose app ids differ from those
 own tokenizers, per text encoder, and where.
 """
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -125,7 +124,9 @@ def coreml_side(folder: Path, ids, noise, steps: int, joint_attention_dim: int, 
 
 def build_config_of(folder: Path) -> dict:
     """What shaped the folder (its manifest's `config`): the layout and the latent size."""
-    return json.loads((Path(folder) / "manifest.json").read_text())["config"]
+    from sd3coreml.release.folder import read_manifest
+
+    return read_manifest(folder)["config"]
 
 
 @dataclass(frozen=True)
