@@ -1,66 +1,25 @@
-"""Shared fixtures: one demo build per test session, in a scratch working directory."""
+"""Shared fixtures: one demo build per test session, in a scratch working directory.
+
+A test that takes the session build (directly or through another fixture) is marked `demo`:
+`pytest -m "not demo"` runs everything that needs no build.
+"""
 
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from harness import DEMO_TARGETS, FAKE_COMPILER, MODULE_RECORDS, new_workdir, recording_modules, snakemake
 
-REPO = Path(__file__).resolve().parents[1]
-FAKE_COMPILER = Path(__file__).parent / "fake_coremlcompiler"
-# Test hooks a run's processes load (see its docstring), each switched on by a variable.
-JOB_HOOKS = Path(__file__).parent / "job_hooks"
-# Where the session build's jobs record the modules they loaded.
-MODULE_RECORDS = "module_records"
-DEMO_FOLDERS = ["coremlsd3_4step_packages", "coremlsd3_2step_packages"]
-# The sweep too: it shares the build's stages, and one run keeps both cores busy.
-DEMO_TARGETS = [*DEMO_FOLDERS, "sweep"]
+BUILD_FIXTURES = {"demo_workdir", "demo_app_workdir"}
 
 
-def snakemake(
-    workdir: Path, *args: str, config: str = "config/demo.yaml", check: bool = True, env=None, snakefile=None
-):
-    """Run the project's Snakefile (or `snakefile`) in `workdir`; shell steps find this interpreter's `python`."""
-    env = {**os.environ, **(env or {})}
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
-    command = [sys.executable, "-m", "snakemake", "--snakefile", str(snakefile or REPO / "Snakefile")]
-    command += ["--directory", str(workdir), "--configfile", str(workdir / config), *args]
-    result = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
-    if check and result.returncode != 0:
-        raise AssertionError(f"snakemake {' '.join(args)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
-    return result
-
-
-def write_config(workdir: Path, name: str, **changes) -> str:
-    """A variant of the demo config under `workdir/config/`, returned as a relative path."""
-    config = yaml.safe_load((workdir / "config" / "demo.yaml").read_text())
-    config.update(changes)
-    (workdir / "config" / name).write_text(yaml.safe_dump(config))
-    return f"config/{name}"
-
-
-def new_workdir(path: Path) -> Path:
-    shutil.copytree(REPO / "config", path / "config", dirs_exist_ok=True)
-    return path
-
-
-def copy_of_build(workdir: Path, path: Path) -> Path:
-    """`workdir`'s config, results and Snakemake's records at `path`, times kept: up to date there too.
-
-    For a test that changes a build: the session build is shared by every test, so change a copy.
-    """
-    new_workdir(path)
-    # copy2 keeps the mtimes, so Snakemake sees the copied artifacts as up to date.
-    shutil.copytree(workdir / "results", path / "results", copy_function=shutil.copy2, symlinks=True)
-    shutil.copytree(workdir / ".snakemake" / "metadata", path / ".snakemake" / "metadata", copy_function=shutil.copy2)
-    return path
-
-
-def recording_modules(workdir: Path) -> dict:
-    return {"PYTHONPATH": str(JOB_HOOKS), "SD3COREML_TEST_RECORD_MODULES": str(workdir / MODULE_RECORDS)}
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if BUILD_FIXTURES & set(item.fixturenames):
+            item.add_marker(pytest.mark.demo)
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,4 @@
-"""Children for tests/test_coreml_runtime.py: functions `isolated.run_isolated` runs in a child process."""
+"""Children for tests/unit/verify/test_coreml_runtime.py: functions `isolated.run_isolated` runs in a child process."""
 
 import os
 import signal

@@ -1,6 +1,6 @@
 """Test hooks for the processes of one run (Snakemake and its jobs), each off unless its variable is set.
 
-On PYTHONPATH of the runs that want them (tests/conftest.py, test_reproducible.py, test_handoff.py):
+On PYTHONPATH of the runs that want them (tests/harness.py, tests/workflow/test_reproducible.py, tests/workflow/test_handoff.py):
 
 - SD3COREML_TEST_STOP_BEFORE_MOVE: a process stops itself (SIGSTOP) whenever an output is
   complete under its temporary name and about to be moved into place, so a test can SIGKILL

@@ -4,7 +4,7 @@ Only for op types of our packages that coremltools cannot evaluate (silu, conv, 
 gather_nd, upsample_nearest_neighbor) and for those whose coremltools evaluation is far too
 slow or accumulates in fp16 (the matmul-like ops, gelu, reductions, weight decompression).
 Each computes in fp32; `mil_executor` rounds the result to the dtype the program declares.
-Each is tested against PyTorch in tests/test_mil_executor.py.
+Each is tested against PyTorch in tests/unit/verify/test_mil_executor.py.
 """
 
 import numpy as np

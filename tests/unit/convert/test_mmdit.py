@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 from diffusers import SD3Transformer2DModel
+from harness import REPO
 from safetensors import safe_open
 
 from sd3coreml.convert.mmdit_modules import build_block_range, build_conditioning, build_input_stage
@@ -14,7 +15,6 @@ from sd3coreml.inputs.geometry import MMDiTShape
 from sd3coreml.pipeline.plan import stage_ranges
 from sd3coreml.synthetic.checkpoints import write_synthetic_transformer
 
-REPO = Path(__file__).resolve().parents[1]
 DEMO_LAYOUT = [1, 2, 2]
 
 

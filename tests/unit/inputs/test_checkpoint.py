@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from harness import REPO
 from safetensors.torch import save_file
 from transformer_files import check_weights_match_config, expected_tensor_shapes
 
@@ -20,7 +21,6 @@ from sd3coreml.inputs.checkpoint import (
 )
 from sd3coreml.synthetic.checkpoints import write_synthetic_transformer
 
-REPO = Path(__file__).resolve().parents[1]
 TINY_CONFIG = REPO / "config" / "transformers" / "sd3-tiny.json"
 
 

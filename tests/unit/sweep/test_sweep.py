@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 import yaml
-from conftest import REPO, snakemake
+from harness import REPO, snakemake
 
 import sd3coreml.sweep.plan
 from sd3coreml.errors import PipelineError

@@ -6,13 +6,13 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from harness import FAKE_COMPILER
 
 from sd3coreml import checksums
 from sd3coreml.commands import main as cli
 from sd3coreml.errors import PipelineError
 from sd3coreml.release import compile, folder, folder_check
 
-FAKE_COMPILER = Path(__file__).parent / "fake_coremlcompiler"
 FAKE_ARGUMENTS = "compile {package} {output_dir} --platform iOS --deployment-target {deployment_target}"
 FAKE_TEMPLATE = f"{FAKE_COMPILER} {FAKE_ARGUMENTS}"
 AFTER_COMPILE = ["coremlsd3_4step", "coremlsd3_4step_packages", "sources"]

@@ -2,15 +2,14 @@
 
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
+from harness import FAKE_COMPILER
 
 from sd3coreml.sweep.mac_selfcheck import spelling_probe, summary, with_spelling, xcode_version
 
 FAKE_TEMPLATE = (
-    f"{Path(__file__).parent / 'fake_coremlcompiler'} compile {{package}} {{output_dir}} --platform iOS"
-    " --deployment-target {deployment_target}"
+    f"{FAKE_COMPILER} compile {{package}} {{output_dir}} --platform iOS --deployment-target {{deployment_target}}"
 )
 
 

@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import snakemake
+from harness import snakemake
 
 from sd3coreml.errors import PipelineError
 from sd3coreml.release.cleanup import clean, unreferenced

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from harness import REPO
 
 from sd3coreml.errors import PipelineError
 from sd3coreml.synthetic.checkpoints import (
@@ -22,7 +23,7 @@ from sd3coreml.synthetic.checkpoints import (
 from sd3coreml.synthetic.clip_vocabulary import bytes_to_unicode, clip_merges
 from sd3coreml.synthetic.presets import PRESETS, get_preset, relation_problems
 
-SRC = Path(__file__).resolve().parents[1] / "src"
+SRC = REPO / "src"
 
 
 def _write_tiny_transformer(directory: Path, seed: int) -> tuple[Path, Path]:

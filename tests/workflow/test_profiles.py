@@ -2,7 +2,7 @@
 
 import pytest
 import yaml
-from conftest import REPO, new_workdir, snakemake
+from harness import REPO, new_workdir, snakemake
 
 PROFILES = REPO / "profiles"
 

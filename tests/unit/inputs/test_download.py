@@ -12,7 +12,7 @@ import httpx2
 import huggingface_hub
 import pytest
 import yaml
-from conftest import new_workdir, snakemake
+from harness import new_workdir, snakemake
 from huggingface_hub import constants
 from huggingface_hub.errors import GatedRepoError, HfHubHTTPError
 

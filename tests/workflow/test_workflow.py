@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import DEMO_TARGETS, copy_of_build, new_workdir, snakemake, write_config
+from harness import DEMO_TARGETS, copy_of_build, new_workdir, snakemake, write_config
 
 from sd3coreml import checksums
 from sd3coreml.release import folder_check

@@ -2,7 +2,7 @@
 
 The schema's refusals are worded by `config.schema_problem`, tested in-process; one schema
 refusal and one semantic check show that both reach the user through Snakemake the same way.
-Every other semantic check is tested in-process in tests/test_bad_input.py.
+Every other semantic check is tested in-process in tests/unit/pipeline/test_bad_input.py.
 """
 
 import functools
@@ -10,7 +10,7 @@ import functools
 import numpy as np
 import pytest
 import yaml
-from conftest import REPO, new_workdir, snakemake, write_config
+from harness import REPO, new_workdir, snakemake, write_config
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 

@@ -4,7 +4,7 @@ import re
 import shlex
 
 import yaml
-from conftest import REPO, copy_of_build, snakemake
+from harness import REPO, copy_of_build, snakemake
 
 from sd3coreml.commands import main as cli
 

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import DEMO_FOLDERS, JOB_HOOKS, REPO, copy_of_build, new_workdir
+from harness import DEMO_FOLDERS, JOB_HOOKS, REPO, copy_of_build, new_workdir
 
 from sd3coreml import checksums
 from sd3coreml.atomic import remove_path

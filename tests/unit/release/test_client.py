@@ -3,7 +3,7 @@ and the contracts kept in tests/contract."""
 
 import json
 
-from conftest import REPO
+from harness import REPO
 from package_contract import interfaces, load_contract
 
 from sd3coreml.contract import APP_CLIP_HIDDEN_WIDTH, APP_JOINT_WIDTH, APP_POOLED_WIDTH

@@ -4,7 +4,7 @@ import shutil
 import subprocess
 import sys
 
-from conftest import new_workdir, snakemake
+from harness import new_workdir, snakemake
 from test_folder import STAGE, make_entries
 
 from sd3coreml import checksums

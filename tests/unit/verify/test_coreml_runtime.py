@@ -1,14 +1,11 @@
 """Core ML's calls: the macOS each package needs, and a child process that can die or hang harmlessly."""
 
-from pathlib import Path
-
 import pytest
+from harness import TESTS
 
 from sd3coreml.sweep.device_profile import device_columns
 from sd3coreml.verify.coreml_runtime import unavailable_reason
 from sd3coreml.verify.isolated import describe, run_isolated
-
-TESTS = Path(__file__).parent
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import new_workdir, snakemake, write_config
+from harness import REPO, new_workdir, snakemake, write_config
 from safetensors.torch import load_file, save_file
 from transformer_files import check_weights_match_config, write_original_layout
 
@@ -26,7 +26,6 @@ from sd3coreml.inputs.normalize import (
 )
 from sd3coreml.synthetic.checkpoints import write_synthetic_transformer
 
-REPO = Path(__file__).resolve().parents[1]
 TINY_CONFIG = REPO / "config" / "transformers" / "sd3-tiny.json"
 LAST_BLOCK = load_transformer_config(TINY_CONFIG)["num_layers"] - 1
 

@@ -8,7 +8,7 @@ is tested. One test, or one parametrize id, per case:
   the conversion target cannot run, a per-artifact override of no folder entry, a bad latent
   size, a generated input outside output_root or of another preset than synthetic.preset, a downloads root outside the working directory:
   test_bad_config_value[<id>]; through Snakemake, with a built artifact left as it was: test_parse_time_refusal_leaves_built_artifacts_untouched
-  (and tests/test_config.py, which also holds config.py's compression table against coremltools)
+  (and tests/unit/pipeline/test_config.py, which also holds config.py's compression table against coremltools)
 - missing checkpoint, truncated or corrupt safetensors, another architecture, missing or extra
   tensors, a config that disagrees with the weights: test_bad_checkpoint[<id>]
 - pickle checkpoints: test_pickle_checkpoint_is_refused_unread
@@ -18,10 +18,10 @@ is tested. One test, or one parametrize id, per case:
 - an output folder that cannot be made: test_a_file_where_an_output_folder_must_be,
   test_an_output_root_that_is_a_file
 - a full disk: test_full_disk_mid_write, test_full_disk_during_a_package_save, a full TMPDIR under
-  coremltools: test_full_temporary_folder_under_coremltools_is_one_line (and tests/test_checkpoint.py,
+  coremltools: test_full_temporary_folder_under_coremltools_is_one_line (and tests/unit/inputs/test_checkpoint.py,
   the safetensors writer)
 - a downloaded file whose sha256 differs from the pin:
-  tests/test_download.py::test_sha256_mismatch_refuses_and_deletes
+  tests/unit/inputs/test_download.py::test_sha256_mismatch_refuses_and_deletes
 """
 
 import json
@@ -37,7 +37,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import REPO, new_workdir, snakemake
+from harness import REPO, new_workdir, snakemake
 from safetensors.torch import load_file, save_file
 from snakemake.utils import validate
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import FAKE_COMPILER, JOB_HOOKS, new_workdir, snakemake
+from harness import FAKE_COMPILER, JOB_HOOKS, new_workdir, snakemake
 from test_workflow import planned_jobs
 
 from sd3coreml import checksums

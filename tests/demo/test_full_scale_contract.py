@@ -3,13 +3,12 @@
 Marked slow: it reads `results/bench/`, which only `make bench` builds (see README).
 """
 
-from pathlib import Path
-
 import pytest
+from harness import REPO
 from package_contract import assert_client_requirements_met, assert_package_meets, folder_names, load_contract
 
 CONTRACT = load_contract("sd3_medium_packages.yaml")
-FOLDER = Path(__file__).resolve().parents[1] / "results" / "bench" / "coremlsd3_4step_packages"
+FOLDER = REPO / "results" / "bench" / "coremlsd3_4step_packages"
 
 pytestmark = pytest.mark.slow
 

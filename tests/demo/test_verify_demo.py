@@ -6,7 +6,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import snakemake
+from harness import snakemake
 
 from sd3coreml.verify.mil_executor import load_program, run_program
 
