@@ -16,15 +16,8 @@ from sd3coreml.contract import TEXT_ENCODERS
 from sd3coreml.pipeline.artifacts import PIECES, Artifacts, folder_name
 from sd3coreml.pipeline.code_closure import CodeBase
 from sd3coreml.pipeline.config import plan_models, schema_problem
-from sd3coreml.pipeline.disk import check_host
-from sd3coreml.pipeline.plan import (
-    coreml_policy_flags,
-    end_to_end_bar,
-    end_to_end_mem_mb,
-    folder_spec,
-    manifest_request,
-    referenced_targets,
-)
+from sd3coreml.pipeline.disk import check_host, job_outputs
+from sd3coreml.pipeline import plan
 from sd3coreml.release import toolchain
 from sd3coreml.sweep.plan import plan_sweep, summary_plan
 
@@ -68,16 +61,10 @@ def step_code(step):
 
 def check_host_before_jobs():
     """Before any job: a folder for every output, Apple's compiler if compiles are planned, disk room."""
-    jobs = list(workflow.dag.needrun_jobs())
-    outputs = [path for job in jobs for path in [*job.output, *job.log, *([job.benchmark] if job.benchmark else [])]]
     try:
-        check_host(ART, outputs, MODELS, config)
+        check_host(ART, job_outputs(workflow.dag.needrun_jobs()), MODELS, config)
     except PipelineError as error:
         fail(error)
-
-
-def packages_of(model):
-    return ART.folder_packages(model, MODELS[model].ranges)
 
 
 def get_transformer_weights(wildcards):
@@ -104,41 +91,28 @@ def get_verified_packages(piece):
     return lambda wc: sorted({ART.piece(piece, "fp16").format(**wc), ART.piece(piece, wc.precision).format(**wc)})
 
 
-def get_packages_folder_inputs(wildcards):
-    packages = {f"{name}.mlpackage": path for name, path in packages_of(wildcards.model).items()}
-    return {**packages, **ART.tokenizer_files()}
+def get_folder_inputs(kind):
+    return lambda wildcards: ART.folder_entries(wildcards.model, MODELS[wildcards.model].ranges, kind)
 
 
-def get_app_folder_inputs(wildcards):
-    compiled = {f"{name}.mlmodelc": ART.compiled(path) for name, path in packages_of(wildcards.model).items()}
-    return {**compiled, **ART.tokenizer_files()}
+def get_folder_spec(kind):
+    return lambda wildcards: plan.assemble_spec(ART, MODELS[wildcards.model], config, TOOLCHAIN, kind)
 
 
-def get_compiled_from(wildcards):
-    return {f"{name}.mlmodelc": path for name, path in packages_of(wildcards.model).items()}
-
-
-def get_packages_folder_spec(wildcards, input):
-    entries = {name: input[name] for name in get_packages_folder_inputs(wildcards)}
-    return folder_spec(entries, manifest_request(MODELS[wildcards.model], config, TOOLCHAIN, "packages"))
-
-
-def get_app_folder_spec(wildcards, input):
-    entries = {name: input[name] for name in get_app_folder_inputs(wildcards)}
-    manifest = manifest_request(MODELS[wildcards.model], config, TOOLCHAIN, "app", config["compiler"])
-    return folder_spec(entries, manifest, get_compiled_from(wildcards))
+def get_compiled_packages(wildcards):
+    return list(ART.compiled_from(wildcards.model, MODELS[wildcards.model].ranges).values())
 
 
 def get_fidelity_measurements(wildcards):
-    return {name: ART.measurement(package) for name, package in packages_of(wildcards.model).items()}
+    return ART.measurements(wildcards.model, MODELS[wildcards.model].ranges)
 
 
 def get_fidelity_report_args(wildcards):
-    return " ".join(f"--measurement {name}={path}" for name, path in get_fidelity_measurements(wildcards).items())
+    return plan.measurement_flags(get_fidelity_measurements(wildcards))
 
 
 def get_coreml_policy_args(wildcards):
-    return coreml_policy_flags(config)
+    return plan.coreml_policy_flags(config)
 
 
 def get_compression_flags(wildcards):
@@ -150,11 +124,11 @@ def get_sampler_steps(wildcards):
 
 
 def get_end_to_end_bar(wildcards):
-    return end_to_end_bar(config, wildcards.model)
+    return plan.end_to_end_bar(config, wildcards.model)
 
 
 def get_end_to_end_mem_mb(wildcards, input):
-    return end_to_end_mem_mb(Path(input.weights))
+    return plan.end_to_end_mem_mb(Path(input.weights))
 
 
 def get_normalize_mem_mb(wildcards, input):

@@ -147,7 +147,7 @@ rule verify_vae_decoder:
 
 rule fidelity_report:
     input:
-        measurements=lambda wildcards: get_fidelity_measurements(wildcards).values(),
+        unpack(get_fidelity_measurements),
     output:
         json=ART.report("{model}", "fidelity.json"),
         table=report(

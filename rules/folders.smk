@@ -6,7 +6,7 @@
 
 rule packages_folder:
     input:
-        unpack(get_packages_folder_inputs),
+        unpack(get_folder_inputs("packages")),
         # Only a build whose packages passed their fidelity checks becomes a folder.
         fidelity=ART.report("{model}", "fidelity.json"),
     output:
@@ -14,7 +14,7 @@ rule packages_folder:
         record=ART.build_record(folder_name("{model}", "packages")),
     params:
         code=step_code("assemble-folder"),
-        spec=get_packages_folder_spec,
+        spec=get_folder_spec("packages"),
     log:
         ART.log(f"folders/{folder_name('{model}', 'packages')}"),
     benchmark:
@@ -30,15 +30,15 @@ rule packages_folder:
 
 rule app_folder:
     input:
-        unpack(get_app_folder_inputs),
-        packages=lambda wildcards: list(get_compiled_from(wildcards).values()),
+        unpack(get_folder_inputs("app")),
+        packages=get_compiled_packages,
         fidelity=ART.report("{model}", "fidelity.json"),
     output:
         sums=ART.sums("{model}", "app"),
         record=ART.build_record(folder_name("{model}", "app")),
     params:
         code=step_code("assemble-folder"),
-        spec=get_app_folder_spec,
+        spec=get_folder_spec("app"),
     log:
         ART.log(f"folders/{folder_name('{model}', 'app')}"),
     benchmark:

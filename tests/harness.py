@@ -65,3 +65,13 @@ def copy_of_build(workdir: Path, path: Path) -> Path:
 
 def recording_modules(workdir: Path) -> dict:
     return {"PYTHONPATH": str(JOB_HOOKS), "SD3COREML_TEST_RECORD_MODULES": str(workdir / MODULE_RECORDS)}
+
+
+def make_package(parent: Path, name: str, model_bytes: bytes = b"weights") -> Path:
+    """A tiny stand-in for an `.mlpackage` folder (no coremltools conversion)."""
+    package = parent / name
+    model_dir = package / "Data" / "com.apple.CoreML"
+    model_dir.mkdir(parents=True)
+    (package / "Manifest.json").write_text('{"fileFormatVersion": "1.0.0"}\n')
+    (model_dir / "model.mlmodel").write_bytes(model_bytes)
+    return package

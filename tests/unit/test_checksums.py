@@ -6,19 +6,10 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from harness import make_package
 
 from sd3coreml import checksums
 from sd3coreml.errors import PipelineError
-
-
-def make_package(parent: Path, name: str, model_bytes: bytes = b"weights") -> Path:
-    """A tiny stand-in for an `.mlpackage` folder (no coremltools conversion)."""
-    package = parent / name
-    model_dir = package / "Data" / "com.apple.CoreML"
-    model_dir.mkdir(parents=True)
-    (package / "Manifest.json").write_text('{"fileFormatVersion": "1.0.0"}\n')
-    (model_dir / "model.mlmodel").write_bytes(model_bytes)
-    return package
 
 
 def run_sha256sum_check(folder: Path) -> subprocess.CompletedProcess:

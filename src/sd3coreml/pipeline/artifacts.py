@@ -147,6 +147,24 @@ class Artifacts:
             entries[entry] = self.compressed(stem, self.compression_of(entry, "mmdit"))
         return entries
 
+    def folder_entries(self, model: str, ranges, kind: str) -> dict[str, str]:
+        """A folder's inputs by entry name: the packages (`packages`) or their compiled twins (`app`),
+        and the tokenizer files."""
+        packages = self.folder_packages(model, ranges)
+        if kind == "packages":
+            entries = {f"{name}.mlpackage": path for name, path in packages.items()}
+        else:
+            entries = {f"{name}.mlmodelc": self.compiled(path) for name, path in packages.items()}
+        return {**entries, **self.tokenizer_files()}
+
+    def compiled_from(self, model: str, ranges) -> dict[str, str]:
+        """An app folder's compiled entry -> the package it is compiled from."""
+        return {f"{name}.mlmodelc": path for name, path in self.folder_packages(model, ranges).items()}
+
+    def measurements(self, model: str, ranges) -> dict[str, str]:
+        """Contract name -> the fidelity figures of the package a model's folder holds under it."""
+        return {name: self.measurement(package) for name, package in self.folder_packages(model, ranges).items()}
+
     def tokenizer_files(self) -> dict[str, str]:
         return {name: f"{self.root}/tokenizer/{name}" for name in TOKENIZER_FILES}
 

@@ -110,6 +110,11 @@ def temporary_weights_message(error: RuntimeError) -> str:
     )
 
 
+def job_outputs(jobs) -> list:
+    """Every path Snakemake's `jobs` will write: outputs, logs and benchmark files."""
+    return [path for job in jobs for path in [*job.output, *job.log, *([job.benchmark] if job.benchmark else [])]]
+
+
 def check_host(artifacts, outputs: list, models: dict, config: dict) -> None:
     """Before any job: a folder for every output, Apple's compiler if compiles are planned, disk room."""
     from sd3coreml.release.compile import require_compiler

@@ -113,6 +113,20 @@ def folder_spec(entries: dict, manifest: dict, packages: dict | None = None) -> 
     return json.dumps(spec, sort_keys=True)
 
 
+def assemble_spec(artifacts, model, config: dict, toolchain: dict, kind: str) -> str:
+    """What `assemble-folder` reads for one model's folder of `kind` (packages or app)."""
+    entries = artifacts.folder_entries(model.key, model.ranges, kind)
+    if kind == "packages":
+        return folder_spec(entries, manifest_request(model, config, toolchain, kind))
+    manifest = manifest_request(model, config, toolchain, kind, config["compiler"])
+    return folder_spec(entries, manifest, artifacts.compiled_from(model.key, model.ranges))
+
+
+def measurement_flags(measurements: dict[str, str]) -> str:
+    """fidelity-report's arguments: one `--measurement NAME=PATH` per folder entry."""
+    return " ".join(f"--measurement {name}={path}" for name, path in measurements.items())
+
+
 def end_to_end_bar(config: dict, model: str) -> float:
     """The end-to-end check's bar of one model: its own, else fidelity's."""
     return config["models"][model].get("end_to_end_min_psnr_db", config["fidelity"]["end_to_end_min_psnr_db"])

@@ -21,7 +21,8 @@ MODELS = ["TextEncoder", "TextEncoder2", "VAEDecoder", "MultiModalDiffusionTrans
 
 
 def make_package(parent: Path, name: str, model_bytes: bytes = b"weights") -> Path:
-    """A tiny stand-in for an `.mlpackage` folder (no coremltools conversion)."""
+    """harness.make_package with the package's name in its Manifest.json, which the compiler double copies
+    into model.mil: a compiled tree shows which package it came from."""
     package = parent / name
     model_dir = package / "Data" / "com.apple.CoreML"
     model_dir.mkdir(parents=True)
