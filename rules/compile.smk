@@ -9,7 +9,7 @@ localrules:
 
 rule compile_package:
     input:
-        package=f"{ROOT}/{{path}}.mlpackage",
+        package=ART.package_pattern(),
     output:
         directory(ART.compiled_pattern()),
     params:

@@ -4,7 +4,7 @@
 
 rule compress_package:
     input:
-        package=f"{ROOT}/{{path}}.fp16.mlpackage",
+        package=ART.package_pattern("fp16"),
     output:
         directory(ART.compressed_pattern()),
     params:

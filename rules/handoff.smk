@@ -2,7 +2,6 @@
 # built elsewhere and copied here, compiled into the app's folder. Only compile and folder
 # jobs: no models, no checkpoints, no toolchain fingerprint (the packages are what their
 # manifest says they are, and the folder check proves it before the first job).
-import json
 import sys
 from pathlib import Path
 
@@ -11,7 +10,7 @@ from sd3coreml.pipeline.artifacts import build_record_path, folder_name, handoff
 from sd3coreml.pipeline.code_closure import CodeBase
 from sd3coreml.release.compile import require_compiler
 from sd3coreml.errors import PipelineError
-from sd3coreml.pipeline.handoff import app_manifest, check_handoff_folders, plan_handoff
+from sd3coreml.pipeline.handoff import app_folder_entries, app_folder_spec, check_handoff_folders, plan_handoff
 
 
 def fail(message):
@@ -33,18 +32,16 @@ def step_code(step):
     return CODE.fingerprint(step)
 
 
-def handoff_entries(wildcards):
-    entry = HANDOFF[wildcards.key]
-    entries = {f"{name}.mlmodelc": handoff_compiled(ROOT, entry.key, DEPLOYMENT_TARGET, name) for name in entry.packages}
-    return {**entries, **{name: str(entry.packages_dir / name) for name in entry.carried}}
+def get_handoff_package(wildcards):
+    return str(HANDOFF[wildcards.key].packages_dir / f"{wildcards.name}.mlpackage")
 
 
-def handoff_spec(wildcards, input):
-    entry = HANDOFF[wildcards.key]
-    entries = {name: input[name] for name in handoff_entries(wildcards)}
-    packages = {f"{name}.mlmodelc": str(entry.packages_dir / f"{name}.mlpackage") for name in entry.packages}
-    compiler = {key: config["compiler"][key] for key in ("command", "deployment_target")}
-    return json.dumps({"entries": entries, "manifest": app_manifest(entry, compiler), "packages": packages}, sort_keys=True)
+def get_handoff_entries(wildcards):
+    return app_folder_entries(HANDOFF[wildcards.key], ROOT, DEPLOYMENT_TARGET)
+
+
+def get_handoff_spec(wildcards):
+    return app_folder_spec(HANDOFF[wildcards.key], ROOT, config["compiler"])
 
 
 onstart:
@@ -69,7 +66,7 @@ localrules:
 
 rule handoff_compile:
     input:
-        package=lambda wildcards: str(HANDOFF[wildcards.key].packages_dir / f"{wildcards.name}.mlpackage"),
+        package=get_handoff_package,
     output:
         directory(handoff_compiled(ROOT, "{key}", DEPLOYMENT_TARGET)),
     params:
@@ -85,13 +82,13 @@ rule handoff_compile:
 
 rule handoff_app_folder:
     input:
-        unpack(handoff_entries),
+        unpack(get_handoff_entries),
     output:
         sums=sums_path(ROOT, folder_name("{key}", "app")),
         record=build_record_path(ROOT, folder_name("{key}", "app")),
     params:
         code=step_code("assemble-folder"),
-        spec=handoff_spec,
+        spec=get_handoff_spec,
     log:
         log_path(ROOT, f"folders/{folder_name('{key}', 'app')}"),
     shell:

@@ -41,7 +41,7 @@ else:
 # would share the Neural Engine and distort the times.
 rule profile_on_device:
     input:
-        package=f"{ROOT}/{{path}}.mlpackage",
+        package=ART.package_pattern(),
     output:
         ART.device_pattern(),
     params:

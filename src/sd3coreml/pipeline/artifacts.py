@@ -105,6 +105,10 @@ class Artifacts:
     def device_pattern(self) -> str:
         return f"{self.root}/device/{{path}}.json"
 
+    def package_pattern(self, precision: str = "") -> str:
+        """Any package under output_root by its path `{path}`: what compiling, compressing and profiling read."""
+        return f"{self.root}/{{path}}{'.' + precision if precision else ''}.mlpackage"
+
     def compiled_pattern(self) -> str:
         return f"{self.root}/compiled/ios{{deployment_target}}/{{path}}.mlmodelc"
 

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sd3coreml.errors import PipelineError
+from sd3coreml.pipeline.artifacts import handoff_compiled
+from sd3coreml.pipeline.plan import folder_spec
 from sd3coreml.release import folder
 
 MODEL_KEY_HINT = "write e.g. '4step: results/coremlsd3_4step_packages'"
@@ -64,3 +66,19 @@ def check_handoff_folders(folders: dict[str, HandoffFolder]) -> None:
 def app_manifest(entry: HandoffFolder, compiler: dict) -> dict:
     """What the app folder's manifest.json records: the packages folder's manifest and the compiler."""
     return {"kind": "app", "packages": entry.manifest, "compiler": compiler, "client": entry.manifest.get("client")}
+
+
+def app_folder_entries(entry: HandoffFolder, root: str, deployment_target: str) -> dict[str, str]:
+    """The app folder's inputs: each package compiled under output_root, the other files as carried."""
+    compiled = {
+        f"{name}.mlmodelc": handoff_compiled(root, entry.key, deployment_target, name) for name in entry.packages
+    }
+    return {**compiled, **{name: str(entry.packages_dir / name) for name in entry.carried}}
+
+
+def app_folder_spec(entry: HandoffFolder, root: str, compiler: dict) -> str:
+    """What `assemble-folder` reads for one hand-off's app folder."""
+    entries = app_folder_entries(entry, root, compiler["deployment_target"])
+    packages = {f"{name}.mlmodelc": str(entry.packages_dir / f"{name}.mlpackage") for name in entry.packages}
+    recorded = {key: compiler[key] for key in ("command", "deployment_target")}
+    return folder_spec(entries, app_manifest(entry, recorded), packages)
