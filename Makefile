@@ -43,7 +43,7 @@ test: $(STAMP)
 # not timed), then coremlsd3_4step_packages from nothing with -c2, timed; then the report
 # (docs/PERFORMANCE.md) and the full-scale contract test.
 BENCH := results/bench
-BENCH_BUILD := snakemake --configfile config/bench.yaml -c2 coremlsd3_4step_packages
+BENCH_BUILD := snakemake --workflow-profile profiles/full-scale --configfile config/bench.yaml -c2 coremlsd3_4step_packages
 bench: $(STAMP)
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/snakemake --configfile config/bench.yaml -c2 \
 		$(BENCH)/checkpoints/sd3-medium-seed4.safetensors $(BENCH)/checkpoints/sd3-medium-components-seed0

@@ -15,10 +15,12 @@ rule compress_package:
         ART.log("compress/{path}.{compression}"),
     benchmark:
         ART.benchmark("compress/{path}.{compression}")
+    # One thread unless a profile sets more (set-threads): palettes per tensor use them.
+    threads: 1
     resources:
         mem_mb=4000,
     conda:
         "../envs/convert.yaml"
     shell:
         "python -m sd3coreml compress-package --package {input.package} --out {output}"
-        " {params.compression} > {log} 2>&1"
+        " {params.compression} --threads {threads} > {log} 2>&1"

@@ -54,7 +54,7 @@ def compress_package(args):
     from sd3coreml.compress.weights import compress_package
 
     sizes = {"group_size": args.group_size, "block_size": args.block_size}
-    compress_package(args.package, args.out, args.mode, args.nbits, args.granularity, **sizes)
+    compress_package(args.package, args.out, args.mode, args.nbits, args.granularity, **sizes, workers=args.threads)
 
 
 def add_transformer_args(parser, latent: bool = True):
@@ -110,4 +110,7 @@ def register_cli(subparsers) -> None:
     )
     step.add_argument("--group-size", type=int, help="output channels per palette (per_grouped_channel)")
     step.add_argument("--block-size", type=int, help="weights per scale along the input axis (per_block)")
+    step.add_argument(
+        "--threads", type=int, default=1, help="threads computing palettes per tensor (the job's threads)"
+    )
     step.set_defaults(func=compress_package)

@@ -6,6 +6,7 @@ Both run on the fp16 package by a separate step, so changing compression never r
 
 from pathlib import Path
 
+from sd3coreml.compress.palettes import PrecomputedPalettes
 from sd3coreml.compress.settings import NO_EXACT_KMEANS, settings_label
 from sd3coreml.convert.package import load_package, save_package
 from sd3coreml.errors import PipelineError
@@ -31,7 +32,7 @@ def linear_config(nbits: int, granularity: str, block_size: int | None):
     return cto.OpLinearQuantizerConfig(mode="linear_symmetric", dtype=f"int{nbits}", granularity=granularity, **sizes)
 
 
-def palette_config(nbits: int, granularity: str, group_size: int | None):
+def palette_config(nbits: int, granularity: str, group_size: int | None, lut_function=None):
     import coremltools.optimize.coreml as cto
 
     require_loaded_exact_kmeans()
@@ -39,22 +40,68 @@ def palette_config(nbits: int, granularity: str, group_size: int | None):
     # fp16 values and with scikit-learn's k-means (seeded: random_state=0) below that. Weights
     # under 10,000 stay fp16; a small group of channels of a larger weight gets the seeded k-means,
     # run on one thread (compress_package) so its sums, and so the palette, repeat exactly.
+    if lut_function is not None:
+        # Per tensor: the same k-means palettes, computed up front (compress/palettes.py).
+        return cto.OpPalettizerConfig(
+            mode="custom", lut_function=lut_function, granularity=granularity, weight_threshold=KMEANS1D_MIN_WEIGHTS
+        )
     sizes = {"group_size": group_size} if granularity == "per_grouped_channel" else {}
     return cto.OpPalettizerConfig(
         mode="kmeans", nbits=nbits, granularity=granularity, weight_threshold=KMEANS1D_MIN_WEIGHTS, **sizes
     )
 
 
-def optimization_config(mode: str, nbits: int, granularity: str, group_size=None, block_size=None):
+def optimization_config(mode: str, nbits: int, granularity: str, group_size=None, block_size=None, lut_function=None):
     import coremltools.optimize.coreml as cto
 
     if mode == "linear_symmetric":
         op_config = linear_config(nbits, granularity, block_size)
     elif mode == "palettize":
-        op_config = palette_config(nbits, granularity, group_size)
+        op_config = palette_config(nbits, granularity, group_size, lut_function)
     else:
         raise PipelineError(f"unknown compression mode {mode!r}; use linear_symmetric or palettize")
     return cto.OptimizationConfig(global_config=op_config, op_type_configs={"gather": None})
+
+
+def load_program(model):
+    """The package's MIL program, as coremltools' compression passes load it."""
+    from coremltools.converters.mil.frontend.milproto.load import load
+    from coremltools.models.utils import _SPECIFICATION_VERSION_IOS_16
+
+    spec = model.get_spec()
+    version = max(spec.specificationVersion, _SPECIFICATION_VERSION_IOS_16)
+    return load(spec, specification_version=version, file_weights_dir=model.weights_dir)
+
+
+def palettized_weights(program) -> list:
+    """The weights the palettizer may take: fp16 consts large enough and read by an op other than `gather`."""
+    import numpy as np
+
+    weights = []
+    for function in program.functions.values():
+        for op in function.find_ops(op_type="const"):
+            value = op.outputs[0].val
+            readers = {child.op_type for child in op.outputs[0].child_ops}
+            if isinstance(value, np.ndarray) and value.dtype == np.float16 and value.size > KMEANS1D_MIN_WEIGHTS:
+                if readers - {"gather"}:
+                    weights.append(value)
+    return weights
+
+
+def palettize_per_tensor(model, nbits: int, workers: int):
+    """coremltools' palettizer over one loaded program, its palettes computed first on `workers` threads."""
+    import coremltools.optimize.coreml  # noqa: F401  (registers the compression passes)
+    from coremltools.converters.mil.mil.passes.graph_pass import PassOption
+    from coremltools.converters.mil.mil.passes.pass_registry import PASS_REGISTRY as PASSES
+    from coremltools.models.utils import _apply_graph_pass
+
+    program = load_program(model)
+    palettes = PrecomputedPalettes(palettized_weights(program), nbits, workers)
+    palettizer = PASSES["compression::palettize_weights"]
+    config = optimization_config("palettize", nbits, "per_tensor", lut_function=palettes)
+    palettizer.set_options([PassOption("config", config), PassOption("joint_compression", False)])
+    # coremltools' own hook for a program already loaded: the weights are read once.
+    return _apply_graph_pass(model, palettizer, pymil_load_func=lambda *args, **kwargs: program)
 
 
 def compress_package(
@@ -65,16 +112,20 @@ def compress_package(
     granularity: str = "per_channel",
     group_size=None,
     block_size=None,
+    workers: int = 1,
 ) -> None:
     import coremltools.optimize.coreml as cto
     from threadpoolctl import threadpool_limits
 
-    config = optimization_config(mode, nbits, granularity, group_size, block_size)
     model = load_package(package)
     if mode == "linear_symmetric":
-        compressed = cto.linear_quantize_weights(model, config=config)
+        compressed = cto.linear_quantize_weights(
+            model, config=optimization_config(mode, nbits, granularity, block_size=block_size)
+        )
+    elif granularity == "per_tensor":
+        compressed = palettize_per_tensor(model, nbits, workers)
     else:
         with threadpool_limits(limits=1):
-            compressed = cto.palettize_weights(model, config=config)
+            compressed = cto.palettize_weights(model, config=optimization_config(mode, nbits, granularity, group_size))
     label = settings_label(mode, nbits, granularity, group_size, block_size)
     save_package(compressed, Path(out), {"sd3coreml.compression": label})

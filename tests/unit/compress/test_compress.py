@@ -74,6 +74,23 @@ def test_grouped_palettes_repeat_whatever_the_thread_count(linear_package, tmp_p
     assert compression_label(one) == "palettize 4-bit per_grouped_channel 8"
 
 
+def test_palettes_per_tensor_are_the_bytes_of_coremltools_kmeans_mode(linear_package, tmp_path):
+    import coremltools.optimize.coreml as cto
+
+    from sd3coreml.compress.weights import optimization_config
+    from sd3coreml.convert.package import load_package, save_package
+
+    ours, kmeans = tmp_path / "ours.mlpackage", tmp_path / "kmeans.mlpackage"
+    compress_cli(linear_package, ours, "--mode", "palettize", "--nbits", "6", "--granularity", "per_tensor",
+                 "--threads", "2")  # fmt: skip
+    config = optimization_config("palettize", 6, "per_tensor")
+    assert config.global_config.mode == "KMEANS"
+    reference = cto.palettize_weights(load_package(linear_package), config=config)
+    save_package(reference, kmeans, {"sd3coreml.compression": "palettize 6-bit per_tensor"})
+    assert "constexpr_lut_to_dense" in program_ops(ours)
+    assert tree_hash(ours) == tree_hash(kmeans)
+
+
 def test_int4_blocks_quantize_with_blockwise_scales(linear_package, tmp_path):
     out = tmp_path / "int4.mlpackage"
     compress_cli(linear_package, out, *BLOCKS)
