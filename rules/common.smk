@@ -8,7 +8,7 @@ from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
 from sd3coreml.checksums import file_sha256
-from sd3coreml.compress.settings import SLUG_PATTERN, cli_flags, compression_settings
+from sd3coreml.compress.settings import SINGLE_THREAD_SLUG, SLUG_PATTERN, TENSOR_PALETTE_SLUG, cli_flags, compression_settings
 from sd3coreml.errors import PipelineError
 from sd3coreml.inputs.download import planned_downloads
 from sd3coreml.inputs.normalize import ORIGINAL, normalized_memory_mb

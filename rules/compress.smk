@@ -1,5 +1,8 @@
 # Weight compression of any fp16 package, by a separate job: the output's name carries the
 # settings (compress/settings.py), so changing them never reconverts the fp16 package.
+# Two rules, one step: palettes per tensor use the job's threads (compress/palettes.py), so a
+# profile can give them more (profiles/full-scale); linear quantization and grouped palettes
+# run on one.
 
 
 rule compress_package:
@@ -15,8 +18,8 @@ rule compress_package:
         ART.log("compress/{path}.{compression}"),
     benchmark:
         ART.benchmark("compress/{path}.{compression}")
-    # One thread unless a profile sets more (set-threads): palettes per tensor use them.
-    threads: 1
+    wildcard_constraints:
+        compression=SINGLE_THREAD_SLUG,
     resources:
         mem_mb=4000,
     conda:
@@ -24,3 +27,9 @@ rule compress_package:
     shell:
         "python -m sd3coreml compress-package --package {input.package} --out {output}"
         " {params.compression} --threads {threads} > {log} 2>&1"
+
+
+use rule compress_package as palettize_per_tensor with:
+    wildcard_constraints:
+        compression=TENSOR_PALETTE_SLUG,
+    threads: 1

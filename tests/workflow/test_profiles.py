@@ -30,6 +30,31 @@ def test_mac_profile_plans_the_sweep_and_keeps_one_neural_engine(scratch):
     assert "neural_engine=1" in settings["resources"] and "rerun-triggers" not in settings
 
 
+def planned_threads(stdout: str) -> dict[str, set[int]]:
+    """Rule name -> the thread counts its planned jobs got, from a dry run (which lists threads above one)."""
+    threads, rule = {}, None
+    for line in stdout.splitlines():
+        if line.startswith(("rule ", "localrule ")):
+            rule = line.split()[1].rstrip(":")
+        elif line.strip().startswith("threads:") and rule:
+            threads.setdefault(rule, set()).add(int(line.split(":")[1]))
+    return threads
+
+
+def test_mac_profile_gives_palettes_per_tensor_two_threads_and_nothing_else(scratch):
+    mac = planned_threads(dry_run(scratch, "mac").stdout)
+    assert mac == {"palettize_per_tensor": {2}}
+    assert planned_threads(snakemake(scratch, "-n", "coremlsd3_4step_packages").stdout) == {}
+
+
+def test_full_scale_profile_gives_two_threads_to_the_long_path_only(scratch):
+    full_scale = planned_threads(dry_run(scratch, "full-scale").stdout)
+    assert full_scale == {"palettize_per_tensor": {2}, "verify_text_encoder": {2}, "verify_vae_decoder": {2}}
+    settings = yaml.safe_load((PROFILES / "full-scale" / "config.yaml").read_text())
+    default = yaml.safe_load((PROFILES / "default" / "config.yaml").read_text())
+    assert settings["resources"] == default["resources"]
+
+
 def test_default_profile_caps_memory_for_a_24_gb_machine():
     # Every other test's Snakemake run reads this profile; here only what it promises.
     settings = yaml.safe_load((PROFILES / "default" / "config.yaml").read_text())

@@ -52,7 +52,7 @@ def test_changing_compression_plans_only_compression_and_folders(demo_workdir):
     compression = {"mmdit": {"mode": "palettize", "nbits": 8}, "text_encoders": {"mode": "palettize", "nbits": 6}}
     config = write_config(demo_workdir, "palettized.yaml", compression=compression)
     assert dry_run(demo_workdir, config) == {
-        "compress_package": 5,
+        "palettize_per_tensor": 5,
         "verify_mmdit_conditioning": 1,
         "verify_mmdit_input_stage": 1,
         "verify_mmdit_block_range": 3,
@@ -86,7 +86,8 @@ def test_changing_conversion_target_plans_every_conversion(demo_workdir):
         "mmdit_block_range": 3,
         "text_encoder": 2,
         "vae_decoder": 1,
-        "compress_package": 7,
+        "compress_package": 5,
+        "palettize_per_tensor": 2,
         "verify_mmdit_conditioning": 1,
         "verify_mmdit_input_stage": 1,
         "verify_mmdit_block_range": 3,

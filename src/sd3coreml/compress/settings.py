@@ -15,7 +15,10 @@ from pathlib import Path
 from sd3coreml.errors import PipelineError
 
 # Directory names of compressed packages (quantization_slug); `fp16` is the uncompressed one.
-SLUG_PATTERN = r"int[48]_linear_symmetric_per_(channel|tensor|block\d+)|palettize[468]_per_(tensor|grouped_channel\d+)"
+# Palettes per tensor are their own job family: they are the one compression that uses threads.
+TENSOR_PALETTE_SLUG = r"palettize[468]_per_tensor"
+SINGLE_THREAD_SLUG = r"int[48]_linear_symmetric_per_(channel|tensor|block\d+)|palettize[468]_per_grouped_channel\d+"
+SLUG_PATTERN = f"{SINGLE_THREAD_SLUG}|{TENSOR_PALETTE_SLUG}"
 MODES = ("linear_symmetric", "palettize")
 
 

@@ -39,7 +39,7 @@ def palette_config(nbits: int, granularity: str, group_size: int | None, lut_fun
     # coremltools clusters each palette's weights with its exact k-means when they are >= 10,000
     # fp16 values and with scikit-learn's k-means (seeded: random_state=0) below that. Weights
     # under 10,000 stay fp16; a small group of channels of a larger weight gets the seeded k-means,
-    # run on one thread (compress_package) so its sums, and so the palette, repeat exactly.
+    # run on one thread (compress_package below) so its sums, and so the palette, repeat exactly.
     if lut_function is not None:
         # Per tensor: the same k-means palettes, computed up front (compress/palettes.py).
         return cto.OpPalettizerConfig(
