@@ -18,7 +18,7 @@ rule synthetic_transformer:
     resources:
         mem_mb=6000,
     wildcard_constraints:
-        preset="tiny|sd3-medium",
+        preset=PRESET_PATTERN,
         heavy="(-heavy-tailed)?",
         seed="\d+",
     conda:
@@ -41,7 +41,7 @@ rule synthetic_components:
     resources:
         mem_mb=6000,
     wildcard_constraints:
-        preset="tiny|sd3-medium",
+        preset=PRESET_PATTERN,
         seed="\d+",
     conda:
         "../envs/convert.yaml"

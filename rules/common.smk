@@ -20,6 +20,7 @@ from sd3coreml.pipeline.disk import check_host, job_outputs
 from sd3coreml.pipeline import plan
 from sd3coreml.release import toolchain
 from sd3coreml.sweep.plan import plan_sweep, summary_plan
+from sd3coreml.synthetic.presets import PRESET_PATTERN
 
 
 def fail(message):

@@ -11,7 +11,16 @@ from pathlib import Path
 
 import pytest
 import yaml
-from harness import DEMO_TARGETS, FAKE_COMPILER, MODULE_RECORDS, new_workdir, recording_modules, snakemake
+from harness import (
+    DEMO_TARGETS,
+    FAKE_COMPILER,
+    MODULE_RECORDS,
+    SD35_CONFIG,
+    SD35_TARGETS,
+    new_workdir,
+    recording_modules,
+    snakemake,
+)
 
 BUILD_FIXTURES = {"demo_workdir", "demo_app_workdir"}
 
@@ -24,7 +33,8 @@ def pytest_collection_modifyitems(items):
 
 @pytest.fixture(scope="session")
 def demo_workdir(tmp_path_factory) -> Path:
-    """The demo's two packages folders and its sweep, built once from nothing like `make demo` does.
+    """The demo's two packages folders and its sweep, built once from nothing like `make demo` does,
+    then the tiny SD3.5's packages folder beside them (it builds only its own transformer's jobs).
 
     SD3COREML_DEMO_WORKDIR names a folder to build in and keep, for quick reruns by hand.
     """
@@ -32,6 +42,7 @@ def demo_workdir(tmp_path_factory) -> Path:
     workdir = new_workdir(Path(kept) if kept else tmp_path_factory.mktemp("demo"))
     shutil.rmtree(workdir / MODULE_RECORDS, ignore_errors=True)  # records of this build's jobs only
     snakemake(workdir, "-c2", *DEMO_TARGETS, env=recording_modules(workdir))
+    snakemake(workdir, "-c2", *SD35_TARGETS, config=SD35_CONFIG, env=recording_modules(workdir))
     return workdir
 
 

@@ -22,6 +22,9 @@ MODULE_RECORDS = "module_records"
 DEMO_FOLDERS = ["coremlsd3_4step_packages", "coremlsd3_2step_packages"]
 # The sweep too: it shares the build's stages, and one run keeps both cores busy.
 DEMO_TARGETS = [*DEMO_FOLDERS, "sweep"]
+# The tiny SD3.5, a third model of the session build: its own config, the demo's components.
+SD35_CONFIG, SD35_FOLDER = "config/demo-sd3.5.yaml", "coremlsd3_sd35_packages"
+SD35_TARGETS = [SD35_FOLDER, f"results/demo/reports/{SD35_FOLDER}/end_to_end.json"]
 
 
 def snakemake(

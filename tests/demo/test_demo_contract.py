@@ -11,7 +11,8 @@ from package_contract import (
 )
 
 CONTRACT = load_contract("demo_packages.yaml")
-FOLDERS = ["coremlsd3_4step_packages", "coremlsd3_2step_packages"]
+# The tiny SD3.5 has the tiny SD3's widths, so its folder meets the same contract.
+FOLDERS = ["coremlsd3_4step_packages", "coremlsd3_2step_packages", "coremlsd3_sd35_packages"]
 
 
 @pytest.mark.parametrize("folder", FOLDERS)

@@ -1,4 +1,4 @@
-"""The SD3 MMDiT cut into the app's pieces, built from diffusers' own submodules.
+"""The SD3 MMDiT (SD3 Medium, SD3.5) cut into the app's pieces, built from diffusers' own submodules.
 
 `SD3Transformer2DModel.forward` runs as: conditioning (`time_text_embed`), input embedding
 (`pos_embed`, `context_embedder`), the joint blocks, then the head (`norm_out`, `proj_out`,
@@ -69,6 +69,8 @@ class MMDiTBlockRange(nn.Module):
                     num_attention_heads=shape.heads,
                     attention_head_dim=shape.head_dim,
                     context_pre_only=index == shape.depth - 1,
+                    qk_norm=shape.qk_norm,
+                    use_dual_attention=index in shape.dual_attention_layers,
                 )
                 for index in range(start, end)
             }

@@ -67,22 +67,48 @@ def load_transformer_config(path: Path) -> dict:
     return {key: value for key, value in config.items() if not key.startswith("_")}
 
 
-# SD3.5's extra tensors (qk norm, dual attention).
-SD35_MARKERS = (".ln_q.", ".ln_k.", ".attn2.")
+# The transformers this pipeline converts: diffusers' `SD3Transformer2DModel` with these
+# settings. Other architectures are refused with this list.
+SUPPORTED_TRANSFORMERS = (
+    "SD3 Medium (config/transformers/sd3-medium.json), SD3.5 Medium (sd3.5-medium.json) "
+    "and SD3.5 Large (sd3.5-large.json)"
+)
+QK_NORMS = (None, "rms_norm")
+# SD3.5's tensors that SD3 Medium lacks, by the config setting that brings them.
+QK_NORM_MARKERS = (".norm_q.", ".norm_k.", ".norm_added_q.", ".norm_added_k.", ".ln_q.", ".ln_k.")
+DUAL_ATTENTION_MARKER = ".attn2."
 
 
-def refuse_sd35_config(config: dict, config_path: Path) -> None:
-    if config.get("dual_attention_layers") or config.get("qk_norm"):
+def check_architecture(config: dict, config_path: Path) -> None:
+    """Refuse a config outside the SD3 family this pipeline converts, in one line naming the key."""
+    if config.get("_class_name", "SD3Transformer2DModel") != "SD3Transformer2DModel":
         raise PipelineError(
-            f"{config_path}: dual attention layers or qk_norm (SD3.5) are not supported; use an SD3 Medium config"
+            f"{config_path}: _class_name {config['_class_name']!r} is not supported; supported: {SUPPORTED_TRANSFORMERS}"
+        )
+    if config.get("qk_norm") not in QK_NORMS:
+        raise PipelineError(
+            f'{config_path}: qk_norm {config["qk_norm"]!r} is not supported (null or "rms_norm"); '
+            f"supported: {SUPPORTED_TRANSFORMERS}"
+        )
+    dual = config.get("dual_attention_layers") or []
+    outside = [index for index in dual if not (isinstance(index, int) and 0 <= index < config["num_layers"])]
+    if outside:
+        raise PipelineError(
+            f"{config_path}: dual_attention_layers holds {outside[0]!r}, not a block index below "
+            f"num_layers={config['num_layers']}; fix the transformer config"
         )
 
 
-def refuse_sd35_tensors(weights: Path, names) -> None:
-    sd35 = sorted(name for name in names if any(marker in name for marker in SD35_MARKERS))
-    if sd35:
+def name_missing_family(weights: Path, config_path: Path, unexpected) -> None:
+    """Tensors of SD3.5's query/key norms or second attention in a file whose config has none."""
+    dual = sorted(name for name in unexpected if DUAL_ATTENTION_MARKER in name)
+    qk = sorted(name for name in unexpected if any(marker in name for marker in QK_NORM_MARKERS))
+    if dual or qk:
+        # The second attention has query/key norms of its own: name the attention, the bigger thing.
+        what = "a second attention (dual_attention_layers)" if dual else "query/key norms (qk_norm)"
         raise PipelineError(
-            f"{weights}: holds SD3.5 tensors (qk norm or dual attention, e.g. {sd35[0]}); only SD3 Medium is supported"
+            f"{weights}: holds {what}, e.g. {(dual or qk)[0]}, which {config_path} does not set: the weights are "
+            "SD3.5's; point models.*.config at config/transformers/sd3.5-medium.json or sd3.5-large.json"
         )
 
 
@@ -101,7 +127,7 @@ def check_tensor_table(
 ):
     missing = sorted(set(expected) - set(found))
     unexpected = sorted(set(found) - set(expected))
-    refuse_sd35_tensors(weights, unexpected)
+    name_missing_family(weights, config_path, unexpected)
     if missing or unexpected:
         detail = f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}"
         raise PipelineError(
@@ -117,7 +143,7 @@ def check_tensor_table(
 
 
 def sd3_tensor_shapes(config: dict) -> dict[str, tuple]:
-    """The tensor table of diffusers' `SD3Transformer2DModel` for an SD3 config, without torch.
+    """The tensor table of diffusers' `SD3Transformer2DModel` for an SD3-family config, without torch.
 
     Importing torch and diffusers costs seconds at every parse, so the table is written out
     here; tests hold it equal to diffusers' own, built on the meta device.
@@ -135,22 +161,44 @@ def sd3_tensor_shapes(config: dict) -> dict[str, tuple]:
         "norm_out.linear.weight": (2 * width, width),
         "proj_out.weight": (patch * patch * out_channels, width),
     }
+    dual = set(config.get("dual_attention_layers") or ())
     for index in range(depth):
-        shapes.update(joint_block_shapes(f"transformer_blocks.{index}.", width, last=index == depth - 1))
+        block = joint_block_shapes(f"transformer_blocks.{index}.", width, index == depth - 1, index in dual)
+        shapes.update(block)
     # Every layer above is a Linear or a Conv2d with a bias; the positional embedding is not.
     biases = {name.replace(".weight", ".bias"): shape[:1] for name, shape in shapes.items() if name.endswith(".weight")}
-    return {**shapes, **biases}
+    norms = qk_norm_shapes(config, depth, dual) if config.get("qk_norm") else {}
+    return {**shapes, **biases, **norms}
 
 
-def joint_block_shapes(prefix: str, width: int, last: bool) -> dict[str, tuple]:
-    """Weights of one JointTransformerBlock; the last one updates only the image tokens."""
+def qk_norm_shapes(config: dict, depth: int, dual: set[int]) -> dict[str, tuple]:
+    """RMSNorm scales (one per head channel, no bias) of every attention's queries and keys."""
+    head = (config["attention_head_dim"],)
+    names = {}
+    for index in range(depth):
+        prefix = f"transformer_blocks.{index}."
+        norms = ["attn.norm_q", "attn.norm_k", "attn.norm_added_q", "attn.norm_added_k"]
+        norms += ["attn2.norm_q", "attn2.norm_k"] if index in dual else []
+        names.update({f"{prefix}{norm}.weight": head for norm in norms})
+    return names
+
+
+def joint_block_shapes(prefix: str, width: int, last: bool, dual: bool = False) -> dict[str, tuple]:
+    """Weights of one JointTransformerBlock; the last one updates only the image tokens.
+
+    With dual attention (SD3.5 Medium) the image stream's modulation has 9 chunks, not 6: the
+    second attention's shift, scale and gate.
+    """
     square, ff_in, ff_out = (width, width), (4 * width, width), (width, 4 * width)
-    names = {"norm1.linear": (6 * width, width), "norm1_context.linear": ((2 if last else 6) * width, width)}
+    names = {"norm1.linear": ((9 if dual else 6) * width, width)}
+    names["norm1_context.linear"] = ((2 if last else 6) * width, width)
     projections = ("to_q", "to_k", "to_v", "add_q_proj", "add_k_proj", "add_v_proj")
     names.update({f"attn.{projection}": square for projection in projections})
     names.update({"attn.to_out.0": square, "ff.net.0.proj": ff_in, "ff.net.2": ff_out})
     if not last:
         names.update({"attn.to_add_out": square, "ff_context.net.0.proj": ff_in, "ff_context.net.2": ff_out})
+    if dual:
+        names.update({f"attn2.{projection}": square for projection in ("to_q", "to_k", "to_v", "to_out.0")})
     return {f"{prefix}{name}.weight": shape for name, shape in names.items()}
 
 
@@ -196,8 +244,8 @@ def check_layout(weights_path: Path, table: dict) -> None:
         )
     if not any(name.startswith("transformer_blocks.") for name in table):
         raise PipelineError(
-            f"{weights_path}: not an SD3 transformer (no transformer_blocks.* tensors); "
-            "point the config at a diffusers-format SD3 transformer"
+            f"{weights_path}: not an SD3-family transformer (no transformer_blocks.* tensors); "
+            f"point the config at a diffusers-format transformer of {SUPPORTED_TRANSFORMERS}"
         )
 
 

@@ -1,4 +1,4 @@
-"""The geometry of one SD3 transformer at one latent size: widths, depth, token counts.
+"""The geometry of one SD3-family transformer at one latent size: widths, depth, token counts.
 
 Kept free of torch so that planning (Snakemake's parse step) stays fast.
 """
@@ -24,6 +24,10 @@ class MMDiTShape:
     latent_height: int
     latent_width: int
     text_tokens: int = 154
+    # SD3.5: RMS-normalised queries and keys in every attention, and a second self-attention
+    # in the image stream of the listed blocks (MMDiT-X). SD3 Medium has neither.
+    qk_norm: str | None = None
+    dual_attention_layers: tuple[int, ...] = ()
 
     @classmethod
     def from_config(cls, config: dict, latent_height: int, latent_width: int) -> "MMDiTShape":
@@ -41,6 +45,8 @@ class MMDiTShape:
             sample_size=config["sample_size"],
             latent_height=latent_height,
             latent_width=latent_width,
+            qk_norm=config.get("qk_norm"),
+            dual_attention_layers=tuple(config.get("dual_attention_layers") or ()),
         )
 
     @property

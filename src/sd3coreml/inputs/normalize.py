@@ -16,12 +16,13 @@ from pathlib import Path
 from sd3coreml.atomic import written_atomically
 from sd3coreml.errors import PipelineError
 from sd3coreml.inputs.checkpoint import (
+    SUPPORTED_TRANSFORMERS,
+    check_architecture,
     check_tensor_table,
     compare_shapes,
     load_transformer_config,
+    name_missing_family,
     read_tensor_table,
-    refuse_sd35_config,
-    refuse_sd35_tensors,
     save_safetensors,
 )
 from sd3coreml.inputs.original_layout import original_layout_state_dict
@@ -41,8 +42,8 @@ OTHER_ARCHITECTURES = (
     ("text_model.", "a CLIP text encoder"),
 )
 EXPECTED_LAYOUTS = (
-    "expected an SD3 transformer: diffusers layout (transformer_blocks.*) or the original "
-    "layout (joint_blocks.*, optionally under model.diffusion_model.)"
+    f"supported: {SUPPORTED_TRANSFORMERS}, in the diffusers layout (transformer_blocks.*) or the "
+    "original layout (joint_blocks.*, optionally under model.diffusion_model.)"
 )
 
 # Bytes per element of safetensors dtypes, for the declared memory.
@@ -106,7 +107,7 @@ def detect_layout(weights: Path) -> str:
             f"{weights}: mixes the diffusers (transformer_blocks.*) and original (joint_blocks.*) layouts; "
             "export one transformer per file"
         )
-    raise PipelineError(f"{weights}: not an SD3 transformer ({_architecture_of(names)}); {EXPECTED_LAYOUTS}")
+    raise PipelineError(f"{weights}: not an SD3-family transformer ({_architecture_of(names)}); {EXPECTED_LAYOUTS}")
 
 
 def expected_shapes(transformer_config: dict) -> tuple[dict[str, tuple], dict[str, tuple]]:
@@ -128,7 +129,13 @@ def check_original_header_matches_config(weights_path: Path, config: dict, confi
     weights_path = Path(weights_path)
     table = read_tensor_table(weights_path)
     shapes = {bare: table[stored]["shape"] for bare, stored in _stored_names(weights_path, table).items()}
-    refuse_sd35_tensors(weights_path, shapes)
+    lacking = [
+        name
+        for name in shapes
+        if (".ln_" in name and not config.get("qk_norm"))
+        or (".attn2." in name and not config.get("dual_attention_layers"))
+    ]
+    name_missing_family(weights_path, config_path, lacking)
     width = config["num_attention_heads"] * config["attention_head_dim"]
     patch = config["patch_size"]
     blocks = sorted({int(name.split(".")[1]) for name in shapes if name.startswith("joint_blocks.")})
@@ -175,7 +182,7 @@ def normalize_transformer(original: Path, config_path: Path, out: Path) -> None:
     original, config_path, out = Path(original), Path(config_path), Path(out)
     layout = detect_layout(original)
     transformer_config = load_transformer_config(config_path)
-    refuse_sd35_config(transformer_config, config_path)
+    check_architecture(transformer_config, config_path)
     if layout != ORIGINAL:
         raise PipelineError(
             f"{original}: already in the diffusers layout (transformer_blocks.*); "
@@ -198,7 +205,7 @@ def normalize_transformer(original: Path, config_path: Path, out: Path) -> None:
     if checkpoint:
         raise PipelineError(
             f"{original}: diffusers' SD3 conversion left {len(checkpoint)} tensors unused, e.g. "
-            f"{sorted(checkpoint)[:3]}; only SD3 Medium's architecture is supported"
+            f"{sorted(checkpoint)[:3]}; supported: {SUPPORTED_TRANSFORMERS}"
         )
     converted_shapes = {name: tuple(tensor.shape) for name, tensor in converted.items()}
     check_tensor_table(original, config_path, converted_shapes, diffusers_shapes, "converted tensors")

@@ -1,4 +1,4 @@
-"""The original SD3 key layout (`joint_blocks.*`, as Stability ships it) from diffusers'.
+"""The original SD3/SD3.5 key layout (`joint_blocks.*`, as Stability ships it) from diffusers'.
 
 The exact inverse of diffusers' `convert_sd3_transformer_checkpoint_to_diffusers`: it gives
 the original-layout tensor table a config implies (checked before normalising) and writes
@@ -37,6 +37,17 @@ QKV_PARTS = {
     "x_block.attn.qkv": ("attn.to_q", "attn.to_k", "attn.to_v"),
     "context_block.attn.qkv": ("attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj"),
 }
+# SD3.5: the query/key RMSNorm scales (weights only), in every block when the config sets qk_norm.
+QK_NORM_RENAMES = {
+    "x_block.attn.ln_q": "attn.norm_q",
+    "x_block.attn.ln_k": "attn.norm_k",
+    "context_block.attn.ln_q": "attn.norm_added_q",
+    "context_block.attn.ln_k": "attn.norm_added_k",
+}
+# SD3.5 Medium: the image stream's second self-attention, in the blocks that have one.
+DUAL_ATTENTION_QKV = ("x_block.attn2.qkv", ("attn2.to_q", "attn2.to_k", "attn2.to_v"))
+DUAL_ATTENTION_RENAMES = {"x_block.attn2.proj": "attn2.to_out.0"}
+DUAL_ATTENTION_NORMS = {"x_block.attn2.ln_q": "attn2.norm_q", "x_block.attn2.ln_k": "attn2.norm_k"}
 
 
 def _block_count(names, prefix: str) -> int:
@@ -78,12 +89,19 @@ def original_layout_state_dict(diffusers_state: dict) -> dict:
     for index in range(depth):
         block, source = f"joint_blocks.{index}.", f"transformer_blocks.{index}."
         last = index == depth - 1
-        for original_name, parts in QKV_PARTS.items():
+        dual = f"{source}attn2.to_q.weight" in remaining
+        qkv_parts = {**QKV_PARTS, **dict([DUAL_ATTENTION_QKV])} if dual else QKV_PARTS
+        for original_name, parts in qkv_parts.items():
             for kind in ("weight", "bias"):
                 pieces = [take(f"{source}{part}.{kind}") for part in parts]
                 original[f"{block}{original_name}.{kind}"] = torch.cat(pieces, dim=0)
-        for original_name, diffusers_name in BLOCK_RENAMES.items():
+        renames = {**BLOCK_RENAMES, **DUAL_ATTENTION_RENAMES} if dual else BLOCK_RENAMES
+        for original_name, diffusers_name in renames.items():
             move(block + original_name, source + diffusers_name)
+        norms = {**QK_NORM_RENAMES, **DUAL_ATTENTION_NORMS} if dual else QK_NORM_RENAMES
+        for original_name, diffusers_name in norms.items():
+            if f"{source}{diffusers_name}.weight" in remaining:
+                original[f"{block}{original_name}.weight"] = take(f"{source}{diffusers_name}.weight")
         if last:
             move(block + "context_block.adaLN_modulation.1", source + "norm1_context.linear", swapped)
         else:
@@ -92,6 +110,6 @@ def original_layout_state_dict(diffusers_state: dict) -> dict:
     if remaining:
         raise PipelineError(
             f"the original SD3 layout has no place for {len(remaining)} tensors, e.g. {sorted(remaining)[:3]}; "
-            "only SD3 Medium's architecture is supported (no qk norm, no dual attention)"
+            "is this an SD3-family transformer?"
         )
     return original

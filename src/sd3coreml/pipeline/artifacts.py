@@ -29,8 +29,8 @@ SYNTHETIC = {
     "components": "checkpoints/{preset}-components-seed{seed}",
 }
 SYNTHETIC_NAME = {
-    "transformer": r"(?P<preset>[a-z0-9-]+?)(?P<heavy>-heavy-tailed)?-seed(?P<seed>\d+)\.safetensors",
-    "components": r"(?P<preset>[a-z0-9-]+?)-components-seed(?P<seed>\d+)",
+    "transformer": r"(?P<preset>[a-z0-9.-]+?)(?P<heavy>-heavy-tailed)?-seed(?P<seed>\d+)\.safetensors",
+    "components": r"(?P<preset>[a-z0-9.-]+?)-components-seed(?P<seed>\d+)",
 }
 # The top folders of output_root that hold only what jobs generate (what cleanup may remove).
 GENERATED = ("mmdit", "text_encoders", "vae", "tokenizer", "compiled", "fidelity", "device", "reports",

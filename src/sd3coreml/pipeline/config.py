@@ -19,10 +19,10 @@ from sd3coreml.contract import STAGE as CONTRACT_STAGE
 from sd3coreml.contract import TEXT_ENCODERS
 from sd3coreml.errors import PipelineError
 from sd3coreml.inputs.checkpoint import (
+    check_architecture,
     check_header_matches_config,
     load_transformer_config,
     refuse_pickle,
-    refuse_sd35_config,
 )
 from sd3coreml.inputs.download import downloaded_paths
 from sd3coreml.inputs.geometry import MMDiTShape
@@ -30,6 +30,7 @@ from sd3coreml.inputs.normalize import DIFFUSERS, ORIGINAL, check_original_heade
 from sd3coreml.inputs.tokenizer import check_merges, check_same_tokenizers, check_vocab
 from sd3coreml.pipeline.artifacts import SYNTHETIC_NAME
 from sd3coreml.pipeline.plan import BlockRange, stage_ranges
+from sd3coreml.synthetic.presets import PRESETS, shares_components
 
 # iOS majors coremltools 9 has a ct.target for; Apple went from 18 to 26. A compiler target
 # with another major (a typo such as 99.0, or 19 to 25) names no iOS release.
@@ -152,6 +153,10 @@ def check_generated_paths(config: dict, downloaded: set[Path]) -> None:
     if "synthetic" not in config:
         return
     root = config["output_root"].rstrip("/")
+    if config["synthetic"]["preset"] not in PRESETS:
+        raise PipelineError(
+            f"config key 'synthetic.preset' is {config['synthetic']['preset']!r}; use one of {', '.join(PRESETS)}"
+        )
     made = {f"models.{key}.weights": entry["weights"] for key, entry in config["models"].items()}
     made["components"] = config["components"]
     for key, path in made.items():
@@ -166,10 +171,16 @@ def check_generated_paths(config: dict, downloaded: set[Path]) -> None:
 
 
 def check_synthetic_preset(key: str, path: str, preset: str, root: str) -> None:
-    """A generated input's file name says its preset; `synthetic.preset` must say the same."""
+    """A generated input's file name says its preset; `synthetic.preset` must say the same.
+
+    A transformer may be of another preset wired for the same components (sd3.5-tiny beside
+    tiny's text encoders and VAE).
+    """
     kind = "components" if key == "components" else "transformer"
     named = re.fullmatch(SYNTHETIC_NAME[kind], Path(path).name)
     if not lies_under(path, root) or not named or named.group("preset") == preset:
+        return
+    if kind == "transformer" and named.group("preset") in PRESETS and shares_components(named.group("preset"), preset):
         return
     raise PipelineError(
         f"config key '{key}' ({path}) names the {named.group('preset')!r} preset but 'synthetic.preset' is "
@@ -208,7 +219,7 @@ def plan_model(config: dict, key: str, made_by_job: bool) -> ModelPlan:
     weights, config_path = Path(entry["weights"]), Path(entry["config"])
     refuse_pickle(weights, f"config key 'models.{key}.weights' ({weights})")
     transformer_config = load_transformer_config(config_path)
-    refuse_sd35_config(transformer_config, config_path)
+    check_architecture(transformer_config, config_path)
     shape = MMDiTShape.from_config(transformer_config, *config["latent_size"])
     check_latent(shape, key)
     sizes_key = f"models.{key}.stage_sizes" if "stage_sizes" in entry else "stage_sizes"

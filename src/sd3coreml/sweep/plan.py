@@ -141,4 +141,4 @@ def plan_sweep(config: dict, models: dict) -> SweepPlan | None:
 def summary_plan(sweep: SweepPlan, rows: list[dict], config: dict) -> dict:
     """What `sweep-summary` reads: the rows (artifacts.sweep_rows), the bars and the device thresholds."""
     return {"sweep": sweep.name, "model": sweep.model, "rows": rows, "min_psnr_db": config["fidelity"]["min_psnr_db"],
-            "device": config["device"]}  # fmt: skip
+            "device": config["device"], "max_stage_weight_bytes": config["sweep"]["max_stage_weight_bytes"]}  # fmt: skip

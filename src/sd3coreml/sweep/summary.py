@@ -21,12 +21,14 @@ MIB = 1024 * 1024
 NEEDS_A_MAC = "needs a Mac"
 ROW_COLUMNS = (
     "layout", "mode", "stages", "largest_stage_weights_mib", "total_mib", "compute_ops", "peak_activation_mib",
-    "build_s", "disk_mib", "min_psnr_db", "min_fp16_psnr_db", "passed", *DEVICE_COLUMNS,
+    "build_s", "disk_mib", "min_psnr_db", "min_fp16_psnr_db", "passed", "weight_limit", *DEVICE_COLUMNS,
 )  # fmt: skip
 STAGE_COLUMNS = (
     "layout", "mode", "stage", "package", "weights_mib", "package_mib", "compute_ops", "peak_activation_mib",
-    "psnr_db", "fp16_psnr_db", *DEVICE_COLUMNS,
+    "psnr_db", "fp16_psnr_db", "weight_limit", *DEVICE_COLUMNS,
 )  # fmt: skip
+# A stage's weights against sweep.max_stage_weight_bytes: a heuristic until a Mac has measured it.
+UNDER_LIMIT, OVER_LIMIT = "under (heuristic)", "over (heuristic)"
 
 
 def job_seconds(benchmark: str) -> float | None:
@@ -52,8 +54,16 @@ def device_figures(stage: dict, verdict_thresholds: dict) -> dict:
     return device_columns(json.loads(Path(stage["device"]).read_text()), VerdictThresholds(**verdict_thresholds))
 
 
-def stage_record(stage: dict, thresholds: dict, verdict_thresholds: dict) -> dict:
+def weight_limit(weight_bytes: int, limit: int, device: dict) -> str:
+    """The weights heuristic's label, or the Mac's verdict where one measured the stage."""
+    if device["verdict"] in VERDICTS:
+        return f"Mac: {device['verdict']}"
+    return OVER_LIMIT if weight_bytes > limit else UNDER_LIMIT
+
+
+def stage_record(stage: dict, thresholds: dict, verdict_thresholds: dict, limit: int) -> dict:
     stats = program_stats(Path(stage["package"]))
+    device = device_figures(stage, verdict_thresholds)
     measurement = json.loads(Path(stage["measurement"]).read_text())
     psnr = min_psnr(measurement, stage["package"])
     return {
@@ -66,7 +76,8 @@ def stage_record(stage: dict, thresholds: dict, verdict_thresholds: dict) -> dic
         "psnr_db": psnr,
         "fp16_psnr_db": min_psnr(measurement, stage["fp16_package"]),
         "passed": psnr >= thresholds[precision_class(Path(stage["package"]))],
-        **device_figures(stage, verdict_thresholds),
+        "weight_limit": weight_limit(stats.weight_bytes, limit, device),
+        **device,
     }
 
 
@@ -86,8 +97,15 @@ def row_record(row: dict, stages: list[dict]) -> dict:
         "min_psnr_db": min(stage["psnr_db"] for stage in stages),
         "min_fp16_psnr_db": min(stage["fp16_psnr_db"] for stage in stages),
         "passed": all(stage["passed"] for stage in stages),
+        "weight_limit": row_weight_limit(stages),
         **combined_device_figures(stages),
     }
+
+
+def row_weight_limit(stages: list[dict]) -> str:
+    """How many of a layout's stages the weights heuristic flags (Mac verdicts are in their own column)."""
+    over = [stage["stage"] for stage in stages if stage["weight_limit"] == OVER_LIMIT]
+    return f"{len(over)} over (heuristic): {', '.join(map(str, over))}" if over else UNDER_LIMIT
 
 
 def combined_device_figures(stages: list[dict]) -> dict:
@@ -126,7 +144,9 @@ def summarize(plan: dict) -> tuple[list[dict], list[dict], dict]:
     thresholds, verdict_thresholds = plan["min_psnr_db"], plan.get("device", {})
     rows, stage_rows = [], []
     for row in plan["rows"]:
-        stages = [stage_record(stage, thresholds, verdict_thresholds) for stage in row["stages"]]
+        stages = [
+            stage_record(s, thresholds, verdict_thresholds, plan["max_stage_weight_bytes"]) for s in row["stages"]
+        ]
         rows.append(row_record(row, stages))
         stage_rows += [{"layout": row["layout"], "mode": row["mode"], **stage} for stage in stages]
     return rows, stage_rows, sharing_cost(plan["rows"])

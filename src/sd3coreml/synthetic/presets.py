@@ -6,6 +6,7 @@ head width (DESIGN.md section 1). A preset that breaks them is refused on constr
 """
 
 import dataclasses
+import re
 from dataclasses import dataclass
 
 from sd3coreml.contract import BOS, EOS, LEGACY_EOS_TOKEN_ID
@@ -28,6 +29,9 @@ class TransformerPreset:
     patch_size: int = 2
     in_channels: int = 16
     out_channels: int = 16
+    # SD3.5: RMS-normalised queries and keys, and the blocks with a second image attention.
+    qk_norm: str | None = None
+    dual_attention_layers: tuple[int, ...] = ()
 
     @property
     def width(self) -> int:
@@ -35,7 +39,8 @@ class TransformerPreset:
 
     def diffusers_config(self) -> dict:
         fields = dataclasses.asdict(self)
-        return {"_class_name": "SD3Transformer2DModel", **fields, "dual_attention_layers": [], "qk_norm": None}
+        fields["dual_attention_layers"] = list(self.dual_attention_layers)
+        return {"_class_name": "SD3Transformer2DModel", **fields}
 
 
 @dataclass(frozen=True)
@@ -114,6 +119,12 @@ class SyntheticPreset:
         problems = relation_problems(self)
         if problems:
             raise ValueError("synthetic preset breaks SD3's width relations: " + "; ".join(problems))
+
+
+def shares_components(transformer_preset: str, components_preset: str) -> bool:
+    """Whether one preset's transformer is wired for another's text encoders and VAE (same widths)."""
+    mine, theirs = get_preset(transformer_preset), get_preset(components_preset)
+    return (mine.clip_l, mine.clip_g, mine.vae, mine.dtype) == (theirs.clip_l, theirs.clip_g, theirs.vae, theirs.dtype)
 
 
 def relation_problems(preset: SyntheticPreset) -> list[str]:
@@ -198,6 +209,32 @@ PRESETS = {
         dtype="float16",
     ),
 }
+
+# SD3.5 at its real dimensions (stabilityai/stable-diffusion-3.5-medium and -large
+# transformer configs), with SD3 Medium's text encoders and VAE, which SD3.5 keeps.
+_SD3 = PRESETS["sd3-medium"]
+PRESETS["sd3.5-medium"] = dataclasses.replace(
+    _SD3,
+    transformer=dataclasses.replace(
+        _SD3.transformer, pos_embed_max_size=384, qk_norm="rms_norm", dual_attention_layers=tuple(range(13))
+    ),
+)
+PRESETS["sd3.5-large"] = dataclasses.replace(
+    _SD3,
+    transformer=dataclasses.replace(
+        _SD3.transformer, num_layers=38, num_attention_heads=38, caption_projection_dim=2432, qk_norm="rms_norm"
+    ),
+)
+# The tiny model with SD3.5's two additions (both present, the second attention in the first
+# two blocks only), sharing the tiny preset's text encoders and VAE.
+PRESETS["sd3.5-tiny"] = dataclasses.replace(
+    PRESETS["tiny"],
+    transformer=dataclasses.replace(PRESETS["tiny"].transformer, qk_norm="rms_norm", dual_attention_layers=(0, 1)),
+)
+
+
+# The preset names, as a Snakemake wildcard pattern (rules/checkpoints.smk).
+PRESET_PATTERN = "|".join(re.escape(name) for name in PRESETS)
 
 
 def get_preset(name: str) -> SyntheticPreset:

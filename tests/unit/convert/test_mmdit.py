@@ -1,6 +1,7 @@
 """The staged MMDiT equals diffusers' whole transformer, and each stage holds only its blocks."""
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -18,12 +19,17 @@ from sd3coreml.synthetic.checkpoints import write_synthetic_transformer
 DEMO_LAYOUT = [1, 2, 2]
 
 
-@pytest.fixture(scope="module")
-def tiny_transformer(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("tiny")
+# The tiny SD3.5 has a second image attention in blocks 0 and 1: with DEMO_LAYOUT its Stage1
+# has it, Stage2 mixes a block with and one without, Stage3 (the head) has none.
+PINNED = {"tiny": "sd3-tiny.json", "sd3.5-tiny": "sd3.5-tiny.json"}
+
+
+@pytest.fixture(scope="module", params=sorted(PINNED))
+def tiny_transformer(tmp_path_factory, request):
+    folder = tmp_path_factory.mktemp(request.param)
     weights, config = folder / "t.safetensors", folder / "t.json"
-    write_synthetic_transformer("tiny", 4, weights, config)
-    return weights, json.loads((REPO / "config" / "transformers" / "sd3-tiny.json").read_text())
+    write_synthetic_transformer(request.param, 4, weights, config)
+    return weights, json.loads((REPO / "config" / "transformers" / PINNED[request.param]).read_text())
 
 
 def test_synthetic_config_is_the_pinned_demo_config(tiny_transformer, tmp_path):
@@ -78,15 +84,20 @@ def checkpoint_sizes(weights: Path, prefixes: tuple[str, ...]) -> int:
         return sum(int(np.prod(handle.get_slice(k).get_shape())) for k in handle.keys() if k.startswith(prefixes))
 
 
+@pytest.mark.parametrize("model, checkpoint", [("4step", "tiny-seed4"), ("sd35", "sd3.5-tiny-seed4")])
 @pytest.mark.parametrize("start, end, head", [(0, 1, ""), (1, 3, ""), (3, 5, "_head")])
-def test_stage_package_holds_only_its_block_range(demo_workdir, start, end, head):
+def test_stage_package_holds_only_its_block_range(demo_workdir, model, checkpoint, start, end, head):
     root = demo_workdir / "results" / "demo"
-    package = root / "mmdit" / "4step" / "iOS18" / "latent16x16" / f"blocks{start}-{end}{head}.fp16.mlpackage"
+    package = root / "mmdit" / model / "iOS18" / "latent16x16" / f"blocks{start}-{end}{head}.fp16.mlpackage"
     prefixes = tuple(f"transformer_blocks.{index}." for index in range(start, end))
     prefixes += ("norm_out.", "proj_out.") if head else ()
     constants = blob_constants(package)
-    # Constant names carry the module path (under any wrapper's own prefix).
+    # Constant names carry the module path (under any wrapper's own prefix), except SD3.5's
+    # query/key RMSNorm scales, which the conversion stores as unnamed constants.
     own = tuple(prefix.replace(".", "_") for prefix in prefixes)
-    assert constants and all(any(part in name for part in own) for name in constants)
-    weights = root / "checkpoints" / "tiny-seed4.safetensors"
+    unnamed = {name: size for name, size in constants.items() if not any(part in name for part in own)}
+    assert constants and all(re.fullmatch(r"const_\d+", name) for name in unnamed)
+    weights = root / "checkpoints" / f"{checkpoint}.safetensors"
     assert sum(constants.values()) == checkpoint_sizes(weights, prefixes)
+    norms = tuple(f"{prefix}{attn}.norm_" for prefix in prefixes for attn in ("attn", "attn2"))
+    assert sum(unnamed.values()) == checkpoint_sizes(weights, norms)

@@ -35,7 +35,7 @@ def tiny_config() -> dict:
     return {k: v for k, v in json.loads(TINY_CONFIG.read_text()).items() if not k.startswith("_")}
 
 
-@pytest.mark.parametrize("name", ["sd3-tiny", "sd3-medium"])
+@pytest.mark.parametrize("name", ["sd3-tiny", "sd3-medium", "sd3.5-tiny", "sd3.5-medium", "sd3.5-large"])
 def test_written_out_tensor_table_is_diffusers_own(name):
     # The parse-time check compares whole tensor tables without importing torch or diffusers.
     config = load_transformer_config(REPO / "config" / "transformers" / f"{name}.json")
@@ -79,7 +79,7 @@ def test_corrupt_header_is_named(tmp_path):
 def test_other_architecture_is_refused(tmp_path):
     path = tmp_path / "unet.safetensors"
     save_file({"down_blocks.0.resnets.0.conv1.weight": torch.zeros(4, 4, 3, 3)}, str(path))
-    with pytest.raises(PipelineError, match="not an SD3 transformer"):
+    with pytest.raises(PipelineError, match="not an SD3-family transformer"):
         check_header_matches_config(path, tiny_config(), TINY_CONFIG)
 
 

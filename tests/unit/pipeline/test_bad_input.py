@@ -230,7 +230,7 @@ CHECKPOINT_CASES = {
     "shorter-than-a-header": (lambda: written(b"abc"), "w.safetensors: not a safetensors file (truncated header)"),
     "unet": (
         lambda: saved({"down_blocks.0.resnets.0.conv1.weight": torch.zeros(4, 4, 3, 3)}),
-        "w.safetensors: not an SD3 transformer (a UNet",
+        "w.safetensors: not an SD3-family transformer (a UNet",
     ),
     "missing-tensor": (
         lambda: changed(lambda tensors: tensors.pop("transformer_blocks.2.attn.to_q.weight")),

@@ -166,3 +166,20 @@ def test_a_layouts_device_figures_combine_its_stages():
     combined = combined_device_figures([measured, dead])
     assert combined["verdict"] == "failed" and combined["step_s"] == "failed: signal SIGKILL after 3.0 s"
     assert combined_device_figures([dict.fromkeys(DEVICE_COLUMNS, "needs macOS 15")])["verdict"] == "needs macOS 15"
+
+
+def test_stages_over_the_weight_limit_are_flagged_as_a_heuristic_until_a_mac_measures_them():
+    from sd3coreml.sweep.summary import OVER_LIMIT, UNDER_LIMIT, row_weight_limit, weight_limit
+
+    no_mac = {"verdict": "needs a Mac"}
+    assert weight_limit(2**30 + 1, 2**30, no_mac) == OVER_LIMIT == "over (heuristic)"
+    assert weight_limit(2**30, 2**30, no_mac) == UNDER_LIMIT
+    assert weight_limit(2**31, 2**30, {"verdict": "neural_engine"}) == "Mac: neural_engine"
+    stages = [{"stage": 0, "weight_limit": UNDER_LIMIT}, {"stage": 2, "weight_limit": OVER_LIMIT}]
+    assert row_weight_limit(stages) == "1 over (heuristic): 2"
+
+
+def test_the_demo_sweep_labels_its_weight_limit_flags(demo_sweep):
+    # The demo's stages weigh kilobytes, under the 1 GiB default.
+    assert {row["weight_limit"] for row in read_rows(demo_sweep / "stages.csv")} == {"under (heuristic)"}
+    assert {row["weight_limit"] for row in read_rows(demo_sweep / "summary.csv")} == {"under (heuristic)"}
