@@ -16,7 +16,7 @@ rule synthetic_transformer:
     benchmark:
         ART.benchmark("synthetic_transformer/{preset}{heavy}-seed{seed}")
     resources:
-        mem_mb=6000,
+        mem_mb=get_synthetic_transformer_mem_mb,
     wildcard_constraints:
         preset=PRESET_PATTERN,
         heavy="(-heavy-tailed)?",

@@ -20,6 +20,7 @@ from sd3coreml.pipeline.disk import check_host, job_outputs
 from sd3coreml.pipeline import plan
 from sd3coreml.release import toolchain
 from sd3coreml.sweep.plan import plan_sweep, summary_plan
+from sd3coreml.synthetic.checkpoints import transformer_memory_mb
 from sd3coreml.synthetic.presets import PRESET_PATTERN
 
 
@@ -130,6 +131,10 @@ def get_end_to_end_bar(wildcards):
 
 def get_end_to_end_mem_mb(wildcards, input):
     return plan.end_to_end_mem_mb(Path(input.weights))
+
+
+def get_synthetic_transformer_mem_mb(wildcards):
+    return transformer_memory_mb(wildcards.preset)
 
 
 def get_normalize_mem_mb(wildcards, input):

@@ -112,6 +112,17 @@ def name_missing_family(weights: Path, config_path: Path, unexpected) -> None:
         )
 
 
+# The checkpoint tensors each MMDiT piece converts (convert/mmdit_modules.py builds them).
+CONDITIONING_PREFIXES = ("time_text_embed.",)
+INPUT_STAGE_PREFIXES = ("pos_embed.", "context_embedder.")
+HEAD_PREFIXES = ("norm_out.", "proj_out.")
+
+
+def block_range_prefixes(start: int, end: int, head: bool) -> tuple[str, ...]:
+    blocks = tuple(f"transformer_blocks.{index}." for index in range(start, end))
+    return blocks + (HEAD_PREFIXES if head else ())
+
+
 def compare_shapes(weights: Path, config_path: Path, expected: dict) -> None:
     """{what: (found, wanted)}: the first mismatch, in one line naming both files."""
     for what, (found, wanted) in expected.items():

@@ -13,6 +13,8 @@ from pathlib import Path
 from sd3coreml.compress.settings import entry_compression, quantization_slug
 from sd3coreml.contract import CONDITIONING, STAGE, TEXT_ENCODERS, TOKENIZER_FILES, VAE_DECODER
 from sd3coreml.errors import PipelineError
+from sd3coreml.inputs.checkpoint import CONDITIONING_PREFIXES, INPUT_STAGE_PREFIXES, block_range_prefixes
+from sd3coreml.pipeline.plan import BlockRange
 
 # Each converted piece under output_root, as a wildcard pattern; `.{precision}.mlpackage` ends it.
 PIECES = {
@@ -64,6 +66,16 @@ def folder_name(model: str, kind: str) -> str:
 
 def latent_slug(latent_size) -> str:
     return f"latent{latent_size[0]}x{latent_size[1]}"
+
+
+def mmdit_piece_prefixes(name: str) -> tuple[str, ...] | None:
+    """The checkpoint tensors of an MMDiT piece, from its artifact name (None: unknown, count all)."""
+    if name == Path(PIECES["conditioning"]).name:
+        return CONDITIONING_PREFIXES
+    if name == Path(PIECES["input_stage"]).name:
+        return INPUT_STAGE_PREFIXES
+    block_range = BlockRange.from_slug(name)
+    return block_range_prefixes(block_range.start, block_range.end, block_range.has_head) if block_range else None
 
 
 @dataclass(frozen=True)
@@ -231,10 +243,17 @@ class Artifacts:
             for mode in sweep.modes
         ]  # fmt: skip
 
-    def weights_to_convert(self, outputs, models: dict, components: Path) -> list[Path]:
-        """The input weights of the conversions that write `outputs`: what the disk estimate is made from."""
+    def weights_to_convert(self, outputs, models: dict, components: Path) -> list:
+        """The input weights of the conversions that write `outputs`: what the disk estimate is made from.
+
+        A transformer counts by the pieces planned (its file with their tensor prefixes), so a
+        sweep of one block range does not count the whole model.
+        """
         relative = [self.relative(path) for path in outputs if str(path).startswith(f"{self.root}/")]
-        files = [models[key].weights for key in models if any(path.startswith(f"mmdit/{key}/") for path in relative)]
+        files = []
+        for key in models:
+            pieces = {Path(path).name.split(".")[0] for path in relative if path.startswith(f"mmdit/{key}/")}
+            files += [(models[key].weights, mmdit_piece_prefixes(piece)) for piece in sorted(pieces)]
         if any(path.startswith(("text_encoders/", "vae/")) for path in relative):
             from sd3coreml.pipeline.disk import component_weight_files
 

@@ -24,9 +24,12 @@ OUT_OF_ROOM = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 MIL_WRITER_FAILED = "[MIL FileWriter]"
 
 
-def weight_count(weights: Path) -> int:
+def weight_count(weights: Path, prefixes: tuple[str, ...] | None = None) -> int:
+    """Weights in the file, or in its tensors named with one of `prefixes` (a piece of a transformer)."""
     count = 0
-    for entry in read_tensor_table(weights).values():
+    for name, entry in read_tensor_table(weights).items():
+        if prefixes is not None and not name.startswith(prefixes):
+            continue
         size = 1
         for dim in entry["shape"]:
             size *= dim
@@ -38,9 +41,16 @@ def component_weight_files(components: Path) -> list[Path]:
     return [path for name in COMPONENT_WEIGHTS for path in sorted((Path(components) / name).glob("*.safetensors"))]
 
 
-def estimate_build_bytes(weight_files: list[Path]) -> int:
-    """Bytes a build of these weights writes at most; files not yet on disk count zero."""
-    return sum(weight_count(path) * BYTES_WRITTEN_PER_WEIGHT for path in weight_files if Path(path).is_file())
+def estimate_build_bytes(weight_files: list) -> int:
+    """Bytes a build of these weights writes at most; files not yet on disk count zero.
+
+    Each item is a file (every weight in it) or `(file, prefixes)`: only the tensors a
+    planned piece converts, so one block range of a large transformer counts as itself.
+    """
+    selections = [item if isinstance(item, tuple) else (item, None) for item in weight_files]
+    return sum(
+        weight_count(path, prefixes) * BYTES_WRITTEN_PER_WEIGHT for path, prefixes in selections if Path(path).is_file()
+    )
 
 
 def nearest_existing(path: Path) -> Path:

@@ -6,6 +6,7 @@ share a block range share the file and a stage-size change replans only what cha
 """
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +26,12 @@ class BlockRange:
     @property
     def slug(self) -> str:
         return f"blocks{self.start}-{self.end}" + ("_head" if self.has_head else "")
+
+    @classmethod
+    def from_slug(cls, slug: str) -> "BlockRange | None":
+        """The range an artifact name holds (`blocks4-8`, `blocks20-24_head`), or None."""
+        named = re.fullmatch(r"blocks(\d+)-(\d+)(_head)?", slug)
+        return cls(int(named[1]), int(named[2]), bool(named[3])) if named else None
 
 
 def stage_ranges(stage_sizes: list[int], depth: int, key: str = "stage_sizes") -> list[BlockRange]:

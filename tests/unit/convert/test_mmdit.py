@@ -101,3 +101,27 @@ def test_stage_package_holds_only_its_block_range(demo_workdir, model, checkpoin
     assert sum(constants.values()) == checkpoint_sizes(weights, prefixes)
     norms = tuple(f"{prefix}{attn}.norm_" for prefix in prefixes for attn in ("attn", "attn2"))
     assert sum(unnamed.values()) == checkpoint_sizes(weights, norms)
+
+
+def test_each_pieces_tensor_prefixes_are_exactly_its_modules_tensors(tiny_transformer):
+    # The disk estimate before a build counts a planned piece by these prefixes.
+    from sd3coreml.convert.mmdit_modules import MMDiTBlockRange, MMDiTConditioning, MMDiTInputStage
+    from sd3coreml.inputs.checkpoint import (
+        CONDITIONING_PREFIXES,
+        INPUT_STAGE_PREFIXES,
+        block_range_prefixes,
+        sd3_tensor_shapes,
+    )
+
+    _, config = tiny_transformer
+    shape = MMDiTShape.from_config(config, 16, 16)
+    names = set(sd3_tensor_shapes(config))
+    with torch.device("meta"):
+        pieces = {
+            CONDITIONING_PREFIXES: MMDiTConditioning(shape),
+            INPUT_STAGE_PREFIXES: MMDiTInputStage(shape),
+            block_range_prefixes(0, 2, False): MMDiTBlockRange(shape, 0, 2),
+            block_range_prefixes(3, 5, True): MMDiTBlockRange(shape, 3, 5),
+        }
+    for prefixes, module in pieces.items():
+        assert set(module.state_dict()) == {name for name in names if name.startswith(prefixes)}

@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+import math
 import os
 import subprocess
 import sys
@@ -250,3 +251,18 @@ def test_heavy_tailed_weights_are_deterministic_and_leave_biases_and_norms_alone
             synthetic_tensor(3, "t", name, shape, torch.float32, "heavy-tailed"),
             synthetic_tensor(3, "t", name, shape, torch.float32),
         )
+
+
+def test_declared_memory_covers_the_tensors_and_fits_the_default_profile():
+    import yaml
+    from harness import REPO
+
+    from sd3coreml.inputs.checkpoint import sd3_tensor_shapes
+    from sd3coreml.synthetic.checkpoints import transformer_memory_mb
+
+    profile = yaml.safe_load((REPO / "profiles" / "default" / "config.yaml").read_text())
+    budget = int(profile["resources"][0].split("=")[1])
+    for preset in ("tiny", "sd3-medium", "sd3.5-medium", "sd3.5-large"):
+        shapes = sd3_tensor_shapes(get_preset(preset).transformer.diffusers_config())
+        tensor_mb = sum(math.prod(shape) for shape in shapes.values()) * 2 / 2**20
+        assert tensor_mb < transformer_memory_mb(preset) < budget
