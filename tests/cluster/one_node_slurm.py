@@ -21,8 +21,9 @@ import time
 from pathlib import Path
 
 CLUSTER, ACCOUNT, PARTITION = "sd3test", "sd3demo", "debug"
-# What a one-node cluster needs from Debian (bookworm: Slurm 22.05, MariaDB 10.11); the Makefile installs them.
-DAEMONS = ["mariadbd", "mariadb-install-db", "munged", "mungekey", "slurmdbd", "slurmctld", "slurmd", "sbatch"]
+# What this needs from Debian's packages (bookworm: Slurm 22.05, MariaDB 10.11); `make slurm-packages` installs them.
+COMMANDS = ["mariadb-install-db", "mariadbd", "mariadb", "mungekey", "munged", "slurmdbd", "slurmctld", "slurmd",
+            "sacctmgr", "sinfo", "squeue", "scancel", "sbatch", "sacct"]  # fmt: skip
 
 
 def free_port() -> int:
@@ -34,7 +35,8 @@ def free_port() -> int:
 def run(*command: str, env=None, check=True) -> subprocess.CompletedProcess:
     result = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
     if check and result.returncode:
-        raise RuntimeError(f"{' '.join(command)} failed ({result.returncode}): {result.stderr.strip() or result.stdout}")
+        output = result.stderr.strip() or result.stdout
+        raise RuntimeError(f"{' '.join(command)} failed ({result.returncode}): {output}")
     return result
 
 
@@ -65,7 +67,8 @@ class Daemons:
         self.started.append((name, process))
         time.sleep(0.2)
         if process.poll() is not None:
-            raise RuntimeError(f"{name} exited at once ({process.returncode}): {(self.logs / f'{name}.out').read_text()}")
+            output = (self.logs / f"{name}.out").read_text()
+            raise RuntimeError(f"{name} exited at once ({process.returncode}): {output}")
         return process
 
     def stop(self):
@@ -138,9 +141,9 @@ StorageLoc=slurm_acct_db
 @contextlib.contextmanager
 def one_node_slurm(root: Path):
     """Start the cluster under `root` (an empty folder with a short path: sockets live there); yield its env."""
-    missing = [name for name in DAEMONS if not shutil.which(name, path=f"{os.environ['PATH']}:/usr/sbin:/sbin")]
+    missing = [name for name in COMMANDS if not shutil.which(name, path=f"{os.environ['PATH']}:/usr/sbin:/sbin")]
     if missing:
-        raise RuntimeError(f"missing {', '.join(missing)}: apt-get install slurmctld slurmd slurmdbd slurm-client munge mariadb-server")
+        raise RuntimeError(f"missing {', '.join(missing)} (Debian's Slurm, munge, MariaDB): make slurm-packages")
     for sub in ("state", "spool", "run", "log", "munge", "db"):
         (root / sub).mkdir(parents=True, exist_ok=True)
     root.chmod(0o700)  # the munge key and slurmdbd's database password are root's alone
@@ -157,7 +160,8 @@ def one_node_slurm(root: Path):
                       f"--pid-file={root}/run/mariadbd.pid", f"--log-error={root}/log/mariadbd.log",
                       "--innodb-buffer-pool-size=64M", "--innodb-lock-wait-timeout=900", env=env)  # fmt: skip
         wait_for("mariadbd", lambda: listening(ports["mariadb"]), logs=[root / "log" / "mariadbd.log"])
-        sql = f"CREATE USER 'slurm'@'127.0.0.1' IDENTIFIED BY '{password}'; GRANT ALL ON slurm_acct_db.* TO 'slurm'@'127.0.0.1';"
+        sql = (f"CREATE USER 'slurm'@'127.0.0.1' IDENTIFIED BY '{password}';"
+               "GRANT ALL ON slurm_acct_db.* TO 'slurm'@'127.0.0.1';")  # fmt: skip
         run("mariadb", "--no-defaults", f"--socket={db_socket}", "-uroot", "-e", sql, env=env)
 
         # munge: its own key and socket; Slurm's daemons and clients find it through AuthInfo.
@@ -166,7 +170,8 @@ def one_node_slurm(root: Path):
         run("mungekey", "--create", f"--keyfile={root}/munge/munge.key", env=env)
         daemons.start("munged", "munged", "--foreground", "--force", f"--socket={munge_socket}",
                       f"--key-file={root}/munge/munge.key", f"--pid-file={root}/run/munged.pid",
-                      f"--log-file={root}/log/munged.log", f"--seed-file={root}/munge/munged.seed", env=env)  # fmt: skip
+                      f"--log-file={root}/log/munged.log", f"--seed-file={root}/munge/munged.seed",
+                      env=env)  # fmt: skip
         wait_for("munged", munge_socket.exists, logs=[root / "log" / "munged.log"])
 
         # slurm.conf from what slurmd sees of this machine (CPUs, RealMemory), so the node is not drained.

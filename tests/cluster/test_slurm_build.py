@@ -63,7 +63,8 @@ def test_the_demo_builds_through_slurm_as_it_builds_locally(local_build, cluster
     # option after the list ends it: it would take the targets as resources).
     resources = [*yaml.safe_load((PROFILE / "config.yaml").read_text())["default-resources"],
                  f"slurm_partition={PARTITION}", f"slurm_account={ACCOUNT}"]  # fmt: skip
-    result, seconds = timed_build(workdir, "--default-resources", *resources, "--workflow-profile", str(PROFILE), env=env)
+    options = ["--default-resources", *resources, "--workflow-profile", str(PROFILE)]
+    result, seconds = timed_build(workdir, *options, env=env)
     jobs = steps_done(result)
     print(f"slurm build: {jobs} jobs in {seconds:.0f} s")
 
