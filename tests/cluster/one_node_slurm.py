@@ -8,7 +8,8 @@ written to /etc/slurm, /etc/munge or the system's MariaDB.
 
 Accounting is on because snakemake-executor-plugin-slurm 1.3.6 polls job states with `sacct`
 and validates the account with `sshare`/`sacctmgr`: without slurmdbd it never sees a job end.
-Run it by hand for a cluster to try things on: `python tests/cluster/one_node_slurm.py`.
+Run it by hand for a cluster to try things on: `python tests/cluster/one_node_slurm.py`
+(Ctrl-C or SIGTERM stops it).
 """
 
 import contextlib
@@ -206,10 +207,20 @@ def cancel_jobs(daemons: Daemons, env: dict):
         wait_for("no jobs", lambda: not run("squeue", "-h", env=env, check=False).stdout.strip(), timeout=30)
 
 
+def _stop(signum, frame):
+    raise KeyboardInterrupt
+
+
 if __name__ == "__main__":
     import tempfile
 
-    with one_node_slurm(Path(tempfile.mkdtemp(prefix="slurm-"))) as cluster_env:
-        print(f"export SLURM_CONF={cluster_env['SLURM_CONF']}  # Ctrl-C stops the cluster")
-        with contextlib.suppress(KeyboardInterrupt):
+    # SIGTERM too, and SIGINT again: a shell starting this in the background ignores SIGINT for it.
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    cluster_root = Path(tempfile.mkdtemp(prefix="slurm-", dir="/tmp"))
+    try:
+        with one_node_slurm(cluster_root) as cluster_env, contextlib.suppress(KeyboardInterrupt):
+            print(f"export SLURM_CONF={cluster_env['SLURM_CONF']}  # Ctrl-C or kill {os.getpid()} stops it", flush=True)
             signal.pause()
+    finally:
+        shutil.rmtree(cluster_root, ignore_errors=True)
