@@ -8,7 +8,7 @@ CORES ?= 2
 # dependencies, which would pull torchvision and another torch (a requirements file cannot say so).
 CLIP_BPE_WHEEL := open_clip_torch==3.3.0
 
-.PHONY: demo test bench bench-sd3.5 bench-sd3.5-large bench-sweep lint clean
+.PHONY: demo test test-slurm slurm-packages bench bench-sd3.5 bench-sd3.5-large bench-sweep lint clean
 
 # pip byte-compiles what it installs (half a minute for torch and the rest). Keep it: with
 # PYTHONDONTWRITEBYTECODE set, as on the team's machines, nothing compiles later, and every
@@ -38,6 +38,18 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m pytest -q --durations=20
+
+# The demo's packages folders through profiles/slurm on a one-node Slurm cluster with accounting
+# that the test starts in a temporary folder and stops (tests/cluster/), checked against a
+# local build's SHA256SUMS. Linux, as root: it installs Debian's packages if they are missing.
+SLURM_DEBS := slurmctld slurmd slurmdbd slurm-client munge mariadb-server
+slurm-packages:
+	@[ "$$(uname)" = Linux ] && [ "$$(id -u)" = 0 ] || { echo "error: make test-slurm starts Slurm's daemons: it needs Linux and root" >&2; exit 1; }
+	@dpkg -s $(SLURM_DEBS) >/dev/null 2>&1 || { apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(SLURM_DEBS); }
+
+test-slurm: $(STAMP) slurm-packages
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m pytest -q -rP -m slurm tests/cluster
 
 # Full scale: the synthetic sd3-medium checkpoint first (it stands in for a download and is
 # not timed), then coremlsd3_4step_packages from nothing with -c2, timed; then the report

@@ -18,7 +18,9 @@ def dry_run(workdir, profile, target="coremlsd3_4step_packages"):
 
 def test_slurm_submits_jobs_with_the_default_resources(scratch):
     result = dry_run(scratch, "slurm")
-    assert "slurm_partition=cpu, runtime=120, cpus_per_task=1" in result.stdout
+    assert "runtime=120, cpus_per_task=1" in result.stdout
+    # No partition named: many clusters have no `cpu` one; the plugin takes the cluster's default.
+    assert "slurm_partition" not in result.stdout
     assert yaml.safe_load((PROFILES / "slurm" / "config.yaml").read_text())["executor"] == "slurm"
 
 
