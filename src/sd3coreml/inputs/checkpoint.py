@@ -64,6 +64,11 @@ def load_transformer_config(path: Path) -> dict:
         raise PipelineError(f"{path}: transformer config not found; fix the path in the config") from None
     except json.JSONDecodeError as error:
         raise PipelineError(f"{path}: not valid JSON ({error.msg} at line {error.lineno})") from None
+    # Checked here: the underscore keys are dropped below, and every reader comes through here.
+    if config.get("_class_name", SD3_CLASS) != SD3_CLASS:
+        raise PipelineError(
+            f"{path}: _class_name {config['_class_name']!r} is not supported; supported: {SUPPORTED_TRANSFORMERS}"
+        )
     return {key: value for key, value in config.items() if not key.startswith("_")}
 
 
@@ -73,6 +78,7 @@ SUPPORTED_TRANSFORMERS = (
     "SD3 Medium (config/transformers/sd3-medium.json), SD3.5 Medium (sd3.5-medium.json) "
     "and SD3.5 Large (sd3.5-large.json)"
 )
+SD3_CLASS = "SD3Transformer2DModel"
 QK_NORMS = (None, "rms_norm")
 # SD3.5's tensors that SD3 Medium lacks, by the config setting that brings them.
 QK_NORM_MARKERS = (".norm_q.", ".norm_k.", ".norm_added_q.", ".norm_added_k.", ".ln_q.", ".ln_k.")
@@ -81,10 +87,6 @@ DUAL_ATTENTION_MARKER = ".attn2."
 
 def check_architecture(config: dict, config_path: Path) -> None:
     """Refuse a config outside the SD3 family this pipeline converts, in one line naming the key."""
-    if config.get("_class_name", "SD3Transformer2DModel") != "SD3Transformer2DModel":
-        raise PipelineError(
-            f"{config_path}: _class_name {config['_class_name']!r} is not supported; supported: {SUPPORTED_TRANSFORMERS}"
-        )
     if config.get("qk_norm") not in QK_NORMS:
         raise PipelineError(
             f'{config_path}: qk_norm {config["qk_norm"]!r} is not supported (null or "rms_norm"); '
@@ -99,10 +101,19 @@ def check_architecture(config: dict, config_path: Path) -> None:
         )
 
 
-def name_missing_family(weights: Path, config_path: Path, unexpected) -> None:
-    """Tensors of SD3.5's query/key norms or second attention in a file whose config has none."""
-    dual = sorted(name for name in unexpected if DUAL_ATTENTION_MARKER in name)
-    qk = sorted(name for name in unexpected if any(marker in name for marker in QK_NORM_MARKERS))
+def is_qk_norm(name: str) -> bool:
+    return any(marker in name for marker in QK_NORM_MARKERS)
+
+
+def is_second_attention(name: str) -> bool:
+    return DUAL_ATTENTION_MARKER in name
+
+
+def name_missing_family(weights: Path, config_path: Path, found, expected) -> None:
+    """Tensors of SD3.5's query/key norms or second attention in a file whose config (its tensor
+    table `expected`, either layout) has none."""
+    dual = [] if any(map(is_second_attention, expected)) else sorted(filter(is_second_attention, found))
+    qk = [] if any(map(is_qk_norm, expected)) else sorted(filter(is_qk_norm, found))
     if dual or qk:
         # The second attention has query/key norms of its own: name the attention, the bigger thing.
         what = "a second attention (dual_attention_layers)" if dual else "query/key norms (qk_norm)"
@@ -138,7 +149,7 @@ def check_tensor_table(
 ):
     missing = sorted(set(expected) - set(found))
     unexpected = sorted(set(found) - set(expected))
-    name_missing_family(weights, config_path, unexpected)
+    name_missing_family(weights, config_path, found, expected)
     if missing or unexpected:
         detail = f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}"
         raise PipelineError(

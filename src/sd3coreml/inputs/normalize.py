@@ -24,6 +24,7 @@ from sd3coreml.inputs.checkpoint import (
     name_missing_family,
     read_tensor_table,
     save_safetensors,
+    sd3_tensor_shapes,
 )
 from sd3coreml.inputs.original_layout import original_layout_state_dict
 
@@ -129,13 +130,7 @@ def check_original_header_matches_config(weights_path: Path, config: dict, confi
     weights_path = Path(weights_path)
     table = read_tensor_table(weights_path)
     shapes = {bare: table[stored]["shape"] for bare, stored in _stored_names(weights_path, table).items()}
-    lacking = [
-        name
-        for name in shapes
-        if (".ln_" in name and not config.get("qk_norm"))
-        or (".attn2." in name and not config.get("dual_attention_layers"))
-    ]
-    name_missing_family(weights_path, config_path, lacking)
+    name_missing_family(weights_path, config_path, shapes, sd3_tensor_shapes(config))
     width = config["num_attention_heads"] * config["attention_head_dim"]
     patch = config["patch_size"]
     blocks = sorted({int(name.split(".")[1]) for name in shapes if name.startswith("joint_blocks.")})
