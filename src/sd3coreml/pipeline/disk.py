@@ -6,6 +6,7 @@ estimate reads only safetensors headers, so it costs nothing before a multi-GB b
 """
 
 import errno
+import math
 import os
 import shutil
 import tempfile
@@ -24,17 +25,11 @@ OUT_OF_ROOM = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 MIL_WRITER_FAILED = "[MIL FileWriter]"
 
 
-def weight_count(weights: Path, prefixes: tuple[str, ...] | None = None) -> int:
-    """Weights in the file, or in its tensors named with one of `prefixes` (a piece of a transformer)."""
-    count = 0
-    for name, entry in read_tensor_table(weights).items():
-        if prefixes is not None and not name.startswith(prefixes):
-            continue
-        size = 1
-        for dim in entry["shape"]:
-            size *= dim
-        count += size
-    return count
+def weight_count(table: dict, prefixes: tuple[str, ...] | None = None) -> int:
+    """Weights in a tensor table, or in its tensors named with one of `prefixes` (a piece of a transformer)."""
+    return sum(
+        math.prod(entry["shape"]) for name, entry in table.items() if prefixes is None or name.startswith(prefixes)
+    )
 
 
 def component_weight_files(components: Path) -> list[Path]:
@@ -48,8 +43,10 @@ def estimate_build_bytes(weight_files: list) -> int:
     planned piece converts, so one block range of a large transformer counts as itself.
     """
     selections = [item if isinstance(item, tuple) else (item, None) for item in weight_files]
-    return sum(
-        weight_count(path, prefixes) * BYTES_WRITTEN_PER_WEIGHT for path, prefixes in selections if Path(path).is_file()
+    # Each file's header once, however many of its pieces are planned (a sweep plans dozens).
+    tables = {path: read_tensor_table(path) for path, _ in selections if Path(path).is_file()}
+    return BYTES_WRITTEN_PER_WEIGHT * sum(
+        weight_count(tables[path], prefixes) for path, prefixes in selections if path in tables
     )
 
 
