@@ -6,12 +6,13 @@ Both run on the fp16 package by a separate step, so changing compression never r
 
 from pathlib import Path
 
-from sd3coreml.compress.palettes import PrecomputedPalettes
+from sd3coreml.compress.palettes import EXACT_KMEANS_MIN_VALUES, PrecomputedPalettes
 from sd3coreml.compress.settings import NO_EXACT_KMEANS, settings_label
 from sd3coreml.convert.package import load_package, save_package
 from sd3coreml.errors import PipelineError
 
-KMEANS1D_MIN_WEIGHTS = 10_000
+# Weights smaller than coremltools' exact k-means threshold stay fp16 (palette_config says why).
+KMEANS1D_MIN_WEIGHTS = EXACT_KMEANS_MIN_VALUES
 
 
 def require_loaded_exact_kmeans() -> None:
