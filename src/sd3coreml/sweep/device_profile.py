@@ -11,26 +11,44 @@ compiled at a new path, so Core ML's compile cache cannot make the first load wa
 4. the compute plan (`MLComputePlan`, CPU_AND_NE): the preferred device and estimated cost of
    every op, nested blocks included.
 
-The parent searches the child's stderr, and unverified the unified log of its pid, for the
-Neural Engine compiler's failure markers. `device_verdict` turns the record into a verdict.
-On any other host the step refuses with one line (the sweep says `needs a Mac`); on a macOS
-too old for the package, or where the child dies or hangs, the record says so.
+The child announces each of these phases on its stderr before starting it (`compile`,
+`cpu_and_ne_load`, `cpu_and_ne_predict`, `cpu_only`, `steps`, `plan`); the parent reads every
+line the child prints and keeps each phase's distinct lines, classified, with their counts
+(`device_verdict.StderrRecord`). Unverified and kept out of the verdict, it also searches the
+unified log from the child's start for the child's pid and for the Neural Engine compiler's
+own processes (`ANECompilerService`, `aned`), which the child's stderr cannot show.
+`device_verdict` turns the record into a verdict. On any other host the step refuses with one
+line (the sweep says `needs a Mac`); on a macOS too old for the package, or where the child
+dies or hangs, the record says so.
 """
 
+import re
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from datetime import datetime
 from pathlib import Path
 
 from sd3coreml.errors import PipelineError
 from sd3coreml.sweep.device_verdict import (
+    COMPILE,
+    CPU_AND_NE_LOAD,
+    CPU_AND_NE_PREDICT,
+    CPU_ONLY,
     DEVICE_COLUMNS,
+    PLAN,
+    STEPS,
     PlacedOp,
+    StderrRecord,
     VerdictThresholds,
-    failure_markers,
+    deciding_phase,
+    line_kind,
+    normalized,
+    phase_announcement,
+    phase_lines,
     placement,
     verdict,
     walk_operations,
@@ -44,6 +62,13 @@ DEVICE_NAMES = {
     "MLCPUComputeDevice": "cpu",
 }
 UNIFIED_LOG_TIMEOUT_S = 120
+# The Neural Engine's compiler and daemon: they log in their own processes, not in the child's.
+NEURAL_ENGINE_PROCESSES = ("ANECompilerService", "aned")
+# A `log show --style compact` entry: `2026-10-06 10:41:02.207 E  aned[312:5a8b53a] [subsystem:category] message`.
+COMPACT_LOG_ENTRY = re.compile(
+    r"^(?P<time>\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+)\s+(?P<type>\S+)\s+"
+    r"(?P<process>.+?)\[(?P<pid>\d+):(?P<thread>[0-9a-fA-F]+)\]\s?(?P<message>.*)$"
+)
 
 
 def require_macos(package: Path) -> None:
@@ -116,20 +141,27 @@ def profile_package(package: str, runs: int = 5) -> dict:
     import coremltools as ct
 
     inputs = zero_inputs(Path(package))
+    # The temporary folder is the child root `isolated` made for this child and removes after it.
     with tempfile.TemporaryDirectory() as scratch:
+        announce_phase(COMPILE)
         # A new copy at a new path: Core ML caches Neural Engine compiles by model path.
         copy = Path(scratch) / f"stage-{time.time_ns()}.mlpackage"
         shutil.copytree(package, copy)
         compiled = ct.models.utils.compile_model(str(copy), str(Path(scratch) / f"{copy.stem}.mlmodelc"))
+        announce_phase(CPU_AND_NE_LOAD)
         started = time.perf_counter()
         model = ct.models.CompiledMLModel(compiled, compute_units=ct.ComputeUnit.CPU_AND_NE)
         first_load = time.perf_counter() - started
+        announce_phase(CPU_AND_NE_PREDICT)
         predict = median_predict_s(model, inputs, runs)
         del model
+        announce_phase(CPU_ONLY)
         cpu_model = ct.models.CompiledMLModel(compiled, compute_units=ct.ComputeUnit.CPU_ONLY)
         cpu_predict = median_predict_s(cpu_model, inputs, runs)
         del cpu_model
+        announce_phase(STEPS)
         step = app_step(compiled, inputs, ct, gc)
+        announce_phase(PLAN)
         ops = planned_ops(compiled)
     return {
         "package": package,
@@ -155,14 +187,59 @@ def app_step(compiled: str, inputs: dict, ct, gc) -> dict:
     return {"load_s": loaded - started, "predict_s": predicted - loaded, "unload_s": time.perf_counter() - predicted}
 
 
-def unified_log_lines(pid: int) -> list[str]:
-    """What the unified log holds for a finished child's pid (macOS `log show`; unverified)."""
-    command = ["log", "show", "--style", "compact", "--last", "30m", "--predicate", f"processID == {pid}"]
+def announce_phase(phase: str) -> None:
+    """In the child: mark where a phase's stderr lines begin. Flushed before Core ML's next call,
+    which writes to the same stderr."""
+    print(phase_announcement(phase), file=sys.stderr, flush=True)
+
+
+def unified_log_command(pid: int, started: datetime) -> list[str]:
+    """`log show` over the unified log from a child's start (whole seconds, local time): the
+    child's own entries and the Neural Engine compiler's, which run in other processes."""
+    processes = " OR ".join(f'process == "{name}"' for name in NEURAL_ENGINE_PROCESSES)
+    since = started.replace(microsecond=0).strftime("%Y-%m-%d %H:%M:%S")
+    return ["log", "show", "--style", "compact", "--start", since, "--predicate", f"processID == {pid} OR {processes}"]
+
+
+def unified_log_entries(text: str) -> list[dict]:
+    """The entries of `log show --style compact` output (header left out; a message's
+    continuation lines joined to it)."""
+    entries = []
+    for line in text.splitlines():
+        match = COMPACT_LOG_ENTRY.match(line)
+        if match:
+            entries.append({**match.groupdict(), "pid": int(match["pid"])})
+        elif entries and line.strip():
+            entries[-1]["message"] += "\n" + line
+    return entries
+
+
+def unified_log_findings(entries: list[dict]) -> dict:
+    """Entries per process, and every distinct classified message line per process with its count.
+    Kept out of the verdict: the compiler's processes serve every process on the Mac."""
+    per_process: dict[str, int] = {}
+    lines: dict[tuple[str, str], dict] = {}
+    for entry in entries:
+        per_process[entry["process"]] = per_process.get(entry["process"], 0) + 1
+        for text in map(normalized, entry["message"].splitlines()):
+            kind, key = line_kind(text), (entry["process"], text)
+            if kind is not None:
+                lines.setdefault(key, {"process": entry["process"], "kind": kind, "line": text, "count": 0})
+                lines[key]["count"] += 1
+    return {"entries": per_process, "lines": list(lines.values())}
+
+
+def unified_log_record(pid: int, started_at: float) -> dict:
+    """What the unified log holds from a finished child's start (macOS `log show`; unverified)."""
+    command = unified_log_command(pid, datetime.fromtimestamp(started_at))
     try:
         result = subprocess.run(command, capture_output=True, text=True, timeout=UNIFIED_LOG_TIMEOUT_S, check=False)
-    except (OSError, subprocess.TimeoutExpired):
-        return []
-    return result.stdout.splitlines()
+    except (OSError, subprocess.TimeoutExpired) as error:
+        return {"command": command, "error": f"{type(error).__name__}: {error}"}
+    record = {"command": command, **unified_log_findings(unified_log_entries(result.stdout))}
+    if result.returncode != 0:
+        record["error"] = f"exit code {result.returncode}: {result.stderr.strip()[-300:]}"
+    return record
 
 
 def isolated_profile(package: Path, runs: int, timeout_s: float = PROFILE_TIMEOUT_S) -> dict:
@@ -175,9 +252,19 @@ def isolated_profile(package: Path, runs: int, timeout_s: float = PROFILE_TIMEOU
     if reason is not None:
         return {"package": str(package), "unavailable": reason}
     kwargs = {"package": str(package), "runs": runs}
-    result = run_isolated("sd3coreml.sweep.device_profile:profile_package", kwargs, timeout_s)
+    stderr = StderrRecord()
+    result = run_isolated("sd3coreml.sweep.device_profile:profile_package", kwargs, timeout_s, stderr.feed)
     profile = result.value if result.ok else {"package": str(package), "failed": describe(result.failure)}
-    profile["stderr"] = result.stderr
-    profile["markers"] = failure_markers(result.stderr)
-    profile["unified_log_markers_unverified"] = failure_markers(unified_log_lines(result.pid)) if result.pid else []
+    return with_stderr(profile, stderr.record(), result.stderr) | {
+        "unified_log_unverified": unified_log_record(result.pid, result.started_at) if result.pid else {}
+    }
+
+
+def with_stderr(profile: dict, stderr: dict, tail: list[str]) -> dict:
+    """The profile with the child's classified stderr, its last lines, and the lines of the phase
+    that decides the verdict (where one does)."""
+    profile = {**profile, "stderr": stderr, "stderr_tail": tail}
+    phase = deciding_phase(profile)
+    if phase is not None:
+        profile["deciding_phase"] = {"phase": phase, "lines": phase_lines(stderr, phase)}
     return profile
