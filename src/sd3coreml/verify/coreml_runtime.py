@@ -17,7 +17,6 @@ from sd3coreml.verify.isolated import describe, run_isolated
 TARGET_OF_SPEC = {7: "iOS16", 8: "iOS17", 9: "iOS18"}
 MACOS_FOR_TARGET = {"iOS16": 13, "iOS17": 14, "iOS18": 15}
 PREDICT_TIMEOUT_S = 600
-CHAIN_TIMEOUT_S = 3600
 COMPUTE_UNITS = ("CPU_AND_NE", "CPU_ONLY", "CPU_AND_GPU", "ALL")
 
 
@@ -66,25 +65,4 @@ def isolated_predict(
         return reason
     kwargs = {"package": str(package), "inputs": inputs, "compute_units": compute_units}
     result = run_isolated("sd3coreml.verify.coreml_runtime:predict", kwargs, timeout_s)
-    return result.value if result.ok else {"failed": describe(result.failure), **result.failure}
-
-
-def coreml_chain(folder: str, ids: dict, noise, steps: int, joint_attention_dim: int, compute_units: str) -> dict:
-    """In the child: the app's whole chain (text encoders, Conditioning, stages, VAE) in Core ML."""
-    from sd3coreml.verify.end_to_end.app_chain import run_app_chain
-
-    def run(package, feeds):
-        return predict(str(package), feeds, compute_units)
-
-    return run_app_chain(Path(folder), ids, noise, steps, joint_attention_dim, run).values
-
-
-def isolated_chain(folder: Path, ids: dict, noise, steps: int, joint_attention_dim: int, compute_units: str):
-    """The chain's record values from Core ML, or why there are none (as isolated_predict)."""
-    reason = unavailable_reason(spec_version(Path(folder) / "TextEncoder.mlpackage"))
-    if reason is not None:
-        return reason
-    kwargs = {"folder": str(folder), "ids": ids, "noise": noise, "steps": steps,
-              "joint_attention_dim": joint_attention_dim, "compute_units": compute_units}  # fmt: skip
-    result = run_isolated("sd3coreml.verify.coreml_runtime:coreml_chain", kwargs, CHAIN_TIMEOUT_S)
     return result.value if result.ok else {"failed": describe(result.failure), **result.failure}

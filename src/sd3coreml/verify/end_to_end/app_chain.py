@@ -70,7 +70,7 @@ def run_app_chain(
     """The app's chain on the ids it feeds each text encoder (`app_tokenizer.app_token_ids`).
 
     `run(package, feeds) -> outputs` runs one package: the MIL executor, or Core ML itself
-    (`coreml_runtime.coreml_chain`, on a Mac).
+    (`coreml_chain.coreml_chain`, on a Mac).
     """
     folder = Path(folder)
     record = ChainRecord()

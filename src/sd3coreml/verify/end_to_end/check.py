@@ -107,7 +107,7 @@ def coreml_side(folder: Path, ids, noise, steps: int, joint_attention_dim: int, 
 
     Returns (what the report holds, the failure line where Core ML is enforced and fell short).
     """
-    from sd3coreml.verify.coreml_runtime import isolated_chain
+    from sd3coreml.verify.end_to_end.coreml_chain import isolated_chain
     from sd3coreml.verify.end_to_end.chain_record import ChainRecord
 
     compute_units, bar, enforce = coreml
