@@ -1,4 +1,5 @@
-"""Shared fixtures: one demo build per test session, in a scratch working directory.
+"""Shared fixtures: one demo build per test session, in a scratch working directory; a small tmpfs;
+an offline Hugging Face cache.
 
 A test that takes the session build (directly or through another fixture) is marked `demo`:
 `pytest -m "not demo"` runs everything that needs no build.
@@ -13,7 +14,7 @@ import pytest
 import yaml
 from harness import (
     DEMO_TARGETS,
-    FAKE_COMPILER,
+    FAKE_COMPILER_TEMPLATE,
     MODULE_RECORDS,
     SD35_CONFIG,
     SD35_TARGETS,
@@ -21,6 +22,7 @@ from harness import (
     recording_modules,
     snakemake,
 )
+from offline_hub import MODEL_REPO, SD3_FILES, SD3_REPO, UNPINNED, WEIGHTS, fill_cache
 
 BUILD_FIXTURES = {"demo_workdir", "demo_app_workdir"}
 
@@ -49,11 +51,8 @@ def demo_workdir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def demo_app_workdir(demo_workdir) -> Path:
     """The demo plus its 4-step app folder, compiled by the test-double compiler."""
-    command = (
-        f"{FAKE_COMPILER} compile {{package}} {{output_dir}} --platform iOS --deployment-target {{deployment_target}}"
-    )
     config = yaml.safe_load((demo_workdir / "config" / "demo.yaml").read_text())
-    config["compiler"]["command"] = command
+    config["compiler"]["command"] = FAKE_COMPILER_TEMPLATE
     (demo_workdir / "config" / "demo_fake_compiler.yaml").write_text(yaml.safe_dump(config))
     snakemake(
         demo_workdir,
@@ -83,3 +82,19 @@ def tmpfs(tmp_path):
     yield mount
     for disk in mounted:
         subprocess.run(["umount", str(disk)], check=True)
+
+
+@pytest.fixture
+def hub_cache(tmp_path, monkeypatch) -> Path:
+    """An offline hub whose cache (tests/offline_hub.py) holds the distilled weights and SD3's components."""
+    cache = tmp_path / "hub"
+    fill_cache(cache, MODEL_REPO, {WEIGHTS: b"distilled weights"})
+    fill_cache(cache, SD3_REPO, {**SD3_FILES, **UNPINNED})
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    # huggingface_hub read both variables when it was imported.
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    return cache

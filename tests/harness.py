@@ -1,9 +1,11 @@
-"""What tests share: the repository's paths, Snakemake runs in scratch working directories, copies of a build.
+"""What tests share: the repository's paths, Snakemake runs in scratch working directories and what they
+planned, copies of a build, stand-in packages and packages folders, a one-linear Core ML model.
 
 Fixtures live in conftest.py; this module is importable from every test folder (pytest's
 `pythonpath` names tests/)."""
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -15,6 +17,10 @@ TESTS = Path(__file__).resolve().parent
 REPO = TESTS.parent
 # The stand-in for xcrun coremlcompiler: it writes a compiled tree the folder checks accept.
 FAKE_COMPILER = TESTS / "fake_coremlcompiler"
+# The double as a config's compiler.command: exactly the arguments it accepts.
+FAKE_COMPILER_TEMPLATE = (
+    f"{FAKE_COMPILER} compile {{package}} {{output_dir}} --platform iOS --deployment-target {{deployment_target}}"
+)
 # Test hooks a run's processes load (see its docstring), each switched on by a variable.
 JOB_HOOKS = TESTS / "job_hooks"
 # Where the session build's jobs record the modules they loaded.
@@ -25,6 +31,8 @@ DEMO_TARGETS = [*DEMO_FOLDERS, "sweep"]
 # The tiny SD3.5, a third model of the session build: its own config, the demo's components.
 SD35_CONFIG, SD35_FOLDER = "config/demo-sd3.5.yaml", "coremlsd3_sd35_packages"
 SD35_TARGETS = [SD35_FOLDER, f"results/demo/reports/{SD35_FOLDER}/end_to_end.json"]
+# An MMDiT stage package's name in a folder, before its index.
+STAGE = "MultiModalDiffusionTransformerStage"
 
 
 def snakemake(
@@ -39,6 +47,28 @@ def snakemake(
     if check and result.returncode != 0:
         raise AssertionError(f"snakemake {' '.join(args)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
     return result
+
+
+def planned_jobs(result) -> dict[str, int]:
+    """The `Job stats:` table of a run (dry or real), as {rule: count}; empty when nothing is to be done."""
+    output = result.stdout + result.stderr
+    if "Nothing to be done" in output:
+        return {}
+    table = output.split("Job stats:", 1)[1].split("total", 1)[0]
+    return {name: int(count) for name, count in re.findall(r"^(\w+)\s+(\d+)$", table, re.MULTILINE)}
+
+
+def job_blocks(dry_run: str) -> list[str]:
+    """The jobs of a dry run, each `rule NAME:` with its lines, in the order Snakemake would run them."""
+    return re.split(r"\n(?=(?:local)?rule \w+:)", dry_run.split("Job stats:", 1)[1])[1:]
+
+
+def only_error_line(result) -> str:
+    """The one `error:` line a failed step or Snakemake run printed, after asserting it failed without a traceback."""
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, result.stderr[-2000:]
+    return errors[0]
 
 
 def write_config(workdir: Path, name: str, **changes) -> str:
@@ -78,3 +108,38 @@ def make_package(parent: Path, name: str, model_bytes: bytes = b"weights") -> Pa
     (package / "Manifest.json").write_text('{"fileFormatVersion": "1.0.0"}\n')
     (model_dir / "model.mlmodel").write_bytes(model_bytes)
     return package
+
+
+def make_entries(sources: Path, stage_count: int) -> dict[str, Path]:
+    """Sources for a packages folder (stand-in packages, tokenizer files) as separate Snakemake outputs leave them."""
+    sources.mkdir(parents=True, exist_ok=True)
+    entries = {}
+    for name in ["TextEncoder", "TextEncoder2", "VAEDecoder", "MultiModalDiffusionTransformerConditioning"]:
+        entries[f"{name}.mlpackage"] = make_package(sources / name, f"{name}.mlpackage", name.encode())
+    for index in range(stage_count):
+        name = f"{STAGE}{index}.mlpackage"
+        entries[name] = make_package(sources / f"blocks-{index}", "package.mlpackage", f"stage{index}".encode())
+        # Snakemake's directory() marker must never reach the app's folder.
+        (entries[name] / ".snakemake_timestamp").write_text("")
+    for name, text in [("vocab.json", '{"a": 0}\n'), ("merges.txt", "#version: 0.2\na b\n")]:
+        entries[name] = sources / name
+        entries[name].write_text(text)
+    return entries
+
+
+def linear_model(width: int, version: int = 18):
+    """A one-linear fp16 ML program converted for iOS<version>, width x width random weights (seeded by width)."""
+    import coremltools as ct
+    import numpy as np
+    from coremltools.converters.mil import Builder as mb
+
+    target = getattr(ct.target, f"iOS{version}")
+    weight = np.random.default_rng(width).standard_normal((width, width)).astype(np.float32)
+
+    @mb.program(input_specs=[mb.TensorSpec((1, width))], opset_version=target)
+    def linear(x):
+        return mb.linear(x=x, weight=weight)
+
+    return ct.convert(
+        linear, minimum_deployment_target=target, convert_to="mlprogram", compute_precision=ct.precision.FLOAT16
+    )

@@ -6,14 +6,12 @@ from pathlib import Path
 
 import pytest
 import yaml
-from harness import FAKE_COMPILER, JOB_HOOKS, new_workdir, snakemake
-from test_workflow import planned_jobs
+from harness import FAKE_COMPILER_TEMPLATE, JOB_HOOKS, STAGE, new_workdir, planned_jobs, snakemake
 
 from sd3coreml import checksums
 from sd3coreml.release import folder_check
 
 FOLDER = "coremlsd3_4step_packages"
-STAGE = "MultiModalDiffusionTransformerStage"
 
 
 @pytest.fixture
@@ -23,9 +21,7 @@ def mac(demo_workdir, tmp_path):
     shutil.copytree(demo_workdir / "results" / "demo" / FOLDER, workdir / "results" / FOLDER)
     config = yaml.safe_load((workdir / "config" / "handoff.yaml").read_text())
     config["handoff"]["folders"] = {"4step": f"results/{FOLDER}"}
-    config["compiler"]["command"] = (
-        f"{FAKE_COMPILER} compile {{package}} {{output_dir}} --platform iOS --deployment-target {{deployment_target}}"
-    )
+    config["compiler"]["command"] = FAKE_COMPILER_TEMPLATE
     (workdir / "config" / "mac.yaml").write_text(yaml.safe_dump(config))
     return workdir
 

@@ -2,12 +2,11 @@
 
 import hashlib
 import json
-import re
 from pathlib import Path
 
 import pytest
 import yaml
-from harness import DEMO_TARGETS, copy_of_build, new_workdir, snakemake, write_config
+from harness import DEMO_TARGETS, copy_of_build, new_workdir, planned_jobs, snakemake, write_config
 
 from sd3coreml import checksums
 from sd3coreml.release import folder_check
@@ -17,15 +16,6 @@ ROOT = "results/demo"
 FOLDER = "coremlsd3_4step_packages"
 FOLDER_JOBS = {"packages_folder": 1, "coremlsd3_4step_packages": 1}
 REPORT_JOBS = {"fidelity_report": 1, **FOLDER_JOBS}
-
-
-def planned_jobs(result) -> dict[str, int]:
-    """The `Job stats:` table of a run (dry or real), as {rule: count}; empty when nothing is to be done."""
-    output = result.stdout + result.stderr
-    if "Nothing to be done" in output:
-        return {}
-    table = output.split("Job stats:", 1)[1].split("total", 1)[0]
-    return {name: int(count) for name, count in re.findall(r"^(\w+)\s+(\d+)$", table, re.MULTILINE)}
 
 
 def dry_run(workdir, config, *targets):

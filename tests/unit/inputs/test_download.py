@@ -1,77 +1,21 @@
-"""Pinned Hub downloads, from a hand-made Hugging Face cache with HF_HUB_OFFLINE=1 (no network)."""
+"""Pinned Hub downloads from a hand-made Hugging Face cache, HF_HUB_OFFLINE=1 (no network; conftest's hub_cache)."""
 
-import hashlib
 import json
 import os
-import re
 import subprocess
 import sys
-from pathlib import Path
 
 import httpx2
 import huggingface_hub
 import pytest
-import yaml
-from harness import new_workdir, snakemake
-from huggingface_hub import constants
 from huggingface_hub.errors import GatedRepoError, HfHubHTTPError
+from offline_hub import COMMIT, MODEL_REPO, SD3_FILES, SD3_REPO, WEIGHTS, sha256
 
 from sd3coreml.errors import PipelineError
 from sd3coreml.inputs.download import download_file, download_snapshot, planned_downloads
-from sd3coreml.synthetic.checkpoints import write_synthetic_transformer
 
-MODEL_REPO = "Owner/MobileDiffuser-test"
-SD3_REPO = "stabilityai/stable-diffusion-3-medium-diffusers"
-COMMIT = "0123456789abcdef0123456789abcdef01234567"
-WEIGHTS = "checkpoints/sd3-medium-4step.safetensors"
-TINY_WEIGHTS = "checkpoints/tiny-4step.safetensors"
-DOWNLOADS_CONFIG = "config/downloads.yaml"
-DOWNLOADED = ["downloaded/tiny-4step.safetensors", "downloaded/sd3"]
-AWKWARD_PATH = 'tokenizer/notes on it\'s "tokens".json'
-SD3_FILES = {
-    "text_encoder/config.json": b'{"hidden_size": 768}\n',
-    "text_encoder_2/config.json": b'{"hidden_size": 1280}\n',
-    "vae/config.json": b'{"latent_channels": 16}\n',
-    "tokenizer/vocab.json": b'{"a": 0}\n',
-    "tokenizer/merges.txt": b"#version: 0.2\na b\n",
-}
-# In the repo, never to be placed: the snapshot takes the pinned files only.
-UNPINNED = {"text_encoder_3/config.json": b"{}\n", "transformer/config.json": b"{}\n"}
 TOKEN = "hf_secret123"
 CLI = [sys.executable, "-m", "sd3coreml"]
-
-
-def sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def fill_cache(cache: Path, repo: str, files: dict[str, bytes]) -> dict[str, str]:
-    """huggingface_hub's cache layout for `repo` at COMMIT; returns {path: sha256}."""
-    storage = cache / f"models--{repo.replace('/', '--')}"
-    (storage / "refs").mkdir(parents=True, exist_ok=True)
-    (storage / "refs" / "main").write_text(COMMIT)
-    for path, data in files.items():
-        blob = storage / "blobs" / sha256(data)
-        blob.parent.mkdir(parents=True, exist_ok=True)
-        blob.write_bytes(data)
-        pointer = storage / "snapshots" / COMMIT / path
-        pointer.parent.mkdir(parents=True, exist_ok=True)
-        pointer.symlink_to(os.path.relpath(blob, pointer.parent))
-    return {path: sha256(data) for path, data in files.items()}
-
-
-@pytest.fixture
-def hub_cache(tmp_path, monkeypatch) -> Path:
-    """An offline hub whose cache holds the distilled weights and SD3's components."""
-    cache = tmp_path / "hub"
-    fill_cache(cache, MODEL_REPO, {WEIGHTS: b"distilled weights"})
-    fill_cache(cache, SD3_REPO, {**SD3_FILES, **UNPINNED})
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
-    # huggingface_hub read both variables when it was imported.
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
-    return cache
 
 
 def only_line(error: pytest.ExceptionInfo) -> str:
@@ -194,48 +138,3 @@ def test_token_never_reaches_output_or_logs(hub_cache, tmp_path):
     assert len(written) == 1 + len(SD3_FILES)
     assert not any(TOKEN in result.stdout + result.stderr for result in results)
     assert not any(TOKEN.encode() in data for data in written)
-
-
-def job_blocks(dry_run: str) -> list[str]:
-    """The jobs of a dry run, each `rule NAME:` with its lines, in the order Snakemake would run them."""
-    return re.split(r"\n(?=(?:local)?rule \w+:)", dry_run.split("Job stats:", 1)[1])[1:]
-
-
-def test_download_rules_run_offline_and_the_conversion_reads_their_output(hub_cache, tmp_path):
-    """The rules for real: hub cache offline, pins through the shell, then the build plans on the download."""
-    workdir = new_workdir(tmp_path / "work")
-    write_synthetic_transformer("tiny", 4, tmp_path / "tiny.safetensors", tmp_path / "tiny.json")
-    tiny = (tmp_path / "tiny.safetensors").read_bytes()
-    fill_cache(hub_cache, MODEL_REPO, {TINY_WEIGHTS: tiny})
-    # A path the shell must not split or unquote on its way to --pins-json.
-    files = {**SD3_FILES, AWKWARD_PATH: b'{"said": "it\'s"}\n'}
-    fill_cache(hub_cache, SD3_REPO, {AWKWARD_PATH: files[AWKWARD_PATH]})
-    config = yaml.safe_load((workdir / "config" / "demo.yaml").read_text())
-    config["models"]["4step"]["weights"] = "downloaded/tiny-4step.safetensors"
-    config["downloads"] = {
-        "root": "downloaded",
-        "files": {"tiny-4step.safetensors": {"repo": MODEL_REPO, "filename": TINY_WEIGHTS, "revision": COMMIT,
-                                             "sha256": sha256(tiny)}},
-        "snapshots": {"sd3": {"repo": SD3_REPO, "revision": COMMIT,
-                              "files": {path: sha256(data) for path, data in files.items()}}},
-    }  # fmt: skip
-    (workdir / DOWNLOADS_CONFIG).write_text(yaml.safe_dump(config))
-
-    planned = snakemake(workdir, "-n", "coremlsd3_4step_packages", config=DOWNLOADS_CONFIG)
-    jobs = job_blocks(planned.stdout)
-    names = [job.split(":", 1)[0].removeprefix("local").removeprefix("rule ") for job in jobs]
-    first_conversion = next(index for index, name in enumerate(names) if name.startswith("mmdit_"))
-    assert names.index("download_file_tiny_4step_safetensors") < first_conversion
-    assert "downloaded/tiny-4step.safetensors" in jobs[first_conversion].split("output:")[0]
-
-    snakemake(workdir, "-c2", *DOWNLOADED, config=DOWNLOADS_CONFIG)
-    assert (workdir / "downloaded" / "tiny-4step.safetensors").read_bytes() == tiny
-    placed = workdir / "downloaded" / "sd3"
-    placed_files = {
-        path.relative_to(placed).as_posix(): path.read_bytes() for path in placed.rglob("*") if path.is_file()
-    }
-    assert placed_files == {**files, ".snakemake_timestamp": b""}  # directory()'s marker
-
-    without = snakemake(workdir, "--list-rules")
-    assert "synthetic_transformer" in without.stdout
-    assert "download" not in without.stdout

@@ -1,13 +1,11 @@
 """An SD3 transformer in the original layout (joint_blocks.*) is normalised with diffusers' own code."""
 
 import re
-import shutil
 from pathlib import Path
 
 import pytest
 import torch
-import yaml
-from harness import REPO, new_workdir, snakemake, write_config
+from harness import REPO
 from safetensors.torch import load_file, save_file
 from transformer_files import check_weights_match_config, write_original_layout
 
@@ -173,19 +171,3 @@ def test_cli_refuses_a_unet_file_in_one_line(tmp_path, capsys):
     lines = capsys.readouterr().err.splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and str(unet) in lines[0]
     assert not out.exists()
-
-
-def test_workflow_normalises_an_original_file_before_converting_it(files, tmp_path):
-    workdir = new_workdir(tmp_path)
-    shutil.copy(files["prefixed"], workdir / "original.safetensors")
-    config = write_config(workdir, "original.yaml")
-    edited = yaml.safe_load((workdir / config).read_text())
-    edited["models"]["4step"]["weights"] = "original.safetensors"
-    (workdir / config).write_text(yaml.safe_dump(edited))
-    planned = snakemake(workdir, "-n", "coremlsd3_4step_packages", config=config).stdout
-    normalized = "results/demo/checkpoints/normalized/4step.safetensors"
-    jobs = re.split(r"\n(?=rule \w+:)", planned.split("Job stats:", 1)[1])[1:]
-    normalizing = next(job for job in jobs if job.startswith("rule normalize_transformer:"))
-    assert "original.safetensors" in normalizing and f"output: {normalized}" in normalizing
-    conversions = [job for job in jobs if job.startswith("rule mmdit_")]
-    assert conversions and all(normalized in job.split("output:")[0] for job in conversions)

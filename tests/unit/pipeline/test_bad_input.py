@@ -1,13 +1,15 @@
 """Bad input fails with one line that names the file or key and the fix, before any job runs.
 
 Most cases run the real parse-time check, `plan_models`, in-process on a schema-valid config
-(Snakemake's own `validate` fills the defaults); Snakemake runs only where its wiring is what
-is tested. One test, or one parametrize id, per case:
+(Snakemake's own `validate` fills the defaults); Snakemake itself runs in
+tests/workflow/test_refusals.py, where its wiring is what is tested. One test, or one
+parametrize id, per case:
 
 - stage sizes, unknown targets, a compiler target older than the conversion target, compression
   the conversion target cannot run, a per-artifact override of no folder entry, a bad latent
   size, a generated input outside output_root or of another preset than synthetic.preset, a downloads root outside the working directory:
-  test_bad_config_value[<id>]; through Snakemake, with a built artifact left as it was: test_parse_time_refusal_leaves_built_artifacts_untouched
+  test_bad_config_value[<id>]; through Snakemake, with a built artifact left as it was:
+  tests/workflow/test_refusals.py::test_parse_time_refusal_leaves_built_artifacts_untouched
   (and tests/unit/pipeline/test_config.py, which also holds config.py's compression table against coremltools)
 - missing checkpoint, truncated or corrupt safetensors, another architecture, missing or extra
   tensors, a config that disagrees with the weights: test_bad_checkpoint[<id>]
@@ -15,8 +17,8 @@ is tested. One test, or one parametrize id, per case:
 - palettization without coremltools' exact k-means: test_palettes_without_exact_kmeans_are_refused
 - missing or malformed tokenizer files: test_bad_tokenizer_files[<id>]; a tokenizer_2 unlike tokenizer:
   test_a_second_tokenizer_unlike_the_first_is_refused
-- an output folder that cannot be made: test_a_file_where_an_output_folder_must_be,
-  test_an_output_root_that_is_a_file
+- an output folder that cannot be made: test_an_output_root_that_is_a_file; through Snakemake,
+  tests/workflow/test_refusals.py::test_a_file_where_an_output_folder_must_be
 - a full disk: test_full_disk_mid_write, test_full_disk_during_a_package_save, a full TMPDIR under
   coremltools: test_full_temporary_folder_under_coremltools_is_one_line (and tests/unit/inputs/test_checkpoint.py,
   the safetensors writer)
@@ -26,7 +28,6 @@ is tested. One test, or one parametrize id, per case:
 
 import json
 import os
-import re
 import resource
 import shutil
 import struct
@@ -37,7 +38,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from harness import REPO, new_workdir, snakemake
+from harness import REPO, linear_model, new_workdir, only_error_line
 from safetensors.torch import load_file, save_file
 from snakemake.utils import validate
 
@@ -49,7 +50,6 @@ from sd3coreml.synthetic.checkpoints import write_synthetic_transformer
 from sd3coreml.synthetic.clip_vocabulary import write_sd3_tokenizers
 
 TINY_CONFIG = str(REPO / "config" / "transformers" / "sd3-tiny.json")
-JOB_LINE = re.compile(r"^(local)?rule \w+:", re.MULTILINE)
 INT4 = {"mode": "linear_symmetric", "nbits": 4, "granularity": "per_channel"}
 
 
@@ -303,47 +303,6 @@ def test_a_second_tokenizer_unlike_the_first_is_refused(workdir, name):
         assert list(plan_models(with_weights("tiny.safetensors"))) == ["4step"]
 
 
-def only_error_line(result) -> str:
-    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
-    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1, result.stderr[-2000:]
-    return errors[0]
-
-
-def assert_no_job_ran(result, workdir: Path):
-    assert not JOB_LINE.search(result.stdout + result.stderr)
-    assert not (workdir / "results" / "demo" / "logs").exists()
-    assert not (workdir / "results" / "demo" / "checkpoints").exists()
-
-
-def test_parse_time_refusal_leaves_built_artifacts_untouched(tmp_path):
-    """Through Snakemake, a real run (not dry): one line, nothing run, what was built stays."""
-    workdir = new_workdir(tmp_path)
-    built = workdir / "results" / "demo" / "coremlsd3_4step_packages" / "SHA256SUMS"
-    built.parent.mkdir(parents=True)
-    built.write_bytes(b"built before\n")
-    config = yaml.safe_load((workdir / "config" / "demo.yaml").read_text())
-    (workdir / "config" / "bad.yaml").write_text(yaml.safe_dump({**config, "stage_sizes": [1.5, 2, 1.5]}))
-    result = snakemake(workdir, "-c1", config="config/bad.yaml", check=False)
-    assert "config key 'stage_sizes' holds 1.5" in only_error_line(result)
-    assert built.read_bytes() == b"built before\n"
-    assert_no_job_ran(result, workdir)
-
-
-def test_a_file_where_an_output_folder_must_be(tmp_path):
-    """Root runs these tests, so permissions cannot make a folder uncreatable; a file in its place does."""
-    workdir = new_workdir(tmp_path)
-    in_the_way = workdir / "results" / "demo" / "mmdit"
-    in_the_way.parent.mkdir(parents=True)
-    in_the_way.write_bytes(b"not a folder\n")
-    result = snakemake(workdir, "-c1", "coremlsd3_4step_packages", check=False)
-    line = only_error_line(result)
-    assert line.startswith("error: results/demo/mmdit: a file is in the way of the folder results/demo/mmdit that ")
-    assert line.endswith("needs; move or delete it")
-    assert in_the_way.read_bytes() == b"not a folder\n"
-    assert_no_job_ran(result, workdir)
-
-
 def test_an_output_root_that_is_a_file(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     Path("results").write_text("")
@@ -397,19 +356,9 @@ def test_full_disk_mid_write(small_disk, inputs):
 
 def linear_package(path: Path, width: int) -> Path:
     """A one-linear fp16 package of width x width weights, saved as the pipeline saves packages."""
-    import coremltools as ct
-    import numpy as np
-    from coremltools.converters.mil import Builder as mb
-
     from sd3coreml.convert.package import save_package
 
-    weight = np.random.default_rng(width).standard_normal((width, width)).astype(np.float32)
-
-    @mb.program(input_specs=[mb.TensorSpec((1, width))], opset_version=ct.target.iOS18)
-    def linear(x):
-        return mb.linear(x=x, weight=weight)
-
-    save_package(ct.convert(linear, minimum_deployment_target=ct.target.iOS18, convert_to="mlprogram"), path)
+    save_package(linear_model(width), path)
     return path
 
 

@@ -1,16 +1,15 @@
 """Config checks at parse time: each bad value fails with one line naming the key.
 
-The schema's refusals are worded by `config.schema_problem`, tested in-process; one schema
-refusal and one semantic check show that both reach the user through Snakemake the same way.
-Every other semantic check is tested in-process in tests/unit/pipeline/test_bad_input.py.
+The schema's refusals are worded by `config.schema_problem`, tested in-process; through Snakemake,
+tests/workflow/test_refusals.py shows one schema refusal and one semantic check reaching the user
+the same way. Every other semantic check is tested in-process in tests/unit/pipeline/test_bad_input.py.
 """
 
 import functools
 
-import numpy as np
 import pytest
 import yaml
-from harness import REPO, new_workdir, snakemake, write_config
+from harness import REPO, linear_model
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
@@ -36,36 +35,10 @@ def test_schema_refusals_name_the_key(changes, expected):
     assert schema_problem(config, SCHEMA).startswith(expected)
 
 
-@pytest.mark.parametrize(
-    "changes, expected",
-    [
-        ({"stage_sizes": [1, 2, 3]}, "'stage_sizes' sums to 6 but the transformer has 5 blocks"),
-        ({"batch_size": 2}, "config key 'batch_size': 2 is not one of [1]"),
-    ],
-)
-def test_bad_config_fails_in_one_line(tmp_path, changes, expected):
-    workdir = new_workdir(tmp_path)
-    result = snakemake(workdir, "-n", config=write_config(workdir, "bad.yaml", **changes), check=False)
-    assert result.returncode == 1
-    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and expected in errors[0], result.stderr[-2000:]
-    assert "Traceback" not in result.stderr
-
-
 @functools.cache
 def linear_package(version: int):
     """A one-linear ML program converted for iOS<version>, its weight big enough to be compressed."""
-    import coremltools as ct
-    from coremltools.converters.mil import Builder as mb
-
-    target = getattr(ct.target, f"iOS{version}")
-    weight = np.random.default_rng(0).standard_normal((128, 128)).astype(np.float32)
-
-    @mb.program(input_specs=[mb.TensorSpec((1, 128))], opset_version=target)
-    def linear(x):
-        return mb.linear(x=x, weight=weight)
-
-    return ct.convert(linear, minimum_deployment_target=target, compute_precision=ct.precision.FLOAT16)
+    return linear_model(128, version)
 
 
 def compression_ops(mode: str, nbits: int, version: int, granularity=None, **sizes) -> set[str]:

@@ -1,46 +1,25 @@
 """Compiling packages with a test-double compiler, and the Mac hand-off of a packages folder."""
 
 import json
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
-from harness import FAKE_COMPILER
+from harness import FAKE_COMPILER_TEMPLATE, STAGE, make_entries, make_package
 
 from sd3coreml import checksums
 from sd3coreml.commands import main as cli
 from sd3coreml.errors import PipelineError
 from sd3coreml.release import compile, folder, folder_check
 
-FAKE_ARGUMENTS = "compile {package} {output_dir} --platform iOS --deployment-target {deployment_target}"
-FAKE_TEMPLATE = f"{FAKE_COMPILER} {FAKE_ARGUMENTS}"
 AFTER_COMPILE = ["coremlsd3_4step", "coremlsd3_4step_packages", "sources"]
-STAGE = "MultiModalDiffusionTransformerStage"
 MODELS = ["TextEncoder", "TextEncoder2", "VAEDecoder", "MultiModalDiffusionTransformerConditioning"]
-
-
-def make_package(parent: Path, name: str, model_bytes: bytes = b"weights") -> Path:
-    """harness.make_package with the package's name in its Manifest.json, which the compiler double copies
-    into model.mil: a compiled tree shows which package it came from."""
-    package = parent / name
-    model_dir = package / "Data" / "com.apple.CoreML"
-    model_dir.mkdir(parents=True)
-    (package / "Manifest.json").write_text(f'{{"name": "{name}"}}\n')
-    (model_dir / "model.mlmodel").write_bytes(model_bytes)
-    return package
 
 
 def make_packages_folder(tmp_path: Path, stage_count: int = 3) -> Path:
     """A packages folder as the pipeline assembles it on a host without the compiler."""
-    sources = tmp_path / "sources"
-    sources.mkdir(parents=True)
-    names = MODELS + [f"{STAGE}{index}" for index in range(stage_count)]
-    entries = {f"{name}.mlpackage": make_package(sources, f"{name}.mlpackage", name.encode()) for name in names}
-    for name, text in [("vocab.json", '{"a": 0}\n'), ("merges.txt", "#version: 0.2\na b\n")]:
-        entries[name] = sources / name
-        entries[name].write_text(text)
     packages_dir = tmp_path / "coremlsd3_4step_packages"
+    entries = make_entries(tmp_path / "sources", stage_count)
     folder.assemble_folder(entries, packages_dir, {"config": {"latent_size": 64}})
     return packages_dir
 
@@ -48,7 +27,7 @@ def make_packages_folder(tmp_path: Path, stage_count: int = 3) -> Path:
 def test_compile_package_writes_the_contract_name_with_the_target(tmp_path):
     package = make_package(tmp_path, "TextEncoder.mlpackage")
     out_modelc = tmp_path / "out" / "TextEncoder.mlmodelc"
-    compile.compile_package(package, out_modelc, FAKE_TEMPLATE, "18.2")
+    compile.compile_package(package, out_modelc, FAKE_COMPILER_TEMPLATE, "18.2")
     metadata = json.loads((out_modelc / "metadata.json").read_text())
     assert metadata == {"deployment_target": "18.2", "platform": "iOS", "source": "TextEncoder.mlpackage"}
     assert (out_modelc / "model.mil").read_bytes().startswith((package / "Manifest.json").read_bytes())
@@ -58,14 +37,14 @@ def test_compile_package_writes_the_contract_name_with_the_target(tmp_path):
 def test_compile_package_renames_to_the_requested_name(tmp_path):
     package = make_package(tmp_path / "blocks-0-4", "package.mlpackage")
     out_modelc = tmp_path / "out" / f"{STAGE}1.mlmodelc"
-    compile.compile_package(package, out_modelc, FAKE_TEMPLATE, "18.2")
+    compile.compile_package(package, out_modelc, FAKE_COMPILER_TEMPLATE, "18.2")
     assert json.loads((out_modelc / "metadata.json").read_text())["source"] == "package.mlpackage"
 
 
 def test_paths_with_spaces_and_quotes_reach_the_compiler_intact(tmp_path):
     package = make_package(tmp_path / "my packages's dir", "Text Encoder.mlpackage")
     out_modelc = tmp_path / "app folder" / "TextEncoder.mlmodelc"
-    compile.compile_package(package, out_modelc, FAKE_TEMPLATE, "18.2")
+    compile.compile_package(package, out_modelc, FAKE_COMPILER_TEMPLATE, "18.2")
     assert (out_modelc / "metadata.json").is_file()
 
 
@@ -77,7 +56,7 @@ def test_a_failing_compiler_names_the_package_and_keeps_the_old_output(tmp_path)
     (out_modelc / "previous.bin").write_text("from the last good build")
 
     with pytest.raises(PipelineError) as raised:
-        compile.compile_package(package, out_modelc, FAKE_TEMPLATE, "18.2")
+        compile.compile_package(package, out_modelc, FAKE_COMPILER_TEMPLATE, "18.2")
     message = str(raised.value)
     assert "VAEDecoder.mlpackage" in message
     assert "missing Data/com.apple.CoreML/model.mlmodel" in message
@@ -86,13 +65,13 @@ def test_a_failing_compiler_names_the_package_and_keeps_the_old_output(tmp_path)
     assert [path.name for path in out_modelc.parent.iterdir()] == ["VAEDecoder.mlmodelc"]
 
     (package / "Data" / "com.apple.CoreML" / "model.mlmodel").write_bytes(b"fixed")
-    compile.compile_package(package, out_modelc, FAKE_TEMPLATE, "18.2")
+    compile.compile_package(package, out_modelc, FAKE_COMPILER_TEMPLATE, "18.2")
     assert not (out_modelc / "previous.bin").exists()
 
 
 def test_wrong_compiler_arguments_are_reported(tmp_path):
     package = make_package(tmp_path, "TextEncoder.mlpackage")
-    template = FAKE_TEMPLATE.replace("--platform iOS", "--platform macOS")
+    template = FAKE_COMPILER_TEMPLATE.replace("--platform iOS", "--platform macOS")
     with pytest.raises(PipelineError, match="TextEncoder.mlpackage.*usage: compile"):
         compile.compile_package(package, tmp_path / "X.mlmodelc", template, "18.2")
 
@@ -115,7 +94,7 @@ def test_a_compiler_producing_no_or_several_models_is_refused(tmp_path):
     [
         ("coremlcompiler {package} {output} {deployment_target}", "18.2", "use only the fields"),
         ("coremlcompiler {package} 'unclosed", "18.2", "quotation"),
-        (FAKE_TEMPLATE, "18.2; rm -rf /", "write it as a version"),
+        (FAKE_COMPILER_TEMPLATE, "18.2; rm -rf /", "write it as a version"),
     ],
 )
 def test_bad_templates_and_targets_are_refused(tmp_path, template, target, message):
@@ -127,7 +106,7 @@ def test_bad_templates_and_targets_are_refused(tmp_path, template, target, messa
 def test_compile_folder_builds_the_app_folder(tmp_path):
     packages_dir = make_packages_folder(tmp_path)
     app_dir = tmp_path / "coremlsd3_4step"
-    compile.compile_folder(packages_dir, app_dir, FAKE_TEMPLATE, "17.4")
+    compile.compile_folder(packages_dir, app_dir, FAKE_COMPILER_TEMPLATE, "17.4")
 
     expected = {f"{name}.mlmodelc" for name in MODELS + [f"{STAGE}{index}" for index in range(3)]}
     expected |= {"vocab.json", "merges.txt", "manifest.json", "SHA256SUMS"}
@@ -153,9 +132,9 @@ def test_compile_folder_builds_the_app_folder(tmp_path):
 
 def test_compile_folder_replaces_an_older_app_folder_whole(tmp_path):
     app_dir = tmp_path / "coremlsd3_4step"
-    compile.compile_folder(make_packages_folder(tmp_path / "eight", stage_count=8), app_dir, FAKE_TEMPLATE)
+    compile.compile_folder(make_packages_folder(tmp_path / "eight", stage_count=8), app_dir, FAKE_COMPILER_TEMPLATE)
     assert (app_dir / f"{STAGE}7.mlmodelc").is_dir()
-    compile.compile_folder(make_packages_folder(tmp_path / "seven", stage_count=7), app_dir, FAKE_TEMPLATE)
+    compile.compile_folder(make_packages_folder(tmp_path / "seven", stage_count=7), app_dir, FAKE_COMPILER_TEMPLATE)
     assert not (app_dir / f"{STAGE}7.mlmodelc").exists()
     assert checksums.check_sha256sums(app_dir) == []
 
@@ -164,16 +143,16 @@ def test_compile_folder_refuses_a_modified_packages_folder(tmp_path):
     packages_dir = make_packages_folder(tmp_path)
     (packages_dir / f"{STAGE}1.mlpackage" / "Data" / "com.apple.CoreML" / "model.mlmodel").write_bytes(b"tampered")
     with pytest.raises(PipelineError, match=f"modified: {STAGE}1.mlpackage/Data/com.apple.CoreML/model.mlmodel"):
-        compile.compile_folder(packages_dir, tmp_path / "app", FAKE_TEMPLATE)
+        compile.compile_folder(packages_dir, tmp_path / "app", FAKE_COMPILER_TEMPLATE)
     assert not (tmp_path / "app").exists()
 
 
 def test_compile_folder_keeps_the_old_app_folder_when_a_package_fails(tmp_path):
     packages_dir = make_packages_folder(tmp_path)
     app_dir = tmp_path / "coremlsd3_4step"
-    compile.compile_folder(packages_dir, app_dir, FAKE_TEMPLATE)
+    compile.compile_folder(packages_dir, app_dir, FAKE_COMPILER_TEMPLATE)
     before = checksums.tree_sha256(app_dir)
-    failing = f"{FAKE_TEMPLATE} --extra"
+    failing = f"{FAKE_COMPILER_TEMPLATE} --extra"
     with pytest.raises(PipelineError, match="mlpackage"):
         compile.compile_folder(packages_dir, app_dir, failing)
     assert checksums.tree_sha256(app_dir) == before
@@ -183,7 +162,7 @@ def test_compile_folder_keeps_the_old_app_folder_when_a_package_fails(tmp_path):
 def test_compile_folder_refuses_to_overwrite_its_packages(tmp_path):
     packages_dir = make_packages_folder(tmp_path)
     with pytest.raises(PipelineError, match="must differ"):
-        compile.compile_folder(packages_dir, packages_dir, FAKE_TEMPLATE)
+        compile.compile_folder(packages_dir, packages_dir, FAKE_COMPILER_TEMPLATE)
     assert checksums.check_sha256sums(packages_dir) == []
 
 
@@ -256,65 +235,28 @@ def test_the_default_template_asks_xcrun_to_find_the_compiler(tmp_path, monkeypa
 
 
 def test_custom_templates_need_an_executable_first_word(tmp_path):
-    assert compile.compiler_available(FAKE_TEMPLATE)
+    assert compile.compiler_available(FAKE_COMPILER_TEMPLATE)
     missing = str(tmp_path / "no_such_compiler") + " {package} {output_dir}"
     assert not compile.compiler_available(missing)
     with pytest.raises(PipelineError, match="'.*no_such_compiler' of the compiler template.*build 'pkgs' here"):
         compile.require_compiler(missing, "pkgs")
 
 
-def run_cli(monkeypatch, argv: list[str]) -> int:
-    return cli.main(argv)
-
-
 def test_cli_compile_folder_and_compile_package(tmp_path, monkeypatch, capsys):
     packages_dir = make_packages_folder(tmp_path)
     app_dir = tmp_path / "app"
-    argv = ["compile-folder", str(packages_dir), str(app_dir), "--compiler", FAKE_TEMPLATE]
+    argv = ["compile-folder", str(packages_dir), str(app_dir), "--compiler", FAKE_COMPILER_TEMPLATE]
     argv += ["--deployment-target", "18.0"]
-    assert run_cli(monkeypatch, argv) == 0
+    assert cli.main(argv) == 0
     assert json.loads((app_dir / "manifest.json").read_text())["compiler"]["deployment_target"] == "18.0"
     assert folder_check.folder_problems(app_dir) == []
 
     out_modelc = tmp_path / "single" / "TextEncoder.mlmodelc"
     argv = ["compile-package", "--package", str(packages_dir / "TextEncoder.mlpackage"), "--out", str(out_modelc)]
-    assert run_cli(monkeypatch, [*argv, "--compiler", FAKE_TEMPLATE]) == 0
+    assert cli.main([*argv, "--compiler", FAKE_COMPILER_TEMPLATE]) == 0
     assert json.loads((out_modelc / "metadata.json").read_text())["deployment_target"] == "18.2"
 
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
     capsys.readouterr()
-    assert run_cli(monkeypatch, ["compile-folder", str(packages_dir), str(tmp_path / "app2")]) == 1
+    assert cli.main(["compile-folder", str(packages_dir), str(tmp_path / "app2")]) == 1
     assert "xcrun --find coremlcompiler" in capsys.readouterr().err
-
-
-@pytest.fixture
-def demo_packages(demo_workdir, tmp_path):
-    """A copy of the session's 4-step packages folder, real packages and manifest."""
-    copy = tmp_path / "coremlsd3_4step_packages"
-    shutil.copytree(demo_workdir / "results" / "demo" / copy.name, copy)
-    return copy
-
-
-def test_compile_folder_refuses_a_stale_stage_even_with_regenerated_sums(demo_packages, tmp_path):
-    shutil.copytree(demo_packages / f"{STAGE}3.mlpackage", demo_packages / f"{STAGE}4.mlpackage")
-    checksums.write_sha256sums(demo_packages)  # what a hand fix looks like
-    with pytest.raises(PipelineError) as error:
-        compile.compile_folder(demo_packages, tmp_path / "app", FAKE_TEMPLATE)
-    message = str(error.value)
-    assert (
-        "\n" not in message and f"stale: {STAGE}4.mlpackage (the layout in manifest.json is Stage0..Stage3)" in message
-    )
-    assert not (tmp_path / "app").exists()
-
-
-def test_compile_folder_ignores_finder_files_and_refuses_any_other_extra(demo_packages, tmp_path):
-    (demo_packages / ".DS_Store").write_bytes(b"Finder")
-    (demo_packages / f"._{STAGE}1.mlpackage").write_bytes(b"AppleDouble")
-    (demo_packages / f"{STAGE}1.mlpackage" / ".DS_Store").write_bytes(b"Finder")
-    app_dir = tmp_path / "coremlsd3_4step"
-    compile.compile_folder(demo_packages, app_dir, FAKE_TEMPLATE)
-    assert not [path for path in app_dir.rglob("*") if checksums.is_finder_file(path.name)]
-    assert folder_check.folder_problems(app_dir) == []
-    (demo_packages / "notes.txt").write_text("left by hand")
-    with pytest.raises(PipelineError, match="extra: notes.txt"):
-        compile.compile_folder(demo_packages, tmp_path / "other", FAKE_TEMPLATE)

@@ -5,32 +5,12 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from harness import make_package
+from harness import STAGE, make_entries
 
 from sd3coreml import checksums
 from sd3coreml.commands import main as cli
 from sd3coreml.errors import PipelineError
 from sd3coreml.release import folder
-
-STAGE = "MultiModalDiffusionTransformerStage"
-
-
-def make_entries(sources: Path, stage_count: int) -> dict[str, Path]:
-    """Sources for a packages folder as separate Snakemake outputs would leave them."""
-    sources.mkdir(parents=True, exist_ok=True)
-    entries = {}
-    for name in ["TextEncoder", "TextEncoder2", "VAEDecoder", "MultiModalDiffusionTransformerConditioning"]:
-        entries[f"{name}.mlpackage"] = make_package(sources / name, f"{name}.mlpackage", name.encode())
-    for index in range(stage_count):
-        name = f"{STAGE}{index}.mlpackage"
-        entries[name] = make_package(sources / f"blocks-{index}", "package.mlpackage", f"stage{index}".encode())
-        # Snakemake's directory() marker must never reach the app's folder.
-        (entries[name] / ".snakemake_timestamp").write_text("")
-    for name, text in [("vocab.json", '{"a": 0}\n'), ("merges.txt", "#version: 0.2\na b\n")]:
-        entries[name] = sources / name
-        entries[name].write_text(text)
-    return entries
-
 
 MANIFEST = {"config": {"stage_sizes": [4, 4, 4, 4, 4, 4]}, "inputs": {"transformer": "abc123"}}
 
@@ -189,22 +169,18 @@ def test_manifest_that_cannot_be_written_as_given_is_refused(tmp_path, manifest)
     assert leftovers(tmp_path) == []
 
 
-def run_cli(monkeypatch, argv: list[str]) -> int:
-    return cli.main(argv)
-
-
-def test_cli_assemble_folder_from_a_json_spec(tmp_path, monkeypatch):
+def test_cli_assemble_folder_from_a_json_spec(tmp_path):
     entries = make_entries(tmp_path / "src", stage_count=2)
     spec = tmp_path / "spec.json"
     spec_entries = {name: str(path) for name, path in entries.items()}
     spec.write_text(json.dumps({"entries": spec_entries, "manifest": MANIFEST}))
     out_dir = tmp_path / "coremlsd3_2step_packages"
-    assert run_cli(monkeypatch, ["assemble-folder", "--spec", str(spec), "--out", str(out_dir)]) == 0
+    assert cli.main(["assemble-folder", "--spec", str(spec), "--out", str(out_dir)]) == 0
     assert read_manifest(out_dir)["inputs"] == MANIFEST["inputs"]
     assert checksums.check_sha256sums(out_dir) == []
 
     spec.write_text(json.dumps({"entries": ["vocab.json"]}))
-    assert run_cli(monkeypatch, ["assemble-folder", "--spec", str(spec), "--out", str(out_dir)]) == 1
+    assert cli.main(["assemble-folder", "--spec", str(spec), "--out", str(out_dir)]) == 1
 
 
 def test_input_files_are_recorded_by_hash_not_path(tmp_path):

@@ -4,8 +4,7 @@ import shutil
 import subprocess
 import sys
 
-from harness import new_workdir, snakemake
-from test_folder import STAGE, make_entries
+from harness import STAGE, make_entries
 
 from sd3coreml import checksums
 from sd3coreml.release import folder, folder_check
@@ -77,23 +76,6 @@ def test_a_stage_from_another_build_is_foreign_even_with_regenerated_sums(tmp_pa
     ]
 
 
-def test_two_stages_swapped_in_a_built_folder_are_named_by_the_blocks_they_hold(demo_workdir, tmp_path):
-    """Real packages record their block range; even over regenerated SHA256SUMS, each swapped stage is named."""
-    out_dir = tmp_path / "coremlsd3_4step_packages"
-    shutil.copytree(demo_workdir / "results" / "demo" / out_dir.name, out_dir)
-    first, second, aside = out_dir / f"{STAGE}1.mlpackage", out_dir / f"{STAGE}2.mlpackage", tmp_path / "aside"
-    first.rename(aside)
-    second.rename(first)
-    aside.rename(second)
-    regenerate_sums(out_dir)
-    # The demo's layout [1, 2, 2]: Stage1 holds blocks 0-1, Stage2 blocks 1-3.
-    problems = [problem for problem in folder_check.folder_problems(out_dir) if ".mlpackage (" in problem]
-    assert problems == [
-        f"foreign: {STAGE}1.mlpackage (holds MMDiT blocks 1-3; its place in the layout needs MMDiT blocks 0-1)",
-        f"foreign: {STAGE}2.mlpackage (holds MMDiT blocks 0-1; its place in the layout needs MMDiT blocks 1-3)",
-    ]
-
-
 def test_an_adaln_model_is_foreign_even_with_regenerated_sums(tmp_path):
     """The app would switch to AdaLN stages, which no longer take modulation_inputs."""
     out_dir = built_folder(tmp_path)
@@ -138,19 +120,3 @@ def test_cli_exit_codes_and_one_line_per_problem(tmp_path):
     assert result.stderr.count("\n") == 1 and f"{broken} (1)" in result.stderr, result.stderr
     result = verify_folder(tmp_path / "nowhere")
     assert result.returncode == 1 and "no such folder" in result.stderr
-
-
-def test_snakemake_verify_folders_checks_the_configured_folders_and_builds_nothing(demo_workdir, tmp_path):
-    workdir = new_workdir(tmp_path / "work")
-    clean, stale = (workdir / "results" / "demo" / f"coremlsd3_{model}_packages" for model in ("4step", "2step"))
-    for folder_path in (clean, stale):
-        shutil.copytree(demo_workdir / "results" / "demo" / folder_path.name, folder_path)
-    shutil.copytree(stale / f"{STAGE}3.mlpackage", stale / f"{STAGE}7.mlpackage")
-    result = snakemake(workdir, "-c1", "verify_folders", check=False)
-    output = result.stdout + result.stderr
-    assert result.returncode != 0
-    assert f"{clean.relative_to(workdir)}: OK" in output
-    assert f"stale: {STAGE}7.mlpackage (the layout in manifest.json is Stage0..Stage3)" in output
-    assert sorted(path.name for path in (workdir / "results" / "demo").iterdir()) == sorted(
-        [clean.name, stale.name, "logs"]
-    )

@@ -1,0 +1,58 @@
+"""Bad input through Snakemake itself: one `error:` line, before any job runs, and what was built stays.
+
+The refusals themselves are tested in-process (tests/unit/pipeline/test_bad_input.py,
+tests/unit/pipeline/test_config.py); these show the Snakefile's wiring brings them to the user.
+"""
+
+import re
+from pathlib import Path
+
+import pytest
+from harness import new_workdir, only_error_line, snakemake, write_config
+
+JOB_LINE = re.compile(r"^(local)?rule \w+:", re.MULTILINE)
+
+
+def assert_no_job_ran(result, workdir: Path):
+    assert not JOB_LINE.search(result.stdout + result.stderr)
+    assert not (workdir / "results" / "demo" / "logs").exists()
+    assert not (workdir / "results" / "demo" / "checkpoints").exists()
+
+
+@pytest.mark.parametrize(
+    "changes, expected",
+    [
+        ({"stage_sizes": [1, 2, 3]}, "'stage_sizes' sums to 6 but the transformer has 5 blocks"),
+        ({"batch_size": 2}, "config key 'batch_size': 2 is not one of [1]"),
+    ],
+)
+def test_bad_config_fails_in_one_line(tmp_path, changes, expected):
+    workdir = new_workdir(tmp_path)
+    result = snakemake(workdir, "-n", config=write_config(workdir, "bad.yaml", **changes), check=False)
+    assert expected in only_error_line(result)
+
+
+def test_parse_time_refusal_leaves_built_artifacts_untouched(tmp_path):
+    """Through Snakemake, a real run (not dry): one line, nothing run, what was built stays."""
+    workdir = new_workdir(tmp_path)
+    built = workdir / "results" / "demo" / "coremlsd3_4step_packages" / "SHA256SUMS"
+    built.parent.mkdir(parents=True)
+    built.write_bytes(b"built before\n")
+    result = snakemake(workdir, "-c1", config=write_config(workdir, "bad.yaml", stage_sizes=[1.5, 2, 1.5]), check=False)
+    assert "config key 'stage_sizes' holds 1.5" in only_error_line(result)
+    assert built.read_bytes() == b"built before\n"
+    assert_no_job_ran(result, workdir)
+
+
+def test_a_file_where_an_output_folder_must_be(tmp_path):
+    """Root runs these tests, so permissions cannot make a folder uncreatable; a file in its place does."""
+    workdir = new_workdir(tmp_path)
+    in_the_way = workdir / "results" / "demo" / "mmdit"
+    in_the_way.parent.mkdir(parents=True)
+    in_the_way.write_bytes(b"not a folder\n")
+    result = snakemake(workdir, "-c1", "coremlsd3_4step_packages", check=False)
+    line = only_error_line(result)
+    assert line.startswith("error: results/demo/mmdit: a file is in the way of the folder results/demo/mmdit that ")
+    assert line.endswith("needs; move or delete it")
+    assert in_the_way.read_bytes() == b"not a folder\n"
+    assert_no_job_ran(result, workdir)
