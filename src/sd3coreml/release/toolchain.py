@@ -50,10 +50,15 @@ def compiler_versions(program: list[str]) -> dict[str, str]:
 
 
 def _answer(command: list[str]) -> str:
-    """A tool's output on one line, or `unavailable` when it cannot run here."""
+    """A tool's output on one line, or `unavailable` when it cannot run here.
+
+    Its stdout, or its stderr where stdout is empty: `coremlcompiler version` may print to
+    stderr (mac-selfcheck records both apart). Never both: xcodebuild writes plug-in warnings
+    with pids and times to stderr, which would make a manifest differ from run to run.
+    """
     try:
         result = subprocess.run(command, capture_output=True, text=True, timeout=TOOL_TIMEOUT_SECONDS, check=False)
     except (OSError, subprocess.TimeoutExpired):
         return "unavailable"
-    text = " ".join(result.stdout.split())
+    text = " ".join(result.stdout.split()) or " ".join(result.stderr.split())
     return text if result.returncode == 0 and text else "unavailable"

@@ -3,6 +3,10 @@
 Each rule's `benchmark:` TSV records the job's wall time (`s`) and peak resident memory
 (`max_rss`, MiB); this module tabulates them per job and per rule, adds the disk use of the
 artifacts and a description of the machine, and writes Markdown.
+
+Snakemake 9.27's sampler writes `NA` for every memory column on macOS (psutil has no
+`io_counters` there; the AttributeError ends each sample unseen) and, anywhere, for a job that
+ends before its first sample: such a peak is unknown, never zero.
 """
 
 import csv
@@ -19,6 +23,12 @@ from sd3coreml.atomic import written_atomically
 SYNTHETIC_PREFIX = "synthetic_"
 # Not part of a packages build: `snakemake verify` runs it afterwards.
 END_TO_END = "end_to_end"
+# What Snakemake writes where it has no figure: `NA` (no sample taken), `-` (None), nothing.
+NO_FIGURE = ("NA", "-", "")
+UNKNOWN = "unknown"
+UNKNOWN_MEMORY_NOTE = (
+    "unknown (Snakemake writes NA on macOS, and anywhere for a job that ends before its first sample)"
+)
 
 
 def read_benchmark(tsv: Path) -> dict | None:
@@ -29,8 +39,22 @@ def read_benchmark(tsv: Path) -> dict | None:
         return next(csv.DictReader(stream, delimiter="\t"), None)
 
 
+def memory_mib(value: str) -> float | None:
+    """A benchmark's memory column in MiB, or None where Snakemake wrote no figure (`NA` on macOS)."""
+    return None if value.strip() in NO_FIGURE else float(value)
+
+
+def mib_text(value: float | None) -> str:
+    return UNKNOWN if value is None else f"{value:.0f}"
+
+
+def largest_rss(rows: list[dict]) -> float | None:
+    """The largest known max_rss of `rows`, or None where no row has one."""
+    return max((row["max_rss_mib"] for row in rows if row["max_rss_mib"] is not None), default=None)
+
+
 def read_benchmarks(benchmarks: Path) -> list[dict]:
-    """One row per job: rule (first folder), job (the rest of the path), wall s, max_rss MiB."""
+    """One row per job: rule (first folder), job (the rest of the path), wall s, max_rss MiB (None: unknown)."""
     rows = []
     for tsv in sorted(Path(benchmarks).rglob("*.tsv")):
         record = read_benchmark(tsv)
@@ -42,7 +66,7 @@ def read_benchmarks(benchmarks: Path) -> list[dict]:
                 "rule": relative.parts[0],
                 "job": "/".join(relative.parts[1:]) or relative.parts[0],
                 "wall_s": float(record["s"]),
-                "max_rss_mib": float(record["max_rss"]) if record["max_rss"] not in ("", "-") else 0.0,
+                "max_rss_mib": memory_mib(record["max_rss"]),
             }
         )
     return rows
@@ -72,15 +96,15 @@ def rule_table(rows: list[dict]) -> list[str]:
     lines = ["| rule | jobs | wall s (sum) | wall s (max) | max_rss MiB (max) |", "|---|---:|---:|---:|---:|"]
     for rule, jobs in sorted(by_rule.items()):
         walls = [job["wall_s"] for job in jobs]
-        rss = max(job["max_rss_mib"] for job in jobs)
-        lines.append(f"| {rule} | {len(jobs)} | {sum(walls):.1f} | {max(walls):.1f} | {rss:.0f} |")
+        rss = mib_text(largest_rss(jobs))
+        lines.append(f"| {rule} | {len(jobs)} | {sum(walls):.1f} | {max(walls):.1f} | {rss} |")
     return lines
 
 
 def job_table(rows: list[dict]) -> list[str]:
     lines = ["| rule | job | wall s | max_rss MiB |", "|---|---|---:|---:|"]
     for row in sorted(rows, key=lambda r: (r["rule"], r["job"])):
-        lines.append(f"| {row['rule']} | {row['job']} | {row['wall_s']:.1f} | {row['max_rss_mib']:.0f} |")
+        lines.append(f"| {row['rule']} | {row['job']} | {row['wall_s']:.1f} | {mib_text(row['max_rss_mib'])} |")
     return lines
 
 
@@ -109,12 +133,25 @@ def target_table(rows: list[dict], wall_s: float) -> list[str]:
         ("CLIP-G 6-bit palettization, job wall", max((r["wall_s"] for r in palettes), default=0), 40, "s"),
         ("MMDiT fp16 + int8 jobs, job wall sum / 2 cores", sum(r["wall_s"] for r in mmdit) / 2, 60, "s"),
         ("per-package fidelity checks, job wall sum / 2 cores", sum(r["wall_s"] for r in fidelity) / 2, 90, "s"),
-        ("largest job max_rss", max((r["max_rss_mib"] for r in rows), default=0), LARGEST_PEAK_MIB, "MiB"),
+        ("largest job max_rss", largest_rss(rows), LARGEST_PEAK_MIB, "MiB"),
     ]
     lines = ["| target | measured | limit | met |", "|---|---:|---:|---|"]
     for name, value, limit, unit in checks:
-        lines.append(f"| {name} | {value:.0f} {unit} | {limit} {unit} | {'yes' if value <= limit else 'no'} |")
+        if value is None:
+            lines.append(f"| {name} | {UNKNOWN} | {limit} {unit} | {UNKNOWN} |")
+        else:
+            lines.append(f"| {name} | {value:.0f} {unit} | {limit} {unit} | {'yes' if value <= limit else 'no'} |")
     return lines
+
+
+def largest_rss_line(rows: list[dict]) -> str:
+    """The summary's memory line; says where a figure is missing, and why."""
+    largest, missing = largest_rss(rows), sum(row["max_rss_mib"] is None for row in rows)
+    if largest is None:
+        return f"- largest job max_rss: {UNKNOWN_MEMORY_NOTE}"
+    if missing:
+        return f"- largest job max_rss: {largest:.0f} MiB; {missing} of {len(rows)} jobs {UNKNOWN_MEMORY_NOTE}"
+    return f"- largest job max_rss: {largest:.0f} MiB"
 
 
 def end_to_end_lines(rows: list[dict], root: Path, folder: Path) -> list[str]:
@@ -128,7 +165,8 @@ def end_to_end_lines(rows: list[dict], root: Path, folder: Path) -> list[str]:
         f"- {figures['steps']} steps, prompt {figures['prompt']!r}, seed {figures['seed']}: final-latent PSNR "
         f"**{figures['final_latent_psnr_db']} dB** (bar {figures['min_psnr_db']} dB), "
         f"{'passed' if figures['passed'] else 'FAILED'}",
-        f"- job wall time {rows[0]['wall_s']:.0f} s, max_rss {rows[0]['max_rss_mib']:.0f} MiB",
+        f"- job wall time {rows[0]['wall_s']:.0f} s, max_rss "
+        + (UNKNOWN_MEMORY_NOTE if rows[0]["max_rss_mib"] is None else f"{rows[0]['max_rss_mib']:.0f} MiB"),
         "",
     ]
 
@@ -144,7 +182,7 @@ def write_report(root: Path, folder: Path, wall_s: float, command: str, out: Pat
         "",
         f"- whole build, wall clock: **{wall_s:.0f} s** ({len(rows)} jobs)",
         f"- sum of job wall times: {sum(r['wall_s'] for r in rows):.0f} s",
-        f"- largest job max_rss: {max((r['max_rss_mib'] for r in rows), default=0):.0f} MiB",
+        largest_rss_line(rows),
         f"- packages folder `{Path(folder).name}`: {folder_size_mib(folder):.0f} MiB;"
         f" all artifacts under `{root}` (without checkpoints): {sum(folder_size_mib(p) for p in artifacts):.0f} MiB",
         f"- free disk after the build: {shutil.disk_usage(root).free / 2**30:.0f} GiB",
