@@ -7,6 +7,9 @@ CORES ?= 2
 # CLIP's real BPE vocabulary (OpenAI's, MIT), for the synthetic tokenizer files; without its
 # dependencies, which would pull torchvision and another torch (a requirements file cannot say so).
 CLIP_BPE_WHEEL := open_clip_torch==3.3.0
+# What checks a SHA256SUMS file: sha256sum, or where it is missing (macOS 14; /sbin/sha256sum
+# ships from macOS 15) shasum -a 256, which reads the same lines.
+SHA256_CHECK := $(shell command -v sha256sum >/dev/null 2>&1 && echo 'sha256sum -c' || echo 'shasum -a 256 -c')
 
 .PHONY: demo test test-slurm slurm-packages bench bench-sd3.5 bench-sd3.5-large bench-sweep lint clean
 
@@ -31,8 +34,8 @@ $(STAMP): requirements.txt pyproject.toml Makefile
 demo: $(STAMP)
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/snakemake --configfile config/demo.yaml -c$(CORES) \
 		coremlsd3_4step_packages coremlsd3_2step_packages
-	cd results/demo/coremlsd3_4step_packages && sha256sum -c --quiet SHA256SUMS
-	cd results/demo/coremlsd3_2step_packages && sha256sum -c --quiet SHA256SUMS
+	cd results/demo/coremlsd3_4step_packages && $(SHA256_CHECK) --quiet SHA256SUMS
+	cd results/demo/coremlsd3_2step_packages && $(SHA256_CHECK) --quiet SHA256SUMS
 	$(BIN)/python -m sd3coreml verify-folder results/demo/coremlsd3_4step_packages results/demo/coremlsd3_2step_packages
 	@echo "demo folders: results/demo/coremlsd3_4step_packages results/demo/coremlsd3_2step_packages"
 

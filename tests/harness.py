@@ -100,6 +100,19 @@ def recording_modules(workdir: Path) -> dict:
     return {"PYTHONPATH": str(JOB_HOOKS), "SD3COREML_TEST_RECORD_MODULES": str(workdir / MODULE_RECORDS)}
 
 
+def sha256_check_command() -> list[str]:
+    """The outside witness of the SHA256SUMS format: `sha256sum -c`, or `shasum -a 256 -c` where
+    sha256sum is missing (macOS 14; /sbin/sha256sum ships from macOS 15), which reads the same
+    lines; the calling test is skipped, with the reason, where neither is on PATH."""
+    import pytest
+
+    if shutil.which("sha256sum"):
+        return ["sha256sum", "-c"]
+    if shutil.which("shasum"):
+        return ["shasum", "-a", "256", "-c"]
+    pytest.skip("neither sha256sum nor shasum is on PATH: nothing outside this code can check SHA256SUMS")
+
+
 def make_package(parent: Path, name: str, model_bytes: bytes = b"weights") -> Path:
     """A tiny stand-in for an `.mlpackage` folder (no coremltools conversion)."""
     package = parent / name

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from harness import DEMO_FOLDERS, REPO, new_workdir, snakemake
+from harness import DEMO_FOLDERS, REPO, new_workdir, sha256_check_command, snakemake
 from one_node_slurm import ACCOUNT, PARTITION, one_node_slurm
 
 pytestmark = pytest.mark.slurm
@@ -71,7 +71,7 @@ def test_the_demo_builds_through_slurm_as_it_builds_locally(local_build, cluster
     for folder in DEMO_FOLDERS:
         sums = workdir / "results" / "demo" / folder / "SHA256SUMS"
         assert sums.read_bytes() == (local_build / "results" / "demo" / folder / "SHA256SUMS").read_bytes()
-        subprocess.run(["sha256sum", "-c", "--quiet", "SHA256SUMS"], cwd=sums.parent, check=True)
+        subprocess.run([*sha256_check_command(), "--quiet", "SHA256SUMS"], cwd=sums.parent, check=True)
     # Each job ran as its own Slurm job, under the account asked for, and accounting saw it end.
     accounted = subprocess.run(["sacct", "-X", "-n", "--parsable2", "-o", "JobName,Account,State"],
                                env=env, capture_output=True, text=True, check=True).stdout.split()  # fmt: skip

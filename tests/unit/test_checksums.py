@@ -1,19 +1,20 @@
-"""Content hashes and SHA256SUMS: stable, blind to Snakemake's marker, readable by `sha256sum -c`."""
+"""Content hashes and SHA256SUMS: stable, blind to Snakemake's marker, readable by `sha256sum -c` and `shasum`."""
 
 import hashlib
 import os
+import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
-from harness import make_package
+from harness import make_package, sha256_check_command
 
 from sd3coreml import checksums
 from sd3coreml.errors import PipelineError
 
 
 def run_sha256sum_check(folder: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(["sha256sum", "-c", "SHA256SUMS"], cwd=folder, capture_output=True, text=True)
+    return subprocess.run([*sha256_check_command(), "SHA256SUMS"], cwd=folder, capture_output=True, text=True)
 
 
 def test_file_sha256_streams_large_file(tmp_path):
@@ -96,6 +97,20 @@ def test_sha256sums_passes_real_sha256sum_and_fails_after_an_edit(tmp_path):
     checked = run_sha256sum_check(folder)
     assert checked.returncode != 0
     assert "TextEncoder2.mlpackage/Data/com.apple.CoreML/model.mlmodel: FAILED" in checked.stdout
+
+
+@pytest.mark.skipif(shutil.which("shasum") is None, reason="no shasum on PATH (Perl's; macOS always has it)")
+def test_shasum_the_fallback_of_macos_14_reads_the_same_file(tmp_path):
+    folder = make_resource_folder(tmp_path)
+    checksums.write_sha256sums(folder)
+    command = ["shasum", "-a", "256", "-c", "--quiet", "--strict", "SHA256SUMS"]
+    checked = subprocess.run(command, cwd=folder, capture_output=True, text=True)
+    assert checked.returncode == 0 and checked.stdout == "", checked.stdout + checked.stderr
+
+    (folder / "vocab.json").write_text("{}")
+    checked = subprocess.run(command, cwd=folder, capture_output=True, text=True)
+    assert checked.returncode != 0
+    assert checked.stdout == "vocab.json: FAILED\n"
 
 
 def test_sha256sums_lists_every_file_sorted_by_bytes_but_not_itself_or_markers(tmp_path):

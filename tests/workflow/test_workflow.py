@@ -6,7 +6,15 @@ from pathlib import Path
 
 import pytest
 import yaml
-from harness import DEMO_TARGETS, copy_of_build, new_workdir, planned_jobs, snakemake, write_config
+from harness import (
+    DEMO_TARGETS,
+    copy_of_build,
+    new_workdir,
+    planned_jobs,
+    sha256_check_command,
+    snakemake,
+    write_config,
+)
 
 from sd3coreml import checksums
 from sd3coreml.release import folder_check
@@ -111,7 +119,7 @@ def test_folders_pass_sha256sum_check(demo_app_workdir):
 
     for name in ["coremlsd3_4step_packages", "coremlsd3_2step_packages", "coremlsd3_4step"]:
         folder = demo_app_workdir / "results" / "demo" / name
-        result = subprocess.run(["sha256sum", "-c", "--strict", "SHA256SUMS"], cwd=folder, capture_output=True)
+        result = subprocess.run([*sha256_check_command(), "--strict", "SHA256SUMS"], cwd=folder, capture_output=True)
         assert result.returncode == 0, result.stdout
         listed = {line.split("  ", 1)[1] for line in (folder / "SHA256SUMS").read_text().splitlines()}
         on_disk = {str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()} - {"SHA256SUMS"}

@@ -5,7 +5,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from harness import FAKE_COMPILER_TEMPLATE, STAGE, make_entries, make_package
+from harness import FAKE_COMPILER_TEMPLATE, STAGE, make_entries, make_package, sha256_check_command
 
 from sd3coreml import checksums
 from sd3coreml.commands import main as cli
@@ -125,7 +125,7 @@ def test_compile_folder_builds_the_app_folder(tmp_path):
     assert manifest["compiler"]["versions"] == {"compiler": "fake_coremlcompiler 0.1 (test double)"}
     assert "compiler_version" not in manifest
 
-    checked = subprocess.run(["sha256sum", "-c", "SHA256SUMS"], cwd=app_dir, capture_output=True, text=True)
+    checked = subprocess.run([*sha256_check_command(), "SHA256SUMS"], cwd=app_dir, capture_output=True, text=True)
     assert checked.returncode == 0, checked.stdout + checked.stderr
     assert sorted(path.name for path in tmp_path.iterdir()) == AFTER_COMPILE
 

@@ -5,7 +5,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from harness import STAGE, make_entries
+from harness import STAGE, make_entries, sha256_check_command
 
 from sd3coreml import checksums
 from sd3coreml.commands import main as cli
@@ -41,7 +41,7 @@ def test_assembled_folder_holds_entries_manifest_and_sums(tmp_path):
     text = (out_dir / "manifest.json").read_text()
     assert text == json.dumps(manifest, indent=2, sort_keys=True) + "\n"
 
-    checked = subprocess.run(["sha256sum", "-c", "SHA256SUMS"], cwd=out_dir, capture_output=True, text=True)
+    checked = subprocess.run([*sha256_check_command(), "SHA256SUMS"], cwd=out_dir, capture_output=True, text=True)
     assert checked.returncode == 0, checked.stdout + checked.stderr
     assert "manifest.json: OK" in checked.stdout
 

@@ -4,7 +4,7 @@ import shutil
 import subprocess
 import sys
 
-from harness import STAGE, make_entries
+from harness import STAGE, make_entries, sha256_check_command
 
 from sd3coreml import checksums
 from sd3coreml.release import folder, folder_check
@@ -34,7 +34,7 @@ def test_a_clean_folder_has_no_problems_and_sha256sum_agrees(tmp_path):
     out_dir = built_folder(tmp_path)
     (out_dir / ".snakemake_timestamp").write_text("")  # Snakemake adds it after the job
     assert folder_check.folder_problems(out_dir) == []
-    result = subprocess.run(["sha256sum", "-c", "--quiet", "SHA256SUMS"], cwd=out_dir, capture_output=True, check=False)
+    result = subprocess.run([*sha256_check_command(), "--quiet", "SHA256SUMS"], cwd=out_dir, capture_output=True)
     assert result.returncode == 0
 
 
