@@ -17,13 +17,16 @@ SHA256_CHECK := $(shell command -v sha256sum >/dev/null 2>&1 && echo 'sha256sum 
 # PYTHONDONTWRITEBYTECODE set, as on the team's machines, nothing compiles later, and every
 # job would compile torch from source at each import.
 # Python 3.11 only: the pinned wheels (torch 2.13, coremltools 9.0) are for it. No fallback to
-# another python3, and a .venv of another version is made again, not reused.
+# another python3, and a .venv of another version is made again, not reused. An x86_64 Python
+# on a Mac (Intel, or Rosetta) cannot install torch 2.13: INSTALL_CHECK refuses it before pip.
 IS_PY311 := -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))'
+INSTALL_CHECK := src/sd3coreml/install_check.py
 $(STAMP): requirements.txt pyproject.toml Makefile
 	@command -v $(PYTHON) >/dev/null 2>&1 && $(PYTHON) $(IS_PY311) || { echo "error: $(PYTHON) is not Python 3.11;" \
 		"install it (python.org, or Homebrew's python@3.11) or name one: make PYTHON=/path/to/python3.11" >&2; exit 1; }
-	@if [ -x $(BIN)/python ] && ! $(BIN)/python $(IS_PY311); then echo "$(VENV) is not Python 3.11: making it again"; \
-		rm -rf $(VENV); fi
+	@$(PYTHON) $(INSTALL_CHECK)
+	@if [ -x $(BIN)/python ] && ! { $(BIN)/python $(IS_PY311) && $(BIN)/python $(INSTALL_CHECK) 2>/dev/null; }; then \
+		echo "$(VENV) is not a Python 3.11 that can install the pins: making it again"; rm -rf $(VENV); fi
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -r requirements.txt
