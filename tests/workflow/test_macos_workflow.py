@@ -1,4 +1,5 @@
-"""The macOS workflow cannot rot unseen: every make target, command and config it runs exists."""
+"""The macOS workflow cannot rot unseen: every make target, command and config it runs exists, every step
+predicts with the same compute units, and the Xcode that compiles is pinned."""
 
 import re
 import shlex
@@ -11,6 +12,7 @@ from sd3coreml.commands import main as cli
 WORKFLOW = yaml.safe_load((REPO / ".github" / "workflows" / "macos.yml").read_text())
 STEPS = WORKFLOW["jobs"]["mac"]["steps"]
 COMMANDS = [shlex.split(step["run"].replace("PATH=$PWD/.venv/bin:$PATH ", "")) for step in STEPS if "run" in step]
+RUN_STEPS = [index for index, step in enumerate(STEPS) if "run" in step]
 
 
 def test_it_runs_on_a_mac_that_loads_ios18_packages():
@@ -43,3 +45,48 @@ def test_every_snakemake_run_plans_on_the_session_build(demo_workdir, tmp_path):
         targets = [word for word in arguments[arguments.index(configs[-1]) + 1 :] if not word.startswith("-")]
         command = ["-n", "--configfile", *(str(workdir / path) for path in configs), "--", *targets]
         snakemake(workdir, *command, config=configs[0])
+
+
+def run_steps() -> list[tuple[int, list[str]]]:
+    """(index in the step list, command) of every step that runs a command."""
+    return [(index, command) for index, command in zip(RUN_STEPS, COMMANDS, strict=True)]
+
+
+def demo_recipe_configs() -> list[str]:
+    """The configs `make demo` passes to Snakemake, read from the Makefile's recipe."""
+    recipe = (REPO / "Makefile").read_text().split("\ndemo:", 1)[1].split("\n\n", 1)[0]
+    words = shlex.split(recipe.replace("\\\n", " "))
+    return [words[words.index("--configfile") + 1]]
+
+
+def compute_units(configs: list[str]) -> str:
+    """fidelity.coreml_compute_units of the configs merged in order, else the schema's default."""
+    schema = yaml.safe_load((REPO / "config" / "schema.yaml").read_text())
+    units = schema["properties"]["fidelity"]["properties"]["coreml_compute_units"]["default"]
+    for config in configs:
+        units = (yaml.safe_load((REPO / config).read_text()) or {}).get("fidelity", {}).get(
+            "coreml_compute_units", units
+        )
+    return units
+
+
+def test_every_step_predicts_with_the_same_compute_units():
+    """A setting merged into one step is a changed param of every fidelity job it shares with `make demo`."""
+    configs = {"make demo": demo_recipe_configs()}
+    for _, command in run_steps():
+        if command[0] == "snakemake":
+            assert "--config" not in command and "--set-resources" not in command, command
+            configs[" ".join(command)] = command[command.index("--configfile") + 1 : command.index("-c3")]
+    units = {step: compute_units(step_configs) for step, step_configs in configs.items()}
+    assert set(units.values()) == {"CPU_AND_NE"}, units
+    assert all("coreml_compute_units" not in str(step.get("env", "")) for step in STEPS)
+
+
+def test_xcode_is_pinned_to_an_exact_version_before_anything_can_compile():
+    pins = [(index, command) for index, command in run_steps() if command[:3] == ["sudo", "xcode-select", "-s"]]
+    assert len(pins) == 1, pins
+    index, command = pins[0]
+    # An exact version's folder, not /Applications/Xcode.app, which the image points at its default.
+    assert re.fullmatch(r"/Applications/Xcode_16\.\d+(\.\d+)?\.app/Contents/Developer", command[3]), command
+    first_tool = min(i for i, command in run_steps() if command[0] in ("make", "snakemake", ".venv/bin/python"))
+    assert index < first_tool
