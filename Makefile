@@ -7,6 +7,10 @@ CORES ?= 2
 # CLIP's real BPE vocabulary (OpenAI's, MIT), for the synthetic tokenizer files; without its
 # dependencies, which would pull torchvision and another torch (a requirements file cannot say so).
 CLIP_BPE_WHEEL := open_clip_torch==3.3.0
+# Tests only: packages beyond the pins that diffusers imports when it finds them (peft imports
+# transformers), kept out of the venv in a folder one test puts on a job's PYTHONPATH.
+EXTRA_TEST_PACKAGES := peft==0.21.2 accelerate==1.16.0
+EXTRA_TEST_DIR := tests/.extra-packages
 # What checks a SHA256SUMS file: sha256sum, or where it is missing (macOS 14; /sbin/sha256sum
 # ships from macOS 15) shasum -a 256, which reads the same lines.
 SHA256_CHECK := $(shell command -v sha256sum >/dev/null 2>&1 && echo 'sha256sum -c' || echo 'shasum -a 256 -c')
@@ -31,6 +35,7 @@ $(STAMP): requirements.txt pyproject.toml Makefile
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -r requirements.txt
 	$(BIN)/pip install --quiet --no-deps $(CLIP_BPE_WHEEL)
+	$(BIN)/pip install --quiet --no-deps --upgrade --target $(EXTRA_TEST_DIR) $(EXTRA_TEST_PACKAGES)
 	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
