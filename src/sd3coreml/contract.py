@@ -3,7 +3,7 @@
 One home for what the client's Swift code spells (SD3PipelineLoader.swift, ModelResourceManager.swift,
 ml-stable-diffusion's StableDiffusion3Pipeline.swift, TextEncoderXL.swift, BPETokenizer.swift):
 folder entry names, feature names, token ids, sizes it hard-codes, the VAE's latent scale and
-shift. DESIGN.md section 1 is its prose; tests/contract/ holds it at the demo's and full size.
+shift. docs/APP_CONTRACT.md is its prose; tests/contract/ holds it at the demo's and full size.
 """
 
 import re

@@ -1,4 +1,4 @@
-"""The full-scale builds meet DESIGN section 1 exactly, and every package its fidelity bar.
+"""The full-scale builds meet docs/APP_CONTRACT.md exactly, and every package its fidelity bar.
 
 `make bench` builds SD3 Medium's folder, `make bench-sd3.5` SD3.5 Medium's; each is checked
 under its own marker (`slow`, `slow_sd35`), since each reads what only its target builds

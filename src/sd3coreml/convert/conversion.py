@@ -1,8 +1,9 @@
 """PyTorch module -> fp16 ML Program, with the contract's input and output names.
 
-Inputs are float32 and outputs float16 (DESIGN section 1). Tracing runs the real forward,
-so a caller may trace with smaller example inputs than the package's shapes when its module
-has no shape-dependent constants; `ct.convert` receives the full shapes.
+Inputs are float32 and outputs float16 (docs/APP_CONTRACT.md, "What a folder holds").
+Tracing runs the real forward, so a caller may trace with smaller example inputs than the
+package's shapes when its module has no shape-dependent constants; `ct.convert` receives the
+full shapes.
 """
 
 from dataclasses import dataclass

@@ -15,8 +15,8 @@ from sd3coreml.inputs.checkpoint import check_header_matches_config, load_transf
 from sd3coreml.inputs.geometry import MMDiTShape
 
 # Joint blocks hold no shape constants, so a trace on one row of patches and a few text
-# tokens converts to the same program as a full-size one (DESIGN section 2) at a fraction of
-# the forward's cost.
+# tokens converts to the same program as a full-size one (docs/TOOL_FACTS.md, "Tracing and
+# conversion") at a fraction of the forward's cost.
 TRACE_TEXT_TOKENS = 8
 
 

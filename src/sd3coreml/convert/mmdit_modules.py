@@ -3,8 +3,9 @@
 `SD3Transformer2DModel.forward` runs as: conditioning (`time_text_embed`), input embedding
 (`pos_embed`, `context_embedder`), the joint blocks, then the head (`norm_out`, `proj_out`,
 unpatchify). The app runs Conditioning once per step, then Stage0..N in order, so each piece
-here takes and returns exactly the tensors of DESIGN section 1. Each piece is built on the
-meta device and receives only its own tensors from the checkpoint.
+here takes and returns exactly the tensors of its entry in docs/APP_CONTRACT.md ("What a
+folder holds"). Each piece is built on the meta device and receives only its own tensors from
+the checkpoint.
 """
 
 import torch

@@ -8,8 +8,8 @@ vocabulary, see clip_vocabulary.py). Tensor names and shapes come from diffusers
 transformers themselves (models built on the meta device); every value comes from a
 generator seeded by (seed, component, tensor name), so a (preset, seed) pair gives
 byte-identical files in any process, order or thread count. The presets keep the width
-relations of the real model (DESIGN.md section 1), so a synthetic build is wired like a
-real one.
+relations of the real model (docs/APP_CONTRACT.md, "Widths"), so a synthetic build is wired
+like a real one.
 """
 
 import hashlib

@@ -2,7 +2,8 @@
 
 `pooled_projection_dim` = CLIP-L + CLIP-G projection widths; `joint_attention_dim` holds
 both CLIP hidden states side by side (zero-padded); `caption_projection_dim` = heads x
-head width (DESIGN.md section 1). A preset that breaks them is refused on construction.
+head width (docs/APP_CONTRACT.md, "Widths"). A preset that breaks them is refused on
+construction.
 """
 
 import dataclasses
@@ -60,7 +61,8 @@ class ClipTextPreset:
     bos_token_id: int = 0
 
     def transformers_config(self) -> dict:
-        # Real vocabulary size, so that ids up to 49407 are exercised (DESIGN.md 1).
+        # Real vocabulary size, so that ids up to 49407 are exercised (docs/APP_CONTRACT.md,
+        # "Token ids").
         return {
             **dataclasses.asdict(self),
             "vocab_size": VOCAB_SIZE,
@@ -128,7 +130,7 @@ def shares_components(transformer_preset: str, components_preset: str) -> bool:
 
 
 def relation_problems(preset: SyntheticPreset) -> list[str]:
-    """The DESIGN.md section 1 relations this preset breaks (empty when wired like SD3)."""
+    """The width relations (docs/APP_CONTRACT.md, "Widths") this preset breaks; empty when wired like SD3."""
     transformer, clip_l, clip_g = preset.transformer, preset.clip_l, preset.clip_g
     problems = []
     if transformer.pooled_projection_dim != clip_l.projection_dim + clip_g.projection_dim:

@@ -1,6 +1,6 @@
 """Seeded inputs and fp32 reference outputs for each kind of package.
 
-A check pairs the feeds a package takes (named as in DESIGN section 1) with what the
+A check pairs the feeds a package takes (named as in docs/APP_CONTRACT.md) with what the
 PyTorch module the package came from returns for them. The MMDiT pieces are referenced by
 the same diffusers submodules they were converted from, in fp32. Text encoders and the VAE
 are referenced by stock transformers/diffusers calls, not by the wrappers that were

@@ -1,4 +1,4 @@
-"""The app's sampler (DESIGN section 1) and the stock scheduler the reference runs it with."""
+"""The app's sampler (docs/APP_CONTRACT.md, "The sampler") and the stock scheduler the reference runs it with."""
 
 import numpy as np
 import pytest

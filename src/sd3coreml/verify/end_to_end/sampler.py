@@ -1,9 +1,9 @@
 """The app's sampler: flow matching with shift 3, a fixed number of Euler steps, guidance 1.
 
-DESIGN section 1: `t = linspace(1, 0, steps + 1)`, `sigma = 3t / (1 + 2t)`, the model sees
-`sigma * 1000`, and `x += (sigma[i+1] - sigma[i]) * v`. diffusers'
-`FlowMatchEulerDiscreteScheduler.set_timesteps(steps)` spaces its timesteps differently, so
-the reference side hands it the unshifted `t` as explicit sigmas instead.
+As docs/APP_CONTRACT.md ("The sampler") has it: `t = linspace(1, 0, steps + 1)`,
+`sigma = 3t / (1 + 2t)`, the model sees `sigma * 1000`, and `x += (sigma[i+1] - sigma[i]) * v`.
+diffusers' `FlowMatchEulerDiscreteScheduler.set_timesteps(steps)` spaces its timesteps
+differently, so the reference side hands it the unshifted `t` as explicit sigmas instead.
 """
 
 import numpy as np
