@@ -7,9 +7,11 @@ PSNR (peak = max |reference|); the prompt encoding, the first step's stage bound
 final latent and the image must clear the bar, so a wrong stage is named, and both images are
 written side by side.
 
-Beside it, tokenization only: for a set of prompts with punctuation, `#`, non-ASCII text and
-one over 75 tokens, the report lists each prompt whose app ids differ from those of diffusers'
-own tokenizers, per text encoder, and where.
+Beside it, tokenization only: for a set of prompts with punctuation, `#`, non-ASCII text, one
+over 75 tokens and two where Swift's string rules decide (accents typed decomposed, which the
+app finds by canonical equivalence; a combining mark after a space, which joins the words on
+either side, and a zero-width space, which Foundation trims), the report lists each prompt whose
+app ids differ from those of diffusers' own tokenizers, per text encoder, and where.
 """
 
 from dataclasses import dataclass
@@ -30,6 +32,8 @@ TOKENIZATION_PROMPTS = (
     "café au lait … in a paris bistro",
     "东京 at night 🌃",
     " ".join(["a very long prompt about a quiet mountain village"] * 10),
+    "cafe\u0301 au lait, cre\u0300me bru\u0302le\u0301e",
+    "a cat \u0301 on a mat\u200b",
 )
 # Ids shown on each side from the first difference on.
 SHOWN_IDS = 4
