@@ -43,5 +43,25 @@ APP_TEXT_TOKENS = 2 * MAX_TOKENS  # 77 CLIP + 77 zero T5 slots
 # The app feeds the first input of these and reads the first output of the VAE and the last stage.
 ONE_INPUT = ("TextEncoder", "TextEncoder2", VAE_DECODER)
 
+# Feature names. The app feeds and reads the MMDiT's and the text encoders' outputs by these
+# names (StableDiffusion3Pipeline.swift); the inputs and outputs it takes by position (above)
+# are named here too, so that every package and every check spells them alike.
+INPUT_IDS = "input_ids"
+HIDDEN_EMBEDS = "hidden_embeds"
+POOLED_OUTPUTS = "pooled_outputs"
+POOLED_TEXT_EMBEDDINGS = "pooled_text_embeddings"
+TIMESTEP = "timestep"
+MODULATION_INPUTS = "modulation_inputs"
+LATENT_IMAGE_EMBEDDINGS = "latent_image_embeddings"
+TOKEN_LEVEL_TEXT_EMBEDDINGS = "token_level_text_embeddings"
+# Stage0..N-1 return their two embeddings under these names; the app feeds them to the next
+# stage under the names without `_out`.
+LATENT_IMAGE_EMBEDDINGS_OUT = "latent_image_embeddings_out"
+TOKEN_LEVEL_TEXT_EMBEDDINGS_OUT = "token_level_text_embeddings_out"
+STAGE_OUTPUTS = (LATENT_IMAGE_EMBEDDINGS_OUT, TOKEN_LEVEL_TEXT_EMBEDDINGS_OUT)
+NOISE_PRED = "noise_pred"  # the last stage's one output
+VAE_LATENT = "z"
+VAE_IMAGE = "image"
+
 # The VAE decoder is fed `latent / scale + shift` (done by the app).
 VAE_SCALING_FACTOR, VAE_SHIFT_FACTOR = 1.5305, 0.0609

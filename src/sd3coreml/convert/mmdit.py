@@ -8,6 +8,15 @@ from pathlib import Path
 
 import torch
 
+from sd3coreml.contract import (
+    LATENT_IMAGE_EMBEDDINGS,
+    MODULATION_INPUTS,
+    NOISE_PRED,
+    POOLED_TEXT_EMBEDDINGS,
+    STAGE_OUTPUTS,
+    TIMESTEP,
+    TOKEN_LEVEL_TEXT_EMBEDDINGS,
+)
 from sd3coreml.convert.conversion import Float16Inputs, TensorSpec, convert_module, fp16_except_sinusoids, random_inputs
 from sd3coreml.convert.mmdit_modules import build_block_range, build_conditioning, build_input_stage
 from sd3coreml.convert.package import ARTIFACT_KEY, block_range_label, save_package
@@ -28,9 +37,9 @@ def load_shape(weights: Path, config_path: Path, latent_size: tuple[int, int]) -
 
 def body_specs(shape: MMDiTShape) -> list[TensorSpec]:
     return [
-        TensorSpec("latent_image_embeddings", (1, shape.image_tokens, shape.width)),
-        TensorSpec("token_level_text_embeddings", (1, shape.text_tokens, shape.width)),
-        TensorSpec("modulation_inputs", (1, shape.width)),
+        TensorSpec(LATENT_IMAGE_EMBEDDINGS, (1, shape.image_tokens, shape.width)),
+        TensorSpec(TOKEN_LEVEL_TEXT_EMBEDDINGS, (1, shape.text_tokens, shape.width)),
+        TensorSpec(MODULATION_INPUTS, (1, shape.width)),
     ]
 
 
@@ -39,10 +48,10 @@ def convert_conditioning(weights: Path, config_path: Path, target: str, out: Pat
     # Traced in fp32 so that the timestep's sinusoid can stay fp32 (a few ops of a small model).
     module = build_conditioning(shape, weights, torch.float32)
     inputs = [
-        TensorSpec("pooled_text_embeddings", (1, shape.pooled_projection_dim, 1, 1)),
-        TensorSpec("timestep", (1,)),
+        TensorSpec(POOLED_TEXT_EMBEDDINGS, (1, shape.pooled_projection_dim, 1, 1)),
+        TensorSpec(TIMESTEP, (1,)),
     ]
-    mlmodel = convert_module(module, inputs, ["modulation_inputs"], target, compute_precision=fp16_except_sinusoids())
+    mlmodel = convert_module(module, inputs, [MODULATION_INPUTS], target, compute_precision=fp16_except_sinusoids())
     save_package(mlmodel, Path(out), {ARTIFACT_KEY: "MMDiT conditioning"})
 
 
@@ -50,12 +59,11 @@ def convert_input_stage(weights: Path, config_path: Path, latent_size, target: s
     shape = load_shape(weights, config_path, latent_size)
     module = Float16Inputs(build_input_stage(shape, weights, torch.float16))
     inputs = [
-        TensorSpec("latent_image_embeddings", (1, shape.in_channels, shape.latent_height, shape.latent_width)),
-        TensorSpec("token_level_text_embeddings", (1, shape.joint_attention_dim, 1, shape.text_tokens)),
-        TensorSpec("modulation_inputs", (1, shape.width)),
+        TensorSpec(LATENT_IMAGE_EMBEDDINGS, (1, shape.in_channels, shape.latent_height, shape.latent_width)),
+        TensorSpec(TOKEN_LEVEL_TEXT_EMBEDDINGS, (1, shape.joint_attention_dim, 1, shape.text_tokens)),
+        TensorSpec(MODULATION_INPUTS, (1, shape.width)),
     ]
-    outputs = ["latent_image_embeddings_out", "token_level_text_embeddings_out"]
-    mlmodel = convert_module(module, inputs, outputs, target)
+    mlmodel = convert_module(module, inputs, list(STAGE_OUTPUTS), target)
     save_package(mlmodel, Path(out), {ARTIFACT_KEY: "MMDiT input stage"})
 
 
@@ -63,10 +71,7 @@ def convert_block_range(weights: Path, config_path: Path, start: int, end: int, 
     """Blocks [start, end); the range ending the transformer also gets the head (noise_pred)."""
     shape = load_shape(weights, config_path, latent_size)
     module = Float16Inputs(build_block_range(shape, start, end, weights, torch.float16))
-    if module.module.has_head:
-        outputs = ["noise_pred"]
-    else:
-        outputs = ["latent_image_embeddings_out", "token_level_text_embeddings_out"]
+    outputs = [NOISE_PRED] if module.module.has_head else list(STAGE_OUTPUTS)
     one_row = shape.latent_width // shape.patch_size
     example = random_inputs([(1, one_row, shape.width), (1, TRACE_TEXT_TOKENS, shape.width), (1, shape.width)])
     mlmodel = convert_module(module, body_specs(shape), outputs, target, example=example)

@@ -14,7 +14,26 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sd3coreml.contract import APP_PADDING, BOS, CLIP_VOCAB_SIZE, EOS, MAX_TOKENS, TEXT_ENCODERS
+from sd3coreml.contract import (
+    APP_PADDING,
+    BOS,
+    CLIP_VOCAB_SIZE,
+    EOS,
+    HIDDEN_EMBEDS,
+    INPUT_IDS,
+    LATENT_IMAGE_EMBEDDINGS,
+    MAX_TOKENS,
+    MODULATION_INPUTS,
+    NOISE_PRED,
+    POOLED_OUTPUTS,
+    POOLED_TEXT_EMBEDDINGS,
+    STAGE_OUTPUTS,
+    TEXT_ENCODERS,
+    TIMESTEP,
+    TOKEN_LEVEL_TEXT_EMBEDDINGS,
+    VAE_IMAGE,
+    VAE_LATENT,
+)
 from sd3coreml.convert.mmdit import load_shape
 from sd3coreml.convert.mmdit_modules import build_block_range, build_conditioning, build_input_stage
 
@@ -41,10 +60,10 @@ def conditioning_check(weights: Path, config: Path, seed: int) -> Check:
     shape = load_shape(weights, config, (0, 0))
     generator = np.random.default_rng(seed)
     inputs = {
-        "pooled_text_embeddings": seeded_normal(generator, (1, shape.pooled_projection_dim, 1, 1)),
-        "timestep": generator.uniform(0.0, 1000.0, (1,)).astype(np.float32),
+        POOLED_TEXT_EMBEDDINGS: seeded_normal(generator, (1, shape.pooled_projection_dim, 1, 1)),
+        TIMESTEP: generator.uniform(0.0, 1000.0, (1,)).astype(np.float32),
     }
-    reference = run_reference(build_conditioning(shape, weights), inputs, ["modulation_inputs"])
+    reference = run_reference(build_conditioning(shape, weights), inputs, [MODULATION_INPUTS])
     return Check("diffusers CombinedTimestepTextProjEmbeddings (time_text_embed), fp32", inputs, reference)
 
 
@@ -52,12 +71,11 @@ def input_stage_check(weights: Path, config: Path, latent: tuple[int, int], seed
     shape = load_shape(weights, config, latent)
     generator = np.random.default_rng(seed)
     inputs = {
-        "latent_image_embeddings": seeded_normal(generator, (1, shape.in_channels, *latent)),
-        "token_level_text_embeddings": seeded_normal(generator, (1, shape.joint_attention_dim, 1, shape.text_tokens)),
-        "modulation_inputs": seeded_normal(generator, (1, shape.width)),
+        LATENT_IMAGE_EMBEDDINGS: seeded_normal(generator, (1, shape.in_channels, *latent)),
+        TOKEN_LEVEL_TEXT_EMBEDDINGS: seeded_normal(generator, (1, shape.joint_attention_dim, 1, shape.text_tokens)),
+        MODULATION_INPUTS: seeded_normal(generator, (1, shape.width)),
     }
-    outputs = ["latent_image_embeddings_out", "token_level_text_embeddings_out"]
-    reference = run_reference(build_input_stage(shape, weights), inputs, outputs)
+    reference = run_reference(build_input_stage(shape, weights), inputs, list(STAGE_OUTPUTS))
     return Check("diffusers PatchEmbed + context_embedder, fp32", inputs, reference)
 
 
@@ -65,13 +83,13 @@ def block_range_check(weights: Path, config: Path, start: int, end: int, latent:
     shape = load_shape(weights, config, latent)
     generator = np.random.default_rng(seed)
     inputs = {
-        "latent_image_embeddings": seeded_normal(generator, (1, shape.image_tokens, shape.width)),
-        "token_level_text_embeddings": seeded_normal(generator, (1, shape.text_tokens, shape.width)),
-        "modulation_inputs": seeded_normal(generator, (1, shape.width)),
+        LATENT_IMAGE_EMBEDDINGS: seeded_normal(generator, (1, shape.image_tokens, shape.width)),
+        TOKEN_LEVEL_TEXT_EMBEDDINGS: seeded_normal(generator, (1, shape.text_tokens, shape.width)),
+        MODULATION_INPUTS: seeded_normal(generator, (1, shape.width)),
     }
     module = build_block_range(shape, start, end, weights)
     has_head = module.has_head
-    outputs = ["noise_pred"] if has_head else ["latent_image_embeddings_out", "token_level_text_embeddings_out"]
+    outputs = [NOISE_PRED] if has_head else list(STAGE_OUTPUTS)
     reference = run_reference(module, inputs, outputs)
     head = " + norm_out, proj_out, unpatchify" if has_head else ""
     return Check(f"diffusers JointTransformerBlock {start}..{end - 1}{head}, fp32", inputs, reference)
@@ -99,11 +117,11 @@ def text_encoder_check(encoder_dir: Path, seed: int) -> Check:
         # What StableDiffusion3Pipeline._get_clip_prompt_embeds reads.
         outputs = encoder(torch.from_numpy(ids), output_hidden_states=True)
     reference = {
-        "hidden_embeds": outputs.hidden_states[-2].numpy(),
-        "pooled_outputs": outputs.text_embeds.numpy(),
+        HIDDEN_EMBEDS: outputs.hidden_states[-2].numpy(),
+        POOLED_OUTPUTS: outputs.text_embeds.numpy(),
     }
     description = "transformers CLIPTextModelWithProjection: hidden_states[-2], text_embeds; fp32"
-    return Check(description, {"input_ids": ids.astype(np.float32)}, reference)
+    return Check(description, {INPUT_IDS: ids.astype(np.float32)}, reference)
 
 
 def vae_decoder_check(vae_dir: Path, latent: tuple[int, int], seed: int) -> Check:
@@ -113,4 +131,4 @@ def vae_decoder_check(vae_dir: Path, latent: tuple[int, int], seed: int) -> Chec
     z = seeded_normal(np.random.default_rng(seed), (1, vae.config.latent_channels, *latent))
     with torch.no_grad():
         image = vae.decode(torch.from_numpy(z)).sample
-    return Check("diffusers AutoencoderKL.decode, fp32", {"z": z}, {"image": image.numpy()})
+    return Check("diffusers AutoencoderKL.decode, fp32", {VAE_LATENT: z}, {VAE_IMAGE: image.numpy()})

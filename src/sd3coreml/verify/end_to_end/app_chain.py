@@ -13,7 +13,27 @@ from pathlib import Path
 
 import numpy as np
 
-from sd3coreml.contract import STAGE_PREFIX, VAE_SCALING_FACTOR, VAE_SHIFT_FACTOR
+from sd3coreml.contract import (
+    CONDITIONING,
+    HIDDEN_EMBEDS,
+    INPUT_IDS,
+    LATENT_IMAGE_EMBEDDINGS,
+    LATENT_IMAGE_EMBEDDINGS_OUT,
+    MODULATION_INPUTS,
+    NOISE_PRED,
+    POOLED_OUTPUTS,
+    POOLED_TEXT_EMBEDDINGS,
+    STAGE_PREFIX,
+    TEXT_ENCODERS,
+    TIMESTEP,
+    TOKEN_LEVEL_TEXT_EMBEDDINGS,
+    TOKEN_LEVEL_TEXT_EMBEDDINGS_OUT,
+    VAE_DECODER,
+    VAE_IMAGE,
+    VAE_LATENT,
+    VAE_SCALING_FACTOR,
+    VAE_SHIFT_FACTOR,
+)
 from sd3coreml.verify.end_to_end.chain_record import ChainRecord
 from sd3coreml.verify.end_to_end.sampler import app_sigmas, euler_step
 from sd3coreml.verify.mil_executor import run_package
@@ -30,36 +50,36 @@ def folder_stages(folder: Path) -> list[Path]:
 def encode_prompt(folder: Path, ids: dict[str, list[int]], joint_attention_dim: int, record: ChainRecord, run):
     """(1, joint_attention_dim, 1, 154) token embeddings and (1, 2048, 1, 1) pooled embeddings."""
     clip_l, clip_g = (
-        run(folder / f"{name}.mlpackage", {"input_ids": np.array([ids[name]], dtype=np.float32)})
-        for name in ("TextEncoder", "TextEncoder2")
+        run(folder / f"{name}.mlpackage", {INPUT_IDS: np.array([ids[name]], dtype=np.float32)})
+        for name in TEXT_ENCODERS
     )
-    clip = np.concatenate([clip_l["hidden_embeds"], clip_g["hidden_embeds"]], axis=-1).astype(np.float32)
+    clip = np.concatenate([clip_l[HIDDEN_EMBEDS], clip_g[HIDDEN_EMBEDS]], axis=-1).astype(np.float32)
     clip = np.pad(clip, ((0, 0), (0, 0), (0, joint_attention_dim - clip.shape[-1])))
     tokens = np.concatenate([clip, np.zeros_like(clip)], axis=1)
-    pooled = np.concatenate([clip_l["pooled_outputs"], clip_g["pooled_outputs"]], axis=-1).astype(np.float32)
+    pooled = np.concatenate([clip_l[POOLED_OUTPUTS], clip_g[POOLED_OUTPUTS]], axis=-1).astype(np.float32)
     record.put(None, "prompt_embeds", tokens)
     record.put(None, "pooled_projections", pooled)
     return tokens.transpose(0, 2, 1)[:, :, None, :], pooled.reshape(1, -1, 1, 1)
 
 
 def predict_velocity(folder: Path, latent, text, pooled, timestep: float, step: int, record: ChainRecord, run):
-    conditioning = folder / "MultiModalDiffusionTransformerConditioning.mlpackage"
-    feeds = {"pooled_text_embeddings": pooled, "timestep": np.array([timestep], dtype=np.float32)}
-    modulation = run(conditioning, feeds)["modulation_inputs"].astype(np.float32)
+    conditioning = folder / f"{CONDITIONING}.mlpackage"
+    feeds = {POOLED_TEXT_EMBEDDINGS: pooled, TIMESTEP: np.array([timestep], dtype=np.float32)}
+    modulation = run(conditioning, feeds)[MODULATION_INPUTS].astype(np.float32)
     record.put(step, conditioning.name, modulation)
     image, text_tokens = latent, text
     for stage in folder_stages(folder):
         feeds = {
-            "latent_image_embeddings": image,
-            "token_level_text_embeddings": text_tokens,
-            "modulation_inputs": modulation,
+            LATENT_IMAGE_EMBEDDINGS: image,
+            TOKEN_LEVEL_TEXT_EMBEDDINGS: text_tokens,
+            MODULATION_INPUTS: modulation,
         }
         outputs = run(stage, feeds)
-        if "noise_pred" in outputs:
-            record.put(step, stage.name, outputs["noise_pred"])
-            return outputs["noise_pred"]
-        image = outputs["latent_image_embeddings_out"].astype(np.float32)
-        text_tokens = outputs["token_level_text_embeddings_out"].astype(np.float32)
+        if NOISE_PRED in outputs:
+            record.put(step, stage.name, outputs[NOISE_PRED])
+            return outputs[NOISE_PRED]
+        image = outputs[LATENT_IMAGE_EMBEDDINGS_OUT].astype(np.float32)
+        text_tokens = outputs[TOKEN_LEVEL_TEXT_EMBEDDINGS_OUT].astype(np.float32)
         record.put(step, stage.name, np.concatenate([text_tokens, image], axis=1))
     raise ValueError(f"{folder}: no stage returns noise_pred; the last stage is missing")
 
@@ -82,5 +102,5 @@ def run_app_chain(
         latent = euler_step(latent, velocity, sigmas[step], sigmas[step + 1])
     record.put(None, "final_latent", latent)
     z = latent / VAE_SCALING_FACTOR + VAE_SHIFT_FACTOR
-    record.put(None, "image", run(folder / "VAEDecoder.mlpackage", {"z": z})["image"])
+    record.put(None, "image", run(folder / f"{VAE_DECODER}.mlpackage", {VAE_LATENT: z})[VAE_IMAGE])
     return record

@@ -2,7 +2,7 @@
 
 One prompt, tokenized as the app tokenizes it (`app_tokenizer`), and one seeded noise go
 through the folder's packages as the app runs them (`app_chain`) and, as the same ids, through
-`StableDiffusion3Pipeline` (`reference_pipeline`). Every recorded intermediate is compared by
+`StableDiffusion3Pipeline` (`reference`). Every recorded intermediate is compared by
 PSNR (peak = max |reference|); the prompt encoding, the first step's stage boundaries, the
 final latent and the image must clear the bar, so a wrong stage is named, and both images are
 written side by side.
