@@ -1,6 +1,17 @@
 # sd3-coreml: SD3 checkpoints -> the Core ML resource folders of the MobileDiffuser app.
 # `snakemake coremlsd3_4step_packages` builds anywhere; `snakemake coremlsd3_4step` needs
 # Apple's compiler (a Mac). See README.md.
+#
+# Results, under config `output_root` (each pattern spelled once, in pipeline/artifacts.py):
+#   mmdit/<model>/<target>/conditioning.<setting>.mlpackage     Conditioning
+#   mmdit/<model>/<target>/latent<H>x<W>/input.<setting>...     Stage0
+#   mmdit/<model>/<target>/latent<H>x<W>/blocks<a>-<b>[_head]... a block range, shared by layouts
+#   text_encoders/<target>/TextEncoder{,2}.<setting>...         vae/<target>/latent<H>x<W>/VAEDecoder.fp16...
+#   tokenizer/   compiled/ios<deployment target>/<package path>.mlmodelc (macOS)
+#   fidelity/<package path>.json (per-package figures)   device/ (Core ML profiles, macOS)
+#   coremlsd3_<model>_packages/, coremlsd3_<model>/ (the folders)   reports/<folder>/ (their reports)
+#   logs/ and benchmarks/ by job: <piece>, compress/<piece>.<setting>, fidelity/<piece>.<setting>, ...
+# <setting> is a compression setting's slug (fp16, int8_linear_symmetric_per_channel, ...).
 
 from snakemake.utils import min_version
 
@@ -16,6 +27,9 @@ if not config:
 
 # The Mac hand-off (config/handoff.yaml): packages folders built elsewhere, compiled into the
 # app's folders; nothing else is planned, no model or checkpoint is read.
+include: "rules/shared.smk"
+
+
 if "handoff" in config:
 
     include: "rules/handoff.smk"
@@ -109,14 +123,10 @@ else:
 
     for model in MODELS:
 
-        rule:
-            name:
-                f"coremlsd3_{model}_packages"
-            input:
-                ART.sums(model, "packages"),
+        for kind in ("packages", "app"):
 
-        rule:
-            name:
-                f"coremlsd3_{model}"
-            input:
-                ART.sums(model, "app"),
+            rule:
+                name:
+                    folder_name(model, kind)
+                input:
+                    ART.sums(model, kind),

@@ -15,7 +15,7 @@ for name, flags in (("cleanup", ""), ("cleanup_preview", "--dry-run")):
             root=ROOT,
             config=lambda wildcards: json.dumps(config),
             snakefile=os.path.relpath(workflow.main_snakefile),
-            targets=plan.referenced_targets(MODELS, SWEEP),
+            targets=jobs.referenced_targets(MODELS, SWEEP),
             flags=flags,
         log:
             ART.log(name),

@@ -1,33 +1,27 @@
 # Config validation, the globals, and the one-line input functions (get_*) the rule files use.
 # Every path comes from sd3coreml.pipeline.artifacts (ART); every decision from the library.
+# rules/shared.smk (fail, step_code) is included before it.
 import json
-import sys
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
 from sd3coreml.checksums import file_sha256
-from sd3coreml.compress.settings import SINGLE_THREAD_SLUG, SLUG_PATTERN, TENSOR_PALETTE_SLUG, cli_flags, compression_settings
+from sd3coreml.compress.settings import SINGLE_THREAD_SLUG, SLUG_PATTERN, TENSOR_PALETTE_SLUG, CompressionSetting
 from sd3coreml.errors import PipelineError
 from sd3coreml.inputs.download import planned_downloads
 from sd3coreml.inputs.normalize import ORIGINAL, normalized_memory_mb
 from sd3coreml.contract import TEXT_ENCODERS
 from sd3coreml.pipeline.artifacts import PIECES, Artifacts, folder_name
-from sd3coreml.pipeline.code_closure import CodeBase
 from sd3coreml.pipeline.config import plan_models, schema_problem
-from sd3coreml.pipeline.disk import check_host, job_outputs
-from sd3coreml.pipeline import plan
+from sd3coreml.pipeline.disk import check_host, job_outputs, planned_memory
+from sd3coreml.pipeline import jobs
+from sd3coreml.release.manifest import folder_spec, manifest_request
 from sd3coreml.release import toolchain
 from sd3coreml.sweep.plan import plan_sweep, summary_plan
 from sd3coreml.synthetic.checkpoints import transformer_memory_mb
 from sd3coreml.synthetic.presets import PRESET_PATTERN
-
-
-def fail(message):
-    # One line and a non-zero exit, before any job runs.
-    print(f"error: {message}", file=sys.stderr)
-    sys.exit(1)
 
 
 CONFIG_SCHEMA = workflow.source_path("../config/schema.yaml")
@@ -50,21 +44,15 @@ ON_MACOS = sys.platform == "darwin"
 NEURAL_ENGINE_JOBS = 1 if ON_MACOS else 0
 TOOLCHAIN = toolchain.installed_versions()
 TOOLCHAIN_FINGERPRINT = toolchain.fingerprint(TOOLCHAIN)
-# The code of each step, named by content (code_closure.py), from this checkout's src/.
-CODE = CodeBase(Path(workflow.basedir) / "src")
 VERIFY_SEED = config["fidelity"]["seed"]
 COREML = {"runner": "executor+coreml" if ON_MACOS else "executor", "units": config["fidelity"]["coreml_compute_units"]}
 
 
-def step_code(step):
-    """Fingerprint of what `python -m sd3coreml STEP` runs: a job reruns when any of it changes."""
-    return CODE.fingerprint(step)
-
-
 def check_host_before_jobs():
-    """Before any job: a folder for every output, Apple's compiler if compiles are planned, disk room."""
+    """Before any job: a folder for every output, Apple's compiler if compiles are planned, disk room, memory."""
     try:
-        check_host(ART, job_outputs(workflow.dag.needrun_jobs()), MODELS, config)
+        planned = list(workflow.dag.needrun_jobs())
+        check_host(ART, job_outputs(planned), MODELS, config, planned_memory(planned, workflow.local_exec))
     except PipelineError as error:
         fail(error)
 
@@ -88,17 +76,36 @@ def get_transformer_config_sha256(wildcards):
     return file_sha256(MODELS[wildcards.model].config_path)
 
 
-def get_verified_packages(piece):
+def get_piece_args(wildcards):
+    return jobs.piece_args(dict(wildcards.items()))
+
+
+def verified_packages_of(piece):
     """The fp16 package and, when compressed, its compressed twin."""
-    return lambda wc: sorted({ART.piece(piece, "fp16").format(**wc), ART.piece(piece, wc.precision).format(**wc)})
+
+    def get_verified_packages(wildcards):
+        return sorted({ART.piece(piece, precision).format(**wildcards) for precision in ("fp16", wildcards.precision)})
+
+    return get_verified_packages
 
 
-def get_folder_inputs(kind):
-    return lambda wildcards: ART.folder_entries(wildcards.model, MODELS[wildcards.model].ranges, kind)
+def folder_inputs_of(kind):
+    def get_folder_inputs(wildcards):
+        return ART.folder_entries(wildcards.model, MODELS[wildcards.model].ranges, kind)
+
+    return get_folder_inputs
 
 
-def get_folder_spec(kind):
-    return lambda wildcards: plan.assemble_spec(ART, MODELS[wildcards.model], config, TOOLCHAIN, kind)
+def folder_spec_of(kind):
+    """What assemble-folder reads for a model's folder of `kind`: its entries and manifest request."""
+
+    def get_folder_spec(wildcards):
+        model = MODELS[wildcards.model]
+        compiled = ART.compiled_from(model.key, model.ranges) if kind == "app" else None
+        entries = ART.folder_entries(model.key, model.ranges, kind)
+        return folder_spec(entries, manifest_request(model, config, TOOLCHAIN, kind), compiled)
+
+    return get_folder_spec
 
 
 def get_compiled_packages(wildcards):
@@ -109,16 +116,16 @@ def get_fidelity_measurements(wildcards):
     return ART.measurements(wildcards.model, MODELS[wildcards.model].ranges)
 
 
-def get_fidelity_report_args(wildcards):
-    return plan.measurement_flags(get_fidelity_measurements(wildcards))
+def get_fidelity_report_spec(wildcards):
+    return jobs.fidelity_report_spec(get_fidelity_measurements(wildcards), config)
 
 
-def get_coreml_policy_args(wildcards):
-    return plan.coreml_policy_flags(config)
+def get_enforce_coreml(wildcards):
+    return "yes" if config["fidelity"]["enforce_coreml"] else "no"
 
 
 def get_compression_flags(wildcards):
-    return cli_flags(compression_settings(wildcards.compression))
+    return CompressionSetting.from_slug(wildcards.compression).flags
 
 
 def get_sampler_steps(wildcards):
@@ -126,11 +133,11 @@ def get_sampler_steps(wildcards):
 
 
 def get_end_to_end_bar(wildcards):
-    return plan.end_to_end_bar(config, wildcards.model)
+    return jobs.end_to_end_bar(config, wildcards.model)
 
 
 def get_end_to_end_mem_mb(wildcards, input):
-    return plan.end_to_end_mem_mb(Path(input.weights))
+    return jobs.end_to_end_mem_mb(Path(input.weights))
 
 
 def get_synthetic_transformer_mem_mb(wildcards):

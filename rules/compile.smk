@@ -17,9 +17,9 @@ rule compile_package:
         # A function, so Snakemake leaves the template's {package} fields alone.
         command=lambda wildcards: config["compiler"]["command"],
     log:
-        ART.log("compile/ios{deployment_target}/{path}"),
+        ART.job_log("compile"),
     benchmark:
-        ART.benchmark("compile/ios{deployment_target}/{path}")
+        ART.job_benchmark("compile")
     wildcard_constraints:
         deployment_target="\d+(\.\d+)*",
     resources:

@@ -15,9 +15,9 @@ rule compress_package:
         compression=get_compression_flags,
         toolchain=TOOLCHAIN_FINGERPRINT,
     log:
-        ART.log("compress/{path}.{compression}"),
+        ART.job_log("compress"),
     benchmark:
-        ART.benchmark("compress/{path}.{compression}")
+        ART.job_benchmark("compress")
     wildcard_constraints:
         compression=SINGLE_THREAD_SLUG,
     resources:

@@ -15,7 +15,7 @@ rule end_to_end:
             ART.report("{model}", "end_to_end.png"),
             caption="../report/end_to_end.rst",
             category="Samples",
-            labels={"folder": "coremlsd3_{model}_packages"},
+            labels={"folder": folder_name("{model}", "packages")},
         ),
     params:
         config=get_transformer_config,
@@ -26,7 +26,8 @@ rule end_to_end:
         min_psnr_db=get_end_to_end_bar,
         prompt=config["fidelity"]["prompt"],
         runner=COREML,
-        coreml=get_coreml_policy_args,
+        coreml_min_psnr_db=config["fidelity"]["coreml_min_psnr_db"],
+        enforce_coreml=get_enforce_coreml,
         toolchain=TOOLCHAIN_FINGERPRINT,
     log:
         ART.log(f"end_to_end/{folder_name('{model}', 'packages')}"),
@@ -41,4 +42,5 @@ rule end_to_end:
         "python -m sd3coreml end-to-end --folder $(dirname {input.folder}) --weights {input.weights}"
         " --config {params.config} --components {input.components} --steps {params.steps} --seed {params.seed}"
         " --min-psnr-db {params.min_psnr_db} --prompt {params.prompt:q} --out-json {output.json}"
-        " --out-png {output.png} {params.coreml} --coreml-compute-units {params.runner[units]} > {log} 2>&1"
+        " --out-png {output.png} --coreml-min-psnr-db {params.coreml_min_psnr_db} --enforce-coreml {params.enforce_coreml}"
+        " --coreml-compute-units {params.runner[units]} > {log} 2>&1"

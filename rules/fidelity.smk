@@ -5,70 +5,15 @@
 # package's, so a layout or compression change re-measures only the packages that changed.
 
 
-rule verify_mmdit_conditioning:
-    input:
-        weights=get_transformer_weights,
-        packages=get_verified_packages("conditioning"),
-    output:
-        ART.measurement_pattern("conditioning"),
-    params:
-        config=get_transformer_config,
-        config_sha256=get_transformer_config_sha256,
-        code=step_code("verify-package"),
-        seed=VERIFY_SEED,
-        runner=COREML,
-        toolchain=TOOLCHAIN_FINGERPRINT,
-    log:
-        ART.log(f"fidelity/{PIECES['conditioning']}.{{precision}}"),
-    benchmark:
-        ART.benchmark(f"fidelity/{PIECES['conditioning']}.{{precision}}")
-    resources:
-        mem_mb=2000,
-        neural_engine=NEURAL_ENGINE_JOBS,
-    conda:
-        "../envs/convert.yaml"
-    shell:
-        "python -m sd3coreml verify-package --kind conditioning --weights {input.weights} --config {params.config}"
-        " --packages {input.packages} --seed {params.seed} --out {output}"
-        " --coreml-compute-units {params.runner[units]} > {log} 2>&1"
-
-
-rule verify_mmdit_input_stage:
-    input:
-        weights=get_transformer_weights,
-        packages=get_verified_packages("input_stage"),
-    output:
-        ART.measurement_pattern("input_stage"),
-    params:
-        config=get_transformer_config,
-        config_sha256=get_transformer_config_sha256,
-        code=step_code("verify-package"),
-        seed=VERIFY_SEED,
-        runner=COREML,
-        toolchain=TOOLCHAIN_FINGERPRINT,
-    log:
-        ART.log(f"fidelity/{PIECES['input_stage']}.{{precision}}"),
-    benchmark:
-        ART.benchmark(f"fidelity/{PIECES['input_stage']}.{{precision}}")
-    resources:
-        mem_mb=2000,
-        neural_engine=NEURAL_ENGINE_JOBS,
-    conda:
-        "../envs/convert.yaml"
-    shell:
-        "python -m sd3coreml verify-package --kind input-stage --weights {input.weights} --config {params.config}"
-        " --latent {wildcards.height} {wildcards.width}"
-        " --packages {input.packages} --seed {params.seed} --out {output}"
-        " --coreml-compute-units {params.runner[units]} > {log} 2>&1"
-
-
 rule verify_mmdit_block_range:
     input:
         weights=get_transformer_weights,
-        packages=get_verified_packages("block_range"),
+        packages=verified_packages_of("block_range"),
     output:
         ART.measurement_pattern("block_range"),
     params:
+        kind="block-range",
+        piece=get_piece_args,
         config=get_transformer_config,
         config_sha256=get_transformer_config_sha256,
         code=step_code("verify-package"),
@@ -76,25 +21,58 @@ rule verify_mmdit_block_range:
         runner=COREML,
         toolchain=TOOLCHAIN_FINGERPRINT,
     log:
-        ART.log(f"fidelity/{PIECES['block_range']}.{{precision}}"),
+        ART.job_log("fidelity", path=PIECES["block_range"]),
     benchmark:
-        ART.benchmark(f"fidelity/{PIECES['block_range']}.{{precision}}")
+        ART.job_benchmark("fidelity", path=PIECES["block_range"])
     resources:
         mem_mb=4000,
         neural_engine=NEURAL_ENGINE_JOBS,
     conda:
         "../envs/convert.yaml"
     shell:
-        "python -m sd3coreml verify-package --kind block-range --weights {input.weights} --config {params.config}"
-        " --start {wildcards.start} --end {wildcards.end} --latent {wildcards.height} {wildcards.width}"
-        " --packages {input.packages} --seed {params.seed} --out {output}"
+        "python -m sd3coreml verify-package --kind {params.kind} --weights {input.weights} --config {params.config}"
+        " {params.piece} --packages {input.packages} --seed {params.seed} --out {output}"
         " --coreml-compute-units {params.runner[units]} > {log} 2>&1"
+
+
+use rule verify_mmdit_block_range as verify_mmdit_input_stage with:
+    input:
+        weights=get_transformer_weights,
+        packages=verified_packages_of("input_stage"),
+    output:
+        ART.measurement_pattern("input_stage"),
+    params:
+        kind="input-stage",
+    log:
+        ART.job_log("fidelity", path=PIECES["input_stage"]),
+    benchmark:
+        ART.job_benchmark("fidelity", path=PIECES["input_stage"])
+    resources:
+        mem_mb=2000,
+        neural_engine=NEURAL_ENGINE_JOBS,
+
+
+use rule verify_mmdit_block_range as verify_mmdit_conditioning with:
+    input:
+        weights=get_transformer_weights,
+        packages=verified_packages_of("conditioning"),
+    output:
+        ART.measurement_pattern("conditioning"),
+    params:
+        kind="conditioning",
+    log:
+        ART.job_log("fidelity", path=PIECES["conditioning"]),
+    benchmark:
+        ART.job_benchmark("fidelity", path=PIECES["conditioning"])
+    resources:
+        mem_mb=2000,
+        neural_engine=NEURAL_ENGINE_JOBS,
 
 
 rule verify_text_encoder:
     input:
         components=config["components"],
-        packages=get_verified_packages("text_encoder"),
+        packages=verified_packages_of("text_encoder"),
     output:
         ART.measurement_pattern("text_encoder"),
     params:
@@ -104,9 +82,9 @@ rule verify_text_encoder:
         runner=COREML,
         toolchain=TOOLCHAIN_FINGERPRINT,
     log:
-        ART.log(f"fidelity/{PIECES['text_encoder']}.{{precision}}"),
+        ART.job_log("fidelity", path=PIECES["text_encoder"]),
     benchmark:
-        ART.benchmark(f"fidelity/{PIECES['text_encoder']}.{{precision}}")
+        ART.job_benchmark("fidelity", path=PIECES["text_encoder"])
     resources:
         mem_mb=8000,
         neural_engine=NEURAL_ENGINE_JOBS,
@@ -121,7 +99,7 @@ rule verify_text_encoder:
 rule verify_vae_decoder:
     input:
         components=config["components"],
-        packages=get_verified_packages("vae_decoder"),
+        packages=verified_packages_of("vae_decoder"),
     output:
         ART.measurement_pattern("vae_decoder"),
     params:
@@ -130,9 +108,9 @@ rule verify_vae_decoder:
         runner=COREML,
         toolchain=TOOLCHAIN_FINGERPRINT,
     log:
-        ART.log(f"fidelity/{PIECES['vae_decoder']}.{{precision}}"),
+        ART.job_log("fidelity", path=PIECES["vae_decoder"]),
     benchmark:
-        ART.benchmark(f"fidelity/{PIECES['vae_decoder']}.{{precision}}")
+        ART.job_benchmark("fidelity", path=PIECES["vae_decoder"])
     resources:
         mem_mb=8000,
         neural_engine=NEURAL_ENGINE_JOBS,
@@ -154,18 +132,16 @@ rule fidelity_report:
             ART.report("{model}", "fidelity.md"),
             caption="../report/fidelity.rst",
             category="Fidelity",
-            labels={"folder": "coremlsd3_{model}_packages"},
+            labels={"folder": folder_name("{model}", "packages")},
         ),
     params:
         code=step_code("fidelity-report"),
-        measurements=get_fidelity_report_args,
-        thresholds=json.dumps(config["fidelity"]["min_psnr_db"], sort_keys=True),
-        coreml=get_coreml_policy_args,
+        spec=get_fidelity_report_spec,
     log:
         ART.log(f"fidelity/{folder_name('{model}', 'packages')}"),
     localrule: True
     conda:
         "../envs/convert.yaml"
     shell:
-        "python -m sd3coreml fidelity-report {params.measurements} --thresholds {params.thresholds:q}"
-        " --out-json {output.json} --out-md {output.table} {params.coreml} > {log} 2>&1"
+        "echo {params.spec:q} | python -m sd3coreml fidelity-report --spec -"
+        " --out-json {output.json} --out-md {output.table} > {log} 2>&1"

@@ -6,7 +6,7 @@
 
 rule packages_folder:
     input:
-        unpack(get_folder_inputs("packages")),
+        unpack(folder_inputs_of("packages")),
         # Only a build whose packages passed their fidelity checks becomes a folder.
         fidelity=ART.report("{model}", "fidelity.json"),
     output:
@@ -14,7 +14,7 @@ rule packages_folder:
         record=ART.build_record(folder_name("{model}", "packages")),
     params:
         code=step_code("assemble-folder"),
-        spec=get_folder_spec("packages"),
+        spec=folder_spec_of("packages"),
     log:
         ART.log(f"folders/{folder_name('{model}', 'packages')}"),
     benchmark:
@@ -28,25 +28,17 @@ rule packages_folder:
         " --build-record {output.record} > {log} 2>&1"
 
 
-rule app_folder:
+use rule packages_folder as app_folder with:
     input:
-        unpack(get_folder_inputs("app")),
+        unpack(folder_inputs_of("app")),
         packages=get_compiled_packages,
         fidelity=ART.report("{model}", "fidelity.json"),
     output:
         sums=ART.sums("{model}", "app"),
         record=ART.build_record(folder_name("{model}", "app")),
     params:
-        code=step_code("assemble-folder"),
-        spec=get_folder_spec("app"),
+        spec=folder_spec_of("app"),
     log:
         ART.log(f"folders/{folder_name('{model}', 'app')}"),
     benchmark:
         ART.benchmark(f"folders/{folder_name('{model}', 'app')}")
-    resources:
-        mem_mb=1000,
-    conda:
-        "../envs/convert.yaml"
-    shell:
-        "echo {params.spec:q} | python -m sd3coreml assemble-folder --spec - --out $(dirname {output.sums})"
-        " --build-record {output.record} > {log} 2>&1"

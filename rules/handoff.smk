@@ -2,20 +2,11 @@
 # built elsewhere and copied here, compiled into the app's folder. Only compile and folder
 # jobs: no models, no checkpoints, no toolchain fingerprint (the packages are what their
 # manifest says they are, and the folder check proves it before the first job).
-import sys
-from pathlib import Path
-
 from sd3coreml.commands.frameworks import skip_unused_frameworks
 from sd3coreml.pipeline.artifacts import build_record_path, folder_name, handoff_compiled, log_path, sums_path
-from sd3coreml.pipeline.code_closure import CodeBase
 from sd3coreml.release.compile import require_compiler
 from sd3coreml.errors import PipelineError
 from sd3coreml.pipeline.handoff import app_folder_entries, app_folder_spec, check_handoff_folders, plan_handoff
-
-
-def fail(message):
-    print(f"error: {message}", file=sys.stderr)
-    sys.exit(1)
 
 
 try:
@@ -25,11 +16,6 @@ except PipelineError as error:
 
 ROOT = config.get("output_root", "results").rstrip("/")
 DEPLOYMENT_TARGET = config["compiler"]["deployment_target"]
-CODE = CodeBase(Path(workflow.basedir) / "src")
-
-
-def step_code(step):
-    return CODE.fingerprint(step)
 
 
 def get_handoff_package(wildcards):
@@ -106,6 +92,6 @@ for key in HANDOFF:
 
     rule:
         name:
-            f"coremlsd3_{key}"
+            folder_name(key, "app")
         input:
             sums_path(ROOT, folder_name(key, "app")),

@@ -33,7 +33,7 @@ else:
         conda:
             "../envs/convert.yaml"
         shell:
-            "python -m sd3coreml sweep-summary --plan {params.plan:q} --out-dir $(dirname {output.csv}) > {log} 2>&1"
+            "echo {params.plan:q} | python -m sd3coreml sweep-summary --spec - --out-dir $(dirname {output.csv}) > {log} 2>&1"
 
 
 # macOS only (ON_MACOS): Core ML's placement of each op, first load and predict time of one
@@ -47,7 +47,7 @@ rule profile_on_device:
     params:
         code=step_code("profile-on-device"),
     log:
-        ART.log("device/{path}"),
+        ART.job_log("profile"),
     resources:
         neural_engine=1,
     conda:

@@ -11,9 +11,9 @@ rule text_encoder:
         folder=lambda wildcards: TEXT_ENCODERS[wildcards.encoder],
         toolchain=TOOLCHAIN_FINGERPRINT,
     log:
-        ART.log(PIECES["text_encoder"]),
+        ART.job_log("convert", path=PIECES["text_encoder"]),
     benchmark:
-        ART.benchmark(PIECES["text_encoder"])
+        ART.job_benchmark("convert", path=PIECES["text_encoder"])
     resources:
         mem_mb=6000,
     conda:

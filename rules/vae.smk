@@ -10,9 +10,9 @@ rule vae_decoder:
         code=step_code("convert-vae-decoder"),
         toolchain=TOOLCHAIN_FINGERPRINT,
     log:
-        ART.log(PIECES["vae_decoder"]),
+        ART.job_log("convert", path=PIECES["vae_decoder"]),
     benchmark:
-        ART.benchmark(PIECES["vae_decoder"])
+        ART.job_benchmark("convert", path=PIECES["vae_decoder"])
     resources:
         mem_mb=6000,
     conda:

@@ -11,6 +11,8 @@ On PYTHONPATH of the runs that want them (tests/harness.py, tests/workflow/test_
   patch release on, as on a Mac whose pip resolved other wheels.
 - SD3COREML_TEST_CLOCK_SHIFT_DAYS=N: Python's clock runs N days ahead (where libfaketime's
   LD_PRELOAD is not available: macOS strips DYLD_* from jobs started through /bin/bash).
+- SD3COREML_TEST_PHYSICAL_MEMORY_MB=N: psutil reports N MB of physical memory, as on a smaller
+  machine (the memory check before any job reads it).
 """
 
 import os
@@ -77,3 +79,9 @@ if days := os.environ.get("SD3COREML_TEST_CLOCK_SHIFT_DAYS"):
             return cls.now()
 
     datetime.datetime = ShiftedDatetime
+
+if total_mb := os.environ.get("SD3COREML_TEST_PHYSICAL_MEMORY_MB"):
+    import psutil
+
+    real_virtual_memory = psutil.virtual_memory
+    psutil.virtual_memory = lambda: real_virtual_memory()._replace(total=int(total_mb) * 10**6)

@@ -8,6 +8,7 @@ import yaml
 from harness import REPO, copy_of_build, snakemake
 
 from sd3coreml.commands import main as cli
+from sd3coreml.pipeline.disk import SKIP_MEMORY_CHECK
 
 WORKFLOW = yaml.safe_load((REPO / ".github" / "workflows" / "macos.yml").read_text())
 STEPS = WORKFLOW["jobs"]["mac"]["steps"]
@@ -17,6 +18,11 @@ RUN_STEPS = [index for index, step in enumerate(STEPS) if "run" in step]
 
 def test_it_runs_on_a_mac_that_loads_ios18_packages():
     assert WORKFLOW["jobs"]["mac"]["runs-on"] == "macos-15"
+
+
+def test_the_runner_s_7_gb_do_not_stop_the_demo():
+    """Its jobs declare more than a hosted runner's memory; every step's Snakemake would refuse them."""
+    assert WORKFLOW["jobs"]["mac"]["env"] == {SKIP_MEMORY_CHECK: "1"}
 
 
 def test_every_make_target_exists():

@@ -8,7 +8,7 @@ import re
 from pathlib import Path
 
 import pytest
-from harness import new_workdir, only_error_line, snakemake, write_config
+from harness import JOB_HOOKS, new_workdir, only_error_line, snakemake, write_config
 
 JOB_LINE = re.compile(r"^(local)?rule \w+:", re.MULTILINE)
 
@@ -55,4 +55,18 @@ def test_a_file_where_an_output_folder_must_be(tmp_path):
     assert line.startswith("error: results/demo/mmdit: a file is in the way of the folder results/demo/mmdit that ")
     assert line.endswith("needs; move or delete it")
     assert in_the_way.read_bytes() == b"not a folder\n"
+    assert_no_job_ran(result, workdir)
+
+
+def test_a_job_planned_with_more_memory_than_the_machine_has(tmp_path):
+    """A 7 GB machine (psutil faked by the job hook) under the default profile's mem_mb=22000."""
+    workdir = new_workdir(tmp_path)
+    env = {"PYTHONPATH": str(JOB_HOOKS), "SD3COREML_TEST_PHYSICAL_MEMORY_MB": "7000"}
+    result = snakemake(workdir, "-c1", "coremlsd3_4step_packages", env=env, check=False)
+    assert only_error_line(result) == (
+        "error: rule verify_vae_decoder (results/demo/fidelity/vae/iOS18/latent16x16/VAEDecoder.fp16.json) is "
+        "planned with mem_mb=8000, more than this machine's 7000 MB of memory, where it would swap or be killed: "
+        "run with --resources mem_mb=5000 to hold every job to what this machine has (a job that truly needs more "
+        "still swaps), or build on a machine with more memory"
+    )
     assert_no_job_ran(result, workdir)

@@ -212,8 +212,8 @@ def test_killed_writers_leave_nothing_that_looks_finished(interrupted_rebuild):
 def test_palettes_are_bit_identical_elsewhere_a_year_later(demo_workdir, tmp_path):
     packages = demo_workdir / ROOT / "text_encoders" / "iOS18"
     out = tmp_path / "TextEncoder2.palettize6_per_tensor.mlpackage"
-    command = [sys.executable, "-m", "sd3coreml", "compress-package", "--mode", "palettize", "--nbits", "6"]
-    command += ["--granularity", "per_tensor", "--package", str(packages / "TextEncoder2.fp16.mlpackage")]
+    command = [sys.executable, "-m", "sd3coreml", "compress-package", "--compression", "palettize6_per_tensor"]
+    command += ["--package", str(packages / "TextEncoder2.fp16.mlpackage")]
     result = subprocess.run(
         [*command, "--out", str(out)], capture_output=True, check=False, text=True, env=other_conditions()
     )

@@ -6,9 +6,11 @@ imports torch, scikit-learn and transformers only to learn whether they exist, s
 every job.
 """
 
+import argparse
 from pathlib import Path
 
 from sd3coreml.commands.frameworks import skip_unused_frameworks
+from sd3coreml.errors import PipelineError
 
 
 def convert_conditioning(args):
@@ -49,12 +51,24 @@ def convert_vae_decoder(args):
 def compress_package(args):
     # Palettes per grouped channel need scikit-learn's k-means for groups under 10,000 weights,
     # and scikit-learn fails to import with torch marked absent.
-    grouped = args.granularity == "per_grouped_channel"
+    grouped = args.compression.granularity == "per_grouped_channel"
     skip_unused_frameworks("transformers", *([] if grouped else ["torch", "sklearn"]))
     from sd3coreml.compress.weights import compress_package
 
-    sizes = {"group_size": args.group_size, "block_size": args.block_size}
-    compress_package(args.package, args.out, args.mode, args.nbits, args.granularity, **sizes, workers=args.threads)
+    compress_package(args.package, args.out, args.compression, workers=args.threads)
+
+
+def compression_setting(slug: str):
+    """argparse's type for --compression: the setting a slug names, or a usage error saying the grammar."""
+    from sd3coreml.compress.settings import NONE, CompressionSetting
+
+    try:
+        setting = CompressionSetting.from_slug(slug)
+    except PipelineError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    if setting.mode == NONE:
+        raise argparse.ArgumentTypeError(f"{slug!r} compresses nothing; name a compressed setting")
+    return setting
 
 
 def add_transformer_args(parser, latent: bool = True):
@@ -70,6 +84,8 @@ def add_output_args(parser):
 
 
 def register_cli(subparsers) -> None:
+    from sd3coreml.compress.settings import SLUG_GRAMMAR
+
     step = subparsers.add_parser("convert-conditioning", help="MMDiT Conditioning: time_text_embed")
     add_transformer_args(step, latent=False)
     add_output_args(step)
@@ -101,15 +117,10 @@ def register_cli(subparsers) -> None:
     step = subparsers.add_parser("compress-package", help="int8/int4 quantize or palettize a saved package")
     step.add_argument("--package", type=Path, required=True)
     step.add_argument("--out", type=Path, required=True)
-    step.add_argument("--mode", choices=["linear_symmetric", "palettize"], required=True)
-    step.add_argument("--nbits", type=int, default=8)
     step.add_argument(
-        "--granularity",
-        default="per_channel",
-        choices=["per_tensor", "per_channel", "per_block", "per_grouped_channel"],
-    )
-    step.add_argument("--group-size", type=int, help="output channels per palette (per_grouped_channel)")
-    step.add_argument("--block-size", type=int, help="weights per scale along the input axis (per_block)")
+        "--compression", type=compression_setting, required=True, metavar="SETTING",
+        help=f"the compression setting's name in artifact paths: {SLUG_GRAMMAR}",
+    )  # fmt: skip
     step.add_argument(
         "--threads", type=int, default=1, help="threads computing palettes per tensor (the job's threads)"
     )

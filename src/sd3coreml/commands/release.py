@@ -13,26 +13,11 @@ from sd3coreml.release.compile import DEFAULT_COMPILER, DEFAULT_DEPLOYMENT_TARGE
 
 def assemble_folder(args) -> None:
     skip_unused_frameworks("torch", "sklearn", "transformers")  # only coremltools' protobuf classes are read
-    from sd3coreml.release.compile import compiler_record
-    from sd3coreml.release.folder import (
-        app_record,
-        assemble_folder,
-        build_id,
-        hash_inputs,
-        load_spec,
-        write_build_record,
-    )
+    from sd3coreml.release.folder import assemble_from_spec
 
-    entries, manifest, packages = load_spec(args.spec)
-    manifest = {**hash_inputs(manifest), **app_record(packages)}
-    if "compiler" in manifest:
-        compiler = manifest["compiler"]
-        manifest["compiler"] = compiler_record(compiler["command"], compiler["deployment_target"])
-    assemble_folder(entries, args.out, manifest)
+    manifest = assemble_from_spec(args.spec, args.out, args.build_record)
     if not manifest["app_loadable"]:
         print(f"{args.out}: built, but the app cannot load it: {'; '.join(manifest['app_problems'])}")
-    if args.build_record:
-        write_build_record(args.build_record, args.out, build_id(manifest))
 
 
 def verify_folder(args) -> None:

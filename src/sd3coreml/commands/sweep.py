@@ -1,6 +1,5 @@
 """`sweep-summary`, `profile-on-device`, `bench-report`: what layouts cost and where they run."""
 
-import json
 from pathlib import Path
 
 from sd3coreml.commands.frameworks import skip_unused_frameworks
@@ -10,7 +9,9 @@ def sweep_summary(args) -> None:
     skip_unused_frameworks("torch", "sklearn", "transformers")
     from sd3coreml.sweep.summary import write_summary
 
-    write_summary(json.loads(args.plan), args.out_dir)
+    from sd3coreml.step_spec import read_spec
+
+    write_summary(read_spec(args.spec, "sweep-summary"), args.out_dir)
 
 
 def profile_on_device(args) -> None:
@@ -29,7 +30,7 @@ def bench_report(args) -> None:
 
 def register_cli(subparsers) -> None:
     step = subparsers.add_parser("sweep-summary", help="summarise a stage-layout sweep (table, CSV, plot)")
-    step.add_argument("--plan", required=True, help="the sweep plan JSON the sweep_summary rule writes")
+    step.add_argument("--spec", required=True, help="the sweep plan (JSON file, or - for stdin) the sweep_summary rule writes")
     step.add_argument("--out-dir", type=Path, required=True)
     step.set_defaults(func=sweep_summary)
 

@@ -35,11 +35,9 @@ def verify_package(args) -> None:
 
 
 def fidelity_report(args) -> None:
-    from sd3coreml.verify.report import CoreMLPolicy, write_report
+    from sd3coreml.verify.report import write_report_from_spec
 
-    measurements = {entry: Path(path) for entry, path in (pair.split("=", 1) for pair in args.measurement)}
-    policy = CoreMLPolicy(args.coreml_min_psnr_db, args.enforce_coreml)
-    write_report(measurements, args.thresholds, args.out_json, args.out_md, policy)
+    write_report_from_spec(args.spec, args.out_json, args.out_md)
 
 
 def end_to_end(args) -> None:
@@ -47,7 +45,7 @@ def end_to_end(args) -> None:
     from sd3coreml.atomic import write_json
     from sd3coreml.verify.end_to_end.check import end_to_end_check, write_side_by_side
 
-    coreml = (args.coreml_compute_units, args.coreml_min_psnr_db, args.enforce_coreml)
+    coreml = (args.coreml_compute_units, args.coreml_min_psnr_db, args.enforce_coreml == "yes")
     check = end_to_end_check(args.folder, args.weights, args.config, args.components, args.steps, args.seed,
                              args.min_psnr_db, args.prompt, coreml)  # fmt: skip
     write_side_by_side(check.package_image, check.reference_image, args.out_png)
@@ -75,16 +73,17 @@ def register_cli(subparsers) -> None:
     step.set_defaults(func=verify_package)
 
     step = subparsers.add_parser("fidelity-report", help="judge a build's fidelity measurements")
-    step.add_argument("--measurement", action="append", required=True, metavar="ENTRY=JSON")
-    step.add_argument("--thresholds", type=json.loads, required=True, help='JSON, e.g. {"fp16": 60, "int8": 35}')
+    step.add_argument(
+        "--spec", required=True, metavar="JSON",
+        help='a JSON file, or - for stdin: {"measurements": {ENTRY: JSON}, "thresholds": {"fp16": 60, ...},'
+        ' "coreml": {"min_psnr_db": 30, "enforce": false}}',
+    )  # fmt: skip
     step.add_argument("--out-json", type=Path, required=True)
     step.add_argument("--out-md", type=Path, required=True)
-    step.add_argument("--coreml-min-psnr-db", type=float, default=30.0, help="Core ML's own bar")
-    step.add_argument("--enforce-coreml", action="store_true", help="a Core ML figure under its bar fails the row")
     step.set_defaults(func=fidelity_report)
 
     step = subparsers.add_parser("end-to-end", help="a packages folder against stock diffusers, prompt to image")
-    step.add_argument("--folder", type=Path, required=True, help="a coremlsd3_*_packages folder")
+    step.add_argument("--folder", type=Path, required=True, help="a built packages folder")
     step.add_argument("--weights", type=Path, required=True)
     step.add_argument("--config", type=Path, required=True)
     step.add_argument("--components", type=Path, required=True)
@@ -96,5 +95,7 @@ def register_cli(subparsers) -> None:
     step.add_argument("--out-png", type=Path, required=True)
     step.add_argument("--coreml-compute-units", default="CPU_AND_NE", help=COMPUTE_UNITS_HELP)
     step.add_argument("--coreml-min-psnr-db", type=float, default=30.0)
-    step.add_argument("--enforce-coreml", action="store_true", help="a Core ML chain under its bar fails the check")
+    step.add_argument(
+        "--enforce-coreml", choices=("yes", "no"), default="no", help="whether a Core ML chain under its bar fails the check"
+    )
     step.set_defaults(func=end_to_end)

@@ -7,7 +7,7 @@ Both run on the fp16 package by a separate step, so changing compression never r
 from pathlib import Path
 
 from sd3coreml.compress.palettes import EXACT_KMEANS_MIN_VALUES, PrecomputedPalettes
-from sd3coreml.compress.settings import NO_EXACT_KMEANS, settings_label
+from sd3coreml.compress.settings import LINEAR, NO_EXACT_KMEANS, PALETTIZE, CompressionSetting
 from sd3coreml.convert.package import load_package, save_package
 from sd3coreml.errors import PipelineError
 
@@ -23,17 +23,17 @@ def require_loaded_exact_kmeans() -> None:
         raise PipelineError(NO_EXACT_KMEANS)
 
 
-def linear_config(nbits: int, granularity: str, block_size: int | None):
+def linear_config(setting: CompressionSetting):
     import coremltools.optimize.coreml as cto
 
-    if nbits not in (8, 4):
-        raise PipelineError(f"linear_symmetric takes 8 or 4 bits, not {nbits}")
-    # int4 and blocks need a package converted for iOS18 or newer; config.check_compression says so up front.
-    sizes = {"block_size": block_size} if granularity == "per_block" else {}
-    return cto.OpLinearQuantizerConfig(mode="linear_symmetric", dtype=f"int{nbits}", granularity=granularity, **sizes)
+    # int4 and blocks need a package converted for iOS18 or newer; CompressionSetting.check says so up front.
+    sizes = {"block_size": setting.size} if setting.granularity == "per_block" else {}
+    return cto.OpLinearQuantizerConfig(
+        mode=LINEAR, dtype=f"int{setting.nbits}", granularity=setting.granularity, **sizes
+    )
 
 
-def palette_config(nbits: int, granularity: str, group_size: int | None, lut_function=None):
+def palette_config(setting: CompressionSetting, lut_function=None):
     import coremltools.optimize.coreml as cto
 
     require_loaded_exact_kmeans()
@@ -44,23 +44,26 @@ def palette_config(nbits: int, granularity: str, group_size: int | None, lut_fun
     if lut_function is not None:
         # Per tensor: the same k-means palettes, computed up front (compress/palettes.py).
         return cto.OpPalettizerConfig(
-            mode="custom", lut_function=lut_function, granularity=granularity, weight_threshold=KMEANS1D_MIN_WEIGHTS
-        )
-    sizes = {"group_size": group_size} if granularity == "per_grouped_channel" else {}
+            mode="custom", lut_function=lut_function, granularity=setting.granularity,
+            weight_threshold=KMEANS1D_MIN_WEIGHTS,
+        )  # fmt: skip
+    sizes = {"group_size": setting.size} if setting.granularity == "per_grouped_channel" else {}
     return cto.OpPalettizerConfig(
-        mode="kmeans", nbits=nbits, granularity=granularity, weight_threshold=KMEANS1D_MIN_WEIGHTS, **sizes
-    )
+        mode="kmeans", nbits=setting.nbits, granularity=setting.granularity, weight_threshold=KMEANS1D_MIN_WEIGHTS,
+        **sizes,
+    )  # fmt: skip
 
 
-def optimization_config(mode: str, nbits: int, granularity: str, group_size=None, block_size=None, lut_function=None):
+def optimization_config(setting: CompressionSetting, lut_function=None):
+    """coremltools' config for one setting; token embeddings (`gather`) stay fp16."""
     import coremltools.optimize.coreml as cto
 
-    if mode == "linear_symmetric":
-        op_config = linear_config(nbits, granularity, block_size)
-    elif mode == "palettize":
-        op_config = palette_config(nbits, granularity, group_size, lut_function)
+    if setting.mode == LINEAR:
+        op_config = linear_config(setting)
+    elif setting.mode == PALETTIZE:
+        op_config = palette_config(setting, lut_function)
     else:
-        raise PipelineError(f"unknown compression mode {mode!r}; use linear_symmetric or palettize")
+        raise PipelineError(f"compression {setting.slug} compresses nothing; compress-package needs a compressed setting")
     return cto.OptimizationConfig(global_config=op_config, op_type_configs={"gather": None})
 
 
@@ -89,7 +92,7 @@ def palettized_weights(program) -> list:
     return weights
 
 
-def palettize_per_tensor(model, nbits: int, workers: int):
+def palettize_per_tensor(model, setting: CompressionSetting, workers: int):
     """coremltools' palettizer over one loaded program, its palettes computed first on `workers` threads."""
     import coremltools.optimize.coreml  # noqa: F401  (registers the compression passes)
     from coremltools.converters.mil.mil.passes.graph_pass import PassOption
@@ -97,36 +100,25 @@ def palettize_per_tensor(model, nbits: int, workers: int):
     from coremltools.models.utils import _apply_graph_pass
 
     program = load_program(model)
-    palettes = PrecomputedPalettes(palettized_weights(program), nbits, workers)
+    palettes = PrecomputedPalettes(palettized_weights(program), setting.nbits, workers)
     palettizer = PASSES["compression::palettize_weights"]
-    config = optimization_config("palettize", nbits, "per_tensor", lut_function=palettes)
+    config = optimization_config(setting, lut_function=palettes)
     palettizer.set_options([PassOption("config", config), PassOption("joint_compression", False)])
     # coremltools' own hook for a program already loaded: the weights are read once.
     return _apply_graph_pass(model, palettizer, pymil_load_func=lambda *args, **kwargs: program)
 
 
-def compress_package(
-    package: Path,
-    out: Path,
-    mode: str,
-    nbits: int = 8,
-    granularity: str = "per_channel",
-    group_size=None,
-    block_size=None,
-    workers: int = 1,
-) -> None:
+def compress_package(package: Path, out: Path, setting: CompressionSetting, workers: int = 1) -> None:
+    """Compress a saved fp16 package by `setting` into `out`, the setting's label in its metadata."""
     import coremltools.optimize.coreml as cto
     from threadpoolctl import threadpool_limits
 
     model = load_package(package)
-    if mode == "linear_symmetric":
-        compressed = cto.linear_quantize_weights(
-            model, config=optimization_config(mode, nbits, granularity, block_size=block_size)
-        )
-    elif granularity == "per_tensor":
-        compressed = palettize_per_tensor(model, nbits, workers)
+    if setting.mode == LINEAR:
+        compressed = cto.linear_quantize_weights(model, config=optimization_config(setting))
+    elif setting.uses_threads:
+        compressed = palettize_per_tensor(model, setting, workers)
     else:
         with threadpool_limits(limits=1):
-            compressed = cto.palettize_weights(model, config=optimization_config(mode, nbits, granularity, group_size))
-    label = settings_label(mode, nbits, granularity, group_size, block_size)
-    save_package(compressed, Path(out), {"sd3coreml.compression": label})
+            compressed = cto.palettize_weights(model, config=optimization_config(setting))
+    save_package(compressed, Path(out), {"sd3coreml.compression": setting.label})

@@ -1,30 +1,49 @@
-"""Every artifact, log and benchmark path under `output_root`, named once.
+"""Every artifact, log and benchmark path under `output_root`, each spelled once.
 
 An artifact's path names what determines its content (model, conversion target, latent size,
-block range, precision), never its place in one layout, so layouts that share a block range
-share the file. Rules take their output, log and benchmark patterns (Snakemake wildcards)
-from here; the plan, the sweep, cleanup, the benchmark report and the tests take concrete
-paths from the same functions.
+block range, compression setting), never its place in one layout, so layouts that share a
+block range share the file. The spellings are wildcard patterns (PIECES, JOBS, ...): rules
+match them, and every concrete path (the plan's, the sweep's, cleanup's, the benchmark
+report's, the tests') is the same pattern filled in (`fill`), so the two cannot disagree.
 """
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from sd3coreml.compress.settings import entry_compression, quantization_slug
+from sd3coreml.compress.settings import FP16, CompressionSetting, FolderCompression
 from sd3coreml.contract import CONDITIONING, STAGE, TEXT_ENCODERS, TOKENIZER_FILES, VAE_DECODER
 from sd3coreml.errors import PipelineError
 from sd3coreml.inputs.checkpoint import CONDITIONING_PREFIXES, INPUT_STAGE_PREFIXES, block_range_prefixes
-from sd3coreml.pipeline.plan import BlockRange
+from sd3coreml.pipeline.stages import BlockRange
 
+LATENT = "latent{height}x{width}"
+BLOCK_RANGE = "blocks{start}-{end}{head}"
+HEAD = "_head"
 # Each converted piece under output_root, as a wildcard pattern; `.{precision}.mlpackage` ends it.
 PIECES = {
     "conditioning": "mmdit/{model}/{target}/conditioning",
-    "input_stage": "mmdit/{model}/{target}/latent{height}x{width}/input",
-    "block_range": "mmdit/{model}/{target}/latent{height}x{width}/blocks{start}-{end}{head}",
+    "input_stage": f"mmdit/{{model}}/{{target}}/{LATENT}/input",
+    "block_range": f"mmdit/{{model}}/{{target}}/{LATENT}/{BLOCK_RANGE}",
     "text_encoder": "text_encoders/{target}/{encoder}",
-    "vae_decoder": "vae/{target}/latent{height}x{width}/VAEDecoder",
+    "vae_decoder": f"vae/{{target}}/{LATENT}/VAEDecoder",
 }
-FP16 = "fp16"
+# A package by its piece's path `{path}` (PIECES, filled) and its compression setting's slug; what is
+# made of it mirrors its path: its fidelity figures, and, by the package's own name `{package}`
+# (the path and slug), Core ML's profile and its compiled twin.
+PACKAGE = "{path}.{precision}.mlpackage"
+MEASUREMENT = "fidelity/{path}.{precision}.json"
+ANY_PACKAGE = "{package}.mlpackage"
+DEVICE_PROFILE = "device/{package}.json"
+COMPILED = "compiled/ios{deployment_target}/{package}.mlmodelc"
+# A job's name under logs/ and benchmarks/, by what it does to which artifact.
+JOBS = {
+    "convert": "{path}",
+    "compress": "compress/{path}.{compression}",
+    "fidelity": "fidelity/{path}.{precision}",
+    "compile": "compile/ios{deployment_target}/{package}",
+    "profile": "device/{package}",
+}
 # The synthetic inputs under output_root: the file name says which preset, distribution and seed.
 SYNTHETIC = {
     "transformer": "checkpoints/{preset}{heavy}-seed{seed}",
@@ -38,7 +57,40 @@ SYNTHETIC_NAME = {
 GENERATED = ("mmdit", "text_encoders", "vae", "tokenizer", "compiled", "fidelity", "device", "reports",
              "checkpoints/normalized")  # fmt: skip
 FOLDER_PREFIX = "coremlsd3_"
+FOLDER_KINDS = {"packages": "_packages", "app": ""}
 LOGS, BENCHMARKS = "logs", "benchmarks"
+
+
+def fill(pattern: str, **values) -> str:
+    """`pattern` with the wildcards named in `values` filled in; the others stay wildcards."""
+    return re.sub(r"\{(\w+)\}", lambda field: str(values.get(field[1], field[0])), pattern)
+
+
+def job_stem(kind: str, **values) -> str:
+    """The log and benchmark name of a `kind` job (JOBS), its wildcards filled from `values`."""
+    return fill(JOBS[kind], **values)
+
+
+def block_range_fields(block_range: BlockRange) -> dict:
+    return {"start": block_range.start, "end": block_range.end, "head": HEAD if block_range.has_head else ""}
+
+
+def block_range_name(block_range: BlockRange) -> str:
+    """`blocks4-8`, or `blocks20-24_head` for the range that ends the transformer."""
+    return fill(BLOCK_RANGE, **block_range_fields(block_range))
+
+
+def block_range_of(name: str) -> BlockRange | None:
+    """The range an artifact name holds (`blocks4-8`, `blocks20-24_head`), or None."""
+    pattern = fill(re.escape(BLOCK_RANGE).replace(r"\{", "{").replace(r"\}", "}"),
+                   start=r"(\d+)", end=r"(\d+)", head=f"({HEAD})?")  # fmt: skip
+    named = re.fullmatch(pattern, name)
+    return BlockRange(int(named[1]), int(named[2]), bool(named[3])) if named else None
+
+
+def setting_of_package(package) -> CompressionSetting:
+    """The compression setting a package's name carries (`<stem>.<slug>.mlpackage`)."""
+    return CompressionSetting.from_slug(Path(package).name.removesuffix(".mlpackage").rsplit(".", 1)[-1])
 
 
 def sums_path(root: str, folder: str) -> str:
@@ -61,11 +113,11 @@ def handoff_compiled(root: str, key: str, deployment_target: str, name: str = "{
 
 def folder_name(model: str, kind: str) -> str:
     """`coremlsd3_4step_packages` (kind `packages`) or the app's `coremlsd3_4step` (kind `app`)."""
-    return f"{FOLDER_PREFIX}{model}" + ("_packages" if kind == "packages" else "")
+    return f"{FOLDER_PREFIX}{model}{FOLDER_KINDS[kind]}"
 
 
-def latent_slug(latent_size) -> str:
-    return f"latent{latent_size[0]}x{latent_size[1]}"
+def is_folder_name(name: str) -> bool:
+    return name.startswith(FOLDER_PREFIX)
 
 
 def mmdit_piece_prefixes(name: str) -> tuple[str, ...] | None:
@@ -74,7 +126,7 @@ def mmdit_piece_prefixes(name: str) -> tuple[str, ...] | None:
         return CONDITIONING_PREFIXES
     if name == Path(PIECES["input_stage"]).name:
         return INPUT_STAGE_PREFIXES
-    block_range = BlockRange.from_slug(name)
+    block_range = block_range_of(name)
     return block_range_prefixes(block_range.start, block_range.end, block_range.has_head) if block_range else None
 
 
@@ -84,45 +136,59 @@ class Artifacts:
 
     root: str
     target: str
-    latent: str
+    latent: tuple[int, int]
     deployment_target: str
-    compression: dict
+    compression: FolderCompression
 
     @classmethod
     def of(cls, config: dict) -> "Artifacts":
         return cls(
             config["output_root"].rstrip("/"),
             config["conversion_target"],
-            latent_slug(config["latent_size"]),
+            tuple(config["latent_size"]),
             config["compiler"]["deployment_target"],
-            config["compression"],
+            FolderCompression.from_config(config["compression"]),
         )
 
+    def fields(self, **values) -> dict:
+        """The wildcards one config fixes (target, latent size), with `values`."""
+        return {"target": self.target, "height": self.latent[0], "width": self.latent[1], **values}
+
     # Patterns of the rules' outputs, logs and benchmarks.
+    def under_root(self, pattern: str) -> str:
+        return f"{self.root}/{pattern}"
+
     def piece(self, piece: str, precision: str = "{precision}") -> str:
-        return f"{self.root}/{PIECES[piece]}.{precision}.mlpackage"
+        return self.under_root(fill(PACKAGE, path=PIECES[piece], precision=precision))
 
     def piece_stem(self, piece: str) -> str:
-        return f"{self.root}/{PIECES[piece]}"
+        return self.under_root(PIECES[piece])
 
     def synthetic(self, kind: str, suffix: str = "") -> str:
-        return f"{self.root}/{SYNTHETIC[kind]}{suffix}"
+        return self.under_root(f"{SYNTHETIC[kind]}{suffix}")
 
     def compressed_pattern(self) -> str:
-        return f"{self.root}/{{path}}.{{compression}}.mlpackage"
+        return self.under_root(fill(PACKAGE, precision="{compression}"))
 
     def measurement_pattern(self, piece: str) -> str:
-        return f"{self.root}/fidelity/{PIECES[piece]}.{{precision}}.json"
+        return self.under_root(fill(MEASUREMENT, path=PIECES[piece]))
 
     def device_pattern(self) -> str:
-        return f"{self.root}/device/{{path}}.json"
+        return self.under_root(DEVICE_PROFILE)
 
-    def package_pattern(self, precision: str = "") -> str:
-        """Any package under output_root by its path `{path}`: what compiling, compressing and profiling read."""
-        return f"{self.root}/{{path}}{'.' + precision if precision else ''}.mlpackage"
+    def package_pattern(self, precision: str | None = None) -> str:
+        """A package under output_root: by its piece's `{path}` and `precision` (compressing reads the
+        fp16 one), or by its whole name `{package}` (compiling and profiling read any)."""
+        return self.under_root(fill(PACKAGE, precision=precision) if precision else ANY_PACKAGE)
 
     def compiled_pattern(self) -> str:
-        return f"{self.root}/compiled/ios{{deployment_target}}/{{path}}.mlmodelc"
+        return self.under_root(COMPILED)
+
+    def job_log(self, kind: str, **values) -> str:
+        return self.log(job_stem(kind, **values))
+
+    def job_benchmark(self, kind: str, **values) -> str:
+        return self.benchmark(job_stem(kind, **values))
 
     def log(self, job: str) -> str:
         """A job's log: `job` is its path under logs/, e.g. `mmdit/{model}/{target}/conditioning`."""
@@ -135,29 +201,35 @@ class Artifacts:
     def relative(self, path: str) -> str:
         return Path(path).relative_to(self.root).as_posix()
 
-    def compressed(self, stem: str, settings: dict) -> str:
-        return f"{stem}.{quantization_slug(settings)}.mlpackage"
+    def package_parts(self, package: str) -> dict:
+        """`path` (the piece's, relative) and `precision` (the slug) of a package under output_root."""
+        path, precision = self.relative(package).removesuffix(".mlpackage").rsplit(".", 1)
+        return {"path": path, "precision": precision}
 
-    def compression_of(self, entry: str, family: str) -> dict:
-        return entry_compression(self.compression, entry, family)
+    def compressed(self, stem: str, setting: CompressionSetting) -> str:
+        return self.under_root(fill(PACKAGE, path=self.relative(stem), precision=setting.slug))
 
-    def mmdit_dir(self, model: str) -> str:
-        return f"{self.root}/mmdit/{model}/{self.target}"
+    def compression_of(self, entry: str, family: str) -> CompressionSetting:
+        return self.compression.for_entry(entry, family)
+
+    def stem(self, piece: str, **values) -> str:
+        """A piece's path without its precision, e.g. stem("block_range", model=..., start=0, end=4, head="")."""
+        return fill(self.piece_stem(piece), **self.fields(**values))
 
     def stage_stems(self, model: str, ranges) -> list[str]:
         """Stage0..N in app order, without precision; block ranges are named by content, not by index."""
-        stem = f"{self.mmdit_dir(model)}/{self.latent}"
-        return [f"{stem}/input", *(f"{stem}/{block_range.slug}" for block_range in ranges)]
+        blocks = [self.stem("block_range", model=model, **block_range_fields(r)) for r in ranges]
+        return [self.stem("input_stage", model=model), *blocks]
 
     def folder_packages(self, model: str, ranges) -> dict[str, str]:
         """Contract name (without suffix) -> package path, for one model's folder."""
         entries = {
-            name: self.compressed(f"{self.root}/text_encoders/{self.target}/{name}", self.compression_of(name, "text_encoders"))
+            name: self.compressed(self.stem("text_encoder", encoder=name), self.compression_of(name, "text_encoders"))
             for name in TEXT_ENCODERS
         }  # fmt: skip
-        entries[VAE_DECODER] = f"{self.root}/vae/{self.target}/{self.latent}/{VAE_DECODER}.{FP16}.mlpackage"
+        entries[VAE_DECODER] = self.compressed(self.stem("vae_decoder"), CompressionSetting())
         conditioning = self.compression_of(CONDITIONING, "mmdit")
-        entries[CONDITIONING] = self.compressed(f"{self.mmdit_dir(model)}/conditioning", conditioning)
+        entries[CONDITIONING] = self.compressed(self.stem("conditioning", model=model), conditioning)
         for index, stem in enumerate(self.stage_stems(model, ranges)):
             entry = STAGE.format(index=index)
             entries[entry] = self.compressed(stem, self.compression_of(entry, "mmdit"))
@@ -185,19 +257,19 @@ class Artifacts:
         return {name: f"{self.root}/tokenizer/{name}" for name in TOKENIZER_FILES}
 
     def compiled(self, package: str) -> str:
-        relative = Path(self.relative(package)).with_suffix(".mlmodelc").as_posix()
-        return f"{self.root}/compiled/ios{self.deployment_target}/{relative}"
+        name = self.relative(package).removesuffix(".mlpackage")
+        return self.under_root(fill(COMPILED, deployment_target=self.deployment_target, package=name))
 
     def measurement(self, package: str) -> str:
         """Where a package's fidelity figures go: its path under fidelity/, precision kept."""
-        return f"{self.root}/fidelity/{Path(self.relative(package)).with_suffix('').as_posix()}.json"
+        return self.under_root(fill(MEASUREMENT, **self.package_parts(package)))
 
     def device_profile(self, package: str) -> str:
         """Where Core ML's measurement of a package goes (macOS only)."""
-        return f"{self.root}/device/{Path(self.relative(package)).with_suffix('').as_posix()}.json"
+        return self.under_root(fill(DEVICE_PROFILE, package=self.relative(package).removesuffix(".mlpackage")))
 
     def folder(self, model: str, kind: str) -> str:
-        return f"{self.root}/{folder_name(model, kind)}"
+        return self.under_root(folder_name(model, kind))
 
     def sums(self, model: str, kind: str) -> str:
         return sums_path(self.root, folder_name(model, kind))
@@ -215,21 +287,21 @@ class Artifacts:
     def sweep_report(self, name: str) -> str:
         return f"{self.root}/reports/sweep/{name}"
 
-    def stage_benchmarks(self, stem: str, slug: str) -> list[str]:
+    def stage_benchmarks(self, stem: str, setting: CompressionSetting) -> list[str]:
         """The benchmark files of the jobs that make and measure one stage package."""
-        job = self.relative(stem)
-        files = [self.benchmark(job), self.benchmark(f"fidelity/{job}.{slug}")]
-        return files + ([self.benchmark(f"compress/{job}.{slug}")] if slug != FP16 else [])
+        path, slug = self.relative(stem), setting.slug
+        files = [self.job_benchmark("convert", path=path), self.job_benchmark("fidelity", path=path, precision=slug)]
+        return files + ([self.job_benchmark("compress", path=path, compression=slug)] if slug != FP16 else [])
 
     def sweep_stages(self, model: str, layout, mode, on_macos: bool) -> list[dict]:
         """Stage0..N of one sweep layout under one mode, with what the summary reads of each."""
         stages = []
         for index, stem in enumerate(self.stage_stems(model, layout.ranges)):
-            settings = mode.for_stage(index, layout.stage_count)
-            package = self.compressed(stem, settings)
-            stage = {"stage": index, "package": package, "fp16_package": f"{stem}.{FP16}.mlpackage"}
+            setting = mode.for_stage(index, layout.stage_count)
+            package = self.compressed(stem, setting)
+            stage = {"stage": index, "package": package, "fp16_package": self.compressed(stem, CompressionSetting())}
             stage["measurement"] = self.measurement(package)
-            stage["benchmarks"] = self.stage_benchmarks(stem, quantization_slug(settings))
+            stage["benchmarks"] = self.stage_benchmarks(stem, setting)
             if on_macos:
                 stage["device"] = self.device_profile(package)
             stages.append(stage)

@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from sd3coreml.compress.settings import CONVERSION_TARGETS, check_compression_settings
+from sd3coreml.compress.settings import CONVERSION_TARGETS, FolderCompression
 from sd3coreml.contract import CONDITIONING as CONTRACT_CONDITIONING
 from sd3coreml.contract import STAGE as CONTRACT_STAGE
 from sd3coreml.contract import TEXT_ENCODERS
@@ -29,7 +29,7 @@ from sd3coreml.inputs.geometry import MMDiTShape
 from sd3coreml.inputs.normalize import DIFFUSERS, ORIGINAL, check_original_header_matches_config, detect_layout
 from sd3coreml.inputs.tokenizer import check_merges, check_same_tokenizers, check_vocab
 from sd3coreml.pipeline.artifacts import SYNTHETIC_NAME
-from sd3coreml.pipeline.plan import BlockRange, stage_ranges
+from sd3coreml.pipeline.stages import BlockRange, stage_ranges
 from sd3coreml.synthetic.presets import PRESETS, shares_components
 
 # iOS majors coremltools 9 has a ct.target for; Apple went from 18 to 26. A compiler target
@@ -82,12 +82,7 @@ def check_targets(config: dict) -> None:
 
 def check_compression(config: dict) -> None:
     """Each family's (and overridden entry's) compression is one coremltools 9 runs at the conversion target."""
-    target = config["conversion_target"]
-    for family, settings in config["compression"].items():
-        if family != "overrides":
-            check_compression_settings(settings, f"compression.{family}", target)
-    for entry, settings in config["compression"].get("overrides", {}).items():
-        check_compression_settings(settings, f"compression.overrides.{entry}", target)
+    FolderCompression.from_config(config["compression"], config["conversion_target"])
 
 
 def check_overrides(config: dict, stage_counts: dict[str, int]) -> None:

@@ -1,8 +1,11 @@
-"""Check before a build that its outputs fit on the disk and can be made; name a full disk.
+"""Check before a build that its outputs fit on the disk and can be made, and its jobs in memory; name a full disk.
 
 A conversion writes each weight about three times: the fp16 package (2 bytes a weight),
 its compressed twin (1 byte, or less for palettes) and the folder's copy of that. The
 estimate reads only safetensors headers, so it costs nothing before a multi-GB build.
+
+Memory: the profiles' `mem_mb` total (22000, for the team's 24 GB machines) says nothing of the
+machine a run is on; a job planned with more than its physical memory swaps or is killed.
 """
 
 import errno
@@ -23,6 +26,12 @@ OUT_OF_ROOM = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 # coremltools writes every package's weights into a temporary folder first (tempfile's, so
 # TMPDIR's); when that write fails its C++ writer raises a RuntimeError starting so, with no errno.
 MIL_WRITER_FAILED = "[MIL FileWriter]"
+# Snakemake's mem_mb counts megabytes of 10^6 bytes (its mem_mib is mem_mb * 0.954).
+MB = 10**6
+# Set by the macOS CI workflow: a hosted runner's 7 GB is below the demo jobs' declared figures
+# (measured at SD3 Medium size), which the demo's tiny models never reach, and `make demo` and
+# `make test` cannot pass --resources.
+SKIP_MEMORY_CHECK = "SD3COREML_SKIP_MEMORY_CHECK"
 
 
 def weight_count(table: dict, prefixes: tuple[str, ...] | None = None) -> int:
@@ -122,12 +131,66 @@ def job_outputs(jobs) -> list:
     return [path for job in jobs for path in [*job.output, *job.log, *([job.benchmark] if job.benchmark else [])]]
 
 
-def check_host(artifacts, outputs: list, models: dict, config: dict) -> None:
-    """Before any job: a folder for every output, Apple's compiler if compiles are planned, disk room."""
+def physical_memory_mb() -> int:
+    """This machine's physical memory in Snakemake's MB."""
+    import psutil  # Snakemake's own dependency: always beside it
+
+    return psutil.virtual_memory().total // MB
+
+
+def job_label(job) -> str:
+    outputs = list(job.output)
+    return f"rule {job.rule.name}" + (f" ({outputs[0]})" if outputs else "")
+
+
+def planned_memory(jobs, local_exec: bool) -> list[tuple[str, int]]:
+    """(job, mem_mb) of each of Snakemake's planned `jobs` that runs on this machine.
+
+    A job's mem_mb is Snakemake's `job.resources["mem_mb"]`: the rule's figure held to
+    `--resources mem_mb`, what the scheduler gives it. Left out: jobs a cluster runs (not
+    `local_exec` and not a local rule), jobs with none, and a figure a function computes from
+    inputs this run has still to make (the end-to-end job's, before its weights exist, is a
+    placeholder): Snakemake computes it again from the real files when the job is ready.
+    """
+    planned = []
+    for job in jobs:
+        if not (local_exec or job.is_local):
+            continue
+        mem_mb = dict(job.resources).get("mem_mb")
+        if not isinstance(mem_mb, int):
+            continue
+        declared = job.rule.resources.get("mem_mb")
+        if declared is not None and declared.is_evaluable() and not all(os.path.exists(path) for path in job.input):
+            continue
+        planned.append((job_label(job), mem_mb))
+    return planned
+
+
+def require_memory(planned: list[tuple[str, int]], physical_mb: int) -> None:
+    """Refuse, in one line naming the job and the fix, when the largest planned job exceeds physical memory."""
+    if not planned:
+        return
+    mem_mb, job = max((mem_mb, job) for job, mem_mb in planned)  # ties: the same job every run
+    if mem_mb > physical_mb:
+        fitting = max(1000, physical_mb * 85 // 100 // 1000 * 1000)
+        raise PipelineError(
+            f"{job} is planned with mem_mb={mem_mb}, more than this machine's {physical_mb} MB of memory, where it "
+            f"would swap or be killed: run with --resources mem_mb={fitting} to hold every job to what this machine "
+            "has (a job that truly needs more still swaps), or build on a machine with more memory"
+        )
+
+
+def check_host(artifacts, outputs: list, models: dict, config: dict, memory: list | None = None) -> None:
+    """Before any job: a folder for every output, Apple's compiler if compiles are planned, disk room,
+    and memory for the largest planned job (`memory`: planned_memory's list)."""
     from sd3coreml.release.compile import require_compiler
 
     require_creatable(outputs)
     if any(str(path).startswith(f"{artifacts.root}/compiled/") for path in outputs):
-        targets = " or ".join(f"coremlsd3_{model}_packages" for model in models)
+        from sd3coreml.pipeline.artifacts import folder_name
+
+        targets = " or ".join(folder_name(model, "packages") for model in models)
         require_compiler(config["compiler"]["command"], targets)
     require_free_space(Path(artifacts.root), artifacts.weights_to_convert(outputs, models, Path(config["components"])))
+    if memory and not os.environ.get(SKIP_MEMORY_CHECK):
+        require_memory(memory, physical_memory_mb())

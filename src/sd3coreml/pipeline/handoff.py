@@ -11,11 +11,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sd3coreml.errors import PipelineError
-from sd3coreml.pipeline.artifacts import handoff_compiled
-from sd3coreml.pipeline.plan import folder_spec
-from sd3coreml.release import folder
+from sd3coreml.pipeline.artifacts import folder_name, handoff_compiled
+from sd3coreml.release.manifest import folder_spec, read_manifest
 
-MODEL_KEY_HINT = "write e.g. '4step: results/coremlsd3_4step_packages'"
+MODEL_KEY_HINT = f"write e.g. '4step: results/{folder_name('4step', 'packages')}'"
 
 
 @dataclass(frozen=True)
@@ -38,11 +37,11 @@ def plan_handoff(handoff: dict) -> dict[str, HandoffFolder]:
 def handoff_folder(key: str, packages_dir: Path) -> HandoffFolder:
     where = f"config key 'handoff.folders.{key}' ({packages_dir})"
     try:
-        manifest = folder.read_manifest(packages_dir)
+        manifest = read_manifest(packages_dir)
     except PipelineError as error:
         raise PipelineError(f"{where}: {error}") from None
     if manifest.get("kind") != "packages":
-        raise PipelineError(f"{where}: its manifest is not a packages folder's; name a coremlsd3_*_packages folder")
+        raise PipelineError(f"{where}: its manifest is not a packages folder's; name a {folder_name('*', 'packages')} folder")
     entries = sorted({name.split("/", 1)[0] for name in manifest["files"]})
     packages = tuple(name.removesuffix(".mlpackage") for name in entries if name.endswith(".mlpackage"))
     carried = tuple(name for name in entries if not name.endswith(".mlpackage") and "/" not in name)

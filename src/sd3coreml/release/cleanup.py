@@ -15,12 +15,8 @@ from pathlib import Path
 from sd3coreml import checksums
 from sd3coreml.atomic import remove_path
 from sd3coreml.errors import PipelineError
+from sd3coreml.pipeline.artifacts import FOLDER_PREFIX, GENERATED, is_folder_name
 
-# Folders under the output root that hold only what jobs generate.
-ARTIFACT_FAMILIES = (
-    "mmdit", "text_encoders", "vae", "tokenizer", "compiled", "fidelity", "device", "reports", "checkpoints/normalized",
-)  # fmt: skip
-FOLDER_PREFIX = "coremlsd3_"
 MIB = 1024 * 1024
 
 
@@ -44,7 +40,7 @@ def unreferenced(root: Path, keep: set[Path]) -> list[Path]:
     """Artifacts under the families of `root` that no kept path is, or lies inside."""
     keep = {Path(os.path.normpath(path)) for path in keep}
     # A folder's declared output is its SHA256SUMS; the files it lists come with it.
-    keep |= {path.parent for path in keep if path.name == "SHA256SUMS" and path.parent.name.startswith(FOLDER_PREFIX)}
+    keep |= {path.parent for path in keep if path.name == checksums.SUMS_NAME and is_folder_name(path.parent.name)}
     ancestors = {parent for path in keep for parent in path.parents}
     found = []
 
@@ -57,7 +53,7 @@ def unreferenced(root: Path, keep: set[Path]) -> list[Path]:
             return
         found.append(path)
 
-    families = [root / family for family in ARTIFACT_FAMILIES]
+    families = [root / family for family in GENERATED]
     families += sorted(path for path in root.glob(f"{FOLDER_PREFIX}*") if path.is_dir())
     for family in families:
         if family.exists():

@@ -20,6 +20,7 @@ from sd3coreml import checksums
 from sd3coreml.atomic import replace_path
 from sd3coreml.errors import PipelineError
 from sd3coreml.release import folder
+from sd3coreml.release.manifest import MANIFEST_NAME, read_manifest
 from sd3coreml.release.client import APP_RECORD_KEYS
 from sd3coreml.release.toolchain import TOOL_TIMEOUT_SECONDS, compiler_versions
 
@@ -80,12 +81,14 @@ def _xcrun_finds(tool: str) -> bool:
 def compiler_available(command_template: str) -> bool:
     """Whether the template's compiler can run here.
 
-    For an `xcrun <tool>` template (the default) that is `xcrun --find <tool>` succeeding;
-    for any other, its first word is an executable on PATH or an executable path.
+    For an `xcrun <tool>` template (the default) that is a developer folder selected and present
+    (on a Mac) and `xcrun --find <tool>` succeeding; for any other, its first word is an
+    executable on PATH or an executable path.
     """
     tool = _xcrun_tool(command_template)
     if tool is not None:
-        return _xcrun_finds(tool)
+        # Without developer tools, /usr/bin/xcrun is a stub that may open macOS's install dialog.
+        return _developer_folder_problem() is None and _xcrun_finds(tool)
     return shutil.which(_template_words(command_template)[0]) is not None
 
 
@@ -99,12 +102,38 @@ def _unavailable_reason(command_template: str) -> str:
     return f"the compiler {program!r} of the compiler template is not an executable on this host"
 
 
-def _xcode_problem() -> str | None:
-    """What is wrong with a Mac's developer tools, where `xcrun --find coremlcompiler` fails."""
+def _developer_folder_problem() -> str | None:
+    """On a Mac, what is wrong with the developer folder `xcode-select -p` names: none, or gone.
+
+    Checked before any other developer tool runs: /usr/bin/xcrun and /usr/bin/xcodebuild are
+    stubs on every macOS, and without developer tools they fail (xcodebuild's `-license check`
+    too, which would read as a licence not yet accepted) or open the install dialog.
+    """
     if shutil.which("xcode-select") is None:
         return None  # not a Mac
     selected = _answer_of(["xcode-select", "-p"])
-    if selected is not None and "CommandLineTools" in selected:
+    if not selected:
+        return (
+            "this Mac has no developer tools (xcode-select -p names none), and coremlcompiler comes with Xcode: "
+            "install Xcode (the App Store or developer.apple.com; xcode-select --install gives only the Command "
+            "Line Tools, which lack it), then run sudo xcode-select -s /Applications/Xcode.app/Contents/Developer"
+        )
+    if not Path(selected).is_dir():
+        return (
+            f"the developer folder xcode-select -p names ({selected}) does not exist (Xcode or the Command Line "
+            "Tools were moved or removed): install Xcode, then run "
+            "sudo xcode-select -s /Applications/Xcode.app/Contents/Developer"
+        )
+    return None
+
+
+def _xcode_problem() -> str | None:
+    """What is wrong with a Mac's developer tools, where `xcrun --find coremlcompiler` fails."""
+    problem = _developer_folder_problem()
+    if problem is not None or shutil.which("xcode-select") is None:
+        return problem
+    selected = _answer_of(["xcode-select", "-p"])
+    if "CommandLineTools" in selected:
         return (
             f"only the Command Line Tools are selected ({selected}), and coremlcompiler comes with Xcode: "
             "install Xcode, then run sudo xcode-select -s /Applications/Xcode.app/Contents/Developer"
@@ -225,12 +254,12 @@ def verified_packages_manifest(packages_dir: Path) -> dict:
         raise PipelineError(
             f"{packages_dir}: {shown} (python -m sd3coreml verify-folder lists all); rebuild or re-copy the packages folder"
         )
-    return folder.read_manifest(packages_dir)
+    return read_manifest(packages_dir)
 
 
 def _hand_off_items(packages_dir: Path) -> tuple[list[Path], list[Path]]:
     """(packages to compile, other files to carry over) of a packages folder."""
-    skipped = {checksums.SUMS_NAME, folder.MANIFEST_NAME, checksums.SNAKEMAKE_MARKER}
+    skipped = {checksums.SUMS_NAME, MANIFEST_NAME, checksums.SNAKEMAKE_MARKER}
     items = sorted(
         path for path in packages_dir.iterdir() if path.name not in skipped and not checksums.is_finder_file(path.name)
     )

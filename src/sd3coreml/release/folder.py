@@ -1,4 +1,4 @@
-"""Assemble a resource folder (the app's `coremlsd3_*` folders, or their packages twins).
+"""Assemble a resource folder (an app folder, or its packages twin).
 
 The iOS app lists `MultiModalDiffusionTransformerStage<int>` and sorts the stages with no
 gap check, so a stage left over from an older layout is silently run. A folder is
@@ -7,8 +7,6 @@ entries, then `manifest.json`, then `SHA256SUMS`) and swapped in for the old one
 failure leaves the old folder as it was.
 """
 
-import hashlib
-import json
 import os
 import shutil
 import sys
@@ -18,11 +16,10 @@ from sd3coreml import checksums
 from sd3coreml.atomic import fresh_temporary, remove_path, replace_path, write_json
 from sd3coreml.contract import STAGE_NAME, STAGE_PREFIX
 from sd3coreml.errors import PipelineError
+from sd3coreml.release.manifest import MANIFEST_NAME, build_id, build_manifest, complete_manifest, load_spec, write_manifest
 
-MANIFEST_NAME = "manifest.json"
 MODEL_SUFFIXES = (".mlpackage", ".mlmodelc")
 RESERVED_NAMES = {MANIFEST_NAME, checksums.SUMS_NAME, checksums.SNAKEMAKE_MARKER}
-MANIFEST_KEYS_WE_WRITE = ("files", "build_id")
 
 
 def validate_entry_names(names) -> None:
@@ -91,59 +88,6 @@ def copy_content(source: Path, target: Path) -> None:
         shutil.copyfile(path, target / relative_path)
 
 
-def build_manifest(manifest: dict, folder: Path) -> dict:
-    """The given manifest plus its `build_id` and a `files` section of `folder`.
-
-    The build id is the sha256 of the canonical JSON of what was asked for (config, input
-    hashes, toolchain), not of the files: two builds of the same request share an id, and
-    `verify-folder` can then tell files of this build from files of another.
-    """
-    clashes = [key for key in MANIFEST_KEYS_WE_WRITE if key in manifest]
-    if clashes:
-        raise PipelineError(f"manifest keys {clashes}: written by assemble_folder; drop them from the manifest")
-    files = {
-        relative_path: {"sha256": checksums.file_sha256(path), "size": path.stat().st_size}
-        for relative_path, path in checksums.folder_files(folder)
-        if relative_path != MANIFEST_NAME
-    }
-    return {**manifest, "build_id": build_id(manifest), "files": files}
-
-
-def build_id(manifest: dict) -> str:
-    """sha256 of the manifest's canonical JSON, leaving out what assemble_folder writes."""
-    request = {key: value for key, value in manifest.items() if key not in MANIFEST_KEYS_WE_WRITE}
-    return hashlib.sha256(canonical_json(request).encode("utf-8")).hexdigest()
-
-
-def canonical_json(value) -> str:
-    """JSON with sorted keys and no whitespace: the form the build id is taken over."""
-    try:
-        return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
-    except (TypeError, ValueError) as error:
-        raise PipelineError(f"manifest: {error}; pass only strings, numbers, lists and dicts") from None
-
-
-def read_manifest(folder: Path) -> dict:
-    """A built folder's `manifest.json`: one line naming the file where it is missing or unreadable."""
-    path = Path(folder) / MANIFEST_NAME
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise PipelineError(f"{path}: missing; copy or rebuild the whole folder") from None
-    except ValueError as error:
-        raise PipelineError(f"{path}: not JSON ({error}); copy or rebuild the whole folder") from None
-    if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict):
-        raise PipelineError(f"{path}: no 'files' section; copy or rebuild the whole folder")
-    return manifest
-
-
-def write_manifest(manifest: dict, folder: Path) -> Path:
-    """Write `folder/manifest.json` deterministically (sorted keys, indent 2, final newline)."""
-    path = folder / MANIFEST_NAME
-    path.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8", newline="\n")
-    return path
-
-
 def check_sources(entries: dict[str, Path]) -> None:
     """Every entry's source exists; checked before anything is copied."""
     for name, source in entries.items():
@@ -170,6 +114,16 @@ def assemble_folder(entries: dict[str, Path], out_dir: Path, manifest: dict) -> 
         remove_path(staging)
 
 
+def assemble_from_spec(spec_path: Path, out_dir: Path, build_record: Path | None = None) -> dict:
+    """`assemble-folder`: the folder an assemble spec (manifest.folder_spec) describes; returns its manifest."""
+    entries, request, packages = load_spec(spec_path)
+    manifest = complete_manifest(request, packages)
+    assemble_folder(entries, out_dir, manifest)
+    if build_record:
+        write_build_record(build_record, out_dir, build_id(manifest))
+    return manifest
+
+
 def _copy_entry(name: str, source: Path, target: Path) -> None:
     try:
         # A link named in the entries is the caller's choice (e.g. a shared tokenizer);
@@ -179,54 +133,6 @@ def _copy_entry(name: str, source: Path, target: Path) -> None:
         raise PipelineError(
             f"entry {name!r}: copying {source} failed ({error}); free space or fix permissions and rerun"
         ) from None
-
-
-def load_spec(spec_path: Path) -> tuple[dict[str, Path], dict, dict[str, Path]]:
-    """Read an assemble spec `{"entries": {name: path}, "manifest": {...}, "packages": {name: path}}`.
-
-    `packages` names the `.mlpackage` each compiled entry was made from (app folders), so
-    the folder's interfaces can be read; a packages folder's entries are their own.
-    """
-    try:
-        text = sys.stdin.read() if str(spec_path) == "-" else Path(spec_path).read_text(encoding="utf-8")
-        spec = json.loads(text)
-    except (OSError, ValueError) as error:
-        raise PipelineError(f"{spec_path}: cannot read the assemble spec ({error}); write it as JSON") from None
-    entries = spec.get("entries") if isinstance(spec, dict) else None
-    manifest = spec.get("manifest", {}) if isinstance(spec, dict) else None
-    if not isinstance(entries, dict) or not all(isinstance(path, str) for path in entries.values()):
-        raise PipelineError(f"{spec_path}: key 'entries' must map folder names to source paths")
-    if not isinstance(manifest, dict):
-        raise PipelineError(f"{spec_path}: key 'manifest' must be a JSON object")
-    packages = spec.get("packages") or {name: path for name, path in entries.items() if name.endswith(".mlpackage")}
-    as_paths = {name: Path(path) for name, path in entries.items()}
-    return as_paths, manifest, {name: Path(path) for name, path in packages.items()}
-
-
-def app_record(packages: dict[str, Path]) -> dict:
-    """Whether the client app can load the folder made of these packages (client.py), from their interfaces."""
-    from google.protobuf.message import DecodeError
-
-    from sd3coreml.convert.package import package_interface
-    from sd3coreml.release.client import loadable_record
-
-    interfaces, unreadable = {}, []
-    for name, path in sorted(packages.items()):
-        try:
-            interfaces[Path(name).stem] = package_interface(path)
-        except (OSError, DecodeError):
-            unreadable.append(f"{Path(name).stem} is no readable Core ML package")
-    record = loadable_record(interfaces)
-    if unreadable:
-        record = {"app_loadable": False, "app_problems": unreadable + record.get("app_problems", [])}
-    return record
-
-
-def hash_inputs(manifest: dict) -> dict:
-    """Replace `input_files` {label: path} by their sha256 under `inputs`, so no host path reaches a folder."""
-    files = manifest.pop("input_files", {})
-    hashes = {label: checksums.tree_sha256(Path(path)) for label, path in files.items()}
-    return {**manifest, "inputs": {**manifest.get("inputs", {}), **hashes}}
 
 
 def write_build_record(path: Path, out_dir: Path, folder_build_id: str) -> None:

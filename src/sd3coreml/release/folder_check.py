@@ -24,6 +24,8 @@ from sd3coreml.contract import ADALN_FILE
 from sd3coreml.convert.package import ARTIFACT_KEY, block_range_label, read_spec
 from sd3coreml.errors import PipelineError
 from sd3coreml.release import folder
+from sd3coreml.release.manifest import MANIFEST_NAME, ManifestError, build_id
+from sd3coreml.release.manifest import read_manifest as read_manifest_file
 
 
 def folder_problems(folder_path: Path) -> list[str]:
@@ -49,7 +51,7 @@ def folder_problems(folder_path: Path) -> list[str]:
 def app_note(folder_path: Path) -> str | None:
     """Why the app cannot load the folder, as its manifest records it; None when it can."""
     try:
-        manifest = folder.read_manifest(folder_path)
+        manifest = read_manifest_file(folder_path)
     except PipelineError:
         return None
     if not isinstance(manifest, dict) or manifest.get("app_loadable", True):
@@ -61,27 +63,26 @@ def app_note(folder_path: Path) -> str | None:
 
 def read_manifest(folder_path: Path, problems: list[str]) -> dict | None:
     """The folder's manifest, or None with its problem appended (`missing`, `modified`)."""
-    if not (folder_path / folder.MANIFEST_NAME).is_file():
-        problems.append(f"missing: {folder.MANIFEST_NAME}")
+    if not (folder_path / MANIFEST_NAME).is_file():
+        problems.append(f"missing: {MANIFEST_NAME}")
         return None
     try:
-        return folder.read_manifest(folder_path)
-    except PipelineError as error:
-        why = "not JSON" if "not JSON" in str(error) else "no 'files' section"
-        problems.append(f"modified: {folder.MANIFEST_NAME} ({why})")
+        return read_manifest_file(folder_path)
+    except ManifestError as error:
+        problems.append(f"modified: {MANIFEST_NAME} ({error.why.split(' (')[0]})")
         return None
 
 
 def manifest_problems(folder_path: Path, manifest: dict, on_disk: dict[str, str]) -> list[str]:
     """The files on disk ({path: sha256}) and in SHA256SUMS against the manifest's own record of them."""
     problems = []
-    if manifest.get("build_id") != folder.build_id(manifest):
-        problems.append(f"stale: {folder.MANIFEST_NAME} (its build_id does not match its contents)")
+    if manifest.get("build_id") != build_id(manifest):
+        problems.append(f"stale: {MANIFEST_NAME} (its build_id does not match its contents)")
     recorded = {path: entry.get("sha256") for path, entry in manifest["files"].items()}
     sums_path = folder_path / checksums.SUMS_NAME
     listed = checksums.read_sha256sums(sums_path) if sums_path.is_file() else {}
-    listed.pop(folder.MANIFEST_NAME, None)
-    on_disk = {path: sha for path, sha in on_disk.items() if path != folder.MANIFEST_NAME}
+    listed.pop(MANIFEST_NAME, None)
+    on_disk = {path: sha for path, sha in on_disk.items() if path != MANIFEST_NAME}
     for path in sorted(set(recorded) - set(on_disk)):
         problems.append(f"missing: {path}")
     for path in sorted(set(listed) - set(recorded)):

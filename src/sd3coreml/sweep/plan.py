@@ -14,9 +14,9 @@ from pathlib import Path
 
 import yaml
 
-from sd3coreml.compress.settings import check_compression_settings
+from sd3coreml.compress.settings import CompressionSetting, checked_setting
 from sd3coreml.errors import PipelineError
-from sd3coreml.pipeline.plan import BlockRange, stage_ranges
+from sd3coreml.pipeline.stages import BlockRange, stage_ranges
 
 
 @dataclass(frozen=True)
@@ -39,10 +39,10 @@ class Layout:
 @dataclass(frozen=True)
 class CompressionMode:
     name: str
-    default: dict
-    stages: dict[int, dict] = field(default_factory=dict)
+    default: CompressionSetting
+    stages: dict[int, CompressionSetting] = field(default_factory=dict)
 
-    def for_stage(self, index: int, stage_count: int) -> dict:
+    def for_stage(self, index: int, stage_count: int) -> CompressionSetting:
         for key, settings in self.stages.items():
             if key % stage_count == index:
                 return settings
@@ -86,11 +86,10 @@ def parse_mode(name: str, value, key: str, stage_counts: list[int], check_settin
     if not isinstance(value, dict):
         raise PipelineError(f"{key} is {value!r}; write compression settings or {{default: ..., stages: ...}}")
     if "mode" in value:
-        check_settings(value, key)
-        return CompressionMode(name, value)
+        return CompressionMode(name, check_settings(value, key))
     if "default" not in value or set(value) - {"default", "stages"}:
         raise PipelineError(f"{key}: a per-stage mix takes `default:` settings and `stages: {{INDEX: settings}}`")
-    check_settings(value["default"], f"{key}.default")
+    default = check_settings(value["default"], f"{key}.default")
     stages = {}
     for index, settings in (value.get("stages") or {}).items():
         stage_key = f"{key}.stages.{index}"
@@ -100,9 +99,8 @@ def parse_mode(name: str, value, key: str, stage_counts: list[int], check_settin
                 f"{stage_key}: stage index must be an integer from {-fewest} to {fewest - 1} "
                 f"(the smallest layout has {fewest} stages, Stage0 included)"
             )
-        check_settings(settings, stage_key)
-        stages[index] = settings
-    return CompressionMode(name, value["default"], stages)
+        stages[index] = check_settings(settings, stage_key)
+    return CompressionMode(name, default, stages)
 
 
 def plan_sweep(config: dict, models: dict) -> SweepPlan | None:
@@ -111,8 +109,8 @@ def plan_sweep(config: dict, models: dict) -> SweepPlan | None:
     if "sweep" not in config:
         return None
 
-    def check_settings(settings: dict, key: str) -> None:
-        check_compression_settings(settings, key, config["conversion_target"])
+    def check_settings(settings: dict, key: str) -> CompressionSetting:
+        return checked_setting(settings, key, config["conversion_target"])
 
     path, name = config["sweep"].get("file", "config/sweeps.yaml"), config["sweep"]["name"]
     sweeps = read_sweeps(path)

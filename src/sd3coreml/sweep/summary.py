@@ -12,7 +12,8 @@ from pathlib import Path
 
 from sd3coreml import checksums
 from sd3coreml.atomic import written_atomically
-from sd3coreml.compress.settings import precision_class
+from sd3coreml.errors import PipelineError
+from sd3coreml.pipeline.artifacts import setting_of_package
 from sd3coreml.sweep.bench_report import read_benchmark
 from sd3coreml.sweep.device_verdict import DEVICE_COLUMNS, VERDICTS, worst
 from sd3coreml.sweep.program_stats import program_stats
@@ -42,7 +43,7 @@ def min_psnr(measurement: dict, package: str) -> float:
     for record in measurement["packages"]:
         if Path(record["package"]).name == Path(package).name:
             return min(float(figures["psnr_db"]) for figures in record["executor"].values())
-    raise ValueError(f"{package} is not in its measurement")
+    raise PipelineError(f"{package} is not in its measurement; delete the measurement and rerun the sweep")
 
 
 def device_figures(stage: dict, verdict_thresholds: dict) -> dict:
@@ -75,7 +76,7 @@ def stage_record(stage: dict, thresholds: dict, verdict_thresholds: dict, limit:
         "peak_activation_mib": stats.peak_activation_bytes / MIB,
         "psnr_db": psnr,
         "fp16_psnr_db": min_psnr(measurement, stage["fp16_package"]),
-        "passed": psnr >= thresholds[precision_class(Path(stage["package"]))],
+        "passed": psnr >= thresholds[setting_of_package(stage["package"]).precision],
         "weight_limit": weight_limit(stats.weight_bytes, limit, device),
         **device,
     }

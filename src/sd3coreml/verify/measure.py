@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from sd3coreml.atomic import write_json
-from sd3coreml.compress.settings import precision_class
+from sd3coreml.pipeline.artifacts import setting_of_package
 
 
 def psnr(reference: np.ndarray, candidate: np.ndarray) -> float:
@@ -50,7 +50,7 @@ def measure_package(package: Path, check, coreml_compute_units: str = "CPU_AND_N
 
     record = {
         "package": str(package),
-        "precision": precision_class(package),
+        "precision": setting_of_package(package).precision,
         "executor": compare_outputs(run_package(Path(package), check.inputs), check.reference),
     }
     record["coreml"] = coreml_figures(Path(package), check, coreml_compute_units)

@@ -34,6 +34,7 @@ from coremltools.converters.mil.frontend.milproto.load import load as _load_milp
 from coremltools.converters.mil.mil import types
 from coremltools.converters.mil.mil.types.symbolic import is_symbolic
 
+from sd3coreml.errors import PipelineError
 from sd3coreml.verify.mil_ops import LAST_OF_TIES, OWN_EVALUATIONS, convert_float
 
 # Ops that only move or pick elements: exact in the stored dtype, and they cannot make a
@@ -58,12 +59,16 @@ MOVES_ONLY = frozenset(
 )
 
 
-class NonFiniteValue(RuntimeError):
+class NonFiniteValue(PipelineError, RuntimeError):
     """An op produced inf or NaN in a floating output."""
 
 
-class UnsupportedOp(RuntimeError):
+class UnsupportedOp(PipelineError, RuntimeError):
     """Neither coremltools nor this module can evaluate an op type of the program."""
+
+
+class FeedMismatch(PipelineError, ValueError):
+    """Feeds that are not the program's inputs (names, shapes)."""
 
 
 def load_program(package: Path):
@@ -142,13 +147,13 @@ def _release_schedule(function, ops) -> dict[int, list]:
 
 def _bind_inputs(function, inputs: Mapping[str, np.ndarray], label: str) -> None:
     if unknown := sorted(set(inputs) - set(function.inputs)):
-        raise ValueError(f"{label}: unknown input(s) {unknown}; the program takes {sorted(function.inputs)}")
+        raise FeedMismatch(f"{label}: unknown input(s) {unknown}; the program takes {sorted(function.inputs)}")
     for name, var in function.inputs.items():
         if name not in inputs:
-            raise ValueError(f"{label}: missing input '{name}'")
+            raise FeedMismatch(f"{label}: missing input '{name}'")
         value = np.asarray(inputs[name]).astype(types.nptype_from_builtin(var.dtype), copy=False)
         if not _shape_matches(value.shape, var.shape):
-            raise ValueError(f"{label}: input '{name}' has shape {value.shape}, expected {tuple(var.shape)}")
+            raise FeedMismatch(f"{label}: input '{name}' has shape {value.shape}, expected {tuple(var.shape)}")
         _bind(var, value)
 
 

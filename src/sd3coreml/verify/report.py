@@ -151,3 +151,13 @@ def write_report(
     write_json(Path(out_json), report)
     if failure:
         raise PipelineError(failure)
+
+
+def write_report_from_spec(spec_path, out_json: Path, out_md: Path) -> None:
+    """`fidelity-report`: the report a spec (pipeline/jobs.fidelity_report_spec) asks for."""
+    from sd3coreml.step_spec import read_spec
+
+    spec = read_spec(spec_path, "fidelity-report")
+    measurements = {entry: Path(path) for entry, path in spec["measurements"].items()}
+    policy = CoreMLPolicy(spec["coreml"]["min_psnr_db"], spec["coreml"]["enforce"])
+    write_report(measurements, spec["thresholds"], out_json, out_md, policy)

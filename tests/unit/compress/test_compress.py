@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from sd3coreml.compress.settings import check_compression_settings
+from sd3coreml.compress.settings import CompressionSetting, checked_setting
 from sd3coreml.convert.package import read_spec
 from sd3coreml.errors import PipelineError
 
@@ -58,8 +58,8 @@ def compression_label(package):
     return read_spec(package).description.metadata.userDefined["sd3coreml.compression"]
 
 
-GROUPED = ["--mode", "palettize", "--nbits", "4", "--granularity", "per_grouped_channel", "--group-size", "8"]
-BLOCKS = ["--mode", "linear_symmetric", "--nbits", "4", "--granularity", "per_block", "--block-size", "32"]
+GROUPED = ["--compression", "palettize4_per_grouped_channel8"]
+BLOCKS = ["--compression", "int4_linear_symmetric_per_block32"]
 
 
 def test_grouped_palettes_repeat_whatever_the_thread_count(linear_package, tmp_path):
@@ -68,7 +68,7 @@ def test_grouped_palettes_repeat_whatever_the_thread_count(linear_package, tmp_p
     one, two = tmp_path / "one.mlpackage", tmp_path / "two.mlpackage"
     compress_cli(linear_package, one, *GROUPED, threads="1")
     # In this process OpenMP has its default, one thread per core.
-    compress_package(linear_package, two, "palettize", 4, "per_grouped_channel", group_size=8)
+    compress_package(linear_package, two, CompressionSetting.from_slug("palettize4_per_grouped_channel8"))
     assert tree_hash(one) == tree_hash(two)
     assert "constexpr_lut_to_dense" in program_ops(one)
     assert compression_label(one) == "palettize 4-bit per_grouped_channel 8"
@@ -81,9 +81,8 @@ def test_palettes_per_tensor_are_the_bytes_of_coremltools_kmeans_mode(linear_pac
     from sd3coreml.convert.package import load_package, save_package
 
     ours, kmeans = tmp_path / "ours.mlpackage", tmp_path / "kmeans.mlpackage"
-    compress_cli(linear_package, ours, "--mode", "palettize", "--nbits", "6", "--granularity", "per_tensor",
-                 "--threads", "2")  # fmt: skip
-    config = optimization_config("palettize", 6, "per_tensor")
+    compress_cli(linear_package, ours, "--compression", "palettize6_per_tensor", "--threads", "2")
+    config = optimization_config(CompressionSetting.from_slug("palettize6_per_tensor"))
     assert config.global_config.mode == "KMEANS"
     reference = cto.palettize_weights(load_package(linear_package), config=config)
     save_package(reference, kmeans, {"sd3coreml.compression": "palettize 6-bit per_tensor"})
@@ -113,15 +112,15 @@ def test_int4_blocks_quantize_with_blockwise_scales(linear_package, tmp_path):
 )  # fmt: skip
 def test_bad_compression_settings_name_their_key(settings, target, message):
     with pytest.raises(PipelineError) as error:
-        check_compression_settings(settings, "k", target)
+        checked_setting(settings, "k", target)
     assert message in str(error.value)
 
 
 def test_good_settings_pass():
-    check_compression_settings(
+    assert checked_setting(
         {"mode": "linear_symmetric", "nbits": 8, "granularity": "per_block", "block_size": 32}, "k", "iOS18"
-    )
-    check_compression_settings({"mode": "palettize", "nbits": 6}, "k", "iOS16")
+    ) == CompressionSetting("linear_symmetric", 8, "per_block", 32)
+    assert checked_setting({"mode": "palettize", "nbits": 6}, "k", "iOS16").slug == "palettize6_per_tensor"
 
 
 def test_the_parse_time_probe_of_the_exact_kmeans_agrees_with_coremltools_own_flag():

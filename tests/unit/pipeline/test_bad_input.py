@@ -364,7 +364,7 @@ def linear_package(path: Path, width: int) -> Path:
 
 def compress_command(source: Path, out: Path) -> list[str]:
     command = [sys.executable, "-m", "sd3coreml", "compress-package", "--package", str(source), "--out", str(out)]
-    return [*command, "--mode", "linear_symmetric", "--nbits", "8"]
+    return [*command, "--compression", "int8_linear_symmetric_per_channel"]
 
 
 def test_full_disk_during_a_package_save(tmpfs, tmp_path):

@@ -15,6 +15,7 @@ from snakemake.utils import validate
 
 from sd3coreml.compress.settings import COMPRESSION_MINIMUM_TARGET, CONVERSION_TARGETS, GRANULARITY_MINIMUM_TARGET
 from sd3coreml.compress.weights import optimization_config
+from sd3coreml.compress.settings import CompressionSetting
 from sd3coreml.pipeline.config import schema_problem
 
 SCHEMA = REPO / "config" / "schema.yaml"
@@ -46,7 +47,8 @@ def compression_ops(mode: str, nbits: int, version: int, granularity=None, **siz
     import coremltools.optimize.coreml as cto
 
     granularity = granularity or ("per_tensor" if mode == "palettize" else "per_channel")
-    config = optimization_config(mode, nbits, granularity, **sizes)
+    size = sizes.get("block_size", sizes.get("group_size"))
+    config = optimization_config(CompressionSetting(mode, nbits, granularity, size))
     compress = cto.linear_quantize_weights if mode == "linear_symmetric" else cto.palettize_weights
     model = compress(linear_package(version), config=config)
     return {op.op_type for op in model._mil_program.functions["main"].operations if op.op_type.startswith("constexpr")}

@@ -179,10 +179,12 @@ def test_require_compiler_with_the_default_template_on_a_host_without_xcode(tmp_
 
 
 def write_fake_xcrun(bin_dir: Path, finds: bool) -> None:
+    """A stand-in xcrun that logs every call to xcrun.log beside it."""
     bin_dir.mkdir()
     xcrun = bin_dir / "xcrun"
     xcrun.write_text(
         "#!/bin/sh\n"
+        'echo "$*" >> "${0%/*}/xcrun.log"\n'
         'if [ "$1" = --find ] && [ "$2" = coremlcompiler ]; then '
         f"{'echo /x/coremlcompiler; exit 0' if finds else 'exit 1'}; fi\n"
         'if [ "$1" = coremlcompiler ] && [ "$2" = version ]; then echo 3505.4.1; exit 0; fi\n'
@@ -196,32 +198,59 @@ def fake_tool(bin_dir: Path, name: str, script: str) -> None:
     (bin_dir / name).chmod(0o755)
 
 
+SELECT_XCODE = "sudo xcode-select -s /Applications/Xcode.app/Contents/Developer"
+# What macOS's xcode-select says where no developer folder is selected (no Xcode, no Command Line Tools).
+NO_DEVELOPER_DIRECTORY = (
+    'echo "xcode-select: error: unable to get active developer directory, use \\`sudo xcode-select --switch '
+    'path/to/Xcode.app\\` to set one (or see \\`man xcode-select\\`)" >&2; exit 2'
+)
+
+
 @pytest.mark.parametrize(
-    "selected, licence, expected",
+    "selected, expected",
     [
         (
-            "/Library/Developer/CommandLineTools",
-            "exit 0",
-            "only the Command Line Tools are selected (/Library/Developer/CommandLineTools), and coremlcompiler comes "
-            "with Xcode: install Xcode, then run sudo xcode-select -s /Applications/Xcode.app/Contents/Developer",
+            "Library/Developer/CommandLineTools",
+            "only the Command Line Tools are selected ({root}/Library/Developer/CommandLineTools), and coremlcompiler "
+            f"comes with Xcode: install Xcode, then run {SELECT_XCODE}",
         ),
         (
-            "/Applications/Xcode.app/Contents/Developer",
-            "exit 69",
+            "Applications/Xcode.app/Contents/Developer",
             "Xcode's licence is not accepted yet, so xcrun runs none of its tools: run sudo xcodebuild -license accept",
         ),
+        (
+            None,
+            "this Mac has no developer tools (xcode-select -p names none), and coremlcompiler comes with Xcode: "
+            "install Xcode (the App Store or developer.apple.com; xcode-select --install gives only the Command "
+            f"Line Tools, which lack it), then run {SELECT_XCODE}",
+        ),
+        (
+            "Applications/Xcode-moved.app/Contents/Developer",
+            "the developer folder xcode-select -p names ({root}/Applications/Xcode-moved.app/Contents/Developer) "
+            "does not exist (Xcode or the Command Line Tools were moved or removed): install Xcode, then run "
+            f"{SELECT_XCODE}",
+        ),
     ],
-    ids=["command-line-tools-only", "licence-not-accepted"],
+    ids=["command-line-tools-only", "licence-not-accepted", "no-developer-tools", "selected-folder-gone"],
 )
-def test_a_mac_without_a_usable_xcode_is_told_what_to_do(tmp_path, monkeypatch, selected, licence, expected):
+def test_a_mac_without_a_usable_xcode_is_told_what_to_do(tmp_path, monkeypatch, selected, expected):
     bin_dir = tmp_path / "bin"
     write_fake_xcrun(bin_dir, finds=False)
-    fake_tool(bin_dir, "xcode-select", f'[ "$1" = -p ] && echo {selected}')
-    fake_tool(bin_dir, "xcodebuild", f'[ "$1" = -license ] && [ "$2" = check ] && {licence}')
+    if selected is None:
+        fake_tool(bin_dir, "xcode-select", NO_DEVELOPER_DIRECTORY)
+    else:
+        fake_tool(bin_dir, "xcode-select", f'[ "$1" = -p ] && echo {tmp_path / selected}')
+        if "moved" not in selected:
+            (tmp_path / selected).mkdir(parents=True)
+    # The licence is never accepted here: only a Mac with Xcode selected may be told so. Without
+    # developer tools /usr/bin/xcodebuild is a stub whose licence check fails too.
+    fake_tool(bin_dir, "xcodebuild", "exit 69")
     monkeypatch.setenv("PATH", str(bin_dir))
     with pytest.raises(PipelineError) as raised:
         compile.require_compiler(compile.DEFAULT_COMPILER, "coremlsd3_4step_packages")
-    assert str(raised.value).startswith(expected + ": build 'coremlsd3_4step_packages' here")
+    assert str(raised.value).startswith(expected.format(root=tmp_path) + ": build 'coremlsd3_4step_packages' here")
+    # Without a developer folder the xcrun stub is never run: it may open macOS's install dialog.
+    assert (bin_dir / "xcrun.log").exists() is (selected is not None and "moved" not in selected)
 
 
 @pytest.mark.parametrize("finds", [True, False])

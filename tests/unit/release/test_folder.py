@@ -11,6 +11,7 @@ from sd3coreml import checksums
 from sd3coreml.commands import main as cli
 from sd3coreml.errors import PipelineError
 from sd3coreml.release import folder
+from sd3coreml.release import manifest as manifests
 
 MANIFEST = {"config": {"stage_sizes": [4, 4, 4, 4, 4, 4]}, "inputs": {"transformer": "abc123"}}
 
@@ -138,7 +139,7 @@ def test_build_id_is_stable_and_follows_the_request_not_the_files(tmp_path):
     assert (first / "manifest.json").read_bytes() == (second / "manifest.json").read_bytes()
     assert (first / "SHA256SUMS").read_bytes() == (second / "SHA256SUMS").read_bytes()
     build_id = read_manifest(first)["build_id"]
-    assert build_id == folder.build_id(MANIFEST) and len(build_id) == 64
+    assert build_id == manifests.build_id(MANIFEST) and len(build_id) == 64
 
     # Other bytes under the same request: same id, other file record (verify-folder tells them apart).
     changed_file = make_entries(tmp_path / "c", stage_count=3)
@@ -186,6 +187,6 @@ def test_cli_assemble_folder_from_a_json_spec(tmp_path):
 def test_input_files_are_recorded_by_hash_not_path(tmp_path):
     weights = tmp_path / "weights.safetensors"
     weights.write_bytes(b"tensor bytes")
-    manifest = folder.hash_inputs({"input_files": {"weights": str(weights)}, "inputs": {"given": "abc"}})
+    manifest = manifests.hash_inputs({"input_files": {"weights": str(weights)}, "inputs": {"given": "abc"}})
     assert manifest == {"inputs": {"given": "abc", "weights": checksums.file_sha256(weights)}}
     assert str(tmp_path) not in json.dumps(manifest)

@@ -16,7 +16,6 @@ from sd3coreml.sweep.device_profile import (
     unified_log_entries,
     unified_log_findings,
     unified_log_record,
-    zero_inputs,
 )
 from sd3coreml.sweep.device_verdict import (
     CPU_AND_NE_LOAD,

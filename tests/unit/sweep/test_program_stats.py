@@ -47,10 +47,11 @@ def test_weight_bytes_hold_the_weight_file(residual_package):
 
 
 def test_an_int8_twin_has_the_same_program_and_half_the_weights(residual_package, tmp_path):
+    from sd3coreml.compress.settings import CompressionSetting
     from sd3coreml.compress.weights import compress_package
 
     twin = tmp_path / "residual.int8.mlpackage"
-    compress_package(residual_package, twin, "linear_symmetric", 8, "per_channel")
+    compress_package(residual_package, twin, CompressionSetting.from_slug("int8_linear_symmetric_per_channel"))
     fp32, int8 = program_stats(residual_package), program_stats(twin)
     assert int8.compute_ops == fp32.compute_ops and int8.peak_activation_bytes == fp32.peak_activation_bytes
     assert int8.weight_bytes < fp32.weight_bytes / 3

@@ -7,7 +7,9 @@ import yaml
 from harness import REPO
 
 import sd3coreml.sweep.plan
+from sd3coreml.compress.settings import CompressionSetting
 from sd3coreml.errors import PipelineError
+from sd3coreml.pipeline.artifacts import block_range_name
 from sd3coreml.sweep.device_verdict import DEVICE_COLUMNS
 from sd3coreml.sweep.plan import plan_sweep
 
@@ -27,21 +29,22 @@ def test_layouts_are_named_by_their_sizes(tmp_path):
     plan = sweep_plan(tmp_path, {"model": "4step", "layouts": [[1, 1, 1, 1, 1], [2, 3]], "compression": {"int8": INT8}})
     assert [layout.name for layout in plan.layouts] == ["5x1", "2-3"]
     assert [layout.stage_count for layout in plan.layouts] == [6, 3]
-    assert plan.layouts[1].ranges[-1].slug == "blocks2-5_head"
+    assert block_range_name(plan.layouts[1].ranges[-1]) == "blocks2-5_head"
 
 
 def test_a_mix_picks_settings_per_stage_and_counts_back_from_the_head(tmp_path, monkeypatch):
     checked = []
-    check = sd3coreml.sweep.plan.check_compression_settings
+    check = sd3coreml.sweep.plan.checked_setting
     monkeypatch.setattr(
-        "sd3coreml.sweep.plan.check_compression_settings",
-        lambda settings, key, target: (checked.append(key), check(settings, key, target)),
+        "sd3coreml.sweep.plan.checked_setting",
+        lambda settings, key, target: (checked.append(key), check(settings, key, target))[1],
     )
     mix = {"default": INT4, "stages": {0: INT8, -1: INT8}}
     plan = sweep_plan(tmp_path, {"model": "4step", "layouts": [[2, 3]], "compression": {"mix": mix}})
     mode = plan.modes[0]
-    assert [mode.for_stage(index, 3) for index in range(3)] == [INT8, INT4, INT8]
-    assert [mode.for_stage(index, 4) for index in range(4)] == [INT8, INT4, INT4, INT8]
+    int8, int4 = CompressionSetting.from_config(INT8), CompressionSetting.from_config(INT4)
+    assert [mode.for_stage(index, 3) for index in range(3)] == [int8, int4, int8]
+    assert [mode.for_stage(index, 4) for index in range(4)] == [int8, int4, int4, int8]
     # Every settings block went through the compression check, under its own key.
     assert sorted(checked) == sorted(f"{tmp_path}/sweeps.yaml: mine.compression.mix{part}" for part in (
         ".default", ".stages.0", ".stages.-1"))  # fmt: skip

@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from sd3coreml.compress.settings import precision_class
+from sd3coreml.pipeline.artifacts import setting_of_package
 from sd3coreml.errors import PipelineError
 from sd3coreml.verify.measure import psnr
 from sd3coreml.verify.report import CoreMLPolicy, report_rows, write_report
@@ -40,7 +40,7 @@ def test_psnr_refuses_a_shape_mismatch():
     ],
 )
 def test_precision_class(name, expected):
-    assert precision_class(f"results/x/{name}") == expected
+    assert setting_of_package(f"results/x/{name}").precision == expected
 
 
 def measurement(tmp_path, name, packages):

@@ -34,6 +34,7 @@ from sd3coreml.contract import (
     VAE_SCALING_FACTOR,
     VAE_SHIFT_FACTOR,
 )
+from sd3coreml.errors import PipelineError
 from sd3coreml.verify.end_to_end.chain_record import ChainRecord
 from sd3coreml.verify.end_to_end.sampler import app_sigmas, euler_step
 from sd3coreml.verify.mil_executor import run_package
@@ -81,7 +82,7 @@ def predict_velocity(folder: Path, latent, text, pooled, timestep: float, step: 
         image = outputs[LATENT_IMAGE_EMBEDDINGS_OUT].astype(np.float32)
         text_tokens = outputs[TOKEN_LEVEL_TEXT_EMBEDDINGS_OUT].astype(np.float32)
         record.put(step, stage.name, np.concatenate([text_tokens, image], axis=1))
-    raise ValueError(f"{folder}: no stage returns noise_pred; the last stage is missing")
+    raise PipelineError(f"{folder}: no stage returns noise_pred; the last stage is missing, rebuild the folder")
 
 
 def run_app_chain(

@@ -128,7 +128,7 @@ def coreml_side(folder: Path, ids, noise, steps: int, joint_attention_dim: int, 
 
 def build_config_of(folder: Path) -> dict:
     """What shaped the folder (its manifest's `config`): the layout and the latent size."""
-    from sd3coreml.release.folder import read_manifest
+    from sd3coreml.release.manifest import read_manifest
 
     return read_manifest(folder)["config"]
 

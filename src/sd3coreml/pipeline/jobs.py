@@ -1,0 +1,40 @@
+"""Values the rules hand their jobs that are not paths: bars, policies, memory.
+
+Each is read from the config (and, for memory, from an input's size) at parse time.
+"""
+
+from pathlib import Path
+
+from sd3coreml.pipeline.artifacts import folder_name
+from sd3coreml.step_spec import write_spec
+
+
+def piece_args(wildcards: dict) -> str:
+    """An MMDiT piece's own arguments to its conversion and check steps, from its path's wildcards."""
+    blocks = f"--start {wildcards['start']} --end {wildcards['end']} " if "start" in wildcards else ""
+    latent = f"--latent {wildcards['height']} {wildcards['width']}" if "height" in wildcards else ""
+    return (blocks + latent).strip()
+
+
+def fidelity_report_spec(measurements: dict[str, str], config: dict) -> str:
+    """What fidelity-report reads: each folder entry's measurement, the bars, Core ML's own bar."""
+    fidelity = config["fidelity"]
+    coreml = {"min_psnr_db": fidelity["coreml_min_psnr_db"], "enforce": fidelity["enforce_coreml"]}
+    return write_spec({"measurements": measurements, "thresholds": fidelity["min_psnr_db"], "coreml": coreml})
+
+
+def end_to_end_bar(config: dict, model: str) -> float:
+    """The end-to-end check's bar of one model: its own, else fidelity's."""
+    return config["models"][model].get("end_to_end_min_psnr_db", config["fidelity"]["end_to_end_min_psnr_db"])
+
+
+def referenced_targets(models: dict, sweep) -> list[str]:
+    """What a user of this config can ask for: its artifacts are what cleanup keeps."""
+    folders = [folder_name(model, kind) for model in models for kind in ("packages", "app")]
+    return folders + ["verify"] + (["sweep"] if sweep else [])
+
+
+def end_to_end_mem_mb(weights: Path) -> int:
+    """The end-to-end job's memory: measured at SD3 Medium size, 16.7 GiB peak for 4.2 GB of fp16
+    weights (the reference holds them in fp32 beside the packages'); before they exist, that size."""
+    return max(2000, int(4.4 * weights.stat().st_size / 2**20)) if weights.exists() else 18000
