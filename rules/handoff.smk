@@ -2,7 +2,7 @@
 # built elsewhere and copied here, compiled into the app's folder. Only compile and folder
 # jobs: no models, no checkpoints, no toolchain fingerprint (the packages are what their
 # manifest says they are, and the folder check proves it before the first job).
-from sd3coreml.commands.frameworks import skip_unused_frameworks
+from sd3coreml.frameworks import skip_unused_frameworks
 from sd3coreml.pipeline.artifacts import build_record_path, folder_name, handoff_compiled, log_path, sums_path
 from sd3coreml.release.compile import require_compiler
 from sd3coreml.errors import PipelineError

@@ -9,7 +9,7 @@ every job.
 import argparse
 from pathlib import Path
 
-from sd3coreml.commands.frameworks import skip_unused_frameworks
+from sd3coreml.frameworks import skip_unused_frameworks
 from sd3coreml.errors import PipelineError
 
 

@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from sd3coreml.commands.frameworks import skip_unused_frameworks
+from sd3coreml.frameworks import skip_unused_frameworks
 
 
 def sweep_summary(args) -> None:

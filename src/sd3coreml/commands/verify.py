@@ -3,7 +3,7 @@
 import json
 from pathlib import Path
 
-from sd3coreml.commands.frameworks import skip_unused_frameworks
+from sd3coreml.frameworks import skip_unused_frameworks
 from sd3coreml.errors import PipelineError
 
 KINDS = ("conditioning", "input-stage", "block-range", "text-encoder", "vae-decoder")
