@@ -20,7 +20,7 @@ from sd3coreml.errors import PipelineError
 from sd3coreml.inputs.checkpoint import save_safetensors
 from sd3coreml.verify.end_to_end.check import end_to_end_check
 from sd3coreml.verify.measure import measure_packages
-from sd3coreml.verify.references import block_range_check, text_encoder_check
+from sd3coreml.verify.package_checks import block_range_check, text_encoder_check
 from sd3coreml.verify.report import write_report
 
 BARS = {"fp16": 60, "int8": 35, "int4": 25, "palettized": 25}

@@ -6,32 +6,19 @@ from pathlib import Path
 from sd3coreml.frameworks import skip_unused_frameworks
 from sd3coreml.errors import PipelineError
 
+# verify/package_checks.py's KINDS, spelled here so --help does not import torch.
 KINDS = ("conditioning", "input-stage", "block-range", "text-encoder", "vae-decoder")
 COMPUTE_UNITS_HELP = "what Core ML's own predictions run on (macOS)"
-
-
-def build_check(args):
-    from sd3coreml.verify import references
-
-    if args.kind == "conditioning":
-        return references.conditioning_check(args.weights, args.config, args.seed)
-    if args.kind == "input-stage":
-        return references.input_stage_check(args.weights, args.config, tuple(args.latent), args.seed)
-    if args.kind == "block-range":
-        latent = tuple(args.latent)
-        return references.block_range_check(args.weights, args.config, args.start, args.end, latent, args.seed)
-    if args.kind == "text-encoder":
-        return references.text_encoder_check(args.source, args.seed)
-    return references.vae_decoder_check(args.source, tuple(args.latent), args.seed)
 
 
 def verify_package(args) -> None:
     # transformers only for the CLIP reference: its import is seconds of every other check.
     skip_unused_frameworks("sklearn", *([] if args.kind == "text-encoder" else ["transformers"]))
-    from sd3coreml.verify import references  # noqa: F401  (build_check's: named where code_closure reads)
     from sd3coreml.verify.measure import measure_packages
+    from sd3coreml.verify.package_checks import build_check
 
-    measure_packages(args.packages, build_check(args), args.seed, args.out, args.coreml_compute_units)
+    check = build_check(args.kind, args.seed, args.weights, args.config, args.source, args.start, args.end, args.latent)
+    measure_packages(args.packages, check, args.seed, args.out, args.coreml_compute_units)
 
 
 def fidelity_report(args) -> None:

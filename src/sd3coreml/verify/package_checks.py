@@ -1,4 +1,6 @@
-"""Seeded inputs and fp32 reference outputs for each kind of package.
+"""Each package's check: seeded inputs and the fp32 outputs of what the package was converted from.
+
+(The end-to-end check's reference, a whole stock pipeline, is verify/end_to_end/reference.py.)
 
 A check pairs the feeds a package takes (named as in docs/APP_CONTRACT.md) with what the
 PyTorch module the package came from returns for them. The MMDiT pieces are referenced by
@@ -132,3 +134,19 @@ def vae_decoder_check(vae_dir: Path, latent: tuple[int, int], seed: int) -> Chec
     with torch.no_grad():
         image = vae.decode(torch.from_numpy(z)).sample
     return Check("diffusers AutoencoderKL.decode, fp32", {VAE_LATENT: z}, {VAE_IMAGE: image.numpy()})
+
+
+KINDS = ("conditioning", "input-stage", "block-range", "text-encoder", "vae-decoder")
+
+
+def build_check(kind: str, seed: int, weights=None, config=None, source=None, start=None, end=None, latent=None):
+    """The check of a package of `kind`: MMDiT kinds read `weights` and `config`, the others `source`."""
+    if kind == "conditioning":
+        return conditioning_check(weights, config, seed)
+    if kind == "input-stage":
+        return input_stage_check(weights, config, tuple(latent), seed)
+    if kind == "block-range":
+        return block_range_check(weights, config, start, end, tuple(latent), seed)
+    if kind == "text-encoder":
+        return text_encoder_check(source, seed)
+    return vae_decoder_check(source, tuple(latent), seed)
