@@ -91,7 +91,7 @@ def mac_selfcheck(args) -> None:
 
 
 def cleanup(args) -> None:
-    from sd3coreml.release.cleanup import clean, referenced_outputs
+    from sd3coreml.pipeline.cleanup import clean, referenced_outputs
 
     keep = referenced_outputs(args.snakefile, args.config_json, args.targets)
     print(clean(args.root, keep, args.dry_run))

@@ -187,9 +187,7 @@ def check_host(artifacts, outputs: list, models: dict, config: dict, memory: lis
 
     require_creatable(outputs)
     if any(str(path).startswith(f"{artifacts.root}/compiled/") for path in outputs):
-        from sd3coreml.pipeline.artifacts import folder_name
-
-        targets = " or ".join(folder_name(model, "packages") for model in models)
+        targets = " or ".join(Path(artifacts.folder(model, "packages")).name for model in models)
         require_compiler(config["compiler"]["command"], targets)
     require_free_space(Path(artifacts.root), artifacts.weights_to_convert(outputs, models, Path(config["components"])))
     if memory and not os.environ.get(SKIP_MEMORY_CHECK):

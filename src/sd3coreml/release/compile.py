@@ -20,9 +20,14 @@ from sd3coreml import checksums
 from sd3coreml.atomic import replace_path
 from sd3coreml.errors import PipelineError
 from sd3coreml.release import folder
-from sd3coreml.release.manifest import MANIFEST_NAME, read_manifest
 from sd3coreml.release.client import APP_RECORD_KEYS
-from sd3coreml.release.toolchain import TOOL_TIMEOUT_SECONDS, compiler_versions
+from sd3coreml.release.compiler_command import (
+    _template_words,
+    _xcrun_tool,
+    compiler_record,
+)
+from sd3coreml.release.manifest import MANIFEST_NAME, read_manifest
+from sd3coreml.release.toolchain import TOOL_TIMEOUT_SECONDS
 
 DEFAULT_COMPILER = (
     "xcrun coremlcompiler compile {package} {output_dir} --platform iOS --deployment-target {deployment_target}"
@@ -48,22 +53,6 @@ def compiler_command(command_template: str, package: Path, output_dir: Path, dep
         raise PipelineError(
             f"compiler template {command_template!r}: {error!r}; use only the fields {TEMPLATE_FIELDS}"
         ) from None
-
-
-def _template_words(command_template: str) -> list[str]:
-    try:
-        words = shlex.split(command_template)
-    except ValueError as error:
-        raise PipelineError(f"compiler template {command_template!r}: {error}; fix its quoting") from None
-    if not words:
-        raise PipelineError("compiler template is empty; use the default or name a compiler program")
-    return words
-
-
-def _xcrun_tool(command_template: str) -> str | None:
-    """The tool an `xcrun <tool> ...` template runs, or None for any other template."""
-    words = _template_words(command_template)
-    return words[1] if words[0] == "xcrun" and len(words) > 1 else None
 
 
 def _xcrun_finds(tool: str) -> bool:
@@ -161,27 +150,6 @@ def require_compiler(command_template: str, packages_target_hint: str) -> None:
             f"{_unavailable_reason(command_template)}: build '{packages_target_hint}' here, "
             f"then on a Mac run: {HAND_OFF}"
         )
-
-
-def compiler_program(command_template: str) -> list[str]:
-    """The words that name the compiler: `xcrun <tool>`, or a custom template's first word."""
-    words = _template_words(command_template)
-    return words[:2] if _xcrun_tool(command_template) is not None else words[:1]
-
-
-def public_command(command_template: str) -> str:
-    """The template as a manifest records it: program paths cut to their names (no host paths)."""
-    words = _template_words(command_template)
-    return shlex.join([Path(word).name if word.startswith("/") else word for word in words])
-
-
-def compiler_record(command_template: str, deployment_target: str) -> dict:
-    """What compiled an app folder, for its manifest: command, target, compiler and Xcode versions."""
-    return {
-        "command": public_command(command_template),
-        "deployment_target": deployment_target,
-        "versions": compiler_versions(compiler_program(command_template)),
-    }
 
 
 def _last_line(text: str) -> str:

@@ -108,7 +108,7 @@ def load_spec(spec_path: Path) -> tuple[dict[str, Path], dict, dict[str, Path]]:
 
 def complete_manifest(request: dict, packages: dict[str, Path]) -> dict:
     """The request with its inputs hashed, the app's verdict on the packages and the compiler's versions."""
-    from sd3coreml.release.compile import compiler_record
+    from sd3coreml.release.compiler_command import compiler_record
 
     manifest = {**hash_inputs(request), **app_record(packages)}
     if "compiler" in manifest:

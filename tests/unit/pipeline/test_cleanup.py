@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from sd3coreml.errors import PipelineError
-from sd3coreml.release.cleanup import clean, unreferenced
+from sd3coreml.pipeline.cleanup import clean, unreferenced
 
 
 def touch(path: Path, size: int = 4096) -> Path:
