@@ -161,3 +161,7 @@ def get_built_folders(include_packages=False):
         return ART.built_folders(MODELS, include_packages)
     except PipelineError as error:
         fail(error)
+
+
+def get_timestep_shift(wildcards):
+    return config["models"][wildcards.model]["timestep_shift"]

@@ -22,6 +22,7 @@ rule end_to_end:
         config_sha256=get_transformer_config_sha256,
         code=step_code("end-to-end"),
         steps=get_sampler_steps,
+        shift=get_timestep_shift,
         seed=VERIFY_SEED,
         min_psnr_db=get_end_to_end_bar,
         prompt=config["fidelity"]["prompt"],
@@ -41,6 +42,6 @@ rule end_to_end:
     shell:
         "python -m sd3coreml end-to-end --folder $(dirname {input.folder}) --weights {input.weights}"
         " --config {params.config} --components {input.components} --steps {params.steps} --seed {params.seed}"
-        " --min-psnr-db {params.min_psnr_db} --prompt {params.prompt:q} --out-json {output.json}"
+        " --shift {params.shift} --min-psnr-db {params.min_psnr_db} --prompt {params.prompt:q} --out-json {output.json}"
         " --out-png {output.png} --coreml-min-psnr-db {params.coreml_min_psnr_db} --enforce-coreml {params.enforce_coreml}"
         " --coreml-compute-units {params.runner[units]} > {log} 2>&1"

@@ -34,7 +34,7 @@ def end_to_end(args) -> None:
 
     coreml = (args.coreml_compute_units, args.coreml_min_psnr_db, args.enforce_coreml == "yes")
     check = end_to_end_check(args.folder, args.weights, args.config, args.components, args.steps, args.seed,
-                             args.min_psnr_db, args.prompt, coreml)  # fmt: skip
+                             args.min_psnr_db, args.prompt, coreml, shift=args.shift)  # fmt: skip
     write_side_by_side(check.package_image, check.reference_image, args.out_png)
     write_json(args.out_json, check.report)
     print(json.dumps(check.report, indent=2))
@@ -75,6 +75,7 @@ def register_cli(subparsers) -> None:
     step.add_argument("--config", type=Path, required=True)
     step.add_argument("--components", type=Path, required=True)
     step.add_argument("--steps", type=int, required=True, choices=[2, 4])
+    step.add_argument("--shift", type=float, required=True, help="the app's timestep shift (its model's 3.0)")
     step.add_argument("--seed", type=int, default=0)
     step.add_argument("--min-psnr-db", type=float, default=30.0)
     step.add_argument("--prompt", required=True, help="the prompt, tokenized as the app tokenizes it")

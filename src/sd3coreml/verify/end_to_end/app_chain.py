@@ -4,8 +4,10 @@ Tokenize with the folder's vocab.json/merges.txt as the app does (`app_tokenizer
 ids padded with EOS, CLIP-G's with "!"), encode with both CLIP packages, lay the
 embeddings out as the MMDiT expects them (CLIP-L and CLIP-G side by side, zero-padded to
 `joint_attention_dim`, then 77 zero T5 slots), run Conditioning and Stage0..N under the
-app's sampler, then the VAE decoder on `latent / 1.5305 + 0.0609`. Every intermediate the
-reference can be compared with is recorded in `ChainRecord`.
+app's sampler from the app's initial latent for a seed (`initial_latent`), then the VAE decoder
+on the last step's denoised prediction, `/ 1.5305 + 0.0609`, all in float32 as the app computes
+it (`sampler`, `app_noise`). Every intermediate the reference can be compared with is recorded
+in `ChainRecord`.
 """
 
 import re
@@ -35,11 +37,18 @@ from sd3coreml.contract import (
     VAE_SHIFT_FACTOR,
 )
 from sd3coreml.errors import PipelineError
+from sd3coreml.verify.end_to_end import app_noise
 from sd3coreml.verify.end_to_end.chain_record import ChainRecord
-from sd3coreml.verify.end_to_end.sampler import app_sigmas, euler_step
+from sd3coreml.verify.end_to_end.sampler import AppSchedule
 from sd3coreml.verify.mil_executor import run_package
 
 STAGE = re.compile(rf"{STAGE_PREFIX}(\d+)\.mlpackage")
+
+
+def initial_latent(seed: int, shape: tuple[int, ...]) -> np.ndarray:
+    """The latent the app starts from for `seed` (`generateLatentSamples`): NumPyRandomSource
+    normals with `stdev = initNoiseSigma`, which is 1 for DiscreteFlowScheduler."""
+    return app_noise.initial_latent(seed, shape, stdev=1.0)
 
 
 def folder_stages(folder: Path) -> list[Path]:
@@ -86,9 +95,15 @@ def predict_velocity(folder: Path, latent, text, pooled, timestep: float, step: 
 
 
 def run_app_chain(
-    folder: Path, ids: dict[str, list[int]], noise: np.ndarray, steps: int, joint_attention_dim: int, run=run_package
+    folder: Path,
+    ids: dict[str, list[int]],
+    noise: np.ndarray,
+    schedule: AppSchedule,
+    joint_attention_dim: int,
+    run=run_package,
 ) -> ChainRecord:
-    """The app's chain on the ids it feeds each text encoder (`app_tokenizer.app_token_ids`).
+    """The app's chain on the ids it feeds each text encoder (`app_tokenizer.app_token_ids`),
+    from `noise` (`initial_latent`) under `schedule` (its steps and timestep shift).
 
     `run(package, feeds) -> outputs` runs one package: the MIL executor, or Core ML itself
     (`coreml_chain.coreml_chain`, on a Mac).
@@ -96,12 +111,17 @@ def run_app_chain(
     folder = Path(folder)
     record = ChainRecord()
     text, pooled = encode_prompt(folder, ids, joint_attention_dim, record, run)
-    sigmas = app_sigmas(steps)
     latent = noise.astype(np.float32)
-    for step in range(steps):
-        velocity = predict_velocity(folder, latent, text, pooled, sigmas[step] * 1000.0, step, record, run)
-        latent = euler_step(latent, velocity, sigmas[step], sigmas[step + 1])
+    denoised = latent
+    for step, timestep in enumerate(schedule.timesteps):
+        velocity = predict_velocity(folder, latent, text, pooled, timestep, step, record, run)
+        latent, denoised = schedule.step(step, latent, velocity)
     record.put(None, "final_latent", latent)
-    z = latent / VAE_SCALING_FACTOR + VAE_SHIFT_FACTOR
+    # StableDiffusion3Pipeline.swift decodes `denoisedLatents`, set after each step to
+    # `scheduler[i].modelOutputs.last` (the step's `x - v * sigma`), not `latents`:
+    # `let images = try decodeToImages(denoisedLatents, configuration: config)`.
+    record.put(None, "decoded_latent", denoised)
+    # Decoder.swift: `$0 / scaleFactor + shiftFactor`, in Float32.
+    z = denoised / np.float32(VAE_SCALING_FACTOR) + np.float32(VAE_SHIFT_FACTOR)
     record.put(None, "image", run(folder / f"{VAE_DECODER}.mlpackage", {VAE_LATENT: z})[VAE_IMAGE])
     return record

@@ -1,10 +1,12 @@
 """End-to-end check of a packages folder: the app's chain against stock diffusers.
 
-One prompt, tokenized as the app tokenizes it (`app_tokenizer`), and one seeded noise go
-through the folder's packages as the app runs them (`app_chain`) and, as the same ids, through
-`StableDiffusion3Pipeline` (`reference`). Every recorded intermediate is compared by
-PSNR (peak = max |reference|); the prompt encoding, the first step's stage boundaries, the
-final latent and the image must clear the bar, so a wrong stage is named, and both images are
+One prompt, tokenized as the app tokenizes it (`app_tokenizer`), and the initial latent the
+app draws for the seed (`app_chain.initial_latent`) go through the folder's packages as the app
+runs them (`app_chain`, under the model's steps and timestep shift) and, as the same ids and the
+same latent, through `StableDiffusion3Pipeline` (`reference`). Every recorded intermediate is
+compared by PSNR (peak = max |reference|); the prompt encoding, the first step's stage
+boundaries, the final latent, the decoded latent (the last step's denoised prediction, which the
+app decodes) and the image must clear the bar, so a wrong stage is named, and both images are
 written side by side.
 
 Beside it, tokenization only: for a set of prompts with punctuation, `#`, non-ASCII text, one
@@ -21,7 +23,7 @@ import numpy as np
 
 from sd3coreml.atomic import written_atomically
 from sd3coreml.errors import PipelineError
-from sd3coreml.verify.end_to_end.sampler import app_timesteps
+from sd3coreml.verify.end_to_end.sampler import AppSchedule
 from sd3coreml.verify.measure import json_figure, psnr
 
 DEFAULT_PROMPT = "a photo of an astronaut riding a horse on the moon"
@@ -77,7 +79,7 @@ def comparisons(package_side, reference_side, timesteps) -> list[dict]:
 
 def judged(row: dict) -> bool:
     """The prompt encoding, the first step's boundaries (before errors compound), the final
-    latent and the image; later steps are reported only."""
+    latent, the decoded latent and the image; later steps are reported only."""
     return row["step"] in (None, 0)
 
 
@@ -106,7 +108,7 @@ def write_side_by_side(package_image: np.ndarray, reference_image: np.ndarray, o
         Image.fromarray(pixels).save(temporary, format="PNG")
 
 
-def coreml_side(folder: Path, ids, noise, steps: int, joint_attention_dim: int, reference, coreml) -> tuple:
+def coreml_side(folder: Path, ids, noise, schedule: AppSchedule, joint_attention_dim: int, reference, coreml) -> tuple:
     """The same chain in Core ML (macOS 15 or newer, in a child process), against the same reference.
 
     Returns (what the report holds, the failure line where Core ML is enforced and fell short).
@@ -115,12 +117,12 @@ def coreml_side(folder: Path, ids, noise, steps: int, joint_attention_dim: int, 
     from sd3coreml.verify.end_to_end.chain_record import ChainRecord
 
     compute_units, bar, enforce = coreml
-    outcome = isolated_chain(folder, ids, noise, steps, joint_attention_dim, compute_units)
+    outcome = isolated_chain(folder, ids, noise, schedule, joint_attention_dim, compute_units)
     if isinstance(outcome, str):
         return outcome, None
     if "failed" in outcome:
         return outcome, (f"end-to-end: the Core ML chain failed ({outcome['failed']})" if enforce else None)
-    rows = comparisons(ChainRecord(outcome), reference, app_timesteps(steps))
+    rows = comparisons(ChainRecord(outcome), reference, schedule.timesteps)
     failure = first_failure(rows, bar)
     report = {"compute_units": compute_units, "min_psnr_db": bar, "enforced": enforce, "comparisons": rows}
     return report, (f"{failure} (in Core ML)" if failure and enforce else None)
@@ -144,29 +146,42 @@ class EndToEnd:
 
 
 def end_to_end_check(
-    folder, weights, config, components, steps: int, seed: int, bar: float, prompt: str = DEFAULT_PROMPT, coreml=None
+    folder,
+    weights,
+    config,
+    components,
+    steps: int,
+    seed: int,
+    bar: float,
+    prompt: str = DEFAULT_PROMPT,
+    coreml=None,
+    shift: float = 3.0,
 ) -> EndToEnd:
-    """`coreml`: (compute units, bar, enforce) of the Core ML chain run beside the executor's (macOS 15)."""
-    from sd3coreml.verify.end_to_end.app_chain import run_app_chain
+    """`coreml`: (compute units, bar, enforce) of the Core ML chain run beside the executor's (macOS 15).
+
+    `seed`: the app's UInt32 seed; `shift`: the app's timestep shift (its `DiffusionModelKind.timestepShift`,
+    3.0), which the workflow passes from `models.<name>.timestep_shift`.
+    """
+    from sd3coreml.verify.end_to_end.app_chain import initial_latent, run_app_chain
     from sd3coreml.verify.end_to_end.app_tokenizer import app_token_ids
     from sd3coreml.verify.end_to_end.reference import load_pipeline, run_reference
 
     folder, components = Path(folder), Path(components)
-    pipeline = load_pipeline(weights, config, components)
+    schedule = AppSchedule(steps, shift)
+    pipeline = load_pipeline(weights, config, components, shift)
     transformer = pipeline.transformer.config
     build = build_config_of(folder)
     block_ranges = [tuple(block_range) for block_range in build["stage_block_ranges"]]
-    noise = np.random.default_rng(seed).standard_normal((1, transformer.in_channels, *build["latent_size"]))
-    noise = noise.astype(np.float32)
+    noise = initial_latent(seed, (1, transformer.in_channels, *build["latent_size"]))
     ids = app_token_ids(folder, prompt)
     reference = run_reference(pipeline, prompt, ids, noise, steps, block_ranges)
-    package_side = run_app_chain(folder, ids, noise, steps, transformer.joint_attention_dim)
-    rows = comparisons(package_side, reference, app_timesteps(steps))
+    package_side = run_app_chain(folder, ids, noise, schedule, transformer.joint_attention_dim)
+    rows = comparisons(package_side, reference, schedule.timesteps)
     failure = first_failure(rows, bar)
-    coreml_report, coreml_failure = coreml_side(folder, ids, noise, steps, transformer.joint_attention_dim, reference,
-                                                coreml or ("CPU_AND_NE", bar, False))  # fmt: skip
+    coreml_report, coreml_failure = coreml_side(folder, ids, noise, schedule, transformer.joint_attention_dim,
+                                                reference, coreml or ("CPU_AND_NE", bar, False))  # fmt: skip
     failure = failure or coreml_failure
-    final = next(row for row in rows if row["name"] == "final_latent")
+    final, decoded = (next(row for row in rows if row["name"] == name) for name in ("final_latent", "decoded_latent"))
     report = {
         "folder": folder.name,
         "prompt": prompt,
@@ -177,9 +192,11 @@ def end_to_end_check(
         },
         "seed": seed,
         "steps": steps,
-        "timesteps": [float(t) for t in app_timesteps(steps)],
+        "timestep_shift": shift,
+        "timesteps": [float(t) for t in schedule.timesteps],
         "min_psnr_db": bar,
         "final_latent_psnr_db": final["psnr_db"],
+        "decoded_latent_psnr_db": decoded["psnr_db"],
         "passed": failure is None,
         "comparisons": rows,
         "coreml": coreml_report,

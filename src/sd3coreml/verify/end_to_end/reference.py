@@ -1,12 +1,13 @@
 """The reference for the end-to-end check: stock diffusers and transformers, nothing of ours.
 
 `StableDiffusion3Pipeline` with no T5 (its slots are zeros, as `encode_prompt` makes them)
-runs the whole `SD3Transformer2DModel` under `FlowMatchEulerDiscreteScheduler` with shift 3
-and the app's sigmas, guidance 1; `AutoencoderKL.decode` makes the image. The prompt enters as the app's token ids: the
-pipeline's tokenizers hand those to the stock encoders (`AppIds`), so the artifacts are judged
-on the app's own input, not on what Hugging Face's tokenizer would make. Forward hooks
-record what the transformer computes at each stage boundary of a layout, so a wrong stage
-in a folder is found by name.
+runs the whole `SD3Transformer2DModel` under `FlowMatchEulerDiscreteScheduler` with the app's
+timestep shift and sigmas, guidance 1, from the app chain's initial latent; `AutoencoderKL.decode`
+makes the image from what the app decodes, the last step's denoised prediction. The prompt
+enters as the app's token ids: the pipeline's tokenizers hand those to the stock encoders
+(`AppIds`), so the artifacts are judged on the app's own input, not on what Hugging Face's
+tokenizer would make. Forward hooks record what the transformer computes at each stage
+boundary of a layout, so a wrong stage in a folder is found by name.
 """
 
 import json
@@ -19,7 +20,7 @@ import torch
 from sd3coreml.contract import MAX_TOKENS
 from sd3coreml.inputs.tokenizer import load_clip_tokenizer
 from sd3coreml.verify.end_to_end.chain_record import ChainRecord
-from sd3coreml.verify.end_to_end.sampler import SHIFT, unshifted_sigmas
+from sd3coreml.verify.end_to_end.sampler import unshifted_sigmas
 
 
 class AppIds:
@@ -34,7 +35,8 @@ class AppIds:
         return SimpleNamespace(input_ids=self.input_ids)
 
 
-def load_pipeline(weights: Path, config: Path, components: Path):
+def load_pipeline(weights: Path, config: Path, components: Path, shift: float):
+    """`shift`: the app's timestep shift (`models.<name>.timestep_shift`)."""
     from diffusers import (
         AutoencoderKL,
         FlowMatchEulerDiscreteScheduler,
@@ -52,7 +54,7 @@ def load_pipeline(weights: Path, config: Path, components: Path):
     ]
     pipeline = StableDiffusion3Pipeline(
         transformer=transformer.float().eval(),
-        scheduler=FlowMatchEulerDiscreteScheduler(shift=SHIFT),
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=shift),
         vae=AutoencoderKL.from_pretrained(str(Path(components) / "vae"), torch_dtype=torch.float32).eval(),
         text_encoder=encoders[0].eval(),
         tokenizer=load_clip_tokenizer(Path(components) / "tokenizer"),
@@ -130,6 +132,11 @@ def run_reference(pipeline, prompt: str, ids: dict, noise: np.ndarray, steps: in
         record.put(None, "prompt_embeds", prompt_embeds)
         record.put(None, "pooled_projections", pooled)
         hooks = StageBoundaryHooks(pipeline.transformer, block_ranges, record)
+        last_call = {}
+        last_call_hook = pipeline.transformer.register_forward_hook(
+            lambda module, args, kwargs, output: last_call.update(latent=kwargs["hidden_states"], velocity=output[0]),
+            with_kwargs=True,
+        )
         try:
             latent = pipeline(
                 prompt_embeds=prompt_embeds,
@@ -145,8 +152,13 @@ def run_reference(pipeline, prompt: str, ids: dict, noise: np.ndarray, steps: in
             ).images
         finally:
             hooks.remove()
+            last_call_hook.remove()
         record.put(None, "final_latent", latent)
+        # What the app decodes (app_chain.run_app_chain): the last step's x - sigma * v.
+        sigma = pipeline.scheduler.sigmas[steps - 1]
+        decoded = last_call["latent"].float() - sigma * last_call["velocity"].float()
+        record.put(None, "decoded_latent", decoded)
         vae = pipeline.vae
-        image = vae.decode(latent / vae.config.scaling_factor + vae.config.shift_factor).sample
+        image = vae.decode(decoded / vae.config.scaling_factor + vae.config.shift_factor).sample
         record.put(None, "image", image)
     return record
