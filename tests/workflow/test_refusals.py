@@ -5,10 +5,20 @@ tests/unit/pipeline/test_config.py); these show the Snakefile's wiring brings th
 """
 
 import re
+import shutil
 from pathlib import Path
 
 import pytest
-from harness import JOB_HOOKS, new_workdir, only_error_line, snakemake, write_config
+from harness import (
+    DEMO_FOLDERS,
+    JOB_HOOKS,
+    copy_of_build,
+    new_workdir,
+    only_error_line,
+    planned_jobs,
+    snakemake,
+    write_config,
+)
 
 JOB_LINE = re.compile(r"^(local)?rule \w+:", re.MULTILINE)
 
@@ -70,3 +80,36 @@ def test_a_job_planned_with_more_memory_than_the_machine_has(tmp_path):
         "still swaps), or build on a machine with more memory"
     )
     assert_no_job_ran(result, workdir)
+
+
+def file_times(root: Path) -> dict[str, tuple[int, int]]:
+    return {str(path.relative_to(root)): (path.stat().st_mtime_ns, path.stat().st_size) for path in root.rglob("*")}
+
+
+def test_a_bad_components_folder_leaves_the_build_as_it_was(demo_workdir, tmp_path):
+    """Under the demo's synthetic config a job failing on the folder would first have removed the built
+    tokenizer files, and the good config would then rebuild them: refused at parse time, nothing is lost."""
+    workdir = copy_of_build(demo_workdir, tmp_path / "work")
+    generated = workdir / "results" / "demo" / "checkpoints" / "tiny-components-seed0"
+    (workdir / "a_file").write_text("not a folder\n")
+    shutil.copytree(generated, workdir / "bad_vocab", copy_function=shutil.copy2)
+    (workdir / "bad_vocab" / "tokenizer" / "vocab.json").write_text('{"a": 0,')
+    shutil.copytree(generated, workdir / "no_merges", copy_function=shutil.copy2)
+    (workdir / "no_merges" / "tokenizer" / "merges.txt").unlink()
+    tokenizer_files = sorted((workdir / "results" / "demo" / "tokenizer").glob("*"))
+    assert [path.name for path in tokenizer_files] == ["merges.txt", "vocab.json"]
+    built = file_times(workdir / "results")
+
+    for components, expected in [
+        ("a_file", "a_file: a file, not a folder; 'components' must be an SD3 diffusers-layout folder"),
+        ("bad_vocab", "bad_vocab/tokenizer/vocab.json: not valid JSON; restore CLIP's tokenizer/vocab.json"),
+        ("no_merges", "no_merges/tokenizer/merges.txt: missing; the components folder needs tokenizer/merges.txt"),
+    ]:
+        config = write_config(workdir, f"{components}.yaml", components=components)
+        result = snakemake(workdir, "-c1", *DEMO_FOLDERS, config=config, check=False)
+        assert only_error_line(result).startswith(f"error: {expected}")
+        assert not JOB_LINE.search(result.stdout + result.stderr)
+        assert all(path.is_file() for path in tokenizer_files)
+        assert file_times(workdir / "results") == built
+
+    assert planned_jobs(snakemake(workdir, "-n", *DEMO_FOLDERS)) == {}

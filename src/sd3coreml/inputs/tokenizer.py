@@ -11,36 +11,48 @@ from sd3coreml.errors import PipelineError
 SPECIAL_TOKENS = {"<|startoftext|>": BOS, "<|endoftext|>": EOS}
 
 
-def check_vocab(path: Path) -> None:
+def check_vocab(path: Path, fix: str | None = None) -> None:
+    """CLIP's vocabulary, its special ids in place. `fix` replaces the advice to restore the file
+    (a generated folder is remade, not mended)."""
+    restore = fix or "restore CLIP's tokenizer/vocab.json"
     try:
         vocab = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise PipelineError(f"{path}: missing; the components folder needs tokenizer/vocab.json") from None
+        raise PipelineError(f"{path}: missing; {fix or 'the components folder needs tokenizer/vocab.json'}") from None
+    except IsADirectoryError:
+        raise PipelineError(f"{path}: a folder, not a file; {restore}") from None
     except OSError as error:
-        raise PipelineError(f"{path}: unreadable ({error.strerror}); restore CLIP's tokenizer/vocab.json") from None
+        raise PipelineError(f"{path}: unreadable ({error.strerror}); {restore}") from None
     except (UnicodeDecodeError, json.JSONDecodeError):
-        raise PipelineError(f"{path}: not valid JSON; restore CLIP's tokenizer/vocab.json") from None
+        raise PipelineError(f"{path}: not valid JSON; {restore}") from None
     if not isinstance(vocab, dict) or not all(type(index) is int for index in vocab.values()):
-        raise PipelineError(f"{path}: not a JSON object of token -> id; restore CLIP's tokenizer/vocab.json")
+        raise PipelineError(f"{path}: not a JSON object of token -> id; {restore}")
     if len(vocab) != CLIP_VOCAB_SIZE:
-        raise PipelineError(f"{path}: expected CLIP's {CLIP_VOCAB_SIZE} tokens; restore CLIP's tokenizer/vocab.json")
+        raise PipelineError(f"{path}: expected CLIP's {CLIP_VOCAB_SIZE} tokens; {restore}")
     for token, index in SPECIAL_TOKENS.items():
         if vocab.get(token) != index:
-            raise PipelineError(f"{path}: {token} must have id {index}; restore CLIP's tokenizer/vocab.json")
+            raise PipelineError(f"{path}: {token} must have id {index}; {restore}")
 
 
-def check_merges(path: Path) -> None:
+def check_merges(path: Path, fix: str | None = None) -> None:
+    """BPE merges: two tokens a line, after an optional `#version` line. `fix` as in check_vocab."""
+    restore = fix or "restore CLIP's tokenizer/merges.txt"
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except FileNotFoundError:
-        raise PipelineError(f"{path}: missing; the components folder needs tokenizer/merges.txt") from None
+        raise PipelineError(f"{path}: missing; {fix or 'the components folder needs tokenizer/merges.txt'}") from None
+    except IsADirectoryError:
+        raise PipelineError(f"{path}: a folder, not a file; {restore}") from None
     except OSError as error:
-        raise PipelineError(f"{path}: unreadable ({error.strerror}); restore CLIP's tokenizer/merges.txt") from None
+        raise PipelineError(f"{path}: unreadable ({error.strerror}); {restore}") from None
     except UnicodeDecodeError:
-        raise PipelineError(f"{path}: not UTF-8 text; restore CLIP's tokenizer/merges.txt") from None
+        raise PipelineError(f"{path}: not UTF-8 text; {restore}") from None
     body = lines[1:] if lines and lines[0].startswith("#version") else lines
     if not body or any(len(line.split(" ")) != 2 for line in body if line):
-        raise PipelineError(f"{path}: not a BPE merges file (two tokens a line); restore CLIP's tokenizer/merges.txt")
+        raise PipelineError(f"{path}: not a BPE merges file (two tokens a line); {restore}")
+
+
+FILE_CHECKS = {"vocab.json": check_vocab, "merges.txt": check_merges}
 
 
 def check_same_tokenizers(tokenizer_dir: Path, tokenizer_2_dir: Path) -> None:
@@ -49,6 +61,10 @@ def check_same_tokenizers(tokenizer_dir: Path, tokenizer_2_dir: Path) -> None:
         first, second = Path(tokenizer_dir) / name, Path(tokenizer_2_dir) / name
         if not second.is_file():
             raise PipelineError(f"{second}: missing; the components folder needs tokenizer_2/{name}")
+        if second.read_bytes() == first.read_bytes():
+            continue  # the usual case, decided without parsing (this runs at every parse)
+        # A file the comparison below cannot read is refused as itself, in one line.
+        FILE_CHECKS[name](second, f"make it a copy of {first}")
         if tokenizer_content(first) != tokenizer_content(second):
             raise PipelineError(
                 f"{second}: differs from {first}, but the app feeds both text encoders from one {name}; "

@@ -28,7 +28,7 @@ from sd3coreml.inputs.download import downloaded_paths
 from sd3coreml.inputs.geometry import MMDiTShape
 from sd3coreml.inputs.normalize import DIFFUSERS, ORIGINAL, check_original_header_matches_config, detect_layout
 from sd3coreml.inputs.tokenizer import check_merges, check_same_tokenizers, check_vocab
-from sd3coreml.pipeline.artifacts import SYNTHETIC_NAME
+from sd3coreml.pipeline.artifacts import SYNTHETIC, SYNTHETIC_NAME
 from sd3coreml.pipeline.stages import BlockRange, stage_ranges
 from sd3coreml.synthetic.presets import PRESETS, shares_components
 
@@ -39,6 +39,15 @@ KNOWN_IOS_MAJORS = (13, 14, 15, 16, 17, 18, 26)
 OVERRIDABLE_ENTRIES = {*TEXT_ENCODERS, CONTRACT_CONDITIONING}
 SAMPLER_STEPS = (2, 4)
 COMPONENT_DIRS = ("text_encoder", "text_encoder_2", "vae", "tokenizer", "tokenizer_2")
+# What every version of the synthetic_components job wrote. tokenizer_2/ came later (issue 13): a
+# folder generated before it is remade by its job, which runs only after these checks pass.
+GENERATED_COMPONENT_FILES = (
+    "text_encoder/config.json", "text_encoder/model.safetensors",
+    "text_encoder_2/config.json", "text_encoder_2/model.safetensors",
+    "vae/config.json", "vae/diffusion_pytorch_model.safetensors",
+    "tokenizer/vocab.json", "tokenizer/merges.txt", "tokenizer/tokenizer_config.json",
+    "tokenizer/special_tokens_map.json",
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -125,16 +134,46 @@ def check_latent(shape: MMDiTShape, key: str) -> None:
 
 
 def check_components(components: Path) -> None:
-    for name in COMPONENT_DIRS:
-        if not (components / name).is_dir():
-            raise PipelineError(
-                f"{components / name}: missing; 'components' must be an SD3 diffusers-layout folder "
-                f"with {', '.join(COMPONENT_DIRS)}"
-            )
+    """A components folder no job of this run makes: SD3's diffusers layout, CLIP's tokenizer files."""
+    layout = f"'components' must be an SD3 diffusers-layout folder with {', '.join(COMPONENT_DIRS)}"
+    if not components.exists():
+        raise PipelineError(
+            f"config key 'components' ({components}): no such folder; fix the path, or pin the folder under 'downloads'"
+        )
+    for folder in (components, *(components / name for name in COMPONENT_DIRS)):
+        if not folder.is_dir():
+            raise PipelineError(f"{folder}: {'a file, not a folder' if folder.exists() else 'missing'}; {layout}")
     # Plain JSON and text checks: transformers is too slow to import at every parse.
     check_vocab(components / "tokenizer" / "vocab.json")
     check_merges(components / "tokenizer" / "merges.txt")
     check_same_tokenizers(components / "tokenizer", components / "tokenizer_2")
+
+
+def check_generated_components(components: Path) -> None:
+    """A folder the synthetic_components job wrote earlier holds what that job always wrote.
+
+    Snakemake does not remake a folder that is there: a broken one would fail the jobs that read
+    it, after their outputs were removed.
+    """
+    remake = f"remove {components}, and its job (synthetic_components) writes it again"
+    if not components.is_dir():
+        raise PipelineError(f"{components}: a file, not a folder; {remake}")
+    for path in (components / name for name in GENERATED_COMPONENT_FILES):
+        if not path.is_file():
+            raise PipelineError(f"{path}: {'a folder, not a file' if path.is_dir() else 'missing'}; {remake}")
+    check_vocab(components / "tokenizer" / "vocab.json", remake)
+    check_merges(components / "tokenizer" / "merges.txt", remake)
+
+
+def made_by_synthetic_job(config: dict) -> bool:
+    """Whether `components` is the synthetic_components job's output, as Snakemake matches it."""
+    if "synthetic" not in config:
+        return False
+    root = config["output_root"].rstrip("/")
+    folder, name = os.path.split(config["components"])
+    return folder == f"{root}/{Path(SYNTHETIC['components']).parent}" and bool(
+        re.fullmatch(SYNTHETIC_NAME["components"], name)
+    )
 
 
 def lies_under(path: str, root: str) -> bool:
@@ -240,10 +279,13 @@ def plan_models(config: dict) -> dict[str, ModelPlan]:
     generated = "synthetic" in config
     downloaded = downloaded_paths(config)
     check_generated_paths(config, downloaded)
+    # Refused here or never: a job that fails on a bad folder has already lost its outputs, which
+    # Snakemake removes before it runs. Nothing is checked of what a job of this run will make.
     components = Path(config["components"])
-    # Synthetic components are this pipeline's own output, which its job remakes when its code
-    # changes (an older folder may lack what is checked now); downloaded ones, once placed.
-    if not generated and (components.exists() or components not in downloaded):
+    if made_by_synthetic_job(config):
+        if components.exists():
+            check_generated_components(components)
+    elif components.exists() or components not in downloaded:
         check_components(components)
     models = config["models"]
     plans = {key: plan_model(config, key, generated or Path(models[key]["weights"]) in downloaded) for key in models}

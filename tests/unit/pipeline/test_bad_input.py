@@ -16,7 +16,10 @@ parametrize id, per case:
 - pickle checkpoints: test_pickle_checkpoint_is_refused_unread
 - palettization without coremltools' exact k-means: test_palettes_without_exact_kmeans_are_refused
 - missing or malformed tokenizer files: test_bad_tokenizer_files[<id>]; a tokenizer_2 unlike tokenizer:
-  test_a_second_tokenizer_unlike_the_first_is_refused
+  test_a_second_tokenizer_unlike_the_first_is_refused; a bad components folder under a config that also
+  generates synthetic inputs (a file, broken tokenizer files, a missing folder; a broken generated one):
+  tests/unit/pipeline/test_components_refusals.py, and through Snakemake with the build kept,
+  tests/workflow/test_refusals.py::test_a_bad_components_folder_leaves_the_build_as_it_was
 - an output folder that cannot be made: test_an_output_root_that_is_a_file; through Snakemake,
   tests/workflow/test_refusals.py::test_a_file_where_an_output_folder_must_be
 - a full disk: test_full_disk_mid_write, test_full_disk_during_a_package_save, a full TMPDIR under
