@@ -5,7 +5,7 @@
 # Results, under config `output_root` (each pattern spelled once, in pipeline/artifacts.py):
 #   mmdit/<model>/<target>/conditioning.<setting>.mlpackage     Conditioning
 #   mmdit/<model>/<target>/latent<H>x<W>/input.<setting>...     Stage0
-#   mmdit/<model>/<target>/latent<H>x<W>/blocks<a>-<b>[_head]... a block range, shared by layouts
+#   mmdit/<model>/<target>/latent<H>x<W>/blocks<a>-<b>[_head][.split_heads]... a block range, shared by layouts
 #   text_encoders/<target>/TextEncoder{,2}.<setting>...         vae/<target>/latent<H>x<W>/VAEDecoder.fp16...
 #   tokenizer/   compiled/ios<deployment target>/<package path>.mlmodelc (macOS)
 #   fidelity/<package path>.json (per-package figures)   device/ (Core ML profiles, macOS)
@@ -51,6 +51,7 @@ else:
         start="\d+",
         end="\d+",
         head="(_head)?",
+        attention=ATTENTION_WILDCARD,
         encoder="TextEncoder2?",
         compression=SLUG_PATTERN,
         precision=f"fp16|{SLUG_PATTERN}",
@@ -65,6 +66,7 @@ else:
     include: "rules/vae.smk"
     include: "rules/tokenizer.smk"
     include: "rules/fidelity.smk"
+    include: "rules/attention.smk"
     include: "rules/end_to_end.smk"
     include: "rules/compile.smk"
     include: "rules/folders.smk"

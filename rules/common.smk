@@ -13,7 +13,7 @@ from sd3coreml.errors import PipelineError
 from sd3coreml.inputs.download import planned_downloads
 from sd3coreml.inputs.normalize import ORIGINAL, normalized_memory_mb
 from sd3coreml.contract import TEXT_ENCODERS
-from sd3coreml.pipeline.artifacts import PIECES, Artifacts, folder_name
+from sd3coreml.pipeline.artifacts import ATTENTION_VARIANTS, ATTENTION_WILDCARD, PIECES, Artifacts, folder_name
 from sd3coreml.pipeline.config import plan_models, schema_problem
 from sd3coreml.pipeline.disk import check_host, job_outputs, planned_memory
 from sd3coreml.pipeline import jobs
@@ -78,6 +78,16 @@ def get_transformer_config_sha256(wildcards):
 
 def get_piece_args(wildcards):
     return jobs.piece_args(dict(wildcards.items()))
+
+
+def get_attention_args(wildcards):
+    return jobs.attention_args(dict(wildcards.items()))
+
+
+def get_attention_checks(wildcards):
+    """A folder's split-attention packages' figures against their joint twins (none when all joint):
+    they must have passed; their times do not count, as the fidelity report's."""
+    return ancient(ART.attention_checks(wildcards.model, MODELS[wildcards.model].ranges))
 
 
 def verified_packages_of(piece):

@@ -9,6 +9,8 @@ rule packages_folder:
         unpack(folder_inputs_of("packages")),
         # Only a build whose packages passed their fidelity checks becomes a folder.
         fidelity=ART.report("{model}", "fidelity.json"),
+        # Split-attention stages held against their joint twins (rules/attention.smk).
+        attention=get_attention_checks,
     output:
         sums=ART.sums("{model}", "packages"),
         record=ART.build_record(folder_name("{model}", "packages")),
@@ -33,6 +35,8 @@ use rule packages_folder as app_folder with:
         unpack(folder_inputs_of("app")),
         packages=get_compiled_packages,
         fidelity=ART.report("{model}", "fidelity.json"),
+        # Split-attention stages held against their joint twins (rules/attention.smk).
+        attention=get_attention_checks,
     output:
         sums=ART.sums("{model}", "app"),
         record=ART.build_record(folder_name("{model}", "app")),

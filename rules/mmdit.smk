@@ -1,7 +1,8 @@
 # The MMDiT in the app's pieces, fp16: block ranges, Stage0 (input) and Conditioning.
-# A block range's path names its content (model, target, latent, blocks, head), so layouts
-# that share a range share the package. One step per piece; the piece's own arguments
-# (block range, latent size) come from its path's wildcards.
+# A block range's path names its content (model, target, latent, blocks, head, and its
+# attention where not joint), so layouts that share a range share the package. One step per
+# piece; the piece's own arguments (block range, latent size, attention) come from its path's
+# wildcards.
 
 
 rule mmdit_block_range:
@@ -13,6 +14,7 @@ rule mmdit_block_range:
         step="convert-block-range",
         code=step_code("convert-block-range"),
         piece=get_piece_args,
+        attention=get_attention_args,
         config=get_transformer_config,
         config_sha256=get_transformer_config_sha256,
         toolchain=TOOLCHAIN_FINGERPRINT,
@@ -26,7 +28,7 @@ rule mmdit_block_range:
         "../envs/convert.yaml"
     shell:
         "python -m sd3coreml {params.step} --weights {input.weights} --config {params.config} {params.piece}"
-        " --target {wildcards.target} --out {output} > {log} 2>&1"
+        " {params.attention} --target {wildcards.target} --out {output} > {log} 2>&1"
 
 
 use rule mmdit_block_range as mmdit_input_stage with:

@@ -13,7 +13,21 @@ from sd3coreml.frameworks import skip_unused_frameworks
 from sd3coreml.errors import PipelineError
 
 
+def refuse_attention(args, entry: str) -> None:
+    """The pieces without attention take no --attention: one line, before any work."""
+    if args.attention is not None:
+        from sd3coreml.pipeline.stages import NO_ATTENTION
+
+        raise PipelineError(
+            f"--attention {args.attention}: {entry} is {NO_ATTENTION[entry]} and holds no attention; "
+            "only convert-block-range takes --attention"
+        )
+
+
 def convert_conditioning(args):
+    from sd3coreml.contract import CONDITIONING
+
+    refuse_attention(args, CONDITIONING)
     skip_unused_frameworks("sklearn", "transformers")
     from sd3coreml.convert.mmdit import convert_conditioning
 
@@ -21,6 +35,9 @@ def convert_conditioning(args):
 
 
 def convert_input_stage(args):
+    from sd3coreml.contract import STAGE
+
+    refuse_attention(args, STAGE.format(index=0))
     skip_unused_frameworks("sklearn", "transformers")
     from sd3coreml.convert.mmdit import convert_input_stage
 
@@ -31,7 +48,8 @@ def convert_block_range(args):
     skip_unused_frameworks("sklearn", "transformers")
     from sd3coreml.convert.mmdit import convert_block_range
 
-    convert_block_range(args.weights, args.config, args.start, args.end, tuple(args.latent), args.target, args.out)
+    convert_block_range(args.weights, args.config, args.start, args.end, tuple(args.latent), args.target, args.out,
+                        args.attention)  # fmt: skip
 
 
 def convert_text_encoder(args):
@@ -85,21 +103,29 @@ def add_output_args(parser):
 
 def register_cli(subparsers) -> None:
     from sd3coreml.compress.settings import SLUG_GRAMMAR
+    from sd3coreml.pipeline.stages import ATTENTIONS, JOINT
 
     step = subparsers.add_parser("convert-conditioning", help="MMDiT Conditioning: time_text_embed")
     add_transformer_args(step, latent=False)
     add_output_args(step)
+    # Accepted only to be refused in one line: Conditioning holds no attention.
+    step.add_argument("--attention", help=argparse.SUPPRESS)
     step.set_defaults(func=convert_conditioning)
 
     step = subparsers.add_parser("convert-input-stage", help="MMDiT Stage0: patch and text embedding")
     add_transformer_args(step)
     add_output_args(step)
+    step.add_argument("--attention", help=argparse.SUPPRESS)
     step.set_defaults(func=convert_input_stage)
 
     step = subparsers.add_parser("convert-block-range", help="MMDiT joint blocks [start, end), head if last")
     add_transformer_args(step)
     step.add_argument("--start", type=int, required=True)
     step.add_argument("--end", type=int, required=True)
+    step.add_argument(
+        "--attention", choices=ATTENTIONS, default=JOINT,
+        help="joint: diffusers' attention as it is; split_heads: one head at a time (docs/ATTENTION.md)",
+    )  # fmt: skip
     add_output_args(step)
     step.set_defaults(func=convert_block_range)
 

@@ -20,7 +20,7 @@ GROUPS = {
         "convert-conditioning", "convert-input-stage", "convert-block-range", "convert-text-encoder",
         "convert-vae-decoder", "compress-package",
     ),
-    "sd3coreml.commands.verify": ("verify-package", "fidelity-report", "end-to-end"),
+    "sd3coreml.commands.verify": ("verify-package", "fidelity-report", "end-to-end", "verify-attention"),
     "sd3coreml.commands.release": (
         "assemble-folder", "verify-folder", "compile-package", "compile-folder", "release-check", "mac-selfcheck",
         "cleanup",

@@ -1,4 +1,5 @@
-"""`verify-package`, `fidelity-report`, `end-to-end`: every package against its PyTorch module, judged."""
+"""`verify-package`, `fidelity-report`, `end-to-end`: every package against its PyTorch module, judged;
+`verify-attention`: a split-attention package against its joint twin."""
 
 import json
 from pathlib import Path
@@ -25,6 +26,14 @@ def fidelity_report(args) -> None:
     from sd3coreml.verify.report import write_report_from_spec
 
     write_report_from_spec(args.spec, args.out_json, args.out_md)
+
+
+def verify_attention(args) -> None:
+    skip_unused_frameworks("sklearn", "transformers")
+    from sd3coreml.verify.attention_check import check_against_joint
+
+    record = check_against_joint(args.package, args.joint, args.seed, args.min_psnr_db, args.out)
+    print(json.dumps(record, indent=2))
 
 
 def end_to_end(args) -> None:
@@ -68,6 +77,16 @@ def register_cli(subparsers) -> None:
     step.add_argument("--out-json", type=Path, required=True)
     step.add_argument("--out-md", type=Path, required=True)
     step.set_defaults(func=fidelity_report)
+
+    step = subparsers.add_parser("verify-attention", help="a split-attention block range against its joint twin")
+    step.add_argument("--package", type=Path, required=True, help="the block range package split per head")
+    step.add_argument("--joint", type=Path, required=True, help="the same block range with joint attention")
+    step.add_argument("--seed", type=int, default=0)
+    step.add_argument(
+        "--min-psnr-db", type=float, required=True, help="the bar per output (fidelity.attention_min_psnr_db)"
+    )
+    step.add_argument("--out", type=Path, required=True, help="the figures JSON to write")
+    step.set_defaults(func=verify_attention)
 
     step = subparsers.add_parser("end-to-end", help="a packages folder against stock diffusers, prompt to image")
     step.add_argument("--folder", type=Path, required=True, help="a built packages folder")

@@ -22,11 +22,14 @@ from sd3coreml.convert.mmdit_modules import build_block_range, build_conditionin
 from sd3coreml.convert.package import ARTIFACT_KEY, block_range_label, save_package
 from sd3coreml.inputs.checkpoint import check_header_matches_config, load_transformer_config
 from sd3coreml.inputs.geometry import MMDiTShape
+from sd3coreml.pipeline.stages import JOINT, SPLIT_HEADS, check_attention
 
 # Joint blocks hold no shape constants, so a trace on one row of patches and a few text
 # tokens converts to the same program as a full-size one (docs/TOOL_FACTS.md, "Tracing and
 # conversion") at a fraction of the forward's cost.
 TRACE_TEXT_TOKENS = 8
+# A package's metadata key naming its attention where it is not the default (joint).
+ATTENTION_KEY = "sd3coreml.attention"
 
 
 def load_shape(weights: Path, config_path: Path, latent_size: tuple[int, int]) -> MMDiTShape:
@@ -67,12 +70,22 @@ def convert_input_stage(weights: Path, config_path: Path, latent_size, target: s
     save_package(mlmodel, Path(out), {ARTIFACT_KEY: "MMDiT input stage"})
 
 
-def convert_block_range(weights: Path, config_path: Path, start: int, end: int, latent_size, target: str, out: Path):
-    """Blocks [start, end); the range ending the transformer also gets the head (noise_pred)."""
+def convert_block_range(
+    weights: Path, config_path: Path, start: int, end: int, latent_size, target: str, out: Path, attention=JOINT
+):
+    """Blocks [start, end); the range ending the transformer also gets the head (noise_pred).
+    `attention` SPLIT_HEADS computes each attention one head at a time (convert/split_attention.py)."""
     shape = load_shape(weights, config_path, latent_size)
-    module = Float16Inputs(build_block_range(shape, start, end, weights, torch.float16))
+    blocks = build_block_range(shape, start, end, weights, torch.float16)
+    metadata = {ARTIFACT_KEY: block_range_label(start, end)}
+    if check_attention(attention, "the block range's attention") == SPLIT_HEADS:
+        from sd3coreml.convert.split_attention import split_attention_per_head
+
+        blocks = split_attention_per_head(blocks)
+        metadata[ATTENTION_KEY] = attention
+    module = Float16Inputs(blocks)
     outputs = [NOISE_PRED] if module.module.has_head else list(STAGE_OUTPUTS)
     one_row = shape.latent_width // shape.patch_size
     example = random_inputs([(1, one_row, shape.width), (1, TRACE_TEXT_TOKENS, shape.width), (1, shape.width)])
     mlmodel = convert_module(module, body_specs(shape), outputs, target, example=example)
-    save_package(mlmodel, Path(out), {ARTIFACT_KEY: block_range_label(start, end)})
+    save_package(mlmodel, Path(out), metadata)

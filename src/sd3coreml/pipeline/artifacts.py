@@ -1,25 +1,28 @@
 """Every artifact, log and benchmark path under `output_root`, each spelled once.
 
 An artifact's path names what determines its content (model, conversion target, latent size,
-block range, compression setting), never its place in one layout, so layouts that share a
-block range share the file. The spellings are wildcard patterns (PIECES, JOBS, ...): rules
-match them, and every concrete path (the plan's, the sweep's, cleanup's, the benchmark
-report's, the tests') is the same pattern filled in (`fill`), so the two cannot disagree.
+block range and its attention, compression setting), never its place in one layout, so layouts
+that share a block range share the file. The spellings are wildcard patterns (PIECES, JOBS,
+...): rules match them, and every concrete path (the plan's, the sweep's, cleanup's, the
+benchmark report's, the tests') is the same pattern filled in (`fill`), so the two cannot
+disagree.
 """
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from sd3coreml.compress.settings import FP16, CompressionSetting, FolderCompression
 from sd3coreml.contract import CONDITIONING, STAGE, TEXT_ENCODERS, TOKENIZER_FILES, VAE_DECODER
 from sd3coreml.errors import PipelineError
 from sd3coreml.inputs.checkpoint import CONDITIONING_PREFIXES, INPUT_STAGE_PREFIXES, block_range_prefixes
-from sd3coreml.pipeline.stages import BlockRange
+from sd3coreml.pipeline.stages import ATTENTIONS, JOINT, BlockRange
 
 LATENT = "latent{height}x{width}"
-BLOCK_RANGE = "blocks{start}-{end}{head}"
+BLOCK_RANGE = "blocks{start}-{end}{head}{attention}"
 HEAD = "_head"
+# A block range's attention when it is not the default (joint): `blocks0-4_head.split_heads`.
+ATTENTION = ".{name}"
 # Each converted piece under output_root, as a wildcard pattern; `.{precision}.mlpackage` ends it.
 PIECES = {
     "conditioning": "mmdit/{model}/{target}/conditioning",
@@ -33,6 +36,8 @@ PIECES = {
 # (the path and slug), Core ML's profile and its compiled twin.
 PACKAGE = "{path}.{precision}.mlpackage"
 MEASUREMENT = "fidelity/{path}.{precision}.json"
+# A block range package whose attention is not joint, measured against its joint twin.
+AGAINST_JOINT = "fidelity/{path}.{precision}.against_joint.json"
 ANY_PACKAGE = "{package}.mlpackage"
 DEVICE_PROFILE = "device/{package}.json"
 COMPILED = "compiled/ios{deployment_target}/{package}.mlmodelc"
@@ -41,6 +46,7 @@ JOBS = {
     "convert": "{path}",
     "compress": "compress/{path}.{compression}",
     "fidelity": "fidelity/{path}.{precision}",
+    "against_joint": "fidelity/{path}.{precision}.against_joint",
     "compile": "compile/ios{deployment_target}/{package}",
     "profile": "device/{package}",
 }
@@ -71,21 +77,35 @@ def job_stem(kind: str, **values) -> str:
     return fill(JOBS[kind], **values)
 
 
+def attention_field(attention: str) -> str:
+    """The `{attention}` of a block range's path: empty for the default, so its paths never change."""
+    return "" if attention == JOINT else fill(ATTENTION, name=attention)
+
+
+ATTENTION_FIELDS = {attention_field(attention): attention for attention in ATTENTIONS}
+# The `{attention}` wildcard: empty (joint) or a variant, the field of an attention other than joint.
+ATTENTION_VARIANTS = "|".join(re.escape(field) for field in ATTENTION_FIELDS if field)
+ATTENTION_WILDCARD = f"({ATTENTION_VARIANTS})?"
+
+
 def block_range_fields(block_range: BlockRange) -> dict:
-    return {"start": block_range.start, "end": block_range.end, "head": HEAD if block_range.has_head else ""}
+    return {"start": block_range.start, "end": block_range.end, "head": HEAD if block_range.has_head else "",
+            "attention": attention_field(block_range.attention)}  # fmt: skip
 
 
 def block_range_name(block_range: BlockRange) -> str:
-    """`blocks4-8`, or `blocks20-24_head` for the range that ends the transformer."""
+    """`blocks4-8`, `blocks20-24_head` for the range that ends the transformer, `blocks4-8.split_heads`."""
     return fill(BLOCK_RANGE, **block_range_fields(block_range))
 
 
 def block_range_of(name: str) -> BlockRange | None:
-    """The range an artifact name holds (`blocks4-8`, `blocks20-24_head`), or None."""
+    """The range an artifact name holds (`blocks4-8`, `blocks20-24_head.split_heads`), or None."""
     pattern = fill(re.escape(BLOCK_RANGE).replace(r"\{", "{").replace(r"\}", "}"),
-                   start=r"(\d+)", end=r"(\d+)", head=f"({HEAD})?")  # fmt: skip
+                   start=r"(\d+)", end=r"(\d+)", head=f"({HEAD})?", attention=ATTENTION_WILDCARD)  # fmt: skip
     named = re.fullmatch(pattern, name)
-    return BlockRange(int(named[1]), int(named[2]), bool(named[3])) if named else None
+    if not named:
+        return None
+    return BlockRange(int(named[1]), int(named[2]), bool(named[3]), ATTENTION_FIELDS[named[4] or ""])
 
 
 def setting_of_package(package) -> CompressionSetting:
@@ -172,6 +192,13 @@ class Artifacts:
 
     def measurement_pattern(self, piece: str) -> str:
         return self.under_root(fill(MEASUREMENT, path=PIECES[piece]))
+
+    def against_joint_pattern(self) -> str:
+        return self.under_root(fill(AGAINST_JOINT, path=PIECES["block_range"]))
+
+    def joint_twin_pattern(self, precision: str = "{precision}") -> str:
+        """A block range's package with the attention left out: what a split package is held against."""
+        return fill(self.piece("block_range", precision), attention=attention_field(JOINT))
 
     def device_pattern(self) -> str:
         return self.under_root(DEVICE_PROFILE)
@@ -264,6 +291,19 @@ class Artifacts:
         """Where a package's fidelity figures go: its path under fidelity/, precision kept."""
         return self.under_root(fill(MEASUREMENT, **self.package_parts(package)))
 
+    def against_joint(self, package: str) -> str:
+        """Where a split-attention package's figures against its joint twin go."""
+        return self.under_root(fill(AGAINST_JOINT, **self.package_parts(package)))
+
+    def attention_checks(self, model: str, ranges) -> list[str]:
+        """The figures against their joint twins of a model's folder packages whose attention is not joint."""
+        packages = self.folder_packages(model, ranges)
+        return [
+            self.against_joint(packages[STAGE.format(index=index)])
+            for index, block_range in enumerate(ranges, 1)
+            if block_range.attention != JOINT
+        ]
+
     def device_profile(self, package: str) -> str:
         """Where Core ML's measurement of a package goes (macOS only)."""
         return self.under_root(fill(DEVICE_PROFILE, package=self.relative(package).removesuffix(".mlpackage")))
@@ -293,15 +333,26 @@ class Artifacts:
         files = [self.job_benchmark("convert", path=path), self.job_benchmark("fidelity", path=path, precision=slug)]
         return files + ([self.job_benchmark("compress", path=path, compression=slug)] if slug != FP16 else [])
 
-    def sweep_stages(self, model: str, layout, mode, on_macos: bool) -> list[dict]:
-        """Stage0..N of one sweep layout under one mode, with what the summary reads of each."""
+    def sweep_stages(self, model: str, layout, mode, on_macos: bool, attention: str = JOINT) -> list[dict]:
+        """Stage0..N of one sweep layout under one mode and attention, with what the summary reads of
+        each; a block range whose attention is not joint also names its fp16 joint twin and the
+        figures against its joint twins (the package's, and its fp16 one's)."""
+        ranges = [replace(block_range, attention=attention) for block_range in layout.ranges]
+        joint_stems = self.stage_stems(model, layout.ranges)
         stages = []
-        for index, stem in enumerate(self.stage_stems(model, layout.ranges)):
+        for index, stem in enumerate(self.stage_stems(model, ranges)):
             setting = mode.for_stage(index, layout.stage_count)
             package = self.compressed(stem, setting)
             stage = {"stage": index, "package": package, "fp16_package": self.compressed(stem, CompressionSetting())}
             stage["measurement"] = self.measurement(package)
             stage["benchmarks"] = self.stage_benchmarks(stem, setting)
+            if stem != joint_stems[index]:
+                stage["joint_fp16_package"] = self.compressed(joint_stems[index], CompressionSetting())
+                split = sorted({package, stage["fp16_package"]})
+                stage["against_joint"] = [self.against_joint(path) for path in split]
+                stage["benchmarks"] += [
+                    self.job_benchmark("against_joint", **self.package_parts(path)) for path in split
+                ]
             if on_macos:
                 stage["device"] = self.device_profile(package)
             stages.append(stage)
@@ -309,10 +360,11 @@ class Artifacts:
 
     def sweep_rows(self, sweep, on_macos: bool) -> list[dict]:
         return [
-            {"layout": layout.name, "sizes": list(layout.sizes), "mode": mode.name,
-             "stages": self.sweep_stages(sweep.model, layout, mode, on_macos)}
+            {"layout": layout.name, "sizes": list(layout.sizes), "mode": mode.name, "attention": attention,
+             "stages": self.sweep_stages(sweep.model, layout, mode, on_macos, attention)}
             for layout in sweep.layouts
             for mode in sweep.modes
+            for attention in sweep.attentions
         ]  # fmt: skip
 
     def weights_to_convert(self, outputs, models: dict, components: Path) -> list:
@@ -335,9 +387,11 @@ class Artifacts:
     def sweep_inputs(self, sweep, on_macos: bool) -> dict[str, list[str]]:
         """What the sweep's summary reads: every stage package, its fp16 twin, measurement and profile."""
         stages = [stage for row in self.sweep_rows(sweep, on_macos) for stage in row["stages"]]
+        twins = ("package", "fp16_package", "joint_fp16_package")
         return {
-            "packages": sorted({stage[key] for stage in stages for key in ("package", "fp16_package")}),
+            "packages": sorted({stage[key] for stage in stages for key in twins if key in stage}),
             "measurements": sorted({stage["measurement"] for stage in stages}),
+            "against_joint": sorted({path for stage in stages for path in stage.get("against_joint", [])}),
             "device_profiles": sorted({stage["device"] for stage in stages if "device" in stage}),
         }
 

@@ -29,7 +29,7 @@ from sd3coreml.inputs.geometry import MMDiTShape
 from sd3coreml.inputs.normalize import DIFFUSERS, ORIGINAL, check_original_header_matches_config, detect_layout
 from sd3coreml.inputs.tokenizer import check_merges, check_same_tokenizers, check_vocab
 from sd3coreml.pipeline.artifacts import SYNTHETIC, SYNTHETIC_NAME
-from sd3coreml.pipeline.stages import BlockRange, stage_ranges
+from sd3coreml.pipeline.stages import JOINT, BlockRange, stage_ranges, with_attention
 from sd3coreml.synthetic.presets import PRESETS, shares_components
 
 # iOS majors coremltools 9 has a ct.target for; Apple went from 18 to 26. A compiler target
@@ -258,6 +258,7 @@ def plan_model(config: dict, key: str, made_by_job: bool) -> ModelPlan:
     check_latent(shape, key)
     sizes_key = f"models.{key}.stage_sizes" if "stage_sizes" in entry else "stage_sizes"
     ranges = stage_ranges(entry.get("stage_sizes", config["stage_sizes"]), shape.depth, sizes_key)
+    ranges = with_attention(ranges, entry.get("attention", JOINT), f"models.{key}.attention")
     # Synthetic or downloaded weights are made by a job; once they exist they are checked.
     layout = DIFFUSERS
     if weights.exists() or not made_by_job:

@@ -5,7 +5,7 @@ Each is read from the config (and, for memory, from an input's size) at parse ti
 
 from pathlib import Path
 
-from sd3coreml.pipeline.artifacts import folder_name
+from sd3coreml.pipeline.artifacts import ATTENTION_FIELDS, folder_name
 from sd3coreml.step_spec import write_spec
 
 
@@ -14,6 +14,12 @@ def piece_args(wildcards: dict) -> str:
     blocks = f"--start {wildcards['start']} --end {wildcards['end']} " if "start" in wildcards else ""
     latent = f"--latent {wildcards['height']} {wildcards['width']}" if "height" in wildcards else ""
     return (blocks + latent).strip()
+
+
+def attention_args(wildcards: dict) -> str:
+    """A block range's attention for its conversion, from its path: none for the default (joint)."""
+    field = wildcards.get("attention", "")
+    return f"--attention {ATTENTION_FIELDS[field]}" if field else ""
 
 
 def fidelity_report_spec(measurements: dict[str, str], config: dict) -> str:

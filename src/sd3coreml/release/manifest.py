@@ -17,6 +17,7 @@ from sd3coreml import checksums
 from sd3coreml.compress.settings import FolderCompression
 from sd3coreml.contract import CLIENT, CONDITIONING, STAGE, TEXT_ENCODERS, TOKENIZER_FILES, VAE_DECODER
 from sd3coreml.errors import PipelineError
+from sd3coreml.pipeline.stages import JOINT
 from sd3coreml.step_spec import read_spec, write_spec
 
 MANIFEST_NAME = "manifest.json"
@@ -48,6 +49,9 @@ def entry_settings(ranges, config: dict) -> dict[str, dict]:
     for index, block_range in enumerate(ranges, 1):
         entry = STAGE.format(index=index)
         blocks = {"blocks": [block_range.start, block_range.end], "head": block_range.has_head}
+        if block_range.attention != JOINT:
+            # Recorded only where not the default, so a joint folder's manifest keeps its bytes.
+            blocks["attention"] = block_range.attention
         settings[entry] = {**compressed(entry, "mmdit", "transformer_weights"), "latent_size": latent, **blocks}
     settings.update({name: {"source": "components/tokenizer"} for name in TOKENIZER_FILES})
     return settings

@@ -16,7 +16,7 @@ import yaml
 
 from sd3coreml.compress.settings import CompressionSetting, checked_setting
 from sd3coreml.errors import PipelineError
-from sd3coreml.pipeline.stages import BlockRange, stage_ranges
+from sd3coreml.pipeline.stages import ATTENTIONS, JOINT, BlockRange, check_attention, stage_ranges
 
 
 @dataclass(frozen=True)
@@ -55,6 +55,8 @@ class SweepPlan:
     model: str
     layouts: tuple[Layout, ...]
     modes: tuple[CompressionMode, ...]
+    # Each layout's block ranges under each attention (pipeline/stages.py), with every mode.
+    attentions: tuple[str, ...] = (JOINT,)
 
 
 def read_sweeps(path: Path) -> dict:
@@ -133,7 +135,17 @@ def plan_sweep(config: dict, models: dict) -> SweepPlan | None:
         parse_mode(str(mode), value, f"{key}.compression.{mode}", counts, check_settings)
         for mode, value in modes.items()
     )
-    return SweepPlan(name, model, layouts, parsed)
+    return SweepPlan(name, model, layouts, parsed, parse_attentions(entry, key))
+
+
+def parse_attentions(entry: dict, key: str) -> tuple[str, ...]:
+    attentions = entry.get("attentions", [JOINT])
+    if not isinstance(attentions, list) or not attentions:
+        raise PipelineError(f"{key}.attentions is {attentions!r}; give a list, e.g. [{', '.join(ATTENTIONS)}]")
+    parsed = tuple(check_attention(attention, f"{key}.attentions") for attention in attentions)
+    if len(set(parsed)) != len(parsed):
+        raise PipelineError(f"{key}.attentions names one attention twice; list each once")
+    return parsed
 
 
 def summary_plan(sweep: SweepPlan, rows: list[dict], config: dict) -> dict:

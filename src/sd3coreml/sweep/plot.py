@@ -1,20 +1,32 @@
 """The sweep's plot: per layout and compression mode, the figures that choose a layout.
 
-Four panels share the layout axis: the largest stage's weights (what one Neural Engine
-load must hold), the lowest PSNR of any stage (fidelity), the job time to build and check
-the layout, and what one denoising step costs the app on a Mac (every stage loaded, run and
-unloaded), each bar labelled with the layout's Neural Engine verdict. One bar per mode; a
-panel with nothing measured (the step cost off a Mac) says why.
+Five panels share the layout axis: the largest stage's weights (what one Neural Engine
+load must hold), the lowest PSNR of any stage (fidelity), the compute ops of all its stages
+(what the Neural Engine compiler is handed), the job time to build and check the layout,
+and what one denoising step costs the app on a Mac (every stage loaded, run and unloaded),
+each bar labelled with the layout's Neural Engine verdict. One bar per mode (and
+attention, where a row's is not joint: `int8 split_heads`); a panel with nothing measured
+(the step cost off a Mac) says why.
 """
 
 from pathlib import Path
 
+from sd3coreml.pipeline.stages import JOINT
+
 PANELS = (
     ("largest_stage_weights_mib", "largest stage weights (MiB)"),
     ("min_psnr_db", "lowest stage PSNR (dB)"),
+    # What the Neural Engine compiler is given: more for an attention split per head.
+    ("compute_ops", "compute ops, all stages"),
     ("build_s", "build + check job time (s)"),
     ("step_s", "app's step cost on a Mac (s), with verdict"),
 )
+
+
+def series(row: dict) -> str:
+    """A row's bar group: its compression mode, with its attention where that is not joint."""
+    attention = row.get("attention", JOINT)
+    return row["mode"] if attention == JOINT else f"{row['mode']} {attention}"
 
 
 def figure_of(value) -> float | None:
@@ -24,7 +36,7 @@ def figure_of(value) -> float | None:
 def grouped_bars(axis, rows: list[dict], column: str, layouts: list[str], modes: list[str]) -> None:
     width = 0.8 / len(modes)
     for offset, mode in enumerate(modes):
-        mode_rows = {row["layout"]: row for row in rows if row["mode"] == mode}
+        mode_rows = {row["layout"]: row for row in rows if series(row) == mode}
         positions = [index + (offset - (len(modes) - 1) / 2) * width for index in range(len(layouts))]
         values = [figure_of(mode_rows[layout][column]) if layout in mode_rows else None for layout in layouts]
         axis.bar(positions, [value or 0.0 for value in values], width, label=mode)
@@ -46,7 +58,7 @@ def plot_summary(rows: list[dict], title: str, out: Path) -> None:
     from sd3coreml.atomic import written_atomically
 
     layouts = list(dict.fromkeys(row["layout"] for row in rows))
-    modes = list(dict.fromkeys(row["mode"] for row in rows))
+    modes = list(dict.fromkeys(map(series, rows)))
     figure, axes = plt.subplots(1, len(PANELS), figsize=(5 * len(PANELS), 4.2), layout="constrained")
     for axis, (column, label) in zip(axes, PANELS):
         grouped_bars(axis, rows, column, layouts, modes)

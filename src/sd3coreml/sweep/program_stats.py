@@ -1,4 +1,5 @@
-"""What a saved package's ML program costs: weight bytes, compute ops, peak live activations.
+"""What a saved package's ML program costs: weight bytes, compute ops, peak live activations,
+and of each attention its ops and the largest attention scores one op makes.
 
 Read from the package's protobuf alone (no Core ML runtime), so the sweep can compare stage
 layouts on any host. The activation figure is an estimate from the program text: ops run in
@@ -7,6 +8,7 @@ and the peak is the largest sum of alive tensors. Core ML may fuse ops or reuse 
 on a device the real figure can be lower; weights (const and constexpr ops) are not counted.
 """
 
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +17,12 @@ from sd3coreml import checksums
 from sd3coreml.convert.package import read_spec
 
 WEIGHTS_DIR = Path("Data/com.apple.CoreML/weights")
+# An attention's projections in a block range package, by the weight consts named after their
+# PyTorch module paths (module_transformer_blocks_0_attn_to_q_weight; docs/TOOL_FACTS.md):
+# the ops between its input projections and its output projections are its core.
+ATTENTION_WEIGHT = re.compile(r"(transformer_blocks_\d+_attn2?)_(to_q|to_k|to_v|add_q_proj|add_k_proj|add_v_proj"
+                              r"|to_out_0|to_add_out)_weight")  # fmt: skip
+OUTPUT_PROJECTIONS = ("to_out_0", "to_add_out")
 # Ops whose outputs are weights, materialised once at load: not activations, not compute.
 WEIGHT_OPS = ("const",)
 WEIGHT_OP_PREFIX = "constexpr_"
@@ -92,3 +100,80 @@ def program_stats(package: Path) -> ProgramStats:
         package_bytes=checksums.tree_bytes(package),
         peak_activation_bytes=peak_live_bytes(function, block),
     )
+
+
+def attention_projections(block) -> dict[str, dict[str, list]]:
+    """Attention (module path) -> its `inputs` (q, k, v projections) and `outputs` (out projections) ops."""
+    found: dict[str, dict[str, list]] = {}
+    for operation in block.operations:
+        weight = operation.inputs["weight"].arguments[0].name if "weight" in operation.inputs else ""
+        named = ATTENTION_WEIGHT.search(weight)
+        if operation.type == "linear" and named:
+            side = "outputs" if named[2] in OUTPUT_PROJECTIONS else "inputs"
+            found.setdefault(named[1], {"inputs": [], "outputs": []})[side].append(operation)
+    return found
+
+
+def attention_cores(block) -> dict[str, list]:
+    """Attention (module path) -> the compute ops of its core: downstream of its input projections
+    and upstream of its output projections, in program order."""
+    operations = list(block.operations)
+    producer = {value.name: operation for operation in operations for value in operation.outputs}
+    consumers: dict[str, list] = {}
+    for operation in operations:
+        for name in operand_names(operation):
+            consumers.setdefault(name, []).append(operation)
+
+    def children(operation) -> list:
+        return [child for value in operation.outputs for child in consumers.get(value.name, [])]
+
+    def parents(operation) -> list:
+        return [producer[name] for name in operand_names(operation) if name in producer]
+
+    cores = {}
+    for attention, projections in attention_projections(block).items():
+        bounds = {id(operation) for side in projections.values() for operation in side}
+        core = reach(projections["inputs"], bounds, children) & reach(projections["outputs"], bounds, parents)
+        cores[attention] = [op for op in operations if id(op) in core and not is_weight_op(op.type)]
+    return cores
+
+
+def reach(starts: list, stops: set[int], step) -> set[int]:
+    """Ids of the ops reached from `starts` by `step`, neither the starts nor any op in `stops`."""
+    seen: set[int] = set()
+    pending = [op for start in starts for op in step(start)]
+    while pending:
+        operation = pending.pop()
+        if id(operation) in seen or id(operation) in stops:
+            continue
+        seen.add(id(operation))
+        pending += step(operation)
+    return seen
+
+
+def attention_ops(package: Path) -> dict[str, int]:
+    """Compute ops per attention of a block range package (module path -> count); empty for a
+    package without attention."""
+    _, block = main_block(read_spec(Path(package)))
+    return {attention: len(core) for attention, core in attention_cores(block).items()}
+
+
+def scores_bytes(operation, types: dict) -> int:
+    """The attention scores one op holds: a softmax's output, or what a fused
+    scaled_dot_product_attention makes inside (heads x queries x keys, in its query's dtype)."""
+    if operation.type == "softmax":
+        return tensor_bytes(operation.outputs[0].type)
+    if operation.type != "scaled_dot_product_attention":
+        return 0
+    query, key = (types[operation.inputs[name].arguments[0].name].tensorType for name in ("query", "key"))
+    dims = [dimension.constant.size for dimension in query.dimensions]
+    return int(math.prod(dims[:-1]) * key.dimensions[-2].constant.size * dtype_bytes(query.dataType))
+
+
+def largest_attention_scores(package: Path) -> int:
+    """Bytes of the largest attention scores one op of the package makes (0 without attention):
+    what a Neural Engine must hold at once for that op."""
+    function, block = main_block(read_spec(Path(package)))
+    types = {value.name: value.type for value in function.inputs}
+    types.update({value.name: value.type for operation in block.operations for value in operation.outputs})
+    return max((scores_bytes(operation, types) for operation in block.operations), default=0)

@@ -1,8 +1,14 @@
 """The sweep's summary: one row per stage layout and compression mode, and what sharing saved.
 
 Input: the plan the `sweep_summary` rule writes (per row, each stage's package, its fp16
-twin, its fidelity measurement and the benchmark files of the jobs that made it). Output, in
-one folder: summary.csv, summary.md, stages.csv (one row per stage) and summary.png.
+twin, its fidelity measurement and the benchmark files of the jobs that made it; a stage whose
+attention is split per head also its joint twin and the figures against it). Output, in one
+folder: summary.csv, summary.md, stages.csv (one row per stage) and summary.png.
+
+What an attention costs is read from the fp16 programs: its ops (program_stats.attention_ops;
+the Neural Engine compiler's memory and time grow with op count), the compute ops a stage gains
+over its joint twin, and the largest attention scores one op makes (what the Neural Engine
+must hold at once for it).
 """
 
 import csv
@@ -14,20 +20,25 @@ from sd3coreml import checksums
 from sd3coreml.atomic import written_atomically
 from sd3coreml.errors import PipelineError
 from sd3coreml.pipeline.artifacts import setting_of_package
+from sd3coreml.pipeline.stages import JOINT
 from sd3coreml.sweep.bench_report import read_benchmark
 from sd3coreml.sweep.device_verdict import DEVICE_COLUMNS, VERDICTS, worst
-from sd3coreml.sweep.program_stats import program_stats
+from sd3coreml.sweep.program_stats import attention_ops, largest_attention_scores, program_stats
 
 MIB = 1024 * 1024
 NEEDS_A_MAC = "needs a Mac"
 ROW_COLUMNS = (
-    "layout", "mode", "stages", "largest_stage_weights_mib", "total_mib", "compute_ops", "peak_activation_mib",
-    "build_s", "disk_mib", "min_psnr_db", "min_fp16_psnr_db", "passed", "weight_limit", *DEVICE_COLUMNS,
+    "layout", "mode", "attention", "stages", "largest_stage_weights_mib", "total_mib", "compute_ops",
+    "peak_activation_mib", "ops_per_attention", "ops_over_joint", "largest_scores_mib", "build_s", "disk_mib",
+    "min_psnr_db", "min_fp16_psnr_db", "min_against_joint_db", "passed", "weight_limit", *DEVICE_COLUMNS,
 )  # fmt: skip
 STAGE_COLUMNS = (
-    "layout", "mode", "stage", "package", "weights_mib", "package_mib", "compute_ops", "peak_activation_mib",
-    "psnr_db", "fp16_psnr_db", "weight_limit", *DEVICE_COLUMNS,
+    "layout", "mode", "attention", "stage", "package", "weights_mib", "package_mib", "compute_ops",
+    "peak_activation_mib", "ops_per_attention", "ops_over_joint", "largest_scores_mib", "psnr_db", "fp16_psnr_db",
+    "against_joint_db", "weight_limit", *DEVICE_COLUMNS,
 )  # fmt: skip
+# A joint stage is not held against anything; its cells stay empty.
+NOT_SPLIT = ""
 # A stage's weights against sweep.max_stage_weight_bytes: a heuristic until a Mac has measured it.
 UNDER_LIMIT, OVER_LIMIT = "under (heuristic)", "over (heuristic)"
 
@@ -62,6 +73,25 @@ def weight_limit(weight_bytes: int, limit: int, device: dict) -> str:
     return OVER_LIMIT if weight_bytes > limit else UNDER_LIMIT
 
 
+def attention_figures(stage: dict) -> dict:
+    """What a stage's attention costs, from its fp16 program, and a split stage's figures against its
+    joint twins (the lowest PSNR over their outputs, fp16 and compressed)."""
+    fp16 = Path(stage["fp16_package"])
+    ops = attention_ops(fp16)
+    figures = {
+        "ops_per_attention": max(ops.values(), default=0),
+        "largest_scores_mib": largest_attention_scores(fp16) / MIB,
+        "ops_over_joint": 0,
+        "against_joint_db": NOT_SPLIT,
+    }
+    if "against_joint" in stage:
+        joint_ops = program_stats(Path(stage["joint_fp16_package"])).compute_ops
+        figures["ops_over_joint"] = program_stats(fp16).compute_ops - joint_ops
+        against = [json.loads(Path(path).read_text())["executor"] for path in stage["against_joint"]]
+        figures["against_joint_db"] = min(float(output["psnr_db"]) for record in against for output in record.values())
+    return figures
+
+
 def stage_record(stage: dict, thresholds: dict, verdict_thresholds: dict, limit: int) -> dict:
     stats = program_stats(Path(stage["package"]))
     device = device_figures(stage, verdict_thresholds)
@@ -74,6 +104,7 @@ def stage_record(stage: dict, thresholds: dict, verdict_thresholds: dict, limit:
         "package_mib": stats.package_bytes / MIB,
         "compute_ops": stats.compute_ops,
         "peak_activation_mib": stats.peak_activation_bytes / MIB,
+        **attention_figures(stage),
         "psnr_db": psnr,
         "fp16_psnr_db": min_psnr(measurement, stage["fp16_package"]),
         "passed": psnr >= thresholds[setting_of_package(stage["package"]).precision],
@@ -85,14 +116,20 @@ def stage_record(stage: dict, thresholds: dict, verdict_thresholds: dict, limit:
 def row_record(row: dict, stages: list[dict]) -> dict:
     benchmarks = {file for stage in row["stages"] for file in stage["benchmarks"]}
     packages = {stage[key] for stage in row["stages"] for key in ("package", "fp16_package")}
+    against_joint = [stage["against_joint_db"] for stage in stages if stage["against_joint_db"] != NOT_SPLIT]
     return {
         "layout": row["layout"],
         "mode": row["mode"],
+        "attention": row.get("attention", JOINT),
         "stages": len(stages),
         "largest_stage_weights_mib": max(stage["weights_mib"] for stage in stages),
         "total_mib": sum(stage["package_mib"] for stage in stages),
         "compute_ops": sum(stage["compute_ops"] for stage in stages),
         "peak_activation_mib": max(stage["peak_activation_mib"] for stage in stages),
+        "ops_per_attention": max(stage["ops_per_attention"] for stage in stages),
+        "ops_over_joint": sum(stage["ops_over_joint"] for stage in stages),
+        "largest_scores_mib": max(stage["largest_scores_mib"] for stage in stages),
+        "min_against_joint_db": min(against_joint, default=NOT_SPLIT),
         "build_s": sum(seconds for seconds in map(job_seconds, sorted(benchmarks)) if seconds is not None),
         "disk_mib": sum(checksums.tree_bytes(package, allocated=True) for package in sorted(packages)) / MIB,
         "min_psnr_db": min(stage["psnr_db"] for stage in stages),
@@ -149,7 +186,8 @@ def summarize(plan: dict) -> tuple[list[dict], list[dict], dict]:
             stage_record(s, thresholds, verdict_thresholds, plan["max_stage_weight_bytes"]) for s in row["stages"]
         ]
         rows.append(row_record(row, stages))
-        stage_rows += [{"layout": row["layout"], "mode": row["mode"], **stage} for stage in stages]
+        labels = {"layout": row["layout"], "mode": row["mode"], "attention": row.get("attention", JOINT)}
+        stage_rows += [{**labels, **stage} for stage in stages]
     return rows, stage_rows, sharing_cost(plan["rows"])
 
 
@@ -182,7 +220,8 @@ def cost_lines(cost: dict) -> list[str]:
 
 def markdown(plan: dict, rows: list[dict], cost: dict) -> str:
     header = "| " + " | ".join(ROW_COLUMNS) + " |"
-    rule = "|" + "|".join("---" if column in ("layout", "mode") else "---:" for column in ROW_COLUMNS) + "|"
+    left = ("layout", "mode", "attention")
+    rule = "|" + "|".join("---" if column in left else "---:" for column in ROW_COLUMNS) + "|"
     body = ["| " + " | ".join(shown(row[column]) for column in ROW_COLUMNS) + " |" for row in rows]
     title = f"# Sweep `{plan['sweep']}` of model `{plan['model']}`"
     return "\n".join([title, "", header, rule, *body, "", "## Cost", "", *cost_lines(cost), ""])

@@ -74,7 +74,8 @@ def test_concrete_paths_are_the_rules_patterns_filled_in():
     packages = art.folder_packages("4step", ranges)
     wildcards = {"model": "4step", "target": "iOS18", "height": 16, "width": 16}
     assert packages["MultiModalDiffusionTransformerStage2"] == fill(
-        art.piece("block_range", "int8_linear_symmetric_per_channel"), start=1, end=3, head="_head", **wildcards
+        art.piece("block_range", "int8_linear_symmetric_per_channel"), start=1, end=3, head="_head", attention="",
+        **wildcards,
     )
     assert packages["MultiModalDiffusionTransformerStage0"] == fill(
         art.piece("input_stage", "int8_linear_symmetric_per_channel"), **wildcards
@@ -85,6 +86,7 @@ def test_concrete_paths_are_the_rules_patterns_filled_in():
     for block_range in ranges:
         assert block_range_of(block_range_name(block_range)) == block_range
         assert block_range_name(block_range) == Path(fill(PIECES["block_range"], start=block_range.start,
-                                                          end=block_range.end, head="_head" * block_range.has_head)).name  # fmt: skip
+                                                          end=block_range.end, head="_head" * block_range.has_head,
+                                                          attention="")).name  # fmt: skip
     assert block_range_of("input") is None
     assert art.folder("4step", "packages") == f"results/x/{folder_name('4step', 'packages')}"
