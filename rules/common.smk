@@ -8,7 +8,14 @@ from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
 from sd3coreml.checksums import file_sha256
-from sd3coreml.compress.settings import SINGLE_THREAD_SLUG, SLUG_PATTERN, TENSOR_PALETTE_SLUG, CompressionSetting
+from sd3coreml.compress.settings import (
+    RECIPE_SLUG,
+    SINGLE_THREAD_SLUG,
+    SLUG_PATTERN,
+    TENSOR_PALETTE_SLUG,
+    CompressionSetting,
+    configured_recipe,
+)
 from sd3coreml.errors import PipelineError
 from sd3coreml.inputs.download import planned_downloads
 from sd3coreml.inputs.normalize import ORIGINAL, normalized_memory_mb
@@ -175,3 +182,11 @@ def get_built_folders(include_packages=False):
 
 def get_timestep_shift(wildcards):
     return config["models"][wildcards.model]["timestep_shift"]
+
+
+def get_recipe_file(wildcards):
+    return configured_recipe(wildcards.compression, ART.compression, SWEEP).file
+
+
+def get_recipe_flags(wildcards):
+    return configured_recipe(wildcards.compression, ART.compression, SWEEP).flags

@@ -1,8 +1,8 @@
 # Weight compression of any fp16 package, by a separate job: the output's name carries the
 # settings (compress/settings.py), so changing them never reconverts the fp16 package.
-# Two rules, one step: palettes per tensor use the job's threads (compress/palettes.py), so a
+# Three rules, one step: palettes per tensor use the job's threads (compress/palettes.py), so a
 # profile can give them more (profiles/full-scale); linear quantization and grouped palettes
-# run on one.
+# run on one; a recipe (compress/recipes.py, named by its content) reads its file as an input.
 
 
 rule compress_package:
@@ -32,4 +32,15 @@ rule compress_package:
 use rule compress_package as palettize_per_tensor with:
     wildcard_constraints:
         compression=TENSOR_PALETTE_SLUG,
+    threads: 1
+
+
+use rule compress_package as compress_by_recipe with:
+    input:
+        package=ART.package_pattern("fp16"),
+        recipe=get_recipe_file,
+    params:
+        compression=get_recipe_flags,
+    wildcard_constraints:
+        compression=RECIPE_SLUG,
     threads: 1

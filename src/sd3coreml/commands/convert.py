@@ -67,13 +67,14 @@ def convert_vae_decoder(args):
 
 
 def compress_package(args):
+    # A recipe's content is read from its file, which must hold what the slug names.
+    setting = args.compression.with_recipe_file(args.recipe)
     # Palettes per grouped channel need scikit-learn's k-means for groups under 10,000 weights,
     # and scikit-learn fails to import with torch marked absent.
-    grouped = args.compression.granularity == "per_grouped_channel"
-    skip_unused_frameworks("transformers", *([] if grouped else ["torch", "sklearn"]))
+    skip_unused_frameworks("transformers", *([] if setting.uses_grouped_palettes else ["torch", "sklearn"]))
     from sd3coreml.compress.weights import compress_package
 
-    compress_package(args.package, args.out, args.compression, workers=args.threads)
+    compress_package(args.package, args.out, setting, workers=args.threads)
 
 
 def compression_setting(slug: str):
@@ -140,7 +141,9 @@ def register_cli(subparsers) -> None:
     add_output_args(step)
     step.set_defaults(func=convert_vae_decoder)
 
-    step = subparsers.add_parser("compress-package", help="int8/int4 quantize or palettize a saved package")
+    step = subparsers.add_parser(
+        "compress-package", help="int8/int4 quantize or palettize a saved package, uniformly or by a recipe"
+    )
     step.add_argument("--package", type=Path, required=True)
     step.add_argument("--out", type=Path, required=True)
     step.add_argument(
@@ -150,4 +153,5 @@ def register_cli(subparsers) -> None:
     step.add_argument(
         "--threads", type=int, default=1, help="threads computing palettes per tensor (the job's threads)"
     )
+    step.add_argument("--recipe", type=Path, help="with --compression recipe-<id>: the recipe file of that content")
     step.set_defaults(func=compress_package)

@@ -9,25 +9,37 @@ itself against a conversion target, and renders what each consumer takes whole: 
 judges it, and the manifest's record. `FolderCompression` is a folder's settings (a family's,
 overridden per entry); a sweep's per-stage mixes hold settings too (sweep/plan.py).
 
+A setting may also be a per-weight recipe (`{mode: recipe, file: PATH}`, compress/recipes.py):
+a JSON file giving each checkpoint tensor its own setting. Its slug names its content
+(`recipe-<12 hex of its sha256>`), so an edited recipe is another package and a renamed one
+the same; the setting carries the file, which the compress job reads as an input.
+
 The allowed values are tables (NBITS, GRANULARITIES, the minimum targets): the slug grammar,
-the wildcard patterns and the command's help are generated from them, so a new width (1- and
-2-bit palettes) or a new mode is a table entry. Applying a setting is compress/weights.py.
+the wildcard patterns and the command's help are generated from them, so a new width or a
+new mode is a table entry. Applying a setting is compress/weights.py.
 Nothing here imports coremltools: Snakemake imports this module at parse time.
 """
 
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
 
+from sd3coreml.contract import TEXT_ENCODERS
 from sd3coreml.errors import PipelineError
+
+if TYPE_CHECKING:
+    from sd3coreml.compress.recipes import Recipe
 
 NONE = "none"
 FP16 = "fp16"
 LINEAR, PALETTIZE = "linear_symmetric", "palettize"
-MODES = (LINEAR, PALETTIZE)
+MODES = (LINEAR, PALETTIZE)  # the uniform modes: one setting for every weight of a package
+RECIPE = "recipe"  # a setting per weight, from a recipe file (compress/recipes.py)
 
 # Widths per mode, and per mode its granularities with the size key each needs (the first is
 # the default). coremltools 9 runs more; these are the ones the pipeline builds and tests.
-NBITS = {LINEAR: (8, 4), PALETTIZE: (8, 6, 4)}
+NBITS = {LINEAR: (8, 4), PALETTIZE: (8, 6, 4, 2, 1)}
 GRANULARITIES = {
     LINEAR: {"per_channel": None, "per_tensor": None, "per_block": "block_size"},
     PALETTIZE: {"per_tensor": None, "per_grouped_channel": "group_size"},
@@ -40,13 +52,17 @@ CONVERSION_TARGETS = {"iOS16": 16, "iOS17": 17, "iOS18": 18}
 # The oldest conversion target at which coremltools 9 compresses weights each way
 # (coremltools/optimize/coreml/_quantization_passes.py): its passes need iOS16; 4-bit linear
 # quantization, blocks of weights sharing a scale (constexpr_blockwise_shift_scale) and a
-# palette per group of channels (iOS18 constexpr_lut_to_dense) need iOS18.
+# palette per group of channels (iOS18 constexpr_lut_to_dense) need iOS18. Palettes of 1 and 2
+# bits need no more than the others: iOS16's constexpr_lut_to_dense takes 2, 4, 16, 64 or 256
+# entries (converters/mil/mil/ops/defs/iOS16/constexpr_ops.py), and the pass checks only iOS16.
 COMPRESSION_MINIMUM_TARGET = {
     (LINEAR, 8): "iOS16",
     (LINEAR, 4): "iOS18",
     (PALETTIZE, 8): "iOS16",
     (PALETTIZE, 6): "iOS16",
     (PALETTIZE, 4): "iOS16",
+    (PALETTIZE, 2): "iOS16",
+    (PALETTIZE, 1): "iOS16",
 }
 GRANULARITY_MINIMUM_TARGET = {"per_block": "iOS18", "per_grouped_channel": "iOS18"}
 
@@ -59,6 +75,10 @@ NO_EXACT_KMEANS = (
     "palettization needs coremltools' bundled exact 1-D k-means (coremltools._deps.kmeans1d), which this "
     "coremltools install lacks; reinstall coremltools==9.0 from its wheel (make .venv/.installed)"
 )
+
+
+# Keys whose entries are text encoders: a recipe names the transformer's tensors.
+TEXT_ENCODER_KEYS = {"compression.text_encoders", *(f"compression.overrides.{entry}" for entry in TEXT_ENCODERS)}
 
 
 def _slug_head(mode: str, nbits) -> str:
@@ -76,14 +96,20 @@ def slug_pattern(mode: str, granularities=None) -> str:
     return f"{_slug_head(mode, f'[{widths}]')}_per_({_granularity_pattern(mode, granularities)})"
 
 
+# A recipe's slug: the first 12 hex digits of the sha256 of its canonical JSON (compress/recipes.py).
+RECIPE_ID_DIGITS = 12
+RECIPE_SLUG = rf"{RECIPE}-[0-9a-f]{{{RECIPE_ID_DIGITS}}}"
+
 # Wildcard patterns of compressed packages. Palettes per tensor are their own job family: the
-# one compression that uses threads (compress/palettes.py).
+# one compression that uses threads (compress/palettes.py); recipes are another, which reads
+# its recipe file and may hold palettes per tensor.
 TENSOR_PALETTE_SLUG = slug_pattern(PALETTIZE, ["per_tensor"])
 SINGLE_THREAD_SLUG = f"{slug_pattern(LINEAR)}|{slug_pattern(PALETTIZE, ['per_grouped_channel'])}"
-SLUG_PATTERN = f"{SINGLE_THREAD_SLUG}|{TENSOR_PALETTE_SLUG}"
+SLUG_PATTERN = f"{SINGLE_THREAD_SLUG}|{TENSOR_PALETTE_SLUG}|{RECIPE_SLUG}"
 SLUG_GRAMMAR = (
     f"{FP16}, int<{'|'.join(map(str, NBITS[LINEAR]))}>_{LINEAR}_per_<{_granularity_pattern(LINEAR)}>"
-    f" or palettize<{'|'.join(map(str, NBITS[PALETTIZE]))}>_per_<{_granularity_pattern(PALETTIZE)}>"
+    f", palettize<{'|'.join(map(str, NBITS[PALETTIZE]))}>_per_<{_granularity_pattern(PALETTIZE)}>"
+    f" or {RECIPE}-<{RECIPE_ID_DIGITS} hex digits> (with --recipe FILE)"
 ).replace(r"\d+", "N")
 
 
@@ -93,46 +119,78 @@ class CompressionSetting:
 
     `CompressionSetting()` is no compression (fp16). Built by `from_config` or `from_slug`, which
     refuse what the pipeline cannot build in one line naming the key; `check` adds what depends
-    on the conversion target.
+    on the conversion target. A recipe setting (mode `recipe`) is named by its content's id
+    alone: two files of the same content are one setting. Read from config it also carries its
+    file and content (compress/recipes.py's `Recipe`); from a slug only the id.
     """
 
     mode: str = NONE
     nbits: int | None = None
     granularity: str | None = None
     size: int | None = None  # block_size (per_block) or group_size (per_grouped_channel)
+    recipe: str | None = None  # a recipe's id, the slug's hex digits
+    file: str | None = field(default=None, compare=False)
+    content: "Recipe | None" = field(default=None, compare=False, repr=False)
 
     @classmethod
     def from_config(cls, value, key: str = "compression") -> "CompressionSetting":
+        if isinstance(value, dict) and value.get("mode") == RECIPE:
+            return cls.from_recipe_config(value, key)
+        if isinstance(value, dict) and value.get("mode") not in (NONE, *MODES, None):
+            offered = f"none, {', '.join(MODES)} or {RECIPE}"
+            raise PipelineError(f"config key '{key}.mode' is {value['mode']!r}; use {offered}")
+        return cls.uniform_from_config(value, key)
+
+    @classmethod
+    def uniform_from_config(cls, value, key: str, where: str = "config key") -> "CompressionSetting":
+        """One setting for every weight; `where` says what `key` is a key of (the config, a recipe file)."""
         if not isinstance(value, dict) or "mode" not in value:
-            raise PipelineError(f"config key '{key}' is {value!r}; write {{mode: none}} or {{mode: ..., nbits: ...}}")
+            raise PipelineError(f"{where} '{key}' is {value!r}; write {{mode: none}} or {{mode: ..., nbits: ...}}")
         mode = value["mode"]
         if mode == NONE:
             return cls()
         if mode not in MODES:
-            raise PipelineError(f"config key '{key}.mode' is {mode!r}; use none, {' or '.join(MODES)}")
+            raise PipelineError(f"{where} '{key}.mode' is {mode!r}; use none or {' or '.join(MODES)}")
         if "nbits" not in value:
-            raise PipelineError(f"config key '{key}.nbits' is missing; set {' or '.join(map(str, NBITS[mode]))}")
+            raise PipelineError(f"{where} '{key}.nbits' is missing; set {' or '.join(map(str, NBITS[mode]))}")
         nbits, offered = value["nbits"], GRANULARITIES[mode]
         if nbits not in NBITS[mode]:
-            raise PipelineError(f"config key '{key}.nbits' is {nbits}; {mode} takes {' or '.join(map(str, NBITS[mode]))}")
+            raise PipelineError(f"{where} '{key}.nbits' is {nbits}; {mode} takes {' or '.join(map(str, NBITS[mode]))}")
         granularity = value.get("granularity", next(iter(offered)))
         if granularity not in offered:
-            raise PipelineError(f"config key '{key}.granularity' is {granularity!r}; {mode} takes {', '.join(offered)}")
+            raise PipelineError(f"{where} '{key}.granularity' is {granularity!r}; {mode} takes {', '.join(offered)}")
         size_key = offered[granularity]
         for other in SIZE_KEYS:
             if other in value and other != size_key:
                 needs = "per_block" if other == "block_size" else "per_grouped_channel"
-                raise PipelineError(f"config key '{key}.{other}' needs granularity {needs}; drop it")
+                raise PipelineError(f"{where} '{key}.{other}' needs granularity {needs}; drop it")
         size = value.get(size_key) if size_key else None
         if size_key and not (isinstance(size, int) and not isinstance(size, bool) and size > 0):
-            raise PipelineError(f"config key '{key}.{size_key}' must be a positive integer with {granularity}")
+            raise PipelineError(f"{where} '{key}.{size_key}' must be a positive integer with {granularity}")
+        if "file" in value:
+            raise PipelineError(f"{where} '{key}.file' goes with mode {RECIPE} only; drop it")
         return cls(mode, nbits, granularity, size)
+
+    @classmethod
+    def from_recipe_config(cls, value: dict, key: str) -> "CompressionSetting":
+        """`{mode: recipe, file: PATH}`: the recipe file read and checked (compress/recipes.py)."""
+        # recipes.py builds on this module (a recipe's entries are settings), hence the late import.
+        from sd3coreml.compress.recipes import Recipe
+
+        extra = sorted(set(value) - {"mode", "file"})
+        if extra:
+            raise PipelineError(f"config key '{key}.{extra[0]}': a recipe gives each weight its own setting; drop it")
+        if not isinstance(value.get("file"), str) or not value["file"]:
+            raise PipelineError(f"config key '{key}.file' is missing; name the recipe's JSON file, e.g. recipes/r.json")
+        return Recipe.read(Path(value["file"]), f"config key '{key}.file'").setting(value["file"])
 
     @classmethod
     def from_slug(cls, slug: str) -> "CompressionSetting":
         """The setting a compressed package's name stands for (`int8_linear_symmetric_per_channel`)."""
         if slug == FP16:
             return cls()
+        if re.fullmatch(RECIPE_SLUG, slug):
+            return cls(RECIPE, recipe=slug.removeprefix(f"{RECIPE}-"))
         for mode in MODES:
             named = re.fullmatch(slug_pattern(mode), slug)
             if named:
@@ -141,59 +199,121 @@ class CompressionSetting:
                 return cls(mode, nbits, f"per_{granularity}", int(size) if size else None)
         raise PipelineError(f"{slug!r} names no compression setting; write {SLUG_GRAMMAR}")
 
+    def with_recipe_file(self, file) -> "CompressionSetting":
+        """A recipe slug's setting completed by its file, which must hold the content the slug names.
+
+        The compress job's check: the file may have changed since Snakemake named the package.
+        """
+        if self.mode != RECIPE:
+            if file is not None:
+                raise PipelineError(f"--recipe {file}: goes with a {RECIPE}-<id> setting, not {self.slug}; drop it")
+            return self
+        if file is None:
+            raise PipelineError(f"--compression {self.slug} needs --recipe FILE, the recipe of that content")
+        from sd3coreml.compress.recipes import Recipe
+
+        setting = Recipe.read(Path(file), "--recipe").setting(str(file))
+        if setting != self:
+            raise PipelineError(
+                f"{file}: holds {setting.slug}, not the {self.slug} this package is named after: the recipe changed "
+                "after Snakemake planned the job; run snakemake again"
+            )
+        return setting
+
     @property
     def slug(self) -> str:
         if self.mode == NONE:
             return FP16
+        if self.mode == RECIPE:
+            return f"{RECIPE}-{self.recipe}"
         return f"{_slug_head(self.mode, self.nbits)}_{self.granularity}{self.size or ''}"
 
     @property
     def flags(self) -> str:
         """compress-package's flags for this setting."""
+        if self.mode == RECIPE:
+            if self.file is None:
+                raise PipelineError(f"{self.slug}: no recipe file is known for it; name the file in the config")
+            return f"--compression {self.slug} --recipe {self.file}"
         return f"--compression {self.slug}"
 
     @property
     def label(self) -> str:
-        """The package's `sd3coreml.compression` metadata, e.g. `palettize 4-bit per_grouped_channel 16`."""
+        """The package's `sd3coreml.compression` metadata, e.g. `palettize 4-bit per_grouped_channel 16`
+        (a recipe's: its slug)."""
+        if self.mode == RECIPE:
+            return self.slug
         return f"{self.mode} {self.nbits}-bit {self.granularity}" + (f" {self.size}" if self.size else "")
 
     @property
     def precision(self) -> str:
-        """The class whose fidelity bar judges a package: fp16, int8, int4 or palettized."""
+        """The class whose fidelity bar judges a package: fp16, int8, int4 or palettized.
+
+        A recipe mixes widths and is judged by the palettes' bar, known from its slug alone (the
+        fidelity figures name a package's class by its path); a bar per recipe is planned (issue 26).
+        """
         if self.mode == NONE:
             return FP16
-        return "palettized" if self.mode == PALETTIZE else f"int{self.nbits}"
+        return "palettized" if self.mode in (PALETTIZE, RECIPE) else f"int{self.nbits}"
 
     @property
     def size_key(self) -> str | None:
-        return GRANULARITIES[self.mode][self.granularity] if self.mode != NONE else None
+        return GRANULARITIES[self.mode][self.granularity] if self.mode in MODES else None
 
     @property
     def uses_threads(self) -> bool:
-        """Palettes per tensor are computed on the job's threads; every other setting runs on one."""
-        return self.mode == PALETTIZE and self.granularity == "per_tensor"
+        """Palettes per tensor are computed on the job's threads, and recipes run in that family
+        (they may hold such palettes); every other setting runs on one."""
+        return self.mode == RECIPE or (self.mode == PALETTIZE and self.granularity == "per_tensor")
+
+    @property
+    def uses_grouped_palettes(self) -> bool:
+        """Whether scikit-learn's k-means may run (palettes per group of channels)."""
+        if self.mode == RECIPE:
+            return any(setting.uses_grouped_palettes for setting in self.recipe_content.settings())
+        return self.mode == PALETTIZE and self.granularity == "per_grouped_channel"
+
+    @property
+    def recipe_content(self) -> "Recipe":
+        if self.content is None:
+            raise PipelineError(f"{self.slug}: its recipe was not read; give the recipe file (--recipe FILE)")
+        return self.content
 
     def to_config(self) -> dict:
-        """The setting as config writes it: what a folder's manifest.json records."""
+        """The setting as config writes it: what a folder's manifest.json records (a recipe by its
+        file's name and content hash, since the path is the host's)."""
         if self.mode == NONE:
             return {"mode": NONE}
+        if self.mode == RECIPE:
+            return {"mode": RECIPE, "file": Path(self.file).name, "sha256": self.recipe_content.sha256}
         sized = {self.size_key: self.size} if self.size_key else {}
         return {"mode": self.mode, "nbits": self.nbits, "granularity": self.granularity, **sized}
 
-    def check(self, target: str, key: str = "compression") -> None:
-        """What coremltools 9 needs to apply this setting to a package converted for `target`."""
-        if self.mode == NONE:
-            return
+    def target_problem(self, target: str) -> str | None:
+        """Why coremltools 9 cannot apply this uniform setting to a package converted for `target`, or None."""
+        if self.mode not in MODES:
+            return None
         for reason, minimum in (
             (f"{self.nbits}-bit", COMPRESSION_MINIMUM_TARGET[self.mode, self.nbits]),
             (self.granularity, GRANULARITY_MINIMUM_TARGET.get(self.granularity)),
         ):
             if minimum and CONVERSION_TARGETS[minimum] > CONVERSION_TARGETS[target]:
-                raise PipelineError(
-                    f"config key '{key}' ({self.mode}, {reason}) needs conversion_target {minimum} or newer "
-                    f"(coremltools 9), but it is {target}; raise conversion_target to {minimum} or use 8 bits per channel"
+                return (
+                    f"({self.mode}, {reason}) needs conversion_target {minimum} or newer (coremltools 9), but it is "
+                    f"{target}; raise conversion_target to {minimum} or use 8 bits per channel"
                 )
-        if self.mode == PALETTIZE and not exact_kmeans_installed():
+        return None
+
+    def check(self, target: str, key: str = "compression") -> None:
+        """What coremltools 9 needs to apply this setting to a package converted for `target`."""
+        if self.mode == RECIPE:
+            self.recipe_content.check(target)
+        elif self.target_problem(target):
+            raise PipelineError(f"config key '{key}' {self.target_problem(target)}")
+        palettes = self.mode == PALETTIZE or (
+            self.mode == RECIPE and any(setting.mode == PALETTIZE for setting in self.recipe_content.settings())
+        )
+        if palettes and not exact_kmeans_installed():
             # Without its exact k-means, coremltools palettizes with a randomised one: refuse up front.
             raise PipelineError(f"config key '{key}': {NO_EXACT_KMEANS}")
 
@@ -205,9 +325,22 @@ def checked_setting(value, key: str, target: str) -> CompressionSetting:
     return setting
 
 
+def configured_recipe(slug: str, *sources) -> CompressionSetting:
+    """The recipe setting named `slug` among the settings of `sources` (a FolderCompression, a
+    sweep plan; None for none), so a recipe package's job finds its file."""
+    for source in sources:
+        for _, setting in source.settings() if source is not None else ():
+            if setting.mode == RECIPE and setting.slug == slug:
+                return setting
+    raise PipelineError(f"{slug}: no recipe of this content is configured; name its file in compression or the sweep")
+
+
 @dataclass(frozen=True)
 class FolderCompression:
-    """A folder's compression (config `compression`): a setting per family, overridden per entry."""
+    """A folder's compression (config `compression`): a setting per family, overridden per entry.
+
+    Recipes name the transformer's tensors, so only the MMDiT's entries take one.
+    """
 
     families: dict[str, CompressionSetting]
     overrides: dict[str, CompressionSetting] = field(default_factory=dict)
@@ -217,7 +350,13 @@ class FolderCompression:
         """Each family's and overridden entry's setting; checked against `target` when given."""
 
         def parse(value, key):
-            return checked_setting(value, key, target) if target else CompressionSetting.from_config(value, key)
+            setting = checked_setting(value, key, target) if target else CompressionSetting.from_config(value, key)
+            if setting.mode == RECIPE and key in TEXT_ENCODER_KEYS:
+                raise PipelineError(
+                    f"config key '{key}': a recipe names the transformer's tensors, not a text encoder's; "
+                    "give the text encoders a uniform setting"
+                )
+            return setting
 
         families = {name: parse(value, f"compression.{name}") for name, value in compression.items() if name != "overrides"}
         overrides = {
@@ -229,6 +368,11 @@ class FolderCompression:
     def for_entry(self, entry: str, family: str) -> CompressionSetting:
         """The setting one folder entry is compressed with: its override, else its family's."""
         return self.overrides.get(entry, self.families[family])
+
+    def settings(self) -> list[tuple[str, CompressionSetting]]:
+        """Every setting with its config key."""
+        keyed = [(f"compression.{name}", setting) for name, setting in self.families.items()]
+        return keyed + [(f"compression.overrides.{entry}", setting) for entry, setting in self.overrides.items()]
 
     def to_config(self) -> dict:
         config = {name: setting.to_config() for name, setting in self.families.items()}

@@ -1,13 +1,15 @@
-"""Weight compression of saved packages: int8 or int4 linear quantization, or k-means palettization.
+"""Weight compression of saved packages: int8 or int4 linear quantization, k-means palettization,
+or a recipe giving each weight its own of those.
 
-Both run on the fp16 package by a separate step, so changing compression never reconverts.
+All run on the fp16 package by a separate step, so changing compression never reconverts.
 `gather` ops (token embeddings) stay fp16, as the published resources keep them.
 """
 
+import re
 from pathlib import Path
 
 from sd3coreml.compress.palettes import EXACT_KMEANS_MIN_VALUES, PrecomputedPalettes
-from sd3coreml.compress.settings import LINEAR, NO_EXACT_KMEANS, PALETTIZE, CompressionSetting
+from sd3coreml.compress.settings import LINEAR, NO_EXACT_KMEANS, PALETTIZE, RECIPE, CompressionSetting
 from sd3coreml.convert.package import load_package, save_package
 from sd3coreml.errors import PipelineError
 
@@ -54,17 +56,20 @@ def palette_config(setting: CompressionSetting, lut_function=None):
     )  # fmt: skip
 
 
+def op_config(setting: CompressionSetting, lut_function=None):
+    """coremltools' config for one uniform setting."""
+    if setting.mode == LINEAR:
+        return linear_config(setting)
+    if setting.mode == PALETTIZE:
+        return palette_config(setting, lut_function)
+    raise PipelineError(f"compression {setting.slug} compresses nothing; compress-package needs a compressed setting")
+
+
 def optimization_config(setting: CompressionSetting, lut_function=None):
     """coremltools' config for one setting; token embeddings (`gather`) stay fp16."""
     import coremltools.optimize.coreml as cto
 
-    if setting.mode == LINEAR:
-        op_config = linear_config(setting)
-    elif setting.mode == PALETTIZE:
-        op_config = palette_config(setting, lut_function)
-    else:
-        raise PipelineError(f"compression {setting.slug} compresses nothing; compress-package needs a compressed setting")
-    return cto.OptimizationConfig(global_config=op_config, op_type_configs={"gather": None})
+    return cto.OptimizationConfig(global_config=op_config(setting, lut_function), op_type_configs={"gather": None})
 
 
 def load_program(model):
@@ -77,19 +82,23 @@ def load_program(model):
     return load(spec, specification_version=version, file_weights_dir=model.weights_dir)
 
 
-def palettized_weights(program) -> list:
-    """The weights the palettizer may take: fp16 consts large enough and read by an op other than `gather`."""
+def weight_consts(program) -> dict:
+    """{const name: value} of the fp16 consts read by an op other than `gather`: what a setting may compress."""
     import numpy as np
 
-    weights = []
+    weights = {}
     for function in program.functions.values():
         for op in function.find_ops(op_type="const"):
             value = op.outputs[0].val
             readers = {child.op_type for child in op.outputs[0].child_ops}
-            if isinstance(value, np.ndarray) and value.dtype == np.float16 and value.size > KMEANS1D_MIN_WEIGHTS:
-                if readers - {"gather"}:
-                    weights.append(value)
+            if isinstance(value, np.ndarray) and value.dtype == np.float16 and readers - {"gather"}:
+                weights[op.name] = value
     return weights
+
+
+def palettized_weights(program) -> list:
+    """The weights the palettizer may take: fp16 consts large enough and read by an op other than `gather`."""
+    return [value for value in weight_consts(program).values() if value.size > KMEANS1D_MIN_WEIGHTS]
 
 
 def palettize_per_tensor(model, setting: CompressionSetting, workers: int):
@@ -108,13 +117,119 @@ def palettize_per_tensor(model, setting: CompressionSetting, workers: int):
     return _apply_graph_pass(model, palettizer, pymil_load_func=lambda *args, **kwargs: program)
 
 
+# A const is named after its checkpoint tensor: the module path with dots as underscores, after
+# the traced wrapper's prefix (`module_transformer_blocks_0_attn_to_q_weight`) or before
+# coremltools' cast suffix (`time_text_embed_text_embedder_linear_1_weight_to_fp16`). No SD3
+# tensor's name so written ends another's (tests/unit/compress/test_recipe_packages.py), so a
+# name matches its own const only; the job refuses a name that matches two.
+CAST_SUFFIX = "_to_fp16"
+# coremltools' passes a recipe runs, in order: a quantized weight is then left alone by the palettizer.
+RECIPE_PASSES = ((LINEAR, "compression::linear_quantize_weights"), (PALETTIZE, "compression::palettize_weights"))
+
+
+def const_pattern(tensor: str) -> re.Pattern:
+    return re.compile(rf"(?:\w+_)?{re.escape(tensor.replace('.', '_'))}(?:{CAST_SUFFIX})?")
+
+
+def recipe_consts(program, recipe) -> dict[str, tuple[str, CompressionSetting]]:
+    """{const name: (checkpoint tensor, setting)} for the weights of `program` the recipe names.
+
+    A name no const matches is a tensor of another package, and is left to it. Refused in one
+    line: a name matching two consts, a const matched by two names, a named weight too small for
+    its setting to compress.
+    """
+    from sd3coreml.compress.recipes import COMPRESSED_ABOVE
+
+    weights = weight_consts(program)
+    named = {}
+    for tensor, setting in recipe.weights:
+        pattern = const_pattern(tensor)
+        matches = sorted(name for name in weights if pattern.fullmatch(name))
+        if len(matches) > 1:
+            raise PipelineError(f"{recipe.path}: weights.{tensor} matches consts {matches[:2]} of one package")
+        if not matches:
+            continue
+        const = matches[0]
+        if const in named:
+            raise PipelineError(f"{recipe.path}: weights.{tensor} and {named[const][0]} both name const {const}")
+        threshold = COMPRESSED_ABOVE.get(setting.mode)
+        if threshold is not None and weights[const].size <= threshold:
+            raise PipelineError(
+                f"{recipe.path}: weights.{tensor} (const {const}) holds {weights[const].size:,} values; {setting.mode} "
+                f"compresses only more than {threshold:,}: write \"fp16\" or drop it"
+            )
+        named[const] = (tensor, setting)
+    return named
+
+
+def recipe_passes(program, setting: CompressionSetting, workers: int) -> list:
+    """coremltools' passes that apply a recipe to `program`, set up: linear quantization, then palettes.
+
+    Each pass takes configs of its own kind only, so a recipe mixing both runs two, each with the
+    default as its global config if the default is of its kind, each named weight's setting, and
+    None for every named weight of the other kind or fp16 (a quantized weight feeds a constexpr
+    op, which the palettizer leaves alone). Palettes per tensor are computed up front, a set
+    per width (compress/palettes.py); per group of channels coremltools computes them.
+    """
+    import coremltools.optimize.coreml as cto  # registers the compression passes too
+    from coremltools.converters.mil.mil.passes.graph_pass import PassOption
+    from coremltools.converters.mil.mil.passes.pass_registry import PASS_REGISTRY as PASSES
+
+    recipe = setting.recipe_content
+    named = {const: named_setting for const, (_, named_setting) in recipe_consts(program, recipe).items()}
+    eligible = {name: value for name, value in weight_consts(program).items() if value.size > KMEANS1D_MIN_WEIGHTS}
+    in_use = (recipe.default, *named.values())
+    tensor_palettes = [s for s in in_use if s.mode == PALETTIZE and s.granularity == "per_tensor"]
+    per_tensor = {given.nbits: [] for given in tensor_palettes}  # nbits -> the weights given those palettes
+    for name, value in eligible.items():
+        given = named.get(name, recipe.default)
+        if given in tensor_palettes:
+            per_tensor[given.nbits].append(value)
+    palettes = {nbits: PrecomputedPalettes(values, nbits, workers) for nbits, values in sorted(per_tensor.items())}
+
+    def config_of(given: CompressionSetting, mode: str):
+        if given.mode != mode:
+            return None
+        if given in tensor_palettes:
+            return op_config(given, palettes[given.nbits])
+        return op_config(given)
+
+    passes = []
+    for mode, registered in RECIPE_PASSES:
+        if all(given.mode != mode for given in in_use):
+            continue
+        config = cto.OptimizationConfig(
+            global_config=config_of(recipe.default, mode),
+            op_type_configs={"gather": None},
+            op_name_configs={const: config_of(given, mode) for const, given in sorted(named.items())},
+        )
+        graph_pass = PASSES[registered]
+        graph_pass.set_options([PassOption("config", config), PassOption("joint_compression", False)])
+        passes.append(graph_pass)
+    return passes
+
+
+def compress_by_recipe(model, setting: CompressionSetting, workers: int):
+    """A recipe's passes over one loaded program (read once, as palettize_per_tensor does)."""
+    from coremltools.models.utils import _apply_graph_pass
+    from threadpoolctl import threadpool_limits
+
+    program = load_program(model)
+    passes = recipe_passes(program, setting, workers)
+    # Palettes per group of channels may run scikit-learn's k-means: on one thread, so they repeat.
+    with threadpool_limits(limits=1):
+        return _apply_graph_pass(model, passes, pymil_load_func=lambda *args, **kwargs: program)
+
+
 def compress_package(package: Path, out: Path, setting: CompressionSetting, workers: int = 1) -> None:
     """Compress a saved fp16 package by `setting` into `out`, the setting's label in its metadata."""
     import coremltools.optimize.coreml as cto
     from threadpoolctl import threadpool_limits
 
     model = load_package(package)
-    if setting.mode == LINEAR:
+    if setting.mode == RECIPE:
+        compressed = compress_by_recipe(model, setting, workers)
+    elif setting.mode == LINEAR:
         compressed = cto.linear_quantize_weights(model, config=optimization_config(setting))
     elif setting.uses_threads:
         compressed = palettize_per_tensor(model, setting, workers)

@@ -13,6 +13,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from sd3coreml.compress.recipes import check_recipes_fit
 from sd3coreml.compress.settings import CONVERSION_TARGETS, FolderCompression
 from sd3coreml.contract import CONDITIONING as CONTRACT_CONDITIONING
 from sd3coreml.contract import STAGE as CONTRACT_STAGE
@@ -89,9 +90,9 @@ def check_targets(config: dict) -> None:
         )
 
 
-def check_compression(config: dict) -> None:
+def check_compression(config: dict) -> FolderCompression:
     """Each family's (and overridden entry's) compression is one coremltools 9 runs at the conversion target."""
-    FolderCompression.from_config(config["compression"], config["conversion_target"])
+    return FolderCompression.from_config(config["compression"], config["conversion_target"])
 
 
 def check_overrides(config: dict, stage_counts: dict[str, int]) -> None:
@@ -275,7 +276,7 @@ def plan_model(config: dict, key: str, made_by_job: bool) -> ModelPlan:
 def plan_models(config: dict) -> dict[str, ModelPlan]:
     """Check the whole config and return each model's plan; raises PipelineError."""
     check_targets(config)
-    check_compression(config)
+    compression = check_compression(config)
     check_downloads_root(config)
     generated = "synthetic" in config
     downloaded = downloaded_paths(config)
@@ -291,4 +292,6 @@ def plan_models(config: dict) -> dict[str, ModelPlan]:
     models = config["models"]
     plans = {key: plan_model(config, key, generated or Path(models[key]["weights"]) in downloaded) for key in models}
     check_overrides(config, {key: len(plan.ranges) + 1 for key, plan in plans.items()})
+    # A recipe names checkpoint tensors: every model's must hold them.
+    check_recipes_fit(compression.settings(), plans.values())
     return plans

@@ -6,7 +6,8 @@ named by content (plan.py), so block ranges that layouts share are built once.
 
 A mode is a compression setting, or a per-stage mix: `{default: SETTINGS, stages: {K: SETTINGS}}`
 with K a stage index (0 is the input stage; negative counts from the last stage, so -1 is
-the head stage of every layout).
+the head stage of every layout). A setting may be a recipe (`{mode: recipe, file: PATH}`,
+compress/recipes.py), checked against the sweep's model before any job.
 """
 
 from dataclasses import dataclass, field
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import yaml
 
+from sd3coreml.compress.recipes import check_recipes_fit
 from sd3coreml.compress.settings import CompressionSetting, checked_setting
 from sd3coreml.errors import PipelineError
 from sd3coreml.pipeline.stages import ATTENTIONS, JOINT, BlockRange, check_attention, stage_ranges
@@ -57,6 +59,14 @@ class SweepPlan:
     modes: tuple[CompressionMode, ...]
     # Each layout's block ranges under each attention (pipeline/stages.py), with every mode.
     attentions: tuple[str, ...] = (JOINT,)
+
+    def settings(self) -> list[tuple[str, CompressionSetting]]:
+        """Every setting of every mode, with the mode's name and where in it."""
+        keyed = []
+        for mode in self.modes:
+            keyed.append((f"{mode.name}.default", mode.default))
+            keyed += [(f"{mode.name}.stages.{index}", setting) for index, setting in mode.stages.items()]
+        return keyed
 
 
 def read_sweeps(path: Path) -> dict:
@@ -111,8 +121,11 @@ def plan_sweep(config: dict, models: dict) -> SweepPlan | None:
     if "sweep" not in config:
         return None
 
+    checked = []
+
     def check_settings(settings: dict, key: str) -> CompressionSetting:
-        return checked_setting(settings, key, config["conversion_target"])
+        checked.append((key, checked_setting(settings, key, config["conversion_target"])))
+        return checked[-1][1]
 
     path, name = config["sweep"].get("file", "config/sweeps.yaml"), config["sweep"]["name"]
     sweeps = read_sweeps(path)
@@ -135,6 +148,7 @@ def plan_sweep(config: dict, models: dict) -> SweepPlan | None:
         parse_mode(str(mode), value, f"{key}.compression.{mode}", counts, check_settings)
         for mode, value in modes.items()
     )
+    check_recipes_fit(checked, [models[model]])
     return SweepPlan(name, model, layouts, parsed, parse_attentions(entry, key))
 
 

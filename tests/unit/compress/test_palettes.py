@@ -42,8 +42,10 @@ def same_bits(ours, theirs):
     assert indices.shape == their_indices.shape and indices.tobytes() == their_indices.tobytes()
 
 
-# 6 bits (the text encoders' setting) on every weight; 4 and 8 on two of them.
-CASES = [(name, 6) for name in WEIGHTS] + [(name, nbits) for name in ("heavy-tailed", "both-zeros") for nbits in (4, 8)]
+# 6 bits (the text encoders' setting) on every weight; 1, 2, 4 and 8 on two of them.
+CASES = [(name, 6) for name in WEIGHTS] + [
+    (name, nbits) for name in ("heavy-tailed", "both-zeros") for nbits in (1, 2, 4, 8)
+]
 
 
 @pytest.mark.parametrize("name, nbits", CASES)

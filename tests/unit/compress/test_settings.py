@@ -13,11 +13,14 @@ from sd3coreml.compress.settings import (
     GRANULARITIES,
     MODES,
     NBITS,
+    RECIPE,
+    RECIPE_SLUG,
     SINGLE_THREAD_SLUG,
     SLUG_PATTERN,
     TENSOR_PALETTE_SLUG,
     CompressionSetting,
     FolderCompression,
+    configured_recipe,
 )
 from sd3coreml.errors import PipelineError
 
@@ -46,15 +49,15 @@ def buildable():
 
 
 def test_the_schema_enums_are_the_settings_tables():
-    assert PROPERTIES["mode"]["enum"] == ["none", *MODES]
+    assert PROPERTIES["mode"]["enum"] == ["none", *MODES, RECIPE]
     assert sorted(PROPERTIES["nbits"]["enum"]) == sorted({nbits for widths in NBITS.values() for nbits in widths})
     assert sorted(PROPERTIES["granularity"]["enum"]) == sorted({g for offered in GRANULARITIES.values() for g in offered})
 
 
 def test_every_buildable_setting_round_trips_through_slug_flags_argparse_and_config():
     settings = buildable()
-    # none, int8 x3, int4 x3, palettes 3 widths x 2 granularities
-    assert len(settings) == 1 + 3 + 3 + 3 * 2
+    # none, int8 x3, int4 x3, palettes 5 widths (1, 2, 4, 6, 8) x 2 granularities
+    assert len(settings) == 1 + 3 + 3 + 5 * 2
     for setting in settings:
         assert CompressionSetting.from_slug(setting.slug) == setting
         assert CompressionSetting.from_config(setting.to_config()) == setting
@@ -106,3 +109,86 @@ def test_a_folders_compression_takes_an_entrys_override_before_its_family():
     assert compression.to_config() == config
     with pytest.raises(PipelineError, match=r"^config key 'compression.overrides.TextEncoder' \(linear_symmetric, 4-bit\) needs"):
         FolderCompression.from_config({**config, "overrides": {"TextEncoder": {"mode": "linear_symmetric", "nbits": 4}}}, "iOS17")
+
+
+RECIPE_JSON = {
+    "format": "sd3coreml-recipe/1",
+    "weights": {"transformer_blocks.0.attn.to_q.weight": {"nbits": 2, "granularity": "per_tensor"}},
+    "default": "fp16",
+}
+
+
+def test_a_recipe_setting_is_named_by_its_content_and_carries_its_file(tmp_path):
+    import json
+
+    first, second = tmp_path / "a.json", tmp_path / "b.json"
+    first.write_text(json.dumps(RECIPE_JSON))
+    second.write_text(json.dumps(RECIPE_JSON, indent=4))  # the same content, spelled otherwise
+    setting = CompressionSetting.from_config({"mode": "recipe", "file": str(first)}, "compression.mmdit")
+    twin = CompressionSetting.from_config({"mode": "recipe", "file": str(second)})
+    assert re.fullmatch(RECIPE_SLUG, setting.slug) and re.fullmatch(SLUG_PATTERN, setting.slug)
+    assert setting == twin == CompressionSetting.from_slug(setting.slug) and setting.file != twin.file
+    assert setting.label == setting.slug and setting.precision == "palettized" and setting.uses_threads
+    assert setting.flags == f"--compression {setting.slug} --recipe {first}"
+    sha256 = setting.recipe_content.sha256
+    assert setting.slug == f"recipe-{sha256[:12]}"
+    assert setting.to_config() == {"mode": "recipe", "file": "a.json", "sha256": sha256}
+    argv = ["compress-package", "--package", "in", "--out", "out", *shlex.split(setting.flags)]
+    args = build_parser("compress-package").parse_args(argv)
+    assert (args.compression, args.recipe) == (setting, first)
+    compression = FolderCompression.from_config({"mmdit": {"mode": "recipe", "file": str(first)}}, "iOS18")
+    assert configured_recipe(setting.slug, None, compression).file == str(first)
+    with pytest.raises(PipelineError, match=r"^recipe-0{12}: no recipe of this content is configured"):
+        configured_recipe("recipe-" + "0" * 12, compression)
+    # An edit is another package.
+    second.write_text(json.dumps({**RECIPE_JSON, "default": {"nbits": 8}}))
+    assert CompressionSetting.from_config({"mode": "recipe", "file": str(second)}) != setting
+
+
+def test_the_job_refuses_a_recipe_file_that_no_longer_holds_its_slugs_content(tmp_path):
+    import json
+
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps(RECIPE_JSON))
+    planned = CompressionSetting.from_slug(CompressionSetting.from_config({"mode": "recipe", "file": str(path)}).slug)
+    assert planned.with_recipe_file(path).recipe_content.weights
+    path.write_text(json.dumps({**RECIPE_JSON, "default": {"nbits": 4}}))
+    with pytest.raises(PipelineError, match=r"r.json: holds recipe-\w{12}, not the recipe-\w{12} this package is named after"):
+        planned.with_recipe_file(path)
+    with pytest.raises(PipelineError, match=r"^--compression recipe-\w{12} needs --recipe FILE"):
+        planned.with_recipe_file(None)
+    with pytest.raises(PipelineError, match="goes with a recipe-<id> setting"):
+        CompressionSetting.from_slug("palettize2_per_tensor").with_recipe_file(path)
+
+
+@pytest.mark.parametrize(
+    "value, message",
+    [
+        ({"mode": "recipe"}, "config key 'compression.mmdit.file' is missing"),
+        ({"mode": "recipe", "file": "r.json", "nbits": 4}, "config key 'compression.mmdit.nbits': a recipe gives each weight"),
+        ({"mode": "recipe", "file": "absent.json"}, "config key 'compression.mmdit.file' (absent.json): no such file"),
+        ({"mode": "palettize", "nbits": 4, "file": "r.json"}, "config key 'compression.mmdit.file' goes with mode recipe only"),
+        ({"mode": "palettize", "nbits": 3}, "config key 'compression.mmdit.nbits' is 3; palettize takes 8 or 6 or 4 or 2 or 1"),
+    ],
+)  # fmt: skip
+def test_bad_recipe_settings_name_their_key(value, message, tmp_path, monkeypatch):
+    import json
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "r.json").write_text(json.dumps(RECIPE_JSON))
+    with pytest.raises(PipelineError) as error:
+        CompressionSetting.from_config(value, "compression.mmdit")
+    assert str(error.value).startswith(message) and "\n" not in str(error.value)
+
+
+def test_only_the_mmdits_entries_take_a_recipe(tmp_path):
+    import json
+
+    (tmp_path / "r.json").write_text(json.dumps(RECIPE_JSON))
+    recipe = {"mode": "recipe", "file": str(tmp_path / "r.json")}
+    for config, key in (({"text_encoders": recipe}, "compression.text_encoders"),
+                        ({"overrides": {"TextEncoder2": recipe}}, "compression.overrides.TextEncoder2")):  # fmt: skip
+        with pytest.raises(PipelineError, match=rf"^config key '{key}': a recipe names the transformer's tensors"):
+            FolderCompression.from_config({"mmdit": {"mode": "none"}, **config})
+    compression = FolderCompression.from_config({"mmdit": {"mode": "none"}, "overrides": {"Conditioning": recipe}})
+    assert compression.for_entry("Conditioning", "mmdit").mode == "recipe"
