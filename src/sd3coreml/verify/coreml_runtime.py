@@ -5,10 +5,17 @@ conversion target: iOS16 packages need macOS 13, iOS17 macOS 14, iOS18 (spec 9) 
 coremltools 9's own guard compares against a compile-time constant and does not catch an
 older macOS, whose `predict` then raises. Every Core ML call runs in `isolated`'s child
 process, so a crash or a hang is recorded, never fatal.
+
+`ct.models.MLModel(<.mlpackage>)` compiles the package at every construction (coremltools 9.0,
+`CoreMLPython.mm`), which can take minutes for a stage. In the child each package is compiled
+once (`ct.models.utils.compile_model`, into the child's temporary root) and every prediction
+loads the compiled model (`ct.models.CompiledMLModel`) and lets it go after, as the app loads,
+predicts and unloads a stage at every step: `CompiledPackages`.
 """
 
 import platform
 import sys
+import tempfile
 from pathlib import Path
 
 from sd3coreml.verify.isolated import describe, run_isolated
@@ -47,13 +54,46 @@ def spec_version(package: Path) -> int:
     return read_spec(package).specificationVersion
 
 
-def predict(package: str, inputs: dict, compute_units: str = "CPU_AND_NE") -> dict:
-    """In the child: one Core ML prediction, outputs as numpy arrays."""
-    import coremltools as ct
-    import numpy as np
+class CompiledPackages:
+    """In the child: each package compiled once, loaded for each prediction under `compute_units`.
 
-    model = ct.models.MLModel(package, compute_units=getattr(ct.ComputeUnit, compute_units))
-    return {name: np.asarray(value) for name, value in model.predict(inputs).items()}
+    `compiled(package)` compiles on first use into a folder of the child's temporary root (its
+    TMPDIR, which `isolated` removes however the child ends); `predict` loads the compiled
+    model, predicts once and drops it.
+    """
+
+    def __init__(self, compute_units: str = "CPU_AND_NE"):
+        import coremltools as ct
+
+        if compute_units not in COMPUTE_UNITS:
+            raise ValueError(f"compute units {compute_units!r}: expected one of {', '.join(COMPUTE_UNITS)}")
+        self.ct = ct
+        self.compute_units = compute_units
+        self.scratch = Path(tempfile.mkdtemp(prefix="compiled-"))
+        self.paths: dict[str, str] = {}
+
+    def compiled(self, package) -> str:
+        key = str(Path(package).resolve())
+        if key not in self.paths:
+            destination = self.scratch / f"{len(self.paths)}-{Path(package).stem}.mlmodelc"
+            self.paths[key] = self.ct.models.utils.compile_model(str(package), str(destination))
+        return self.paths[key]
+
+    def predict(self, package, inputs: dict) -> dict:
+        """One prediction, outputs as numpy arrays."""
+        import numpy as np
+
+        units = getattr(self.ct.ComputeUnit, self.compute_units)
+        model = self.ct.models.CompiledMLModel(self.compiled(package), compute_units=units)
+        try:
+            return {name: np.asarray(value) for name, value in model.predict(inputs).items()}
+        finally:
+            del model
+
+
+def predict(package: str, inputs: dict, compute_units: str = "CPU_AND_NE") -> dict:
+    """In the child: one Core ML prediction of one package, outputs as numpy arrays."""
+    return CompiledPackages(compute_units).predict(package, inputs)
 
 
 def isolated_predict(

@@ -1,8 +1,25 @@
-"""Core ML's calls: the macOS each package needs, and a child process that can die or hang harmlessly."""
+"""Core ML's calls: the macOS each package needs, a child process that can die or hang harmlessly, and
+each package compiled once per child."""
 
+import tempfile
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
 import pytest
 from harness import TESTS
 
+from sd3coreml.contract import (
+    CONDITIONING,
+    HIDDEN_EMBEDS,
+    MODULATION_INPUTS,
+    NOISE_PRED,
+    POOLED_OUTPUTS,
+    STAGE_OUTPUTS,
+    STAGE_PREFIX,
+    VAE_DECODER,
+    VAE_IMAGE,
+)
 from sd3coreml.sweep.device_profile import device_columns
 from sd3coreml.verify.coreml_runtime import unavailable_reason
 from sd3coreml.verify.isolated import describe, run_isolated
@@ -55,3 +72,93 @@ def test_the_sweep_columns_say_what_kept_core_ml_from_measuring():
     failed = {"package": "p", "failed": "signal SIGKILL after 2.0 s", "failure": "signal"}
     assert device_columns(failed)["predict_s"] == "failed: signal SIGKILL after 2.0 s"
     assert device_columns({"package": "p", "unavailable": "needs macOS 15"})["first_load_s"] == "needs macOS 15"
+
+
+class CoreMLDouble:
+    """coremltools' compile and load on a Mac, counted: `compile_model` writes a stand-in .mlmodelc
+    naming its package, `CompiledMLModel` reads it back and answers with zeros of the app's shapes."""
+
+    def __init__(self, noise_shape, last_stage: str):
+        self.noise_shape, self.last_stage = noise_shape, last_stage
+        self.compiles, self.loads, self.units = Counter(), Counter(), set()
+
+    def compile_model(self, model, destination_path=None):
+        assert destination_path.endswith(".mlmodelc") and Path(model).name.endswith(".mlpackage")
+        self.compiles[Path(model).name] += 1
+        Path(destination_path).mkdir()
+        (Path(destination_path) / "package").write_text(Path(model).name)
+        return destination_path
+
+    def compiled_model(self, path, compute_units):
+        double, name = self, (Path(path) / "package").read_text()
+        double.loads[name] += 1
+        double.units.add(compute_units.name)
+
+        class Loaded:
+            def predict(self, inputs):
+                return double.outputs(name, inputs)
+
+        return Loaded()
+
+    def outputs(self, name: str, inputs: dict) -> dict:
+        if name.startswith("TextEncoder"):
+            return {HIDDEN_EMBEDS: np.zeros((1, 77, 4)), POOLED_OUTPUTS: np.zeros((1, 4))}
+        if name.startswith(CONDITIONING):
+            return {MODULATION_INPUTS: np.zeros((1, 8, 1, 1))}
+        if name == self.last_stage:
+            return {NOISE_PRED: np.zeros(self.noise_shape, dtype=np.float32)}
+        if name.startswith(STAGE_PREFIX):
+            return {name: np.zeros((1, 16, 1, 4), dtype=np.float32) for name in STAGE_OUTPUTS}
+        return {VAE_IMAGE: np.zeros((1, 3, 16, 16), dtype=np.float32)}
+
+
+def test_the_core_ml_chain_compiles_each_package_once_and_loads_it_at_every_step(tmp_path, monkeypatch):
+    """Finding: an MLModel per prediction compiled every package at every call (35 compiles for 4 steps
+    over seven stages). Now one compile per package per chain, and the app's load per step."""
+    import coremltools as ct
+
+    from sd3coreml.verify.end_to_end.coreml_chain import coreml_chain
+    from sd3coreml.verify.end_to_end.sampler import AppSchedule
+
+    stages = 7
+    folder = tmp_path / "coremlsd3_x_packages"
+    names = ["TextEncoder", "TextEncoder2", CONDITIONING, VAE_DECODER] + [f"{STAGE_PREFIX}{i}" for i in range(stages)]
+    for name in names:
+        (folder / f"{name}.mlpackage").mkdir(parents=True)
+    noise = np.zeros((1, 16, 2, 2), dtype=np.float32)
+    double = CoreMLDouble(noise.shape, f"{STAGE_PREFIX}{stages - 1}.mlpackage")
+    monkeypatch.setattr(ct.models.utils, "compile_model", double.compile_model)
+    monkeypatch.setattr(ct.models, "CompiledMLModel", double.compiled_model)
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "child-root"))
+    (tmp_path / "child-root").mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", None)  # read TMPDIR again, as a fresh child does
+
+    ids = {"TextEncoder": [0] * 77, "TextEncoder2": [0] * 77}
+    values = coreml_chain(str(folder), ids, noise, AppSchedule(4, 3.0), 16, "CPU_AND_NE")
+
+    assert (None, "image") in values
+    assert double.compiles == Counter({f"{name}.mlpackage": 1 for name in names}) and len(double.compiles) == 11
+    per_step = {f"{name}.mlpackage": 4 for name in [CONDITIONING] + [f"{STAGE_PREFIX}{i}" for i in range(stages)]}
+    assert double.loads == Counter({"TextEncoder.mlpackage": 1, "TextEncoder2.mlpackage": 1,
+                                    f"{VAE_DECODER}.mlpackage": 1, **per_step})  # fmt: skip
+    assert sum(double.loads.values()) == 2 + 4 * (1 + stages) + 1 == 35
+    assert double.units == {"CPU_AND_NE"}
+    # The compiled models live in the child's temporary root, which `isolated` removes.
+    assert [path.parent.parent for path in (tmp_path / "child-root").glob("compiled-*/*.mlmodelc/package")]
+
+
+def test_a_prediction_compiles_its_package_once_and_refuses_unknown_units(tmp_path, monkeypatch):
+    import coremltools as ct
+
+    from sd3coreml.verify.coreml_runtime import CompiledPackages, predict
+
+    package = tmp_path / "TextEncoder.mlpackage"
+    package.mkdir()
+    double = CoreMLDouble((1,), "none")
+    monkeypatch.setattr(ct.models.utils, "compile_model", double.compile_model)
+    monkeypatch.setattr(ct.models, "CompiledMLModel", double.compiled_model)
+    assert set(predict(str(package), {}, "CPU_ONLY")) == {HIDDEN_EMBEDS, POOLED_OUTPUTS}
+    assert double.compiles == Counter({package.name: 1}) and double.units == {"CPU_ONLY"}
+    with pytest.raises(ValueError, match="compute units 'NEURAL_ENGINE'"):
+        CompiledPackages("NEURAL_ENGINE")
+
