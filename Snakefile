@@ -84,10 +84,10 @@ else:
             [ART.sums(model, "packages") for model in MODELS],
 
 
-    # Per-package fidelity (also part of every packages folder).
+    # Per-package fidelity (also part of every packages folder), and Core ML's on a Mac.
     rule fidelity:
         input:
-            [ART.report(model, "fidelity.json") for model in MODELS],
+            [ART.report(model, name) for model in MODELS for name in ["fidelity.json", *COREML_FIDELITY]],
 
 
     localrules:
@@ -95,11 +95,13 @@ else:
         verify_folders,
 
 
-    # Fidelity, the end-to-end check, then every packages folder (and each app folder already
-    # built) against its SHA256SUMS and manifest.json. Rules without outputs run whenever asked for.
+    # Fidelity, the end-to-end check (on a Mac Core ML's too), then every packages folder (and each
+    # app folder already built) against its SHA256SUMS and manifest.json. Rules without outputs run
+    # whenever asked for.
     rule verify:
         input:
             [ART.report(model, name) for model in MODELS for name in ("fidelity.json", "end_to_end.json")],
+            [ART.report(model, name) for model in MODELS for name in [*COREML_FIDELITY, *COREML_END_TO_END]],
             [ART.sums(model, "packages") for model in MODELS],
         params:
             folders=lambda wildcards: get_built_folders(include_packages=True),

@@ -2,6 +2,7 @@
 # Every path comes from sd3coreml.pipeline.artifacts (ART); every decision from the library.
 # rules/shared.smk (fail, step_code) is included before it.
 import json
+import os
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
@@ -45,18 +46,33 @@ except PipelineError as error:
 
 ART = Artifacts.of(config)
 ROOT = ART.root
-# Core ML's own measurements exist only on macOS; there the fidelity checks predict with Core ML
-# too, one job on the Neural Engine at a time (profiles/mac sets neural_engine=1).
-ON_MACOS = sys.platform == "darwin"
-NEURAL_ENGINE_JOBS = 1 if ON_MACOS else 0
+# Core ML runs only on macOS. There the workflow also plans Core ML's own measurements, each its
+# own artifact beside the executor's (rules/fidelity.smk, rules/end_to_end.smk), one job on the
+# Neural Engine at a time (profiles/mac sets neural_engine=1); nothing the executor measured
+# reruns. SD3COREML_PLAN_AS=macos plans as a Mac on any host, for dry runs only (`snakemake -n`;
+# check_host_before_jobs refuses a run): what a Mac would replan over these results.
+PLAN_AS = os.environ.get("SD3COREML_PLAN_AS", "")
+if PLAN_AS not in ("", "macos"):
+    fail(f"SD3COREML_PLAN_AS={PLAN_AS}: the one host to plan as is macos (SD3COREML_PLAN_AS=macos snakemake -n)")
+ON_MACOS = sys.platform == "darwin" or PLAN_AS == "macos"
+# What Core ML adds to each packages folder's reports there (`fidelity`, `verify`).
+COREML_FIDELITY = ["fidelity_coreml.json"] if ON_MACOS else []
+COREML_END_TO_END = ["end_to_end_coreml.json"] if ON_MACOS else []
+# Jobs rerun on another release of a pinned package, not on a local label or Python's patch level
+# (release/toolchain.py); a folder records the exact versions of the toolchain that built it.
 TOOLCHAIN = toolchain.installed_versions()
 TOOLCHAIN_FINGERPRINT = toolchain.fingerprint(TOOLCHAIN)
+TOOLCHAIN_RECORD = toolchain.record_path(ROOT, TOOLCHAIN)
 VERIFY_SEED = config["fidelity"]["seed"]
-COREML = {"runner": "executor+coreml" if ON_MACOS else "executor", "units": config["fidelity"]["coreml_compute_units"]}
+# verify-package's and end-to-end's runner arguments: what predicts, and for Core ML under what.
+EXECUTOR_RUNNER = "executor"
+COREML_RUNNER = f"coreml --coreml-compute-units {config['fidelity']['coreml_compute_units']}"
 
 
 def check_host_before_jobs():
     """Before any job: a folder for every output, Apple's compiler if compiles are planned, disk room, memory."""
+    if PLAN_AS:
+        fail(f"SD3COREML_PLAN_AS={PLAN_AS} only plans (snakemake -n); unset it to run jobs on this host")
     try:
         planned = list(workflow.dag.needrun_jobs())
         check_host(ART, job_outputs(planned), MODELS, config, planned_memory(planned, workflow.local_exec))
@@ -120,7 +136,7 @@ def folder_spec_of(kind):
         model = MODELS[wildcards.model]
         compiled = ART.compiled_from(model.key, model.ranges) if kind == "app" else None
         entries = ART.folder_entries(model.key, model.ranges, kind)
-        return folder_spec(entries, manifest_request(model, config, TOOLCHAIN, kind), compiled)
+        return folder_spec(entries, manifest_request(model, config, TOOLCHAIN_RECORD, kind), compiled)
 
     return get_folder_spec
 
@@ -137,8 +153,29 @@ def get_fidelity_report_spec(wildcards):
     return jobs.fidelity_report_spec(get_fidelity_measurements(wildcards), config)
 
 
-def get_enforce_coreml(wildcards):
-    return "yes" if config["fidelity"]["enforce_coreml"] else "no"
+def get_coreml_measurements(wildcards):
+    return ART.coreml_measurements(wildcards.model, MODELS[wildcards.model].ranges)
+
+
+def get_coreml_report_inputs(wildcards):
+    """Core ML's report reads the executor's measurement of each entry and Core ML's (`<entry>_coreml`)."""
+    coreml = {f"{entry}_coreml": path for entry, path in get_coreml_measurements(wildcards).items()}
+    return {**get_fidelity_measurements(wildcards), **coreml}
+
+
+def get_coreml_report_spec(wildcards):
+    return jobs.fidelity_report_spec(get_fidelity_measurements(wildcards), config, get_coreml_measurements(wildcards))
+
+
+def get_fidelity_gates(wildcards):
+    """The reports a folder needs passed: the executor's; on macOS with fidelity.enforce_coreml, Core ML's too."""
+    coreml = ON_MACOS and config["fidelity"]["enforce_coreml"]
+    return {"fidelity": ART.report(wildcards.model, "fidelity.json"),
+            **({"fidelity_coreml": ART.report(wildcards.model, "fidelity_coreml.json")} if coreml else {})}  # fmt: skip
+
+
+def get_coreml_end_to_end_runner(wildcards):
+    return f"{COREML_RUNNER} --enforce-coreml {'yes' if config['fidelity']['enforce_coreml'] else 'no'}"
 
 
 def get_compression_flags(wildcards):

@@ -4,13 +4,28 @@
 # Host and time facts go to reports/<folder>/build_host.json, outside the folder.
 
 
+# The exact versions of the toolchain that builds under this fingerprint (release/toolchain.py),
+# written once: a folder's manifest records them, so a folder assembled on a Mac from packages
+# built on Linux records Linux's toolchain, and its SHA256SUMS do not follow the assembling host.
+rule toolchain_record:
+    output:
+        TOOLCHAIN_RECORD,
+    log:
+        ART.log("toolchain_record"),
+    localrule: True
+    run:
+        toolchain.write_record(output[0], TOOLCHAIN, log[0])
+
+
 rule packages_folder:
     input:
         unpack(folder_inputs_of("packages")),
-        # Only a build whose packages passed their fidelity checks becomes a folder.
-        fidelity=ART.report("{model}", "fidelity.json"),
+        # Only a build whose packages passed their fidelity checks becomes a folder (on a Mac with
+        # fidelity.enforce_coreml, Core ML's report too: get_fidelity_gates).
+        unpack(get_fidelity_gates),
         # Split-attention stages held against their joint twins (rules/attention.smk).
         attention=get_attention_checks,
+        toolchain=TOOLCHAIN_RECORD,
     output:
         sums=ART.sums("{model}", "packages"),
         record=ART.build_record(folder_name("{model}", "packages")),
@@ -33,10 +48,11 @@ rule packages_folder:
 use rule packages_folder as app_folder with:
     input:
         unpack(folder_inputs_of("app")),
+        unpack(get_fidelity_gates),
         packages=get_compiled_packages,
-        fidelity=ART.report("{model}", "fidelity.json"),
         # Split-attention stages held against their joint twins (rules/attention.smk).
         attention=get_attention_checks,
+        toolchain=TOOLCHAIN_RECORD,
     output:
         sums=ART.sums("{model}", "app"),
         record=ART.build_record(folder_name("{model}", "app")),

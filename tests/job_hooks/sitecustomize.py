@@ -9,6 +9,8 @@ On PYTHONPATH of the runs that want them (tests/harness.py, tests/workflow/test_
   step and the sd3coreml modules it loaded, to hold each step's code closure against them.
 - SD3COREML_TEST_TOOLCHAIN_DRIFT: every package version importlib.metadata reports reads one
   patch release on, as on a Mac whose pip resolved other wheels.
+- SD3COREML_TEST_MAC_TOOLCHAIN: the same releases as a Mac installs them: no local version label
+  (`torch 2.13.0`, not the team's `2.13.0+cpu`) and another Python patch level.
 - SD3COREML_TEST_CLOCK_SHIFT_DAYS=N: Python's clock runs N days ahead (where libfaketime's
   LD_PRELOAD is not available: macOS strips DYLD_* from jobs started through /bin/bash).
 - SD3COREML_TEST_PHYSICAL_MEMORY_MB=N: psutil reports N MB of physical memory, as on a smaller
@@ -51,6 +53,15 @@ if os.environ.get("SD3COREML_TEST_TOOLCHAIN_DRIFT"):
 
     installed_version = importlib.metadata.version
     importlib.metadata.version = lambda name: f"{installed_version(name)}.post1"
+
+if os.environ.get("SD3COREML_TEST_MAC_TOOLCHAIN"):
+    import importlib.metadata
+    import platform
+
+    installed_version, installed_python = importlib.metadata.version, platform.python_version
+    importlib.metadata.version = lambda name: installed_version(name).split("+", 1)[0]
+    major, minor, patch = installed_python().split(".")[:3]
+    platform.python_version = lambda: f"{major}.{minor}.{int(patch) + 1}"
 
 if days := os.environ.get("SD3COREML_TEST_CLOCK_SHIFT_DAYS"):
     import datetime

@@ -10,6 +10,8 @@ from sd3coreml.errors import PipelineError
 # verify/package_checks.py's KINDS, spelled here so --help does not import torch.
 KINDS = ("conditioning", "input-stage", "block-range", "text-encoder", "vae-decoder")
 COMPUTE_UNITS_HELP = "what Core ML's own predictions run on (macOS)"
+# verify/measure.py's RUNNERS, spelled here for the same reason.
+RUNNERS = ("executor", "coreml")
 
 
 def verify_package(args) -> None:
@@ -19,7 +21,7 @@ def verify_package(args) -> None:
     from sd3coreml.verify.package_checks import build_check
 
     check = build_check(args.kind, args.seed, args.weights, args.config, args.source, args.start, args.end, args.latent)
-    measure_packages(args.packages, check, args.seed, args.out, args.coreml_compute_units)
+    measure_packages(args.packages, check, args.seed, args.out, args.runner, args.coreml_compute_units)
 
 
 def fidelity_report(args) -> None:
@@ -41,7 +43,7 @@ def end_to_end(args) -> None:
     from sd3coreml.atomic import write_json
     from sd3coreml.verify.end_to_end.check import end_to_end_check, write_side_by_side
 
-    coreml = (args.coreml_compute_units, args.coreml_min_psnr_db, args.enforce_coreml == "yes")
+    coreml = (args.coreml_compute_units, args.enforce_coreml == "yes") if args.runner == "coreml" else None
     check = end_to_end_check(args.folder, args.weights, args.config, args.components, args.steps, args.seed,
                              args.min_psnr_db, args.prompt, coreml, shift=args.shift)  # fmt: skip
     write_side_by_side(check.package_image, check.reference_image, args.out_png)
@@ -65,6 +67,10 @@ def register_cli(subparsers) -> None:
     step.add_argument("--latent", type=int, nargs=2, metavar=("H", "W"))
     step.add_argument("--seed", type=int, default=0)
     step.add_argument("--out", type=Path, required=True, help="the measurement JSON to write")
+    step.add_argument(
+        "--runner", choices=RUNNERS, default="executor",
+        help="what predicts: the MIL executor (any host) or Core ML itself (macOS); each its own measurement",
+    )  # fmt: skip
     step.add_argument("--coreml-compute-units", default="CPU_AND_NE", help=COMPUTE_UNITS_HELP)
     step.set_defaults(func=verify_package)
 
@@ -96,12 +102,15 @@ def register_cli(subparsers) -> None:
     step.add_argument("--steps", type=int, required=True, choices=[2, 4])
     step.add_argument("--shift", type=float, required=True, help="the app's timestep shift (its model's 3.0)")
     step.add_argument("--seed", type=int, default=0)
-    step.add_argument("--min-psnr-db", type=float, default=30.0)
+    step.add_argument("--min-psnr-db", type=float, default=30.0, help="the bar of the runner's chain")
     step.add_argument("--prompt", required=True, help="the prompt, tokenized as the app tokenizes it")
     step.add_argument("--out-json", type=Path, required=True)
     step.add_argument("--out-png", type=Path, required=True)
+    step.add_argument(
+        "--runner", choices=RUNNERS, default="executor",
+        help="what runs the chain: the MIL executor (any host) or Core ML itself (macOS); each its own report",
+    )  # fmt: skip
     step.add_argument("--coreml-compute-units", default="CPU_AND_NE", help=COMPUTE_UNITS_HELP)
-    step.add_argument("--coreml-min-psnr-db", type=float, default=30.0)
     step.add_argument(
         "--enforce-coreml", choices=("yes", "no"), default="no", help="whether a Core ML chain under its bar fails the check"
     )

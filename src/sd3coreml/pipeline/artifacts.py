@@ -38,6 +38,9 @@ PACKAGE = "{path}.{precision}.mlpackage"
 MEASUREMENT = "fidelity/{path}.{precision}.json"
 # A block range package whose attention is not joint, measured against its joint twin.
 AGAINST_JOINT = "fidelity/{path}.{precision}.against_joint.json"
+# Core ML's own fidelity figures of the same packages (macOS only): beside the executor's, so a
+# Mac adds them without touching the executor's measurement.
+COREML_MEASUREMENT = "coreml/{path}.{precision}.json"
 ANY_PACKAGE = "{package}.mlpackage"
 DEVICE_PROFILE = "device/{package}.json"
 COMPILED = "compiled/ios{deployment_target}/{package}.mlmodelc"
@@ -47,6 +50,7 @@ JOBS = {
     "compress": "compress/{path}.{compression}",
     "fidelity": "fidelity/{path}.{precision}",
     "against_joint": "fidelity/{path}.{precision}.against_joint",
+    "fidelity_coreml": "coreml/{path}.{precision}",
     "compile": "compile/ios{deployment_target}/{package}",
     "profile": "device/{package}",
 }
@@ -60,7 +64,7 @@ SYNTHETIC_NAME = {
     "components": r"(?P<preset>[a-z0-9.-]+?)-components-seed(?P<seed>\d+)",
 }
 # The top folders of output_root that hold only what jobs generate (what cleanup may remove).
-GENERATED = ("mmdit", "text_encoders", "vae", "tokenizer", "compiled", "fidelity", "device", "reports",
+GENERATED = ("mmdit", "text_encoders", "vae", "tokenizer", "compiled", "fidelity", "coreml", "device", "reports",
              "checkpoints/normalized")  # fmt: skip
 FOLDER_PREFIX = "coremlsd3_"
 FOLDER_KINDS = {"packages": "_packages", "app": ""}
@@ -200,6 +204,9 @@ class Artifacts:
         """A block range's package with the attention left out: what a split package is held against."""
         return fill(self.piece("block_range", precision), attention=attention_field(JOINT))
 
+    def coreml_measurement_pattern(self, piece: str) -> str:
+        return self.under_root(fill(COREML_MEASUREMENT, path=PIECES[piece]))
+
     def device_pattern(self) -> str:
         return self.under_root(DEVICE_PROFILE)
 
@@ -279,6 +286,11 @@ class Artifacts:
     def measurements(self, model: str, ranges) -> dict[str, str]:
         """Contract name -> the fidelity figures of the package a model's folder holds under it."""
         return {name: self.measurement(package) for name, package in self.folder_packages(model, ranges).items()}
+
+    def coreml_measurements(self, model: str, ranges) -> dict[str, str]:
+        """Contract name -> Core ML's own fidelity figures of that package (macOS only)."""
+        packages = self.folder_packages(model, ranges).items()
+        return {name: self.under_root(fill(COREML_MEASUREMENT, **self.package_parts(path))) for name, path in packages}
 
     def tokenizer_files(self) -> dict[str, str]:
         return {name: f"{self.root}/tokenizer/{name}" for name in TOKENIZER_FILES}

@@ -22,11 +22,13 @@ def attention_args(wildcards: dict) -> str:
     return f"--attention {ATTENTION_FIELDS[field]}" if field else ""
 
 
-def fidelity_report_spec(measurements: dict[str, str], config: dict) -> str:
-    """What fidelity-report reads: each folder entry's measurement, the bars, Core ML's own bar."""
+def fidelity_report_spec(measurements: dict[str, str], config: dict, coreml_measurements: dict | None = None) -> str:
+    """What fidelity-report reads: each folder entry's measurement and, where planned (macOS),
+    its Core ML measurement; the bars, Core ML's own bar."""
     fidelity = config["fidelity"]
     coreml = {"min_psnr_db": fidelity["coreml_min_psnr_db"], "enforce": fidelity["enforce_coreml"]}
-    return write_spec({"measurements": measurements, "thresholds": fidelity["min_psnr_db"], "coreml": coreml})
+    spec = {"measurements": measurements, "thresholds": fidelity["min_psnr_db"], "coreml": coreml}
+    return write_spec({**spec, "coreml_measurements": coreml_measurements} if coreml_measurements else spec)
 
 
 def end_to_end_bar(config: dict, model: str) -> float:

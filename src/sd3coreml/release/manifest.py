@@ -2,9 +2,10 @@
 
 At parse time the workflow writes an assemble spec per folder (`folder_spec`): the entries to
 copy and the manifest's request, which records what shaped each entry (its compression
-setting, block range, conversion target), the client, the toolchain and the input files by
-path. `assemble-folder` completes the request (`complete_manifest`: input paths replaced by
-their hashes, whether the app can load the packages, the compiler's versions), and the folder
+setting, block range, conversion target), the client, the toolchain record and the input files
+by path. `assemble-folder` completes the request (`complete_manifest`: input paths replaced by
+their hashes, the toolchain record by the exact versions it holds, whether the app can load the
+packages, the compiler's versions), and the folder
 gets it with its `build_id` and `files` (`build_manifest`). Everything here is deterministic:
 no host path and no time reaches a manifest. Torch-free: the workflow imports it at parse time.
 """
@@ -57,11 +58,13 @@ def entry_settings(ranges, config: dict) -> dict[str, dict]:
     return settings
 
 
-def manifest_request(model, config: dict, toolchain: dict, kind: str) -> dict:
+def manifest_request(model, config: dict, toolchain_record: str, kind: str) -> dict:
     """What shaped a folder of `kind` (packages or app): no host paths, no times.
 
     `model` is the model's plan (config.ModelPlan): its key, block ranges and input files. An
     app folder also records its compiler settings (assemble-folder adds the versions).
+    `toolchain_record` is the file of the toolchain that built the packages
+    (`toolchain.record_path`): the folder records its exact versions, whichever host assembles it.
     """
     compiler = config["compiler"]
     compiled = {"compiler": {key: compiler[key] for key in ("command", "deployment_target")}} if kind == "app" else {}
@@ -79,7 +82,7 @@ def manifest_request(model, config: dict, toolchain: dict, kind: str) -> dict:
             "compression": FolderCompression.from_config(config["compression"]).to_config(),
         },
         "artifacts": entry_settings(model.ranges, config),
-        "toolchain": toolchain,
+        "toolchain_record": toolchain_record,
         "input_files": {
             "transformer_weights": str(model.weights),
             "transformer_config": str(model.config_path),
@@ -114,11 +117,23 @@ def complete_manifest(request: dict, packages: dict[str, Path]) -> dict:
     """The request with its inputs hashed, the app's verdict on the packages and the compiler's versions."""
     from sd3coreml.release.compiler_command import compiler_record
 
-    manifest = {**hash_inputs(request), **app_record(packages)}
+    manifest = {**hash_inputs(recorded_toolchain(request)), **app_record(packages)}
     if "compiler" in manifest:
         compiler = manifest["compiler"]
         manifest["compiler"] = compiler_record(compiler["command"], compiler["deployment_target"])
     return manifest
+
+
+def recorded_toolchain(request: dict) -> dict:
+    """The request with its `toolchain_record` (a path) replaced by the versions the record holds."""
+    if "toolchain_record" not in request:
+        return request
+    request = dict(request)
+    path = Path(request.pop("toolchain_record"))
+    try:
+        return {**request, "toolchain": json.loads(path.read_text(encoding="utf-8"))}
+    except (OSError, ValueError) as error:
+        raise PipelineError(f"{path}: the toolchain record cannot be read ({error}); rerun the workflow") from None
 
 
 def hash_inputs(manifest: dict) -> dict:

@@ -1,11 +1,11 @@
 """Fidelity: run packages on seeded inputs and compare them with their PyTorch reference.
 
-PSNR is measured as Apple's converter measures it: peak = max |reference|. On Linux the
-packages run in `mil_executor` (coremltools' op semantics, op by op); on a macOS new enough
-for the package they also run in Core ML itself (CPU_AND_NE, in a child process) and both
-figures are recorded. A measurement is written
-for every package; thresholds are applied by the report, so changing a bar re-judges
-without re-measuring.
+PSNR is measured as Apple's converter measures it: peak = max |reference|. Two runners, each
+its own measurement file (`pipeline/artifacts.py`): the MIL executor (`mil_executor`,
+coremltools' op semantics op by op, on any host) and, on a macOS new enough for the package,
+Core ML itself, in a child process, under the compute units the config names; a Core ML
+measurement records the units it ran under. A measurement is written for every package;
+thresholds are applied by the report, so changing a bar re-judges without re-measuring.
 """
 
 import math
@@ -45,16 +45,19 @@ def compare_outputs(outputs: dict, reference: dict) -> dict:
     }
 
 
-def measure_package(package: Path, check, coreml_compute_units: str = "CPU_AND_NE") -> dict:
-    from sd3coreml.verify.mil_executor import run_package
+RUNNERS = ("executor", "coreml")
 
-    record = {
-        "package": str(package),
-        "precision": setting_of_package(package).precision,
-        "executor": compare_outputs(run_package(Path(package), check.inputs), check.reference),
-    }
-    record["coreml"] = coreml_figures(Path(package), check, coreml_compute_units)
-    return record
+
+def measure_package(package: Path, check, runner: str = "executor", compute_units: str = "CPU_AND_NE") -> dict:
+    """One package's figures from one runner: `executor`, or `coreml` (with the units it ran
+    under, None where Core ML did not run)."""
+    record = {"package": str(package), "precision": setting_of_package(package).precision}
+    if runner == "executor":
+        from sd3coreml.verify.mil_executor import run_package
+
+        return {**record, "executor": compare_outputs(run_package(Path(package), check.inputs), check.reference)}
+    figures = coreml_figures(Path(package), check, compute_units)
+    return {**record, "coreml": figures, "compute_units": None if isinstance(figures, str) else compute_units}
 
 
 def coreml_figures(package: Path, check, compute_units: str = "CPU_AND_NE"):
@@ -72,12 +75,16 @@ def coreml_figures(package: Path, check, compute_units: str = "CPU_AND_NE"):
 
 
 def measure_packages(
-    packages: list[Path], check, seed: int, out: Path, coreml_compute_units: str = "CPU_AND_NE"
+    packages: list[Path], check, seed: int, out: Path, runner: str = "executor", compute_units: str = "CPU_AND_NE"
 ) -> None:
-    """Measure each package against one check and write the figures as JSON."""
+    """Measure each package against one check with one runner and write the figures as JSON."""
+    if runner not in RUNNERS:
+        raise ValueError(f"runner {runner!r}: expected one of {', '.join(RUNNERS)}")
     measurement = {
         "reference": check.description,
         "seed": seed,
-        "packages": [measure_package(package, check, coreml_compute_units) for package in packages],
+        "runner": runner,
+        **({"compute_units": compute_units} if runner == "coreml" else {}),
+        "packages": [measure_package(package, check, runner, compute_units) for package in packages],
     }
     write_json(Path(out), measurement)

@@ -1,8 +1,10 @@
 """The fidelity report of one build: every measured package and output against its bar.
 
-Input: the measurement JSONs of `fidelity.measure_packages`, keyed by the folder entry each
-package becomes. Output: `fidelity.json` and a Markdown table. Any figure under its
-precision's bar fails the report with one line naming the package, the output and the figure.
+Input: the measurement JSONs of `measure.measure_packages`, keyed by the folder entry each
+package becomes: the MIL executor's for every entry and, where the workflow planned them (on
+macOS), Core ML's own. Output: `fidelity.json` and a Markdown table, which says under which
+compute units Core ML predicted, or why it did not. Any figure under its precision's bar fails
+the report with one line naming the package, the output and the figure.
 """
 
 import json
@@ -30,11 +32,29 @@ class CoreMLPolicy:
     enforce: bool = False
 
 
-def report_rows(measurements: dict[str, Path], thresholds: dict[str, float], coreml=CoreMLPolicy()) -> list[dict]:
+# Core ML's status where the workflow planned no Core ML measurement: it runs only on macOS.
+NOT_MEASURED = "needs macOS"
+
+
+def coreml_records(path) -> dict[str, dict]:
+    """A Core ML measurement's records by package path; none where there is no measurement."""
+    if path is None:
+        return {}
+    return {package["package"]: package for package in json.loads(Path(path).read_text())["packages"]}
+
+
+def report_rows(
+    measurements: dict[str, Path],
+    thresholds: dict[str, float],
+    coreml=CoreMLPolicy(),
+    coreml_measurements: dict[str, Path] | None = None,
+) -> list[dict]:
     rows = []
     for entry, path in sorted(measurements.items()):
         measurement = json.loads(Path(path).read_text())
+        measured_in_coreml = coreml_records((coreml_measurements or {}).get(entry))
         for package in measurement["packages"]:
+            in_coreml = measured_in_coreml.get(package["package"], {"coreml": NOT_MEASURED, "compute_units": None})
             bar = thresholds.get(package["precision"])
             if bar is None:
                 raise PipelineError(
@@ -50,10 +70,11 @@ def report_rows(measurements: dict[str, Path], thresholds: dict[str, float], cor
                         "output": output,
                         "psnr_db": figures["psnr_db"],
                         "min_psnr_db": bar,
-                        "coreml_psnr_db": core_ml_figure(package["coreml"], output),
+                        "coreml_psnr_db": core_ml_figure(in_coreml["coreml"], output),
                         "coreml_min_psnr_db": coreml.min_psnr_db,
-                        "coreml": core_ml_status(package["coreml"]),
-                        **verdict(figure(figures["psnr_db"]) >= bar, package["coreml"], output, coreml),
+                        "coreml": core_ml_status(in_coreml["coreml"]),
+                        "coreml_compute_units": in_coreml["compute_units"],
+                        **verdict(figure(figures["psnr_db"]) >= bar, in_coreml["coreml"], output, coreml),
                     }
                 )
     return rows
@@ -101,9 +122,18 @@ def markdown_table(rows: list[dict]) -> str:
             f"| {shown(row['coreml_psnr_db'])} | {row['coreml_min_psnr_db']:g} | {shown_verdict} | {row['decided_by']} "
             f"| `{Path(row['package']).name}` |"
         )
-    coreml = {row["coreml"] for row in rows}
-    lines += ["", f"Core ML prediction (CPU_AND_NE): {', '.join(sorted(coreml))}."]
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + ["", core_ml_summary(rows)]) + "\n"
+
+
+def core_ml_summary(rows: list[dict]) -> str:
+    """What Core ML ran under, per compute units, and why it did not run where it did not:
+    `Core ML prediction (CPU_AND_NE): measured.`, `Core ML prediction: needs macOS.`"""
+    statuses: dict[str, set] = {}
+    for row in rows:
+        units = f" ({row['coreml_compute_units']})" if row["coreml_compute_units"] else ""
+        statuses.setdefault(units, set()).add(row["coreml"])
+    lines = [f"Core ML prediction{units}: {', '.join(sorted(seen))}." for units, seen in sorted(statuses.items())]
+    return " ".join(lines)
 
 
 def first_failure(rows: list[dict], report: Path) -> str | None:
@@ -134,9 +164,14 @@ def lowest_figure(row: dict) -> float:
 
 
 def write_report(
-    measurements: dict[str, Path], thresholds: dict[str, float], out_json: Path, out_md: Path, coreml=CoreMLPolicy()
+    measurements: dict[str, Path],
+    thresholds: dict[str, float],
+    out_json: Path,
+    out_md: Path,
+    coreml=CoreMLPolicy(),
+    coreml_measurements: dict[str, Path] | None = None,
 ) -> None:
-    rows = report_rows(measurements, thresholds, coreml)
+    rows = report_rows(measurements, thresholds, coreml, coreml_measurements)
     table = markdown_table(rows)
     print(table)
     failure = first_failure(rows, out_md)
@@ -159,5 +194,6 @@ def write_report_from_spec(spec_path, out_json: Path, out_md: Path) -> None:
 
     spec = read_spec(spec_path, "fidelity-report")
     measurements = {entry: Path(path) for entry, path in spec["measurements"].items()}
+    coreml_measurements = {entry: Path(path) for entry, path in spec.get("coreml_measurements", {}).items()}
     policy = CoreMLPolicy(spec["coreml"]["min_psnr_db"], spec["coreml"]["enforce"])
-    write_report(measurements, spec["thresholds"], out_json, out_md, policy)
+    write_report(measurements, spec["thresholds"], out_json, out_md, policy, coreml_measurements)

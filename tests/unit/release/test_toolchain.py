@@ -1,8 +1,11 @@
-"""What an app folder's manifest records of the compiler: its `version` answer, on whichever stream it comes."""
+"""What an app folder's manifest records of the compiler (its `version` answer, on whichever stream
+it comes); what of the toolchain reruns jobs (its releases) and what a folder records of it (the
+exact versions that built its packages)."""
 
 import json
 from pathlib import Path
 
+import pytest
 from harness import FAKE_COMPILER, make_package
 
 from sd3coreml.release import compile
@@ -55,3 +58,59 @@ def test_stdout_wins_over_stderr_noise_and_a_silent_or_failing_tool_is_unavailab
         "compiler": "unavailable",
         "xcode": "unavailable",
     }
+
+
+LINUX = {"python": "3.11.7", "torch": "2.13.0+cpu", "coremltools": "9.0", "numpy": "2.3.5", "snakemake": "9.27.1"}
+
+
+def test_a_mac_s_wheels_and_python_patch_level_rerun_nothing():
+    """The team's `torch 2.13.0+cpu` against a Mac's `torch 2.13.0`, Python 3.11.7 against 3.11.2:
+    the same releases, so the same fingerprint (no reconversion over Linux-built results)."""
+    from sd3coreml.release.toolchain import fingerprint, rerun_versions
+
+    mac = {**LINUX, "python": "3.11.2", "torch": "2.13.0"}
+    assert fingerprint(mac) == fingerprint(LINUX)
+    assert fingerprint({**LINUX, "torch": "2.13.0"}) == fingerprint(LINUX)  # the local label alone
+    assert fingerprint({**LINUX, "python": "3.11.12"}) == fingerprint(LINUX)  # the patch level alone
+    assert rerun_versions(LINUX) == {**LINUX, "python": "3.11", "torch": "2.13.0"}
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"torch": "2.13.1"},
+        {"torch": "2.14.0+cpu"},
+        {"coremltools": "9.1"},
+        {"coremltools": "9.0.post1"},
+        {"numpy": "2.3.4"},
+        {"python": "3.12.1"},
+        {"snakemake": "missing"},
+    ],
+)
+def test_another_release_still_replans(change):
+    from sd3coreml.release.toolchain import fingerprint
+
+    assert fingerprint({**LINUX, **change}) != fingerprint(LINUX)
+
+
+def test_the_record_is_named_by_the_fingerprint_and_a_manifest_records_its_exact_versions(tmp_path):
+    """A folder assembled on a Mac from Linux-built packages records the toolchain that built them:
+    the record the Linux run wrote, found by the Mac under the same fingerprint."""
+    from sd3coreml.release.manifest import recorded_toolchain
+    from sd3coreml.release.toolchain import record_path, write_record
+
+    mac = {**LINUX, "python": "3.11.2", "torch": "2.13.0"}
+    root = str(tmp_path / "results")
+    assert record_path(root, mac) == record_path(root, LINUX)
+    assert record_path(root, {**LINUX, "torch": "2.13.1"}) != record_path(root, LINUX)
+    write_record(record_path(root, LINUX), LINUX)  # the converting machine's run
+    request = {"kind": "packages", "toolchain_record": record_path(root, mac)}  # the Mac's request
+    assert recorded_toolchain(request) == {"kind": "packages", "toolchain": LINUX}
+
+
+def test_a_missing_record_is_one_line(tmp_path):
+    from sd3coreml.errors import PipelineError
+    from sd3coreml.release.manifest import recorded_toolchain
+
+    with pytest.raises(PipelineError, match=r"toolchain record cannot be read .*; rerun the workflow$"):
+        recorded_toolchain({"toolchain_record": str(tmp_path / "gone.json")})

@@ -162,3 +162,40 @@ def test_a_prediction_compiles_its_package_once_and_refuses_unknown_units(tmp_pa
     with pytest.raises(ValueError, match="compute units 'NEURAL_ENGINE'"):
         CompiledPackages("NEURAL_ENGINE")
 
+
+def chain_values(scale: float = 1.0) -> dict:
+    rng = np.random.default_rng(0)
+    names = [(None, "prompt_embeds"), (0, CONDITIONING), (None, "final_latent"), (None, "decoded_latent"), (None, "image")]
+    return {key: rng.standard_normal(8).astype(np.float32) * scale for key in names}
+
+
+@pytest.mark.parametrize(
+    "outcome, enforce, status, units, failure",
+    [
+        (chain_values(), True, "measured", "CPU_AND_NE", None),
+        (chain_values(-1.0), False, "measured", "CPU_AND_NE", None),  # under the bar, not enforced
+        (chain_values(-1.0), True, "measured", "CPU_AND_NE", "under the bar of 30 dB (in Core ML)"),
+        ("needs macOS 15", True, "needs macOS 15", None, None),
+        ({"failed": "signal SIGKILL after 9.0 s", "failure": "signal"}, False, "failed", "CPU_AND_NE", None),
+        ({"failed": "signal SIGKILL after 9.0 s", "failure": "signal"}, True, "failed", "CPU_AND_NE",
+         "the Core ML chain failed (signal SIGKILL after 9.0 s)"),
+    ],
+)  # fmt: skip
+def test_core_ml_s_end_to_end_check_says_what_ran_and_fails_only_where_enforced(
+    monkeypatch, outcome, enforce, status, units, failure
+):
+    from sd3coreml.verify.end_to_end import check, coreml_chain
+    from sd3coreml.verify.end_to_end.chain_record import ChainRecord
+    from sd3coreml.verify.end_to_end.sampler import AppSchedule
+
+    monkeypatch.setattr(coreml_chain, "isolated_chain", lambda *args: outcome)
+    reference = ChainRecord(chain_values())
+    report, image, failed = check.coreml_side("folder", {}, None, AppSchedule(4, 3.0), 16, reference, 30.0,
+                                              ("CPU_AND_NE", enforce))  # fmt: skip
+    assert (report["coreml"], report["compute_units"]) == (status, units)
+    assert (failed is None) if failure is None else failure in failed
+    assert (image is None) == (status != "measured")
+    if status == "measured":
+        assert {row["name"] for row in report["comparisons"]} == {name for _, name in chain_values()}
+        same = np.array_equal(outcome[(None, "final_latent")], reference.values[(None, "final_latent")])
+        assert (report["final_latent_psnr_db"] == "inf") == same

@@ -50,7 +50,13 @@ def measurement(tmp_path, name, packages):
 
 
 def package(name, precision, psnr_db):
-    return {"package": name, "precision": precision, "coreml": "needs macOS", "executor": {"out": {"psnr_db": psnr_db}}}
+    return {"package": name, "precision": precision, "executor": {"out": {"psnr_db": psnr_db}}}
+
+
+def in_coreml(name, precision, coreml, units="CPU_AND_NE"):
+    """A package's record in a Core ML measurement (measure.measure_package with runner `coreml`)."""
+    return {"package": name, "precision": precision, "coreml": coreml,
+            "compute_units": None if isinstance(coreml, str) else units}  # fmt: skip
 
 
 def test_report_passes_and_writes_a_table(tmp_path):
@@ -65,7 +71,9 @@ def test_report_passes_and_writes_a_table(tmp_path):
     assert report["passed"] and len(report["outputs"]) == 3
     table = (tmp_path / "fidelity.md").read_text()
     assert "| MultiModalDiffusionTransformerStage1 | int8 | out | 40.2 | 35 | - | 30 | ok |" in table
-    assert "Core ML prediction (CPU_AND_NE): needs macOS" in table
+    # No Core ML measurement planned (off macOS): nothing ran, and the table says why, naming no units.
+    assert table.endswith("Core ML prediction: needs macOS.\n") and "CPU_AND_NE" not in table
+    assert {row["coreml_compute_units"] for row in report["outputs"]} == {None}
 
 
 def test_report_fails_naming_package_output_and_figure(tmp_path):
@@ -81,16 +89,16 @@ def test_report_fails_naming_package_output_and_figure(tmp_path):
     assert "35 dB" in message and "\n" not in message
 
 
-def on_mac(coreml) -> dict:
-    """An int8 package measured on a Mac: the executor at 44 dB, Core ML as recorded."""
-    measured = package("a.int8.mlpackage", "int8", 44.0)
-    measured["coreml"] = coreml
-    return measured
+def on_mac(tmp_path, coreml, units="CPU_AND_NE") -> tuple[dict, dict]:
+    """An int8 package measured on a Mac: the executor at 44 dB, Core ML as recorded; (executor's, Core ML's)."""
+    entry = "MultiModalDiffusionTransformerStage1"
+    executor = {entry: measurement(tmp_path, "a", [package("a.int8.mlpackage", "int8", 44.0)])}
+    return executor, {entry: measurement(tmp_path, "a.coreml", [in_coreml("a.int8.mlpackage", "int8", coreml, units)])}
 
 
 def judged(tmp_path, coreml, policy) -> dict:
-    measurements = {"MultiModalDiffusionTransformerStage1": measurement(tmp_path, "a", [on_mac(coreml)])}
-    return report_rows(measurements, BARS, policy)[0]
+    executor, measured = on_mac(tmp_path, coreml)
+    return report_rows(executor, BARS, policy, measured)[0]
 
 
 @pytest.mark.parametrize(
@@ -115,12 +123,55 @@ def test_core_ml_figures_count_under_their_own_bar_only_when_enforced(tmp_path, 
 
 
 def test_an_enforced_core_ml_figure_fails_the_report_naming_its_runner(tmp_path):
-    measurements = {
-        "MultiModalDiffusionTransformerStage1": measurement(tmp_path, "a", [on_mac({"out": {"psnr_db": 31.5}})])
-    }
+    executor, coreml = on_mac(tmp_path, {"out": {"psnr_db": 31.5}})
     with pytest.raises(PipelineError, match=r"has PSNR 31\.5 dB in Core ML, under the Core ML bar of 40 dB"):
-        write_report(measurements, BARS, tmp_path / "f.json", tmp_path / "f.md", CoreMLPolicy(40.0, enforce=True))
+        write_report(executor, BARS, tmp_path / "f.json", tmp_path / "f.md", CoreMLPolicy(40.0, enforce=True), coreml)
     assert "| 44.0 | 35 | 31.5 | 40 | **FAIL** | Core ML |" in (tmp_path / "f.md").read_text()
+
+
+@pytest.mark.parametrize(
+    "coreml, units, summary",
+    [
+        ({"out": {"psnr_db": 41.0}}, "CPU_ONLY", "Core ML prediction (CPU_ONLY): measured."),
+        ({"out": {"psnr_db": 41.0}}, "CPU_AND_NE", "Core ML prediction (CPU_AND_NE): measured."),
+        ({"failed": "signal SIGKILL after 2.1 s", "failure": "signal"}, "ALL", "Core ML prediction (ALL): failed."),
+        ("needs macOS 15", "CPU_AND_NE", "Core ML prediction: needs macOS 15."),
+    ],
+)
+def test_the_table_prints_the_compute_units_core_ml_ran_under(tmp_path, coreml, units, summary):
+    """Finding: the table said CPU_AND_NE whatever ran. It says the units each Core ML measurement
+    recorded, and none where Core ML did not run."""
+    executor, measured = on_mac(tmp_path, coreml, units)
+    write_report(executor, BARS, tmp_path / "f.json", tmp_path / "f.md", CoreMLPolicy(30.0), measured)
+    assert (tmp_path / "f.md").read_text().endswith(f"\n{summary}\n")
+    row = json.loads((tmp_path / "f.json").read_text())["outputs"][0]
+    assert row["coreml_compute_units"] == (None if isinstance(coreml, str) else units)
+
+
+def test_units_differing_between_measurements_are_each_named(tmp_path):
+    executor, ne = on_mac(tmp_path, {"out": {"psnr_db": 41.0}}, "CPU_AND_NE")
+    entry = "TextEncoder"
+    executor[entry] = measurement(tmp_path, "b", [package("b.fp16.mlpackage", "fp16", 80.0)])
+    cpu_only = in_coreml("b.fp16.mlpackage", "fp16", {"out": {"psnr_db": 90.0}}, "CPU_ONLY")
+    cpu = {entry: measurement(tmp_path, "b.coreml", [cpu_only])}
+    write_report(executor, BARS, tmp_path / "f.json", tmp_path / "f.md", CoreMLPolicy(30.0), {**ne, **cpu})
+    assert (tmp_path / "f.md").read_text().endswith(
+        "\nCore ML prediction (CPU_AND_NE): measured. Core ML prediction (CPU_ONLY): measured.\n"
+    )
+
+
+def test_a_package_measured_on_a_mac_records_the_units_it_ran_under(monkeypatch):
+    from sd3coreml.verify import coreml_runtime, measure
+
+    class Check:
+        inputs, reference = {}, {"out": np.ones(3)}
+
+    monkeypatch.setattr(coreml_runtime, "isolated_predict", lambda package, inputs, units: {"out": np.ones(3)})
+    record = measure.measure_package("x/a.fp16.mlpackage", Check, "coreml", "CPU_ONLY")
+    assert record["compute_units"] == "CPU_ONLY" and record["coreml"]["out"]["psnr_db"] == "inf"
+    monkeypatch.setattr(coreml_runtime, "isolated_predict", lambda package, inputs, units: "needs macOS 15")
+    record = measure.measure_package("x/a.fp16.mlpackage", Check, "coreml", "CPU_ONLY")
+    assert record["compute_units"] is None and record["coreml"] == "needs macOS 15"
 
 
 def test_report_needs_a_bar_for_each_precision(tmp_path):

@@ -7,7 +7,8 @@ same latent, through `StableDiffusion3Pipeline` (`reference`). Every recorded in
 compared by PSNR (peak = max |reference|); the prompt encoding, the first step's stage
 boundaries, the final latent, the decoded latent (the last step's denoised prediction, which the
 app decodes) and the image must clear the bar, so a wrong stage is named, and both images are
-written side by side.
+written side by side. On a Mac the same chain runs in Core ML (`coreml_side`) as a check of its
+own, under Core ML's bar, which fails it only where enforced.
 
 Beside it, tokenization only: for a set of prompts with punctuation, `#`, non-ASCII text, one
 over 75 tokens and two where Swift's string rules decide (accents typed decomposed, which the
@@ -108,24 +109,33 @@ def write_side_by_side(package_image: np.ndarray, reference_image: np.ndarray, o
         Image.fromarray(pixels).save(temporary, format="PNG")
 
 
-def coreml_side(folder: Path, ids, noise, schedule: AppSchedule, joint_attention_dim: int, reference, coreml) -> tuple:
+def coreml_side(folder: Path, ids, noise, schedule: AppSchedule, joint_attention_dim: int, reference, bar: float,
+                coreml) -> tuple:  # fmt: skip
     """The same chain in Core ML (macOS 15 or newer, in a child process), against the same reference.
 
-    Returns (what the report holds, the failure line where Core ML is enforced and fell short).
+    `coreml` is (compute units, enforce). Returns what the report holds of it, Core ML's image
+    (None where Core ML did not run) and the failure line where Core ML is enforced and fell short.
     """
-    from sd3coreml.verify.end_to_end.coreml_chain import isolated_chain
     from sd3coreml.verify.end_to_end.chain_record import ChainRecord
+    from sd3coreml.verify.end_to_end.coreml_chain import isolated_chain
 
-    compute_units, bar, enforce = coreml
+    compute_units, enforce = coreml
     outcome = isolated_chain(folder, ids, noise, schedule, joint_attention_dim, compute_units)
     if isinstance(outcome, str):
-        return outcome, None
+        return {"coreml": outcome, "compute_units": None, "comparisons": []}, None, None
     if "failed" in outcome:
-        return outcome, (f"end-to-end: the Core ML chain failed ({outcome['failed']})" if enforce else None)
-    rows = comparisons(ChainRecord(outcome), reference, schedule.timesteps)
+        failure = f"end-to-end: the Core ML chain failed ({outcome['failed']})" if enforce else None
+        return {"coreml": "failed", "compute_units": compute_units, "failure": outcome, "comparisons": []}, None, failure
+    record = ChainRecord(outcome)
+    rows = comparisons(record, reference, schedule.timesteps)
     failure = first_failure(rows, bar)
-    report = {"compute_units": compute_units, "min_psnr_db": bar, "enforced": enforce, "comparisons": rows}
-    return report, (f"{failure} (in Core ML)" if failure and enforce else None)
+    report = {"coreml": "measured", "compute_units": compute_units, **judged_latents(rows), "comparisons": rows}
+    return report, record.values[(None, "image")], (f"{failure} (in Core ML)" if failure and enforce else None)
+
+
+def judged_latents(rows: list[dict]) -> dict:
+    final, decoded = (next(row for row in rows if row["name"] == name) for name in ("final_latent", "decoded_latent"))
+    return {"final_latent_psnr_db": final["psnr_db"], "decoded_latent_psnr_db": decoded["psnr_db"]}
 
 
 def build_config_of(folder: Path) -> dict:
@@ -157,7 +167,9 @@ def end_to_end_check(
     coreml=None,
     shift: float = 3.0,
 ) -> EndToEnd:
-    """`coreml`: (compute units, bar, enforce) of the Core ML chain run beside the executor's (macOS 15).
+    """The chain in the MIL executor, or, with `coreml` (compute units, enforce), in Core ML itself
+    (macOS 15), each against the same reference under the bar it is given (`bar`). Core ML's check
+    fails only where enforced, and where Core ML did not run its image is left grey.
 
     `seed`: the app's UInt32 seed; `shift`: the app's timestep shift (its `DiffusionModelKind.timestepShift`,
     3.0), which the workflow passes from `models.<name>.timestep_shift`.
@@ -175,31 +187,27 @@ def end_to_end_check(
     noise = initial_latent(seed, (1, transformer.in_channels, *build["latent_size"]))
     ids = app_token_ids(folder, prompt)
     reference = run_reference(pipeline, prompt, ids, noise, steps, block_ranges)
-    package_side = run_app_chain(folder, ids, noise, schedule, transformer.joint_attention_dim)
-    rows = comparisons(package_side, reference, schedule.timesteps)
-    failure = first_failure(rows, bar)
-    coreml_report, coreml_failure = coreml_side(folder, ids, noise, schedule, transformer.joint_attention_dim,
-                                                reference, coreml or ("CPU_AND_NE", bar, False))  # fmt: skip
-    failure = failure or coreml_failure
-    final, decoded = (next(row for row in rows if row["name"] == name) for name in ("final_latent", "decoded_latent"))
     report = {
         "folder": folder.name,
+        "runner": "coreml" if coreml else "executor",
         "prompt": prompt,
         "token_ids": ids,
-        "tokenization": {
-            "prompts": list(TOKENIZATION_PROMPTS),
-            "differences": tokenization_differences(folder, components),
-        },
         "seed": seed,
         "steps": steps,
         "timestep_shift": shift,
         "timesteps": [float(t) for t in schedule.timesteps],
         "min_psnr_db": bar,
-        "final_latent_psnr_db": final["psnr_db"],
-        "decoded_latent_psnr_db": decoded["psnr_db"],
-        "passed": failure is None,
-        "comparisons": rows,
-        "coreml": coreml_report,
     }
+    if coreml is not None:
+        outcome, image, failure = coreml_side(folder, ids, noise, schedule, transformer.joint_attention_dim, reference,
+                                              bar, coreml)  # fmt: skip
+        report.update({**outcome, "enforced": coreml[1], "passed": failure is None})
+        reference_image = reference.values[(None, "image")]
+        return EndToEnd(report, np.zeros_like(reference_image) if image is None else image, reference_image, failure)
+    package_side = run_app_chain(folder, ids, noise, schedule, transformer.joint_attention_dim)
+    rows = comparisons(package_side, reference, schedule.timesteps)
+    failure = first_failure(rows, bar)
+    tokenization = {"prompts": list(TOKENIZATION_PROMPTS), "differences": tokenization_differences(folder, components)}
+    report.update({"tokenization": tokenization, **judged_latents(rows), "passed": failure is None, "comparisons": rows})
     images = (package_side.values[(None, "image")], reference.values[(None, "image")])
     return EndToEnd(report, *images, failure)
