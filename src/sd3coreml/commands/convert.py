@@ -9,14 +9,14 @@ every job.
 import argparse
 from pathlib import Path
 
-from sd3coreml.frameworks import skip_unused_frameworks
 from sd3coreml.errors import PipelineError
+from sd3coreml.frameworks import skip_unused_frameworks
 
 
 def refuse_attention(args, entry: str) -> None:
     """The pieces without attention take no --attention: one line, before any work."""
     if args.attention is not None:
-        from sd3coreml.pipeline.stages import NO_ATTENTION
+        from sd3coreml.stages import NO_ATTENTION
 
         raise PipelineError(
             f"--attention {args.attention}: {entry} is {NO_ATTENTION[entry]} and holds no attention; "
@@ -104,7 +104,7 @@ def add_output_args(parser):
 
 def register_cli(subparsers) -> None:
     from sd3coreml.compress.settings import SLUG_GRAMMAR
-    from sd3coreml.pipeline.stages import ATTENTIONS, JOINT
+    from sd3coreml.stages import ATTENTIONS, JOINT
 
     step = subparsers.add_parser("convert-conditioning", help="MMDiT Conditioning: time_text_embed")
     add_transformer_args(step, latent=False)

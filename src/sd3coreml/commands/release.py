@@ -6,8 +6,8 @@ import logging
 import sys
 from pathlib import Path
 
-from sd3coreml.frameworks import skip_unused_frameworks
 from sd3coreml.errors import PipelineError
+from sd3coreml.frameworks import skip_unused_frameworks
 from sd3coreml.release.compile import DEFAULT_COMPILER, DEFAULT_DEPLOYMENT_TARGET, TEMPLATE_FIELDS
 
 

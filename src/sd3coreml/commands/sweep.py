@@ -7,9 +7,8 @@ from sd3coreml.frameworks import skip_unused_frameworks
 
 def sweep_summary(args) -> None:
     skip_unused_frameworks("torch", "sklearn", "transformers")
-    from sd3coreml.sweep.summary import write_summary
-
     from sd3coreml.step_spec import read_spec
+    from sd3coreml.sweep.summary import write_summary
 
     write_summary(read_spec(args.spec, "sweep-summary"), args.out_dir)
 

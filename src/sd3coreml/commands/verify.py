@@ -4,8 +4,8 @@
 import json
 from pathlib import Path
 
-from sd3coreml.frameworks import skip_unused_frameworks
 from sd3coreml.errors import PipelineError
+from sd3coreml.frameworks import skip_unused_frameworks
 
 # verify/package_checks.py's KINDS, spelled here so --help does not import torch.
 KINDS = ("conditioning", "input-stage", "block-range", "text-encoder", "vae-decoder")

@@ -22,7 +22,7 @@ from sd3coreml.convert.mmdit_modules import build_block_range, build_conditionin
 from sd3coreml.convert.package import ARTIFACT_KEY, block_range_label, save_package
 from sd3coreml.inputs.checkpoint import check_header_matches_config, load_transformer_config
 from sd3coreml.inputs.geometry import MMDiTShape
-from sd3coreml.pipeline.stages import JOINT, SPLIT_HEADS, check_attention
+from sd3coreml.stages import JOINT, SPLIT_HEADS, check_attention
 
 # Joint blocks hold no shape constants, so a trace on one row of patches and a few text
 # tokens converts to the same program as a full-size one (docs/TOOL_FACTS.md, "Tracing and

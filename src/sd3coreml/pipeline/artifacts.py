@@ -16,7 +16,7 @@ from sd3coreml.compress.settings import FP16, CompressionSetting, FolderCompress
 from sd3coreml.contract import CONDITIONING, STAGE, TEXT_ENCODERS, TOKENIZER_FILES, VAE_DECODER
 from sd3coreml.errors import PipelineError
 from sd3coreml.inputs.checkpoint import CONDITIONING_PREFIXES, INPUT_STAGE_PREFIXES, block_range_prefixes
-from sd3coreml.pipeline.stages import ATTENTIONS, JOINT, BlockRange
+from sd3coreml.stages import ATTENTIONS, JOINT, BlockRange
 
 LATENT = "latent{height}x{width}"
 BLOCK_RANGE = "blocks{start}-{end}{head}{attention}"

@@ -30,7 +30,7 @@ from sd3coreml.inputs.geometry import MMDiTShape
 from sd3coreml.inputs.normalize import DIFFUSERS, ORIGINAL, check_original_header_matches_config, detect_layout
 from sd3coreml.inputs.tokenizer import check_merges, check_same_tokenizers, check_vocab
 from sd3coreml.pipeline.artifacts import SYNTHETIC, SYNTHETIC_NAME
-from sd3coreml.pipeline.stages import JOINT, BlockRange, stage_ranges, with_attention
+from sd3coreml.stages import JOINT, BlockRange, stage_ranges, with_attention
 from sd3coreml.synthetic.presets import PRESETS, shares_components
 
 # iOS majors coremltools 9 has a ct.target for; Apple went from 18 to 26. A compiler target

@@ -16,7 +16,14 @@ from sd3coreml import checksums
 from sd3coreml.atomic import fresh_temporary, remove_path, replace_path, write_json
 from sd3coreml.contract import STAGE_NAME, STAGE_PREFIX
 from sd3coreml.errors import PipelineError
-from sd3coreml.release.manifest import MANIFEST_NAME, build_id, build_manifest, complete_manifest, load_spec, write_manifest
+from sd3coreml.release.manifest import (
+    MANIFEST_NAME,
+    build_id,
+    build_manifest,
+    complete_manifest,
+    load_spec,
+    write_manifest,
+)
 
 MODEL_SUFFIXES = (".mlpackage", ".mlmodelc")
 RESERVED_NAMES = {MANIFEST_NAME, checksums.SUMS_NAME, checksums.SNAKEMAKE_MARKER}

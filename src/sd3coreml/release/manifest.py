@@ -18,7 +18,7 @@ from sd3coreml import checksums
 from sd3coreml.compress.settings import FolderCompression
 from sd3coreml.contract import CLIENT, CONDITIONING, STAGE, TEXT_ENCODERS, TOKENIZER_FILES, VAE_DECODER
 from sd3coreml.errors import PipelineError
-from sd3coreml.pipeline.stages import JOINT
+from sd3coreml.stages import JOINT
 from sd3coreml.step_spec import read_spec, write_spec
 
 MANIFEST_NAME = "manifest.json"

@@ -18,7 +18,7 @@ import yaml
 from sd3coreml.compress.recipes import check_recipes_fit
 from sd3coreml.compress.settings import CompressionSetting, checked_setting
 from sd3coreml.errors import PipelineError
-from sd3coreml.pipeline.stages import ATTENTIONS, JOINT, BlockRange, check_attention, stage_ranges
+from sd3coreml.stages import ATTENTIONS, JOINT, BlockRange, check_attention, stage_ranges
 
 
 @dataclass(frozen=True)
@@ -57,7 +57,7 @@ class SweepPlan:
     model: str
     layouts: tuple[Layout, ...]
     modes: tuple[CompressionMode, ...]
-    # Each layout's block ranges under each attention (pipeline/stages.py), with every mode.
+    # Each layout's block ranges under each attention (stages.py), with every mode.
     attentions: tuple[str, ...] = (JOINT,)
 
     def settings(self) -> list[tuple[str, CompressionSetting]]:

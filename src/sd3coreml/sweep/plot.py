@@ -11,7 +11,7 @@ attention, where a row's is not joint: `int8 split_heads`); a panel with nothing
 
 from pathlib import Path
 
-from sd3coreml.pipeline.stages import JOINT
+from sd3coreml.stages import JOINT
 
 PANELS = (
     ("largest_stage_weights_mib", "largest stage weights (MiB)"),

@@ -20,7 +20,7 @@ from sd3coreml import checksums
 from sd3coreml.atomic import written_atomically
 from sd3coreml.errors import PipelineError
 from sd3coreml.pipeline.artifacts import setting_of_package
-from sd3coreml.pipeline.stages import JOINT
+from sd3coreml.stages import JOINT
 from sd3coreml.sweep.bench_report import read_benchmark
 from sd3coreml.sweep.device_verdict import DEVICE_COLUMNS, VERDICTS, worst
 from sd3coreml.sweep.program_stats import attention_ops, largest_attention_scores, program_stats

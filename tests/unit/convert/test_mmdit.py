@@ -10,7 +10,7 @@ from safetensors import safe_open
 
 from sd3coreml.convert.mmdit_modules import build_block_range, build_conditioning, build_input_stage
 from sd3coreml.inputs.geometry import MMDiTShape
-from sd3coreml.pipeline.stages import stage_ranges
+from sd3coreml.stages import stage_ranges
 from sd3coreml.synthetic.checkpoints import write_synthetic_transformer
 
 DEMO_LAYOUT = [1, 2, 2]

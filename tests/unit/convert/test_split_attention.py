@@ -13,7 +13,7 @@ from sd3coreml.convert.mmdit_modules import build_block_range
 from sd3coreml.convert.package import read_spec
 from sd3coreml.convert.split_attention import SplitHeadsJointAttnProcessor, split_attention_per_head
 from sd3coreml.inputs.geometry import MMDiTShape
-from sd3coreml.pipeline.stages import JOINT, SPLIT_HEADS
+from sd3coreml.stages import JOINT, SPLIT_HEADS
 from sd3coreml.synthetic.checkpoints import write_synthetic_transformer
 
 PINNED = {"tiny": "sd3-tiny.json", "sd3.5-tiny": "sd3.5-tiny.json"}

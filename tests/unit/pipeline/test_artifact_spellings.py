@@ -13,7 +13,7 @@ from sd3coreml.pipeline.artifacts import (
     folder_name,
     setting_of_package,
 )
-from sd3coreml.pipeline.stages import BlockRange
+from sd3coreml.stages import BlockRange
 
 REPO = Path(__file__).parents[3]
 # The folder prefix, and a block range spelled as a path (blocks{start}..., blocks4-8).

@@ -14,7 +14,7 @@ from sd3coreml.commands.main import main
 from sd3coreml.errors import PipelineError
 from sd3coreml.pipeline import jobs
 from sd3coreml.pipeline.artifacts import ATTENTION_WILDCARD, Artifacts, block_range_name, block_range_of
-from sd3coreml.pipeline.stages import ATTENTIONS, JOINT, SPLIT_HEADS, stage_ranges, with_attention
+from sd3coreml.stages import ATTENTIONS, JOINT, SPLIT_HEADS, stage_ranges, with_attention
 from sd3coreml.release.manifest import entry_settings
 from sd3coreml.sweep.plan import plan_sweep
 
