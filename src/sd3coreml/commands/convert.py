@@ -103,7 +103,8 @@ def add_output_args(parser):
 
 
 def register_cli(subparsers) -> None:
-    from sd3coreml.compress.settings import SLUG_GRAMMAR
+    # Every step of this group runs this (code_closure.py counts its imports in each step's code):
+    # importing compress/settings.py here would make an edit to it rerun every conversion.
     from sd3coreml.stages import ATTENTIONS, JOINT
 
     step = subparsers.add_parser("convert-conditioning", help="MMDiT Conditioning: time_text_embed")
@@ -148,7 +149,8 @@ def register_cli(subparsers) -> None:
     step.add_argument("--out", type=Path, required=True)
     step.add_argument(
         "--compression", type=compression_setting, required=True, metavar="SETTING",
-        help=f"the compression setting's name in artifact paths: {SLUG_GRAMMAR}",
+        help="the compression setting's name in artifact paths, e.g. int8_linear_symmetric_per_channel or"
+        " palettize4_per_grouped_channel16 (compress/settings.py's SLUG_GRAMMAR; a wrong one is answered with it)",
     )  # fmt: skip
     step.add_argument(
         "--threads", type=int, default=1, help="threads computing palettes per tensor (the job's threads)"

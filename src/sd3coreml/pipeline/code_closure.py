@@ -21,6 +21,8 @@ MAIN = f"{PACKAGE}.commands.main"
 COMMAND_LAYER = (f"{PACKAGE}.__main__", MAIN)
 # commands/main.py's command group -> steps table (names as strings, so ast reads it).
 GROUPS_NAME = "GROUPS"
+# The function of each command group that adds its steps to the parser.
+REGISTER = "register_cli"
 
 
 class CodeBase:
@@ -96,8 +98,14 @@ class CodeBase:
         """The modules a job of `step` can load: the command layer, its group, what its function imports."""
         module, function = self.step_entry(step)
         body = next(node for node in ast.walk(self.tree(module)) if getattr(node, "name", None) == function)
-        group = self.closure({module}, module_level_only=True)
+        group = self.closure({module}, module_level_only=True) | self.closure(self.registration_imports(module))
         return frozenset(self.closure(self.imported(body)) | group | self.command_layer())
+
+    def registration_imports(self, module: str) -> set[str]:
+        """What the group's `register_cli` imports: building the parser runs it in every step of the group."""
+        register = next((node for node in self.tree(module).body
+                         if isinstance(node, ast.FunctionDef) and node.name == REGISTER), None)  # fmt: skip
+        return self.imported(register) if register else set()
 
     def step_entry(self, step: str) -> tuple[str, str]:
         """(group module, function) running `step`: the set_defaults(func=...) after add_parser(step)."""
