@@ -136,7 +136,7 @@ def folder_spec_of(kind):
         model = MODELS[wildcards.model]
         compiled = ART.compiled_from(model.key, model.ranges) if kind == "app" else None
         entries = ART.folder_entries(model.key, model.ranges, kind)
-        return folder_spec(entries, manifest_request(model, config, TOOLCHAIN_RECORD, kind), compiled)
+        return folder_spec(entries, manifest_request(model, config, ART.compression, TOOLCHAIN_RECORD, kind), compiled)
 
     return get_folder_spec
 

@@ -33,10 +33,9 @@ class ManifestError(PipelineError):
         self.why = why
 
 
-def entry_settings(ranges, config: dict) -> dict[str, dict]:
+def entry_settings(ranges, config: dict, compression: FolderCompression) -> dict[str, dict]:
     """Contract name (without suffix) -> the config values that shaped that folder entry."""
     target, latent = config["conversion_target"], config["latent_size"]
-    compression = FolderCompression.from_config(config["compression"])
 
     def compressed(entry: str, family: str, source: str) -> dict:
         setting = compression.for_entry(entry, family).to_config()
@@ -58,11 +57,12 @@ def entry_settings(ranges, config: dict) -> dict[str, dict]:
     return settings
 
 
-def manifest_request(model, config: dict, toolchain_record: str, kind: str) -> dict:
+def manifest_request(model, config: dict, compression: FolderCompression, toolchain_record: str, kind: str) -> dict:
     """What shaped a folder of `kind` (packages or app): no host paths, no times.
 
-    `model` is the model's plan (config.ModelPlan): its key, block ranges and input files. An
-    app folder also records its compiler settings (assemble-folder adds the versions).
+    `model` is the model's plan (config.ModelPlan): its key, block ranges and input files;
+    `compression` the config's compression as parsed once at parse time (a recipe is a file
+    read). An app folder also records its compiler settings (assemble-folder adds the versions).
     `toolchain_record` is the file of the toolchain that built the packages
     (`toolchain.record_path`): the folder records its exact versions, whichever host assembles it.
     """
@@ -79,9 +79,9 @@ def manifest_request(model, config: dict, toolchain_record: str, kind: str) -> d
             "latent_size": config["latent_size"],
             "batch_size": config["batch_size"],
             "conversion_target": config["conversion_target"],
-            "compression": FolderCompression.from_config(config["compression"]).to_config(),
+            "compression": compression.to_config(),
         },
-        "artifacts": entry_settings(model.ranges, config),
+        "artifacts": entry_settings(model.ranges, config, compression),
         "toolchain_record": toolchain_record,
         "input_files": {
             "transformer_weights": str(model.weights),

@@ -186,10 +186,12 @@ def test_a_sweep_mode_may_be_a_recipe_checked_against_the_sweeps_model(workdir):
 
 
 def test_the_manifest_records_the_recipe_of_each_entry_that_used_one(workdir):
+    from sd3coreml.compress.settings import FolderCompression
     from sd3coreml.release.manifest import entry_settings
 
     config = with_recipe(GOOD, overrides={"MultiModalDiffusionTransformerStage0": {"mode": "none"}})
-    entries = entry_settings(plan_models(config)["4step"].ranges, config)
+    compression = FolderCompression.from_config(config["compression"])
+    entries = entry_settings(plan_models(config)["4step"].ranges, config, compression)
     recorded = {"mode": "recipe", "file": "recipe.json", "sha256": Recipe.read(Path("recipe.json"), "k").sha256}
     assert entries["MultiModalDiffusionTransformerStage1"]["compression"] == recorded
     assert entries["MultiModalDiffusionTransformerConditioning"]["compression"] == recorded

@@ -11,11 +11,12 @@ import yaml
 from harness import REPO
 
 from sd3coreml.commands.main import main
+from sd3coreml.compress.settings import FolderCompression
 from sd3coreml.errors import PipelineError
 from sd3coreml.pipeline import jobs
 from sd3coreml.pipeline.artifacts import ATTENTION_WILDCARD, Artifacts, block_range_name, block_range_of
-from sd3coreml.stages import ATTENTIONS, JOINT, SPLIT_HEADS, stage_ranges, with_attention
 from sd3coreml.release.manifest import entry_settings
+from sd3coreml.stages import ATTENTIONS, JOINT, SPLIT_HEADS, stage_ranges, with_attention
 from sd3coreml.sweep.plan import plan_sweep
 
 INT8 = {"mode": "linear_symmetric", "nbits": 8, "granularity": "per_channel"}
@@ -102,8 +103,9 @@ def test_the_schema_offers_exactly_the_attentions_the_code_knows():
 
 def test_a_manifest_names_the_attention_only_of_split_stages():
     config = {**CONFIG, "components": "c"}
-    joint = entry_settings(demo_ranges(), config)
-    split = entry_settings(demo_ranges({STAGE.format(2): SPLIT_HEADS}), config)
+    compression = FolderCompression.from_config(config["compression"])
+    joint = entry_settings(demo_ranges(), config, compression)
+    split = entry_settings(demo_ranges({STAGE.format(2): SPLIT_HEADS}), config, compression)
     assert all("attention" not in settings for settings in joint.values())
     assert split[STAGE.format(2)]["attention"] == SPLIT_HEADS
     assert {k: v for k, v in split.items() if k != STAGE.format(2)} == {
