@@ -156,3 +156,18 @@ def linear_model(width: int, version: int = 18):
     return ct.convert(
         linear, minimum_deployment_target=target, convert_to="mlprogram", compute_precision=ct.precision.FLOAT16
     )
+
+
+def recorded_profile(stderr=(), ne_pct=95.0, predict_s=0.1, cpu_only_predict_s=0.5, **more) -> dict:
+    """A profile-on-device record as the child writes it: placement, timings, the classified stderr."""
+    from sd3coreml.sweep.device_verdict import classified_stderr
+
+    return {
+        "placement": {"pct": {"neural_engine": ne_pct, "gpu": 0.0, "cpu": 100 - ne_pct}, "weighted_by": "cost"},
+        "first_load_s": 4.0,
+        "predict_s": predict_s,
+        "cpu_only_predict_s": cpu_only_predict_s,
+        "step": {"load_s": 0.5, "predict_s": predict_s, "unload_s": 0.01},
+        "stderr": classified_stderr(list(stderr)),
+        **more,
+    }

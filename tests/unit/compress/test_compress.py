@@ -1,12 +1,12 @@
 """Compression modes: each one's ops and metadata, and palettes that repeat bit for bit."""
 
-import hashlib
 import os
 import subprocess
 import sys
 
 import pytest
 
+from sd3coreml.checksums import tree_sha256
 from sd3coreml.compress.settings import CompressionSetting, checked_setting
 from sd3coreml.convert.package import read_spec
 from sd3coreml.errors import PipelineError
@@ -42,12 +42,6 @@ def compress_cli(package, out, *args, threads="1"):
     subprocess.run([*command, *args], check=True, capture_output=True, env=env)
 
 
-def tree_hash(folder):
-    digest = hashlib.sha256()
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-        digest.update(str(path.relative_to(folder)).encode() + path.read_bytes())
-    return digest.hexdigest()
-
 
 def program_ops(package):
     function = read_spec(package).mlProgram.functions["main"]
@@ -69,7 +63,7 @@ def test_grouped_palettes_repeat_whatever_the_thread_count(linear_package, tmp_p
     compress_cli(linear_package, one, *GROUPED, threads="1")
     # In this process OpenMP has its default, one thread per core.
     compress_package(linear_package, two, CompressionSetting.from_slug("palettize4_per_grouped_channel8"))
-    assert tree_hash(one) == tree_hash(two)
+    assert tree_sha256(one) == tree_sha256(two)
     assert "constexpr_lut_to_dense" in program_ops(one)
     assert compression_label(one) == "palettize 4-bit per_grouped_channel 8"
 
@@ -87,7 +81,7 @@ def test_palettes_per_tensor_are_the_bytes_of_coremltools_kmeans_mode(linear_pac
     reference = cto.palettize_weights(load_package(linear_package), config=config)
     save_package(reference, kmeans, {"sd3coreml.compression": "palettize 6-bit per_tensor"})
     assert "constexpr_lut_to_dense" in program_ops(ours)
-    assert tree_hash(ours) == tree_hash(kmeans)
+    assert tree_sha256(ours) == tree_sha256(kmeans)
 
 
 def test_int4_blocks_quantize_with_blockwise_scales(linear_package, tmp_path):

@@ -1,13 +1,13 @@
 """Packages from recipes: each weight const gets its own setting, found by name and checked; 1- and
 2-bit palettes per tensor are coremltools' k-means bytes."""
 
-import hashlib
 import json
 
 import numpy as np
 import pytest
 from harness import REPO, linear_model
 
+from sd3coreml.checksums import tree_sha256
 from sd3coreml.compress.settings import CompressionSetting
 from sd3coreml.errors import PipelineError
 from sd3coreml.inputs.checkpoint import load_transformer_config, sd3_tensor_shapes
@@ -73,12 +73,6 @@ def weight_blob(package) -> bytes:
     return (package / "Data/com.apple.CoreML/weights/weight.bin").read_bytes()
 
 
-def tree_hash(folder):
-    digest = hashlib.sha256()
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-        digest.update(str(path.relative_to(folder)).encode() + path.read_bytes())
-    return digest.hexdigest()
-
 
 def test_two_bit_palettes_per_tensor_are_the_bytes_of_coremltools_kmeans_mode(tmp_path):
     import coremltools.optimize.coreml as cto
@@ -98,7 +92,7 @@ def test_two_bit_palettes_per_tensor_are_the_bytes_of_coremltools_kmeans_mode(tm
         cto.palettize_weights(load_package(source), config=config), kmeans, {"sd3coreml.compression": setting.label}
     )
     assert {entries for _, entries in decompressions(ours).values()} == {4}
-    assert tree_hash(ours) == tree_hash(kmeans)
+    assert tree_sha256(ours) == tree_sha256(kmeans)
 
 
 def test_a_recipe_gives_each_named_weight_its_setting_and_the_others_the_default(mmdit_like, tmp_path):

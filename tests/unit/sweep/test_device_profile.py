@@ -9,6 +9,7 @@ from datetime import datetime
 from types import SimpleNamespace
 
 import pytest
+from harness import recorded_profile as profile
 
 from sd3coreml.sweep.device_profile import (
     device_columns,
@@ -21,7 +22,6 @@ from sd3coreml.sweep.device_verdict import (
     CPU_AND_NE_LOAD,
     PlacedOp,
     VerdictThresholds,
-    classified_stderr,
     phase_announcement,
     placement,
     verdict,
@@ -58,15 +58,6 @@ def test_walking_a_plan_reaches_ops_in_nested_blocks():
     assert [op.operator_name for op in walk_operations(block)] == ["linear", "while_loop", "add", "add"]
 
 
-def profile(ne_pct=95.0, predict_s=0.1, cpu_only_predict_s=0.5, stderr=()):
-    return {
-        "placement": {"pct": {"neural_engine": ne_pct, "gpu": 0.0, "cpu": 100 - ne_pct}, "weighted_by": "cost"},
-        "first_load_s": 4.0,
-        "predict_s": predict_s,
-        "cpu_only_predict_s": cpu_only_predict_s,
-        "step": {"load_s": 0.5, "predict_s": predict_s, "unload_s": 0.01},
-        "stderr": classified_stderr(list(stderr)),
-    }
 
 
 THRESHOLDS = VerdictThresholds(neural_engine_min_pct=90.0, min_speedup=1.5)

@@ -10,6 +10,7 @@ device_profile's child prints before each phase. No stderr of this project's chi
 
 import pytest
 from harness import TESTS
+from harness import recorded_profile as profile
 
 from sd3coreml.sweep.device_profile import with_stderr
 from sd3coreml.sweep.device_verdict import (
@@ -105,16 +106,6 @@ CLEAN = [phase(name) for name in (COMPILE, CPU_AND_NE_LOAD, CPU_AND_NE_PREDICT, 
 PLAN_ONLY_FAILURE = [*CLEAN, "E5RT encountered an STL exception. msg = MILCompilerForANE error: failed to compile."]
 
 
-def profile(stderr_lines, ne_pct=95.0, predict_s=0.1, cpu_only_predict_s=0.5, **more):
-    return {
-        "placement": {"pct": {"neural_engine": ne_pct, "gpu": 0.0, "cpu": 100 - ne_pct}, "weighted_by": "cost"},
-        "first_load_s": 4.0,
-        "predict_s": predict_s,
-        "cpu_only_predict_s": cpu_only_predict_s,
-        "step": {"load_s": 0.5, "predict_s": predict_s, "unload_s": 0.01},
-        "stderr": classified_stderr(stderr_lines),
-        **more,
-    }
 
 
 @pytest.mark.parametrize(
