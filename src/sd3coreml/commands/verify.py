@@ -7,7 +7,7 @@ from pathlib import Path
 from sd3coreml.errors import PipelineError
 from sd3coreml.frameworks import skip_unused_frameworks
 
-# verify/package_checks.py's KINDS, spelled here so --help does not import torch.
+# What package_checks.build_check checks; named here, where --help needs them without importing torch.
 KINDS = ("conditioning", "input-stage", "block-range", "text-encoder", "vae-decoder")
 COMPUTE_UNITS_HELP = "what Core ML's own predictions run on (macOS)"
 # verify/measure.py's RUNNERS, spelled here for the same reason.

@@ -136,11 +136,9 @@ def vae_decoder_check(vae_dir: Path, latent: tuple[int, int], seed: int) -> Chec
     return Check("diffusers AutoencoderKL.decode, fp32", {VAE_LATENT: z}, {VAE_IMAGE: image.numpy()})
 
 
-KINDS = ("conditioning", "input-stage", "block-range", "text-encoder", "vae-decoder")
-
-
 def build_check(kind: str, seed: int, weights=None, config=None, source=None, start=None, end=None, latent=None):
-    """The check of a package of `kind`: MMDiT kinds read `weights` and `config`, the others `source`."""
+    """The check of a package of `kind` (verify-package's --kind choices): MMDiT kinds read `weights`
+    and `config`, the others `source`."""
     if kind == "conditioning":
         return conditioning_check(weights, config, seed)
     if kind == "input-stage":
