@@ -53,7 +53,13 @@ class CodeBase:
                 found |= {f"{statement.module}.{alias.name}" for alias in statement.names}
         return {name for name in found if name.split(".")[0] == PACKAGE and self.path(name)}
 
-    def module_level_imports(self, module: str) -> set[str]:
+    @cache
+    def module_imports(self, module: str) -> frozenset[str]:
+        """What `module` imports anywhere in it, function bodies included; read once per module."""
+        return frozenset(self.imported(self.tree(module)))
+
+    @cache
+    def module_level_imports(self, module: str) -> frozenset[str]:
         """What importing `module` runs: imports outside function bodies."""
         found = set()
         pending = list(self.tree(module).body)
@@ -64,7 +70,7 @@ class CodeBase:
             if isinstance(node, ast.Import | ast.ImportFrom):
                 found |= self.imported(node)
             pending.extend(ast.iter_child_nodes(node))
-        return found
+        return frozenset(found)
 
     def closure(self, modules: set[str], module_level_only: bool = False) -> set[str]:
         """`modules`, their parent packages, and every module of this package they import, transitively."""
@@ -75,7 +81,7 @@ class CodeBase:
                 continue
             seen.add(module)
             parents = {".".join(module.split(".")[:depth]) for depth in range(1, module.count(".") + 1)}
-            imports = self.module_level_imports(module) if module_level_only else self.imported(self.tree(module))
+            imports = self.module_level_imports(module) if module_level_only else self.module_imports(module)
             pending.extend((imports | parents) - seen)
         return seen
 
