@@ -26,6 +26,7 @@ GROUPS = {
         "cleanup",
     ),
     "sd3coreml.commands.sweep": ("sweep-summary", "profile-on-device", "bench-report"),
+    "sd3coreml.commands.sensitivity": ("capture-calibration", "analyse-weights", "recipe-from-budget"),
 }  # fmt: skip
 # Step -> the command group module that registers it (code_closure.py reads this table).
 STEP_MODULES = {step: module for module, steps in GROUPS.items() for step in steps}

@@ -98,7 +98,21 @@ def weight_consts(program) -> dict:
 
 def palettized_weights(program) -> list:
     """The weights the palettizer may take: fp16 consts large enough and read by an op other than `gather`."""
-    return [value for value in weight_consts(program).values() if value.size > KMEANS1D_MIN_WEIGHTS]
+    weights = {name: value for name, value in weight_consts(program).items() if value.size > KMEANS1D_MIN_WEIGHTS}
+    refuse_non_finite(weights)
+    return list(weights.values())
+
+
+def refuse_non_finite(weights: dict) -> None:
+    """A weight holding inf or NaN has no meaningful palette (k-means breaks on it): refused by its const."""
+    import numpy as np
+
+    for name, value in sorted(weights.items()):
+        if not np.isfinite(value).all():
+            raise PipelineError(
+                f"weight {name} holds inf or NaN; palettes of it would be garbage: fix the checkpoint's tensor, "
+                "or keep this weight fp16 (a recipe entry \"fp16\")"
+            )
 
 
 def palettize_per_tensor(model, setting: CompressionSetting, workers: int):
@@ -178,6 +192,8 @@ def recipe_passes(program, setting: CompressionSetting, workers: int) -> list:
     recipe = setting.recipe_content
     named = {const: named_setting for const, (_, named_setting) in recipe_consts(program, recipe).items()}
     eligible = {name: value for name, value in weight_consts(program).items() if value.size > KMEANS1D_MIN_WEIGHTS}
+    refuse_non_finite({name: value for name, value in eligible.items()
+                       if named.get(name, recipe.default).mode == PALETTIZE})  # fmt: skip
     in_use = (recipe.default, *named.values())
     tensor_palettes = [s for s in in_use if s.mode == PALETTIZE and s.granularity == "per_tensor"]
     per_tensor = {given.nbits: [] for given in tensor_palettes}  # nbits -> the weights given those palettes

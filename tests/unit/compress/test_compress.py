@@ -123,3 +123,24 @@ def test_the_parse_time_probe_of_the_exact_kmeans_agrees_with_coremltools_own_fl
     from sd3coreml.compress.settings import exact_kmeans_installed
 
     assert exact_kmeans_installed() is _deps._HAS_KMEANS1D is True
+
+
+def test_palettes_refuse_a_weight_holding_nan_by_its_const_and_write_nothing(linear_package, tmp_path):
+    import shutil
+
+    import numpy as np
+
+    from sd3coreml.compress.weights import compress_package, load_program, weight_consts
+    from sd3coreml.convert.package import load_package
+
+    # ct.convert refuses a NaN weight, so one is written into the fp16 package's weight file.
+    package, out = tmp_path / "nan.fp16.mlpackage", tmp_path / "out.mlpackage"
+    shutil.copytree(linear_package, package)
+    weight = max(weight_consts(load_program(load_package(package))).values(), key=lambda value: value.size)
+    blob = next(package.rglob("weight.bin"))
+    data = blob.read_bytes()
+    at = data.index(weight.tobytes())
+    blob.write_bytes(data[:at] + np.array([np.nan], dtype=np.float16).tobytes() + data[at + 2 :])
+    with pytest.raises(PipelineError, match=r"weight \w+ holds inf or NaN"):
+        compress_package(package, out, CompressionSetting.from_slug("palettize6_per_tensor"))
+    assert not out.exists()

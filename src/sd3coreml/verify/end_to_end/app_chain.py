@@ -63,12 +63,24 @@ def encode_prompt(folder: Path, ids: dict[str, list[int]], joint_attention_dim: 
         run(folder / f"{name}.mlpackage", {INPUT_IDS: np.array([ids[name]], dtype=np.float32)})
         for name in TEXT_ENCODERS
     )
+    tokens, pooled = prompt_embeddings(clip_l, clip_g, joint_attention_dim)
+    record.put(None, "prompt_embeds", tokens)
+    record.put(None, "pooled_projections", pooled)
+    return as_mmdit_inputs(tokens, pooled)
+
+
+def prompt_embeddings(clip_l: dict, clip_g: dict, joint_attention_dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """The app's layout of the two encoders' outputs: (1, 154, joint_attention_dim) tokens, CLIP-L
+    and CLIP-G side by side zero-padded, then 77 zero T5 slots; (1, 2048) pooled, side by side."""
     clip = np.concatenate([clip_l[HIDDEN_EMBEDS], clip_g[HIDDEN_EMBEDS]], axis=-1).astype(np.float32)
     clip = np.pad(clip, ((0, 0), (0, 0), (0, joint_attention_dim - clip.shape[-1])))
     tokens = np.concatenate([clip, np.zeros_like(clip)], axis=1)
     pooled = np.concatenate([clip_l[POOLED_OUTPUTS], clip_g[POOLED_OUTPUTS]], axis=-1).astype(np.float32)
-    record.put(None, "prompt_embeds", tokens)
-    record.put(None, "pooled_projections", pooled)
+    return tokens, pooled
+
+
+def as_mmdit_inputs(tokens: np.ndarray, pooled: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The shapes the MMDiT's packages take: tokens (1, C, 1, T), as Apple's SD pipelines lay them, pooled (1, P, 1, 1)."""
     return tokens.transpose(0, 2, 1)[:, :, None, :], pooled.reshape(1, -1, 1, 1)
 
 

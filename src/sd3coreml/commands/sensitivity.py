@@ -1,0 +1,69 @@
+"""`capture-calibration`, `analyse-weights`, `recipe-from-budget`: compression chosen by measurement."""
+
+from pathlib import Path
+
+from sd3coreml.frameworks import skip_unused_frameworks
+
+
+def capture_calibration(args) -> None:
+    skip_unused_frameworks("sklearn")
+    from sd3coreml.sensitivity.calibration import ChainSettings, capture_calibration
+
+    chain = ChainSettings(tuple(args.prompt), args.steps, args.shift, args.seed, tuple(args.latent))
+    capture_calibration(args.weights, args.config, args.components, chain, args.out, args.threads)
+
+
+def analyse_weights(args) -> None:
+    skip_unused_frameworks("sklearn", "transformers")
+    from sd3coreml.atomic import write_json
+    from sd3coreml.sensitivity.analysis import analyse_piece
+
+    record = analyse_piece(args.weights, args.config, args.calibration, args.piece, args.widths, args.min_values,
+                           args.probe_widths, args.probe_samples, args.threads)  # fmt: skip
+    write_json(args.out, record)
+
+
+def recipe_from_budget(args) -> None:
+    skip_unused_frameworks("torch", "sklearn", "transformers")
+    from sd3coreml.atomic import write_json
+    from sd3coreml.compress.recipes import Recipe, write_recipe
+    from sd3coreml.sensitivity.budget import recipe_from_budget
+
+    recipe, report = recipe_from_budget(args.analyses, args.budget)
+    write_json(args.report, report)
+    write_recipe(Recipe.from_json(recipe, args.out), args.out)
+
+
+def register_cli(subparsers) -> None:
+    step = subparsers.add_parser("capture-calibration", help="what each MMDiT piece receives in the app's chain")
+    step.add_argument("--weights", type=Path, required=True, help="transformer .safetensors (diffusers layout)")
+    step.add_argument("--config", type=Path, required=True, help="transformer config JSON")
+    step.add_argument("--components", type=Path, required=True, help="SD3 components folder (text encoders, tokenizer)")
+    step.add_argument("--prompt", action="append", required=True, help="a calibration prompt (repeat for more)")
+    step.add_argument("--steps", type=int, required=True)
+    step.add_argument("--shift", type=float, required=True, help="the app's timestep shift")
+    step.add_argument("--seed", type=int, default=0)
+    step.add_argument("--latent", type=int, nargs=2, metavar=("H", "W"), required=True)
+    step.add_argument("--threads", type=int, default=1)
+    step.add_argument("--out", type=Path, required=True, help="the calibration folder to write")
+    step.set_defaults(func=capture_calibration)
+
+    step = subparsers.add_parser("analyse-weights", help="each weight of one MMDiT piece palettized alone")
+    step.add_argument("--weights", type=Path, required=True)
+    step.add_argument("--config", type=Path, required=True)
+    step.add_argument("--calibration", type=Path, required=True, help="a capture-calibration folder")
+    step.add_argument("--piece", required=True, help="conditioning, input or block<i>")
+    step.add_argument("--widths", type=int, nargs="+", default=[1, 2, 4, 6, 8])
+    step.add_argument("--min-values", type=int, default=10_000, help="analyse weights of more values than this")
+    step.add_argument("--probe-widths", type=int, nargs="+", default=[4, 2])
+    step.add_argument("--probe-samples", type=int, default=2)
+    step.add_argument("--threads", type=int, default=1)
+    step.add_argument("--out", type=Path, required=True, help="the sensitivity JSON to write")
+    step.set_defaults(func=analyse_weights)
+
+    step = subparsers.add_parser("recipe-from-budget", help="a per-weight recipe from sensitivity records")
+    step.add_argument("--analyses", type=Path, nargs="+", required=True)
+    step.add_argument("--budget", required=True, help="bits_per_weight=X, bytes=N or min_snr_db=D")
+    step.add_argument("--out", type=Path, required=True, help="the recipe JSON to write")
+    step.add_argument("--report", type=Path, required=True, help="the report JSON to write")
+    step.set_defaults(func=recipe_from_budget)

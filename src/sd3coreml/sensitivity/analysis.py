@@ -1,0 +1,212 @@
+"""Sensitivity of one MMDiT piece's weights to palettes: each weight compressed alone, at each width.
+
+For each linear weight of more than `min_values` values (coremltools palettizes no smaller one)
+the weight is palettized alone exactly as its package would be (the fp16 weight, coremltools'
+k-means palette per tensor: compress/palettes.py) at each candidate width. Its effect is measured
+where it is cheap and scaled to where it matters:
+
+- at the weight's own output over every calibration sample, as a noise-to-signal ratio
+  tr(dW G dW^T) / tr(W G W^T), with G the Gram matrix of the weight's inputs gathered once:
+  out x in x in multiply-adds per width, no forward pass;
+- at the piece's output over a few samples, at the probe widths only: the first probe gives the
+  weight's transfer (piece NSR / own NSR), the others check the prediction.
+
+A weight's effect at a width is its own NSR times its transfer: the predicted NSR at the piece's
+output, relative to the fp16 package. Pieces chain through the residual stream, so effects are
+summed across the transformer by the allocator (compress/allocation.py). The record holds
+prediction and measurement at every probe width, so the report can show how well one predicts
+the other. Figures are rounded to 6 significant digits; the job fixes its thread count.
+"""
+
+import math
+from pathlib import Path
+
+import numpy as np
+
+from sd3coreml.compress.palettes import EXACT_KMEANS_MIN_VALUES
+from sd3coreml.errors import PipelineError
+from sd3coreml.sensitivity.calibration import BLOCK, CONDITIONING, INPUT, piece_kind, read_description, read_piece_inputs
+
+FORMAT = "sd3coreml-sensitivity/1"
+FP16 = "fp16"
+DIGITS = 6
+
+
+def figure(value: float) -> float:
+    return float(f"{value:.{DIGITS}g}")
+
+
+def palette_bytes(values: int, nbits: int) -> int:
+    """What a weight takes palettized: packed indices and an fp16 palette of 2**nbits entries."""
+    return math.ceil(values * nbits / 8) + 2 * (1 << nbits)
+
+
+def build_piece(piece: str, shape, weights: Path):
+    """The piece's float32 module, built as its stage job builds it, and how to call it on one sample."""
+    from sd3coreml.convert.mmdit_modules import build_block_range, build_conditioning, build_input_stage
+
+    kind = piece_kind(piece)
+    if kind == CONDITIONING:
+        return build_conditioning(shape, weights), lambda m, x: m(x["pooled"], x["timestep"])
+    if kind == INPUT:
+        return build_input_stage(shape, weights), lambda m, x: m(x["latent"], x["tokens"], x["modulation"])
+    index = int(piece[len(BLOCK) :])
+    if index >= shape.depth:
+        raise PipelineError(f"piece {piece}: the transformer has {shape.depth} joint blocks (block0..block{shape.depth - 1})")
+    module = build_block_range(shape, index, index + 1, weights)
+    return module, lambda m, x: m(x["image"], x["text"], x["modulation"])
+
+
+def as_outputs(result) -> list:
+    return list(result) if isinstance(result, tuple | list) else [result]
+
+
+class Grams:
+    """Forward hooks that gather each named linear's input Gram matrix over every sample."""
+
+    def __init__(self, linears: dict):
+        self.grams = {name: None for name in linears}
+        self.handles = [module.register_forward_pre_hook(self.hook(name)) for name, module in linears.items()]
+
+    def hook(self, name):
+        def gather(module, args):
+            rows = args[0].reshape(-1, args[0].shape[-1]).double()
+            gram = rows.T @ rows
+            self.grams[name] = gram if self.grams[name] is None else self.grams[name] + gram
+
+        return gather
+
+    def remove(self):
+        for handle in self.handles:
+            handle.remove()
+
+
+def samples(inputs: dict, indices) -> list[dict]:
+    import torch
+
+    return [{name: torch.from_numpy(value[i : i + 1].copy()) for name, value in inputs.items()} for i in indices]
+
+
+def run(module, call, batch: list[dict]) -> list:
+    import torch
+
+    with torch.no_grad():
+        return [[output.clone() for output in as_outputs(call(module, x))] for x in batch]
+
+
+def nsr(reference: list, candidate: list) -> float:
+    """Noise-to-signal ratio of `candidate` against `reference`, over every output of every sample."""
+    noise = math.fsum(float(((c.double() - r.double()) ** 2).sum()) for rs, cs in zip(reference, candidate)
+                      for r, c in zip(rs, cs))  # fmt: skip
+    signal = math.fsum(float((r.double() ** 2).sum()) for rs in reference for r in rs)
+    return noise / signal if signal > 0 else 0.0
+
+
+def palettized(weight16: np.ndarray, nbits: int) -> np.ndarray:
+    """The fp16 weight as its package holds it at `nbits`: coremltools' k-means palette, per tensor."""
+    from sd3coreml.compress.palettes import kmeans_palette
+
+    lut, indices = kmeans_palette(weight16, nbits)
+    return lut[indices].reshape(weight16.shape)
+
+
+def own_nsr(weight: np.ndarray, delta: np.ndarray, gram) -> float:
+    """tr(dW G dW^T) / tr(W G W^T): the products in float32 (the cost), the sums in float64."""
+    import torch
+
+    def energy(matrix):
+        m = torch.from_numpy(matrix)
+        return float(((m @ gram) * m).double().sum())
+
+    signal = energy(weight)
+    return energy(delta) / signal if signal > 0 else 0.0
+
+
+def refuse_non_finite(linears: dict) -> None:
+    """A weight holding inf or NaN in fp16 (a value beyond 65504 becomes inf) has no meaningful palette."""
+    import torch
+
+    for name, linear in linears.items():
+        if not torch.isfinite(linear.weight.half()).all():
+            raise PipelineError(
+                f"tensor {name} holds inf or NaN as fp16; its palettes would be garbage: fix the checkpoint's tensor"
+            )
+
+
+def eligible_linears(module, min_values: int) -> dict:
+    from torch import nn
+
+    return {f"{name}.weight": linear for name, linear in sorted(module.named_modules())
+            if isinstance(linear, nn.Linear) and linear.weight.numel() > min_values}  # fmt: skip
+
+
+def analyse_piece(weights, config_path, calibration, piece, widths, min_values, probe_widths, probe_samples, threads):
+    """The piece's sensitivity record (see the module's docstring); `widths` palette widths."""
+    import torch
+
+    from sd3coreml.inputs.checkpoint import load_transformer_config
+    from sd3coreml.inputs.geometry import MMDiTShape
+
+    if min_values < EXACT_KMEANS_MIN_VALUES:
+        raise PipelineError(
+            f"sensitivity.min_values is {min_values}; coremltools palettizes only weights of more than "
+            f"{EXACT_KMEANS_MIN_VALUES:,} values, so set it to {EXACT_KMEANS_MIN_VALUES} or more"
+        )
+    missing = [width for width in probe_widths if width not in widths]
+    if missing:
+        raise PipelineError(f"sensitivity.probe_widths holds {missing[0]}, which is not among widths {list(widths)}")
+    torch.set_num_threads(threads)
+    description = read_description(calibration)
+    shape = MMDiTShape.from_config(load_transformer_config(config_path), *description["latent"])
+    module, call = build_piece(piece, shape, weights)
+    inputs = read_piece_inputs(calibration, piece)
+    count = len(next(iter(inputs.values())))
+    linears = eligible_linears(module, min_values)
+    refuse_non_finite(linears)
+    with torch.no_grad():
+        for linear in linears.values():  # the reference is the fp16 package's weights
+            linear.weight.copy_(linear.weight.half().float())
+    grams = Grams(linears)
+    try:
+        run(module, call, samples(inputs, range(count)))
+    finally:
+        grams.remove()
+    probes = sorted({round(i * (count - 1) / max(1, probe_samples - 1)) for i in range(min(probe_samples, count))})
+    batch = samples(inputs, probes)
+    reference = run(module, call, batch)
+    records = {}
+    for name, linear in linears.items():
+        gram = grams.grams[name].float()
+        records[name] = weight_record(name, linear, gram, widths, probe_widths,
+                                      lambda: nsr(reference, run(module, call, batch)))  # fmt: skip
+    return {"format": FORMAT, "piece": piece, "calibration": description, "probe_samples": probes,
+            "samples": count, "widths": list(widths), "probe_widths": list(probe_widths),
+            "effect": "predicted noise-to-signal ratio at the piece's output, against the fp16 weights",
+            "weights": records}  # fmt: skip
+
+
+def weight_record(name, linear, gram, widths, probe_widths, measure_piece) -> dict:
+    """One weight's curve: bytes, own NSR and predicted effect per width; measured at the probes."""
+    import torch
+
+    original = linear.weight.detach().clone()
+    weight16 = original.numpy().astype(np.float16)
+    base = weight16.astype(np.float32)
+    own, measured = {}, {}
+    for width in widths:
+        compressed = palettized(weight16, width).astype(np.float32)
+        own[width] = own_nsr(base, compressed - base, gram)
+        if width in probe_widths:
+            with torch.no_grad():
+                linear.weight.copy_(torch.from_numpy(compressed))
+            measured[width] = measure_piece()
+    with torch.no_grad():
+        linear.weight.copy_(original)
+    first = probe_widths[0]
+    transfer = measured[first] / own[first] if own[first] > 0 else 1.0
+    values = int(weight16.size)
+    curve = {str(width): {"bytes": palette_bytes(values, width), "own_nsr": figure(own[width]),
+                          "effect": figure(transfer * own[width])} for width in widths}  # fmt: skip
+    curve[FP16] = {"bytes": 2 * values, "own_nsr": 0.0, "effect": 0.0}
+    return {"values": values, "shape": list(weight16.shape), "transfer": figure(transfer), "curve": curve,
+            "measured": {str(width): figure(value) for width, value in measured.items()}}  # fmt: skip
