@@ -25,7 +25,7 @@ GROUPS = {
         "assemble-folder", "verify-folder", "compile-package", "compile-folder", "release-check", "mac-selfcheck",
         "cleanup",
     ),
-    "sd3coreml.commands.sweep": ("sweep-summary", "profile-on-device", "bench-report"),
+    "sd3coreml.commands.sweep": ("sweep-summary", "sweep-end-to-end", "profile-on-device", "bench-report"),
     "sd3coreml.commands.sensitivity": ("capture-calibration", "analyse-weights", "recipe-from-budget"),
 }  # fmt: skip
 # Step -> the command group module that registers it (code_closure.py reads this table).

@@ -1,4 +1,4 @@
-"""`sweep-summary`, `profile-on-device`, `bench-report`: what layouts cost and where they run."""
+"""`sweep-summary`, `sweep-end-to-end`, `profile-on-device`, `bench-report`: what layouts cost and where they run."""
 
 from pathlib import Path
 
@@ -11,6 +11,15 @@ def sweep_summary(args) -> None:
     from sd3coreml.sweep.summary import write_summary
 
     write_summary(read_spec(args.spec, "sweep-summary"), args.out_dir)
+
+
+def sweep_end_to_end(args) -> None:
+    skip_unused_frameworks("torch", "sklearn", "transformers")
+    from sd3coreml.atomic import write_json
+    from sd3coreml.step_spec import read_spec
+    from sd3coreml.verify.end_to_end.compression_check import compression_check
+
+    write_json(args.out, compression_check(read_spec(args.spec, "sweep-end-to-end")))
 
 
 def profile_on_device(args) -> None:
@@ -32,6 +41,11 @@ def register_cli(subparsers) -> None:
     step.add_argument("--spec", required=True, help="the sweep plan (JSON file, or - for stdin) the sweep_summary rule writes")
     step.add_argument("--out-dir", type=Path, required=True)
     step.set_defaults(func=sweep_summary)
+
+    step = subparsers.add_parser("sweep-end-to-end", help="a compression mode's MMDiT against fp16, through the app's chain")
+    step.add_argument("--spec", required=True, help="the check's JSON spec (file, or - for stdin)")
+    step.add_argument("--out", type=Path, required=True, help="the figures JSON to write")
+    step.set_defaults(func=sweep_end_to_end)
 
     step = subparsers.add_parser("profile-on-device", help="Core ML placement, timings and verdict inputs (macOS)")
     step.add_argument("--package", type=Path, required=True)

@@ -14,7 +14,7 @@ the entries of the weights that package holds (compress/weights.py). A recipe is
 content, `recipe-<first 12 hex digits of the sha256 of its canonical JSON>`, so spelling
 (key order, spaces, a left-out `mode`) does not change the name and an edit does.
 
-Before any job a recipe is checked against each model's tensor table (`check_recipes_fit`):
+Before any job a recipe file is checked against each model's tensor table (`check_recipes_fit`):
 its names exist, are linear or convolution weights (2-D or 4-D), float, and large enough that
 coremltools compresses them at all. Torch-free: the workflow reads recipes at parse time.
 """
@@ -203,8 +203,9 @@ def plan_table(plan) -> dict[str, dict]:
 
 
 def check_recipes_fit(settings, plans) -> None:
-    """Each recipe among `settings` ((config key, setting) pairs) fits every model of `plans`."""
-    recipes = [(key, setting) for key, setting in settings if setting.mode == RECIPE]
+    """Each recipe file among `settings` ((config key, setting) pairs) fits every model of `plans`; a
+    budget's recipe does not exist yet: its job makes it from the model's own weights."""
+    recipes = [(key, setting) for key, setting in settings if setting.mode == RECIPE and setting.budget is None]
     for plan in plans if recipes else ():
         table = plan_table(plan)
         for key, setting in recipes:

@@ -12,7 +12,11 @@ overridden per entry); a sweep's per-stage mixes hold settings too (sweep/plan.p
 A setting may also be a per-weight recipe (`{mode: recipe, file: PATH}`, compress/recipes.py):
 a JSON file giving each checkpoint tensor its own setting. Its slug names its content
 (`recipe-<12 hex of its sha256>`), so an edited recipe is another package and a renamed one
-the same; the setting carries the file, which the compress job reads as an input.
+the same; the setting carries the file, which the compress job reads as an input. Or the
+recipe is made by a job from measurements and a budget (`{mode: recipe, budget:
+{bits_per_weight: 4.5}}`, rules/sensitivity.smk): no file exists at parse time, so its slug
+names the budget (`recipe-bpw4.5`, `recipe-bytes900000000`, `recipe-snr30dB`) and the compress
+job reads the recipe artifact of its model (`--recipe PATH`, pipeline/artifacts.py).
 
 The allowed values are tables (NBITS, GRANULARITIES, the minimum targets): the slug grammar,
 the wildcard patterns and the command's help are generated from them, so a new width or a
@@ -20,8 +24,9 @@ new mode is a table entry. Applying a setting is compress/weights.py.
 Nothing here imports coremltools: Snakemake imports this module at parse time.
 """
 
+import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -98,7 +103,37 @@ def slug_pattern(mode: str, granularities=None) -> str:
 
 # A recipe's slug: the first 12 hex digits of the sha256 of its canonical JSON (compress/recipes.py).
 RECIPE_ID_DIGITS = 12
-RECIPE_SLUG = rf"{RECIPE}-[0-9a-f]{{{RECIPE_ID_DIGITS}}}"
+RECIPE_CONTENT_SLUG = rf"{RECIPE}-[0-9a-f]{{{RECIPE_ID_DIGITS}}}"
+
+
+@dataclass(frozen=True)
+class BudgetKind:
+    """One way to state the budget a recipe is made for: what its value means, the spelling of the
+    value in the slug (`{prefix}<value>{suffix}`, the value as f"{x:g}" writes it) and its bounds."""
+
+    meaning: str
+    prefix: str
+    suffix: str = ""
+    integer: bool = False
+    maximum: float | None = None
+    example: str = "4.5"
+
+    @property
+    def pattern(self) -> str:
+        # f"{x:g}" of a positive number: digits, a fraction, an exponent (1e-05, 1e+06).
+        number = r"\d+" if self.integer else r"\d+(?:\.\d+)?(?:e[+-]\d+)?"
+        return f"{re.escape(self.prefix)}{number}{re.escape(self.suffix)}"
+
+
+# Each prefix holds a letter beyond f (bpw, bytes, snr): no budget's slug is a content's.
+BUDGETS = {
+    "bits_per_weight": BudgetKind("average bits per MMDiT weight", "bpw", maximum=16),
+    "bytes": BudgetKind("bytes of the MMDiT's weights", "bytes", integer=True, example="900000000"),
+    "min_snr_db": BudgetKind("the quality floor in dB", "snr", "dB", example="30"),
+}
+BUDGET_SLUGS = "|".join(kind.pattern for kind in BUDGETS.values())
+RECIPE_BUDGET_SLUG = f"{RECIPE}-(?:{BUDGET_SLUGS})"
+RECIPE_SLUG = f"{RECIPE}-(?:[0-9a-f]{{{RECIPE_ID_DIGITS}}}|{BUDGET_SLUGS})"
 
 # Wildcard patterns of compressed packages. Palettes per tensor are their own job family: the
 # one compression that uses threads (compress/palettes.py); recipes are another, which reads
@@ -109,7 +144,9 @@ SLUG_PATTERN = f"{SINGLE_THREAD_SLUG}|{TENSOR_PALETTE_SLUG}|{RECIPE_SLUG}"
 SLUG_GRAMMAR = (
     f"{FP16}, int<{'|'.join(map(str, NBITS[LINEAR]))}>_{LINEAR}_per_<{_granularity_pattern(LINEAR)}>"
     f", palettize<{'|'.join(map(str, NBITS[PALETTIZE]))}>_per_<{_granularity_pattern(PALETTIZE)}>"
-    f" or {RECIPE}-<{RECIPE_ID_DIGITS} hex digits> (with --recipe FILE)"
+    f" or {RECIPE}-<{RECIPE_ID_DIGITS} hex digits> or {RECIPE}-<"
+    + "|".join(f"{kind.prefix}N{kind.suffix}" for kind in BUDGETS.values())
+    + "> (with --recipe FILE)"
 ).replace(r"\d+", "N")
 
 
@@ -121,7 +158,8 @@ class CompressionSetting:
     refuse what the pipeline cannot build in one line naming the key; `check` adds what depends
     on the conversion target. A recipe setting (mode `recipe`) is named by its content's id
     alone: two files of the same content are one setting. Read from config it also carries its
-    file and content (compress/recipes.py's `Recipe`); from a slug only the id.
+    file and content (compress/recipes.py's `Recipe`); from a slug only the id. A recipe made from
+    a budget is named by its budget, (kind, value) of BUDGETS; its job's file and content join it there.
     """
 
     mode: str = NONE
@@ -129,6 +167,7 @@ class CompressionSetting:
     granularity: str | None = None
     size: int | None = None  # block_size (per_block) or group_size (per_grouped_channel)
     recipe: str | None = None  # a recipe's id, the slug's hex digits
+    budget: tuple[str, float | int] | None = None  # a generated recipe's budget: (kind, value)
     file: str | None = field(default=None, compare=False)
     content: "Recipe | None" = field(default=None, compare=False, repr=False)
 
@@ -177,20 +216,59 @@ class CompressionSetting:
         # recipes.py builds on this module (a recipe's entries are settings), hence the late import.
         from sd3coreml.compress.recipes import Recipe
 
-        extra = sorted(set(value) - {"mode", "file"})
+        extra = sorted(set(value) - {"mode", "file", "budget"})
         if extra:
             raise PipelineError(f"config key '{key}.{extra[0]}': a recipe gives each weight its own setting; drop it")
+        if "file" in value and "budget" in value:
+            raise PipelineError(f"config key '{key}': a recipe is given as a file or made from a budget; drop one")
+        if "budget" in value:
+            return cls.from_budget_config(value["budget"], f"{key}.budget")
         if not isinstance(value.get("file"), str) or not value["file"]:
-            raise PipelineError(f"config key '{key}.file' is missing; name the recipe's JSON file, e.g. recipes/r.json")
+            raise PipelineError(
+                f"config key '{key}.file' is missing; name the recipe's JSON file, e.g. recipes/r.json, "
+                "or give a budget, e.g. budget: {bits_per_weight: 4.5}"
+            )
         return Recipe.read(Path(value["file"]), f"config key '{key}.file'").setting(value["file"])
+
+    @classmethod
+    def from_budget_config(cls, budget, key: str) -> "CompressionSetting":
+        """`{bits_per_weight: 4.5}`, `{bytes: 900000000}` or `{min_snr_db: 30}`: a recipe a job makes."""
+        if not isinstance(budget, dict) or len(budget) != 1 or next(iter(budget)) not in BUDGETS:
+            offered = " or ".join(f"{{{name}: {kind.example}}}" for name, kind in BUDGETS.items())
+            raise PipelineError(f"config key '{key}' is {budget!r}; give one budget: {offered}")
+        kind, value = next(iter(budget.items()))
+        return cls.budget_setting(kind, value, f"config key '{key}.{kind}'")
+
+    @classmethod
+    def budget_setting(cls, kind: str, value, where: str) -> "CompressionSetting":
+        """The recipe made for a budget of `kind`, its value checked; `where` names what gave it."""
+        spec = BUDGETS[kind]
+        number = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+        fits = number and (isinstance(value, int) or not spec.integer) and value > 0
+        if not fits or (spec.maximum is not None and value > spec.maximum):
+            bound = f" and at most {spec.maximum:g}" if spec.maximum is not None else ""
+            whole = f"{'an integer' if spec.integer else 'a number'} above 0{bound}"
+            raise PipelineError(f"{where} is {value!r}; write {spec.meaning} as {whole}, e.g. {spec.example}")
+        value = value if spec.integer else float(value)
+        if not spec.integer and float(f"{value:g}") != value:
+            # The slug writes f"{value:g}": a value it rounds would name another budget's recipe.
+            raise PipelineError(f"{where} is {value!r}; a recipe's name keeps 6 significant digits: write {value:g}")
+        return cls(RECIPE, budget=(kind, value))
 
     @classmethod
     def from_slug(cls, slug: str) -> "CompressionSetting":
         """The setting a compressed package's name stands for (`int8_linear_symmetric_per_channel`)."""
         if slug == FP16:
             return cls()
-        if re.fullmatch(RECIPE_SLUG, slug):
+        if re.fullmatch(RECIPE_CONTENT_SLUG, slug):
             return cls(RECIPE, recipe=slug.removeprefix(f"{RECIPE}-"))
+        for kind, spec in BUDGETS.items():
+            if re.fullmatch(f"{RECIPE}-{spec.pattern}", slug):
+                text = slug.removeprefix(f"{RECIPE}-{spec.prefix}").removesuffix(spec.suffix)
+                value = int(text) if spec.integer else float(text)
+                setting = cls.budget_setting(kind, value, f"{slug!r}: the budget")
+                if setting.slug == slug:  # one spelling per budget: recipe-bpw4.5, not recipe-bpw4.50
+                    return setting
         for mode in MODES:
             named = re.fullmatch(slug_pattern(mode), slug)
             if named:
@@ -202,7 +280,8 @@ class CompressionSetting:
     def with_recipe_file(self, file) -> "CompressionSetting":
         """A recipe slug's setting completed by its file, which must hold the content the slug names.
 
-        The compress job's check: the file may have changed since Snakemake named the package.
+        The compress job's check: the file may have changed since Snakemake named the package. A
+        budget's slug names no content: its file is the recipe its job made, whatever it holds.
         """
         if self.mode != RECIPE:
             if file is not None:
@@ -212,6 +291,8 @@ class CompressionSetting:
             raise PipelineError(f"--compression {self.slug} needs --recipe FILE, the recipe of that content")
         from sd3coreml.compress.recipes import Recipe
 
+        if self.budget is not None:
+            return replace(self, file=str(file), content=Recipe.read(Path(file), "--recipe"))
         setting = Recipe.read(Path(file), "--recipe").setting(str(file))
         if setting != self:
             raise PipelineError(
@@ -224,6 +305,9 @@ class CompressionSetting:
     def slug(self) -> str:
         if self.mode == NONE:
             return FP16
+        if self.budget is not None:
+            spec = BUDGETS[self.budget[0]]
+            return f"{RECIPE}-{spec.prefix}{self.budget_value}{spec.suffix}"
         if self.mode == RECIPE:
             return f"{RECIPE}-{self.recipe}"
         return f"{_slug_head(self.mode, self.nbits)}_{self.granularity}{self.size or ''}"
@@ -233,9 +317,20 @@ class CompressionSetting:
         """compress-package's flags for this setting."""
         if self.mode == RECIPE:
             if self.file is None:
-                raise PipelineError(f"{self.slug}: no recipe file is known for it; name the file in the config")
+                fix = "pass the recipe its job made" if self.budget else "name the file in the config"
+                raise PipelineError(f"{self.slug}: no recipe file is known for it; {fix}")
             return f"--compression {self.slug} --recipe {self.file}"
         return f"--compression {self.slug}"
+
+    @property
+    def budget_value(self) -> str:
+        """A generated recipe's budget value as its slug and its job's --budget write it."""
+        return str(self.budget[1]) if BUDGETS[self.budget[0]].integer else f"{self.budget[1]:g}"
+
+    @property
+    def budget_arg(self) -> str:
+        """recipe-from-budget's `--budget KIND=VALUE` value."""
+        return f"{self.budget[0]}={self.budget_value}"
 
     @property
     def label(self) -> str:
@@ -284,10 +379,20 @@ class CompressionSetting:
         file's name and content hash, since the path is the host's)."""
         if self.mode == NONE:
             return {"mode": NONE}
+        if self.budget is not None:
+            # The recipe it was made into is recorded by its hash among the folder's inputs (release/manifest.py).
+            return {"mode": RECIPE, "budget": {self.budget[0]: self.budget[1]}}
         if self.mode == RECIPE:
             return {"mode": RECIPE, "file": Path(self.file).name, "sha256": self.recipe_content.sha256}
         sized = {self.size_key: self.size} if self.size_key else {}
         return {"mode": self.mode, "nbits": self.nbits, "granularity": self.granularity, **sized}
+
+    @property
+    def holds_palettes(self) -> bool:
+        """Whether palettes are computed: a palette mode, a recipe with one, a budget's (palettes per tensor)."""
+        if self.mode == RECIPE and self.budget is None:
+            return any(setting.mode == PALETTIZE for setting in self.recipe_content.settings())
+        return self.mode in (PALETTIZE, RECIPE)
 
     def target_problem(self, target: str) -> str | None:
         """Why coremltools 9 cannot apply this uniform setting to a package converted for `target`, or None."""
@@ -306,14 +411,11 @@ class CompressionSetting:
 
     def check(self, target: str, key: str = "compression") -> None:
         """What coremltools 9 needs to apply this setting to a package converted for `target`."""
-        if self.mode == RECIPE:
+        if self.mode == RECIPE and self.budget is None:
             self.recipe_content.check(target)
         elif self.target_problem(target):
             raise PipelineError(f"config key '{key}' {self.target_problem(target)}")
-        palettes = self.mode == PALETTIZE or (
-            self.mode == RECIPE and any(setting.mode == PALETTIZE for setting in self.recipe_content.settings())
-        )
-        if palettes and not exact_kmeans_installed():
+        if self.holds_palettes and not exact_kmeans_installed():
             # Without its exact k-means, coremltools palettizes with a randomised one: refuse up front.
             raise PipelineError(f"config key '{key}': {NO_EXACT_KMEANS}")
 
@@ -332,7 +434,9 @@ def configured_recipe(slug: str, *sources) -> CompressionSetting:
         for _, setting in source.settings() if source is not None else ():
             if setting.mode == RECIPE and setting.slug == slug:
                 return setting
-    raise PipelineError(f"{slug}: no recipe of this content is configured; name its file in compression or the sweep")
+    raise PipelineError(
+        f"{slug}: no recipe of this content is configured; name its file (or budget) in compression or the sweep"
+    )
 
 
 @dataclass(frozen=True)

@@ -6,12 +6,14 @@ load must hold), the lowest PSNR of any stage (fidelity), the compute ops of all
 and what one denoising step costs the app on a Mac (every stage loaded, run and unloaded),
 each bar labelled with the layout's Neural Engine verdict. One bar per mode (and
 attention, where a row's is not joint: `int8 split_heads`); a panel with nothing measured
-(the step cost off a Mac) says why.
+(the step cost off a Mac) says why. A last panel sets every row's MMDiT weights against its
+quality (sweep/front.py), the rows on the size-quality front joined by a line.
 """
 
 from pathlib import Path
 
 from sd3coreml.stages import JOINT
+from sd3coreml.sweep.front import SIZE, quality
 
 PANELS = (
     ("largest_stage_weights_mib", "largest stage weights (MiB)"),
@@ -49,6 +51,18 @@ def grouped_bars(axis, rows: list[dict], column: str, layouts: list[str], modes:
     axis.set_xticks(range(len(layouts)), layouts, rotation=30, ha="right")
 
 
+def front_panel(axis, rows: list[dict], modes: list[str]) -> None:
+    for mode in modes:
+        points = [(row[SIZE], quality(row)) for row in rows if series(row) == mode and quality(row) is not None]
+        axis.scatter([x for x, _ in points], [y for _, y in points], label=mode, s=18)
+    front = sorted((row[SIZE], quality(row)) for row in rows if row.get("on_front") == "yes")
+    axis.plot([x for x, _ in front], [y for _, y in front], color="black", linewidth=0.8, label="front")
+    measured = any(isinstance(row.get("end_to_end_db"), float | int) for row in rows)
+    axis.set_ylabel("end-to-end final latent PSNR (dB)" if measured else "lowest stage PSNR (dB)")
+    axis.set_xlabel("MMDiT weights (MiB)")
+    axis.set_title("size against quality")
+
+
 def plot_summary(rows: list[dict], title: str, out: Path) -> None:
     import matplotlib
 
@@ -59,7 +73,8 @@ def plot_summary(rows: list[dict], title: str, out: Path) -> None:
 
     layouts = list(dict.fromkeys(row["layout"] for row in rows))
     modes = list(dict.fromkeys(map(series, rows)))
-    figure, axes = plt.subplots(1, len(PANELS), figsize=(5 * len(PANELS), 4.2), layout="constrained")
+    figure, axes = plt.subplots(1, len(PANELS) + 1, figsize=(5 * (len(PANELS) + 1), 4.2), layout="constrained")
+    front_panel(axes[-1], rows, modes)
     for axis, (column, label) in zip(axes, PANELS):
         grouped_bars(axis, rows, column, layouts, modes)
         axis.set_title(label)

@@ -23,13 +23,14 @@ from sd3coreml.pipeline.artifacts import setting_of_package
 from sd3coreml.stages import JOINT
 from sd3coreml.sweep.bench_report import read_benchmark
 from sd3coreml.sweep.device_verdict import DEVICE_COLUMNS, VERDICTS, worst
+from sd3coreml.sweep.front import on_front
 from sd3coreml.sweep.program_stats import attention_ops, largest_attention_scores, program_stats
 
 MIB = 1024 * 1024
 NEEDS_A_MAC = "needs a Mac"
 ROW_COLUMNS = (
-    "layout", "mode", "attention", "stages", "largest_stage_weights_mib", "total_mib", "compute_ops",
-    "peak_activation_mib", "ops_per_attention", "ops_over_joint", "largest_scores_mib", "build_s", "disk_mib",
+    "layout", "mode", "attention", "stages", "mmdit_weights_mib", "end_to_end_db", "on_front",
+    "largest_stage_weights_mib", "total_mib", "compute_ops", "peak_activation_mib", "ops_per_attention", "ops_over_joint", "largest_scores_mib", "build_s", "disk_mib",
     "min_psnr_db", "min_fp16_psnr_db", "min_against_joint_db", "passed", "weight_limit", *DEVICE_COLUMNS,
 )  # fmt: skip
 STAGE_COLUMNS = (
@@ -39,6 +40,7 @@ STAGE_COLUMNS = (
 )  # fmt: skip
 # A joint stage is not held against anything; its cells stay empty.
 NOT_SPLIT = ""
+NOT_MEASURED = ""
 # A stage's weights against sweep.max_stage_weight_bytes: a heuristic until a Mac has measured it.
 UNDER_LIMIT, OVER_LIMIT = "under (heuristic)", "over (heuristic)"
 
@@ -122,6 +124,8 @@ def row_record(row: dict, stages: list[dict]) -> dict:
         "mode": row["mode"],
         "attention": row.get("attention", JOINT),
         "stages": len(stages),
+        "mmdit_weights_mib": sum(stage["weights_mib"] for stage in stages),
+        "end_to_end_db": end_to_end_figure(row),
         "largest_stage_weights_mib": max(stage["weights_mib"] for stage in stages),
         "total_mib": sum(stage["package_mib"] for stage in stages),
         "compute_ops": sum(stage["compute_ops"] for stage in stages),
@@ -138,6 +142,13 @@ def row_record(row: dict, stages: list[dict]) -> dict:
         "weight_limit": row_weight_limit(stages),
         **combined_device_figures(stages),
     }
+
+
+def end_to_end_figure(row: dict):
+    """The row's mode's end-to-end PSNR of the final latent (sweep/end_to_end.py), where the sweep measured it."""
+    if "end_to_end" not in row:
+        return NOT_MEASURED
+    return json.loads(Path(row["end_to_end"]).read_text())["final_latent_db"]
 
 
 def row_weight_limit(stages: list[dict]) -> str:
@@ -188,6 +199,8 @@ def summarize(plan: dict) -> tuple[list[dict], list[dict], dict]:
         rows.append(row_record(row, stages))
         labels = {"layout": row["layout"], "mode": row["mode"], "attention": row.get("attention", JOINT)}
         stage_rows += [{**labels, **stage} for stage in stages]
+    for row, front in zip(rows, on_front(rows)):
+        row["on_front"] = "yes" if front else ""
     return rows, stage_rows, sharing_cost(plan["rows"])
 
 
@@ -224,7 +237,18 @@ def markdown(plan: dict, rows: list[dict], cost: dict) -> str:
     rule = "|" + "|".join("---" if column in left else "---:" for column in ROW_COLUMNS) + "|"
     body = ["| " + " | ".join(shown(row[column]) for column in ROW_COLUMNS) + " |" for row in rows]
     title = f"# Sweep `{plan['sweep']}` of model `{plan['model']}`"
-    return "\n".join([title, "", header, rule, *body, "", "## Cost", "", *cost_lines(cost), ""])
+    front = ["## Size-quality front", "", *front_lines(rows)]
+    return "\n".join([title, "", header, rule, *body, "", *front, "", "## Cost", "", *cost_lines(cost), ""])
+
+
+def front_lines(rows: list[dict]) -> list[str]:
+    """The rows on the front, fewest MMDiT bytes first: the folders worth choosing between."""
+    from sd3coreml.sweep.front import SIZE, quality
+
+    front = sorted((row for row in rows if row["on_front"]), key=lambda row: row[SIZE])
+    return [f"- {row['layout']} {row['mode']}: {row[SIZE]:.2f} MiB of MMDiT weights, {quality(row):.2f} dB" +
+            ("" if row["end_to_end_db"] != NOT_MEASURED else " (lowest stage PSNR; no end-to-end figure)")
+            for row in front] or ["- no row has a quality figure"]  # fmt: skip
 
 
 def write_summary(plan: dict, out_dir: Path) -> None:

@@ -1,6 +1,7 @@
 """The compression setting as one value: config, slug, flags, argparse and the manifest agree."""
 
 import itertools
+import json
 import re
 import shlex
 from pathlib import Path
@@ -20,6 +21,7 @@ from sd3coreml.compress.settings import (
     TENSOR_PALETTE_SLUG,
     CompressionSetting,
     FolderCompression,
+    checked_setting,
     configured_recipe,
 )
 from sd3coreml.errors import PipelineError
@@ -192,3 +194,113 @@ def test_only_the_mmdits_entries_take_a_recipe(tmp_path):
             FolderCompression.from_config({"mmdit": {"mode": "none"}, **config})
     compression = FolderCompression.from_config({"mmdit": {"mode": "none"}, "overrides": {"Conditioning": recipe}})
     assert compression.for_entry("Conditioning", "mmdit").mode == "recipe"
+
+
+BUDGET_CASES = [
+    ({"bits_per_weight": 4.5}, "recipe-bpw4.5", "bits_per_weight=4.5"),
+    ({"bits_per_weight": 4}, "recipe-bpw4", "bits_per_weight=4"),
+    ({"bits_per_weight": 0.00001}, "recipe-bpw1e-05", "bits_per_weight=1e-05"),
+    ({"bytes": 900000000}, "recipe-bytes900000000", "bytes=900000000"),
+    ({"min_snr_db": 30}, "recipe-snr30dB", "min_snr_db=30"),
+    ({"min_snr_db": 27.25}, "recipe-snr27.25dB", "min_snr_db=27.25"),
+]
+
+
+@pytest.mark.parametrize("budget, slug, argument", BUDGET_CASES)
+def test_a_budgets_recipe_is_named_by_its_budget_and_round_trips(budget, slug, argument, tmp_path):
+    from sd3coreml.compress.settings import RECIPE_BUDGET_SLUG, RECIPE_CONTENT_SLUG
+
+    setting = CompressionSetting.from_config({"mode": "recipe", "budget": budget}, "compression.mmdit")
+    assert (setting.slug, setting.budget_arg, setting.label, setting.precision) == (slug, argument, slug, "palettized")
+    assert setting.uses_threads and setting.file is None and setting.content is None
+    for pattern in (RECIPE_SLUG, RECIPE_BUDGET_SLUG, SLUG_PATTERN):
+        assert re.fullmatch(pattern, slug), pattern
+    assert not re.fullmatch(RECIPE_CONTENT_SLUG, slug)
+    assert not re.fullmatch(SINGLE_THREAD_SLUG, slug) and not re.fullmatch(TENSOR_PALETTE_SLUG, slug)
+    assert CompressionSetting.from_slug(slug) == setting
+    kind, value = next(iter(budget.items()))
+    assert setting.to_config() == {"mode": "recipe", "budget": {kind: value}}
+    assert CompressionSetting.from_config(setting.to_config()) == setting
+    # No file at parse time: nothing to check against the target or the checkpoint, yet.
+    assert checked_setting({"mode": "recipe", "budget": budget}, "compression.mmdit", "iOS16") == setting
+    with pytest.raises(PipelineError, match=rf"^{re.escape(slug)}: no recipe file is known for it; pass the recipe"):
+        assert setting.flags
+    recipe = tmp_path / f"{slug}.json"
+    recipe.write_text(json.dumps(RECIPE_JSON))
+    argv = ["compress-package", "--package", "in", "--out", "out", "--compression", slug, "--recipe", str(recipe)]
+    assert build_parser("compress-package").parse_args(argv).compression == setting
+
+
+def test_a_content_slug_is_no_budgets_and_the_tables_agree_with_the_schema():
+    from sd3coreml.compress.settings import BUDGETS, RECIPE_BUDGET_SLUG
+
+    assert set(PROPERTIES["budget"]["properties"]) == set(BUDGETS)
+    assert not re.fullmatch(RECIPE_BUDGET_SLUG, "recipe-b0e0f0a0c0d0") and re.fullmatch(RECIPE_SLUG, "recipe-b0e0f0a0c0d0")
+    assert CompressionSetting.from_slug("recipe-b0e0f0a0c0d0").budget is None
+
+
+def test_the_job_takes_whatever_recipe_was_made_for_a_budget(tmp_path):
+    path = tmp_path / "recipe-bpw4.json"
+    path.write_text(json.dumps(RECIPE_JSON))
+    planned = CompressionSetting.from_slug("recipe-bpw4")
+    made = planned.with_recipe_file(path)
+    assert made == planned and made.file == str(path) and made.recipe_content.weights
+    assert made.flags == f"--compression recipe-bpw4 --recipe {path}" and not made.uses_grouped_palettes
+    # Its manifest record names the budget; the recipe's hash is recorded among the folder's inputs.
+    assert made.to_config() == {"mode": "recipe", "budget": {"bits_per_weight": 4.0}}
+    path.write_text(json.dumps({**RECIPE_JSON, "default": {"nbits": 4}}))  # made again, other content
+    assert planned.with_recipe_file(path).recipe_content.default.nbits == 4
+    with pytest.raises(PipelineError, match=r"^--compression recipe-bpw4 needs --recipe FILE"):
+        planned.with_recipe_file(None)
+
+
+KEY = "config key 'compression.mmdit.budget"
+BPW = "average bits per MMDiT weight as a number above 0 and at most 16, e.g. 4.5"
+SIX_DIGITS = "a recipe's name keeps 6 significant digits"
+ONE = "{bits_per_weight: 4.5} or {bytes: 900000000} or {min_snr_db: 30}"
+
+
+@pytest.mark.parametrize(
+    "budget, message",
+    [
+        ({"bits_per_weight": 17}, f"{KEY}.bits_per_weight' is 17; write average bits per MMDiT weight as a number"),
+        ({"bits_per_weight": 16.5}, f"{KEY}.bits_per_weight' is 16.5; write {BPW}"),
+        ({"bits_per_weight": 0}, f"{KEY}.bits_per_weight' is 0; write"),
+        ({"bits_per_weight": "4"}, f"{KEY}.bits_per_weight' is '4'; write"),
+        ({"bits_per_weight": 4.1234567}, f"{KEY}.bits_per_weight' is 4.1234567; {SIX_DIGITS}: write 4.12346"),
+        ({"bytes": 1.5e9}, f"{KEY}.bytes' is 1500000000.0; write bytes of the MMDiT's weights as an integer above 0"),
+        ({"bytes": True}, f"{KEY}.bytes' is True; write"),
+        ({"min_snr_db": float("inf")}, f"{KEY}.min_snr_db' is inf; write the quality floor in dB"),
+        ({"min_snr_db": -3}, f"{KEY}.min_snr_db' is -3; write"),
+        ({"bits_per_weight": 4, "bytes": 9}, f"{KEY}' is {{'bits_per_weight': 4, 'bytes': 9}}; give one budget: {ONE}"),
+        ({"bpw": 4}, f"{KEY}' is {{'bpw': 4}}; give one budget"),
+        (4.5, f"{KEY}' is 4.5; give one budget"),
+    ],
+)  # fmt: skip
+def test_bad_budgets_are_refused_in_one_line_naming_the_key(budget, message):
+    with pytest.raises(PipelineError) as error:
+        CompressionSetting.from_config({"mode": "recipe", "budget": budget}, "compression.mmdit")
+    assert str(error.value).startswith(message) and "\n" not in str(error.value)
+
+
+def test_a_recipe_is_a_file_or_a_budget_and_a_slug_has_one_spelling(tmp_path):
+    with pytest.raises(PipelineError, match=r"^config key 'k': a recipe is given as a file or made from a budget; drop one"):
+        CompressionSetting.from_config({"mode": "recipe", "file": "r.json", "budget": {"bytes": 9}}, "k")
+    with pytest.raises(PipelineError, match=r"^config key 'k.file' is missing; .* or give a budget"):
+        CompressionSetting.from_config({"mode": "recipe"}, "k")
+    for slug in ("recipe-bpw4.50", "recipe-bpw04", "recipe-snr30", "recipe-bytes1e+09"):
+        with pytest.raises(PipelineError, match=rf"^'{re.escape(slug)}' names no compression setting"):
+            CompressionSetting.from_slug(slug)
+    with pytest.raises(PipelineError, match=r"^'recipe-bpw20': the budget is 20.0; write average bits"):
+        CompressionSetting.from_slug("recipe-bpw20")
+
+
+def test_a_budgets_recipe_compresses_the_mmdit_only_and_is_found_by_its_slug():
+    budget = {"mode": "recipe", "budget": {"bits_per_weight": 4.5}}
+    with pytest.raises(PipelineError, match=r"^config key 'compression.text_encoders': a recipe names the transformer's"):
+        FolderCompression.from_config({"mmdit": {"mode": "none"}, "text_encoders": budget})
+    compression = FolderCompression.from_config({"mmdit": budget, "text_encoders": {"mode": "none"}}, "iOS18")
+    assert configured_recipe("recipe-bpw4.5", compression) == CompressionSetting.from_config(budget)
+    assert compression.to_config()["mmdit"] == {"mode": "recipe", "budget": {"bits_per_weight": 4.5}}
+    with pytest.raises(PipelineError, match=r"^recipe-bpw4: no recipe of this content is configured"):
+        configured_recipe("recipe-bpw4", compression)
