@@ -10,8 +10,10 @@
 #   tokenizer/   compiled/ios<deployment target>/<package path>.mlmodelc (macOS)
 #   fidelity/<package path>.json (per-package figures)   device/ (Core ML profiles, macOS)
 #   coremlsd3_<model>_packages/, coremlsd3_<model>/ (the folders)   reports/<folder>/ (their reports)
+#   calibration/<model>/<calibration>/, sensitivity/<model>/<calibration>/<piece>.per_tensor.json,
+#   recipes/<model>/recipe-<budget>{,.report}.json   a recipe made from a budget (rules/sensitivity.smk)
 #   logs/ and benchmarks/ by job: <piece>, compress/<piece>.<setting>, fidelity/<piece>.<setting>, ...
-# <setting> is a compression setting's slug (fp16, int8_linear_symmetric_per_channel, ...).
+# <setting> is a compression setting's slug (fp16, int8_linear_symmetric_per_channel, recipe-bpw4.5, ...).
 
 from snakemake.utils import min_version
 
@@ -55,6 +57,8 @@ else:
         encoder="TextEncoder2?",
         compression=SLUG_PATTERN,
         precision=f"fp16|{SLUG_PATTERN}",
+        calibration=CALIBRATION_WILDCARD,
+        piece=ANALYSIS_PIECE_WILDCARD,
 
 
     include: "rules/checkpoints.smk"
@@ -62,6 +66,7 @@ else:
     include: "rules/normalize.smk"
     include: "rules/mmdit.smk"
     include: "rules/compress.smk"
+    include: "rules/sensitivity.smk"
     include: "rules/text_encoders.smk"
     include: "rules/vae.smk"
     include: "rules/tokenizer.smk"

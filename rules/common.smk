@@ -3,6 +3,8 @@
 # rules/shared.smk (fail, step_code) is included before it.
 import json
 import os
+import re
+import shlex
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
@@ -10,6 +12,7 @@ from snakemake.utils import validate
 
 from sd3coreml.checksums import file_sha256
 from sd3coreml.compress.settings import (
+    RECIPE_BUDGET_SLUG,
     RECIPE_SLUG,
     SINGLE_THREAD_SLUG,
     SLUG_PATTERN,
@@ -21,7 +24,15 @@ from sd3coreml.errors import PipelineError
 from sd3coreml.inputs.download import planned_downloads
 from sd3coreml.inputs.normalize import ORIGINAL, normalized_memory_mb
 from sd3coreml.contract import TEXT_ENCODERS
-from sd3coreml.pipeline.artifacts import ATTENTION_VARIANTS, ATTENTION_WILDCARD, PIECES, Artifacts, folder_name
+from sd3coreml.pipeline.artifacts import (
+    ANALYSIS_PIECE_WILDCARD,
+    ATTENTION_VARIANTS,
+    ATTENTION_WILDCARD,
+    PIECES,
+    Artifacts,
+    analysis_pieces,
+    folder_name,
+)
 from sd3coreml.pipeline.config import plan_models, schema_problem
 from sd3coreml.pipeline.disk import check_host, job_outputs, planned_memory
 from sd3coreml.pipeline import jobs
@@ -64,6 +75,14 @@ TOOLCHAIN = toolchain.installed_versions()
 TOOLCHAIN_FINGERPRINT = toolchain.fingerprint(TOOLCHAIN)
 TOOLCHAIN_RECORD = toolchain.record_path(ROOT, TOOLCHAIN)
 VERIFY_SEED = config["fidelity"]["seed"]
+# Each model's calibration (recipes made from a budget, rules/sensitivity.smk): its sampler's steps
+# and shift run on the configured prompts; the wildcard takes only these names.
+CALIBRATIONS = {
+    key: ART.calibration_name(config["sensitivity"], plan.steps, config["models"][key]["timestep_shift"])
+    for key, plan in MODELS.items()
+}
+CALIBRATION_WILDCARD = "|".join(map(re.escape, CALIBRATIONS.values()))
+CALIBRATION_PROMPTS = " ".join(f"--prompt {shlex.quote(prompt)}" for prompt in config["sensitivity"]["prompts"])
 # verify-package's and end-to-end's runner arguments: what predicts, and for Core ML under what.
 EXECUTOR_RUNNER = "executor"
 COREML_RUNNER = f"coreml --coreml-compute-units {config['fidelity']['coreml_compute_units']}"
@@ -136,7 +155,9 @@ def folder_spec_of(kind):
         model = MODELS[wildcards.model]
         compiled = ART.compiled_from(model.key, model.ranges) if kind == "app" else None
         entries = ART.folder_entries(model.key, model.ranges, kind)
-        return folder_spec(entries, manifest_request(model, config, ART.compression, TOOLCHAIN_RECORD, kind), compiled)
+        recipes = ART.generated_recipes(model.key, model.ranges)
+        request = manifest_request(model, config, ART.compression, TOOLCHAIN_RECORD, kind, recipes)
+        return folder_spec(entries, request, compiled)
 
     return get_folder_spec
 
@@ -221,9 +242,27 @@ def get_timestep_shift(wildcards):
     return config["models"][wildcards.model]["timestep_shift"]
 
 
+def recipe_of_package(wildcards):
+    """A recipe package's setting with its file: the configured one, or the recipe made for its budget."""
+    return ART.recipe_for_package(wildcards.path, configured_recipe(wildcards.compression, ART.compression, SWEEP))
+
+
 def get_recipe_file(wildcards):
-    return configured_recipe(wildcards.compression, ART.compression, SWEEP).file
+    return recipe_of_package(wildcards).file
 
 
 def get_recipe_flags(wildcards):
-    return configured_recipe(wildcards.compression, ART.compression, SWEEP).flags
+    return recipe_of_package(wildcards).flags
+
+
+def get_model_analyses(wildcards):
+    model = MODELS[wildcards.model]
+    return [ART.analysis(model.key, CALIBRATIONS[model.key], piece) for piece in analysis_pieces(model.shape.depth)]
+
+
+def get_recipe_budget(wildcards):
+    return CompressionSetting.from_slug(wildcards.compression).budget_arg
+
+
+def get_generated_recipes(wildcards):
+    return list(ART.generated_recipes(wildcards.model, MODELS[wildcards.model].ranges).values())

@@ -26,6 +26,8 @@ rule packages_folder:
         # Split-attention stages held against their joint twins (rules/attention.smk).
         attention=get_attention_checks,
         toolchain=TOOLCHAIN_RECORD,
+        # Recipes made from a budget: the manifest records each by hash (none for other settings).
+        recipes=get_generated_recipes,
     output:
         sums=ART.sums("{model}", "packages"),
         record=ART.build_record(folder_name("{model}", "packages")),
@@ -53,6 +55,7 @@ use rule packages_folder as app_folder with:
         # Split-attention stages held against their joint twins (rules/attention.smk).
         attention=get_attention_checks,
         toolchain=TOOLCHAIN_RECORD,
+        recipes=get_generated_recipes,
     output:
         sums=ART.sums("{model}", "app"),
         record=ART.build_record(folder_name("{model}", "app")),

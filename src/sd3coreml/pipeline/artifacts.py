@@ -6,13 +6,18 @@ that share a block range share the file. The spellings are wildcard patterns (PI
 ...): rules match them, and every concrete path (the plan's, the sweep's, cleanup's, the
 benchmark report's, the tests') is the same pattern filled in (`fill`), so the two cannot
 disagree.
+
+Recipes made from a budget (compress/settings.py) have their own chain: the calibration inputs
+a model's chain feeds its pieces (named by what determines them: prompts, steps, shift, seed,
+latent size), each piece's weights analysed apart, and the recipe with its report.
 """
 
+import hashlib
 import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from sd3coreml.compress.settings import FP16, CompressionSetting, FolderCompression
+from sd3coreml.compress.settings import FP16, SLUG_PATTERN, CompressionSetting, FolderCompression
 from sd3coreml.contract import CONDITIONING, STAGE, TEXT_ENCODERS, TOKENIZER_FILES, VAE_DECODER
 from sd3coreml.errors import PipelineError
 from sd3coreml.inputs.checkpoint import CONDITIONING_PREFIXES, INPUT_STAGE_PREFIXES, block_range_prefixes
@@ -23,11 +28,12 @@ BLOCK_RANGE = "blocks{start}-{end}{head}{attention}"
 HEAD = "_head"
 # A block range's attention when it is not the default (joint): `blocks0-4_head.split_heads`.
 ATTENTION = ".{name}"
+MMDIT = "mmdit/{model}"
 # Each converted piece under output_root, as a wildcard pattern; `.{precision}.mlpackage` ends it.
 PIECES = {
-    "conditioning": "mmdit/{model}/{target}/conditioning",
-    "input_stage": f"mmdit/{{model}}/{{target}}/{LATENT}/input",
-    "block_range": f"mmdit/{{model}}/{{target}}/{LATENT}/{BLOCK_RANGE}",
+    "conditioning": f"{MMDIT}/{{target}}/conditioning",
+    "input_stage": f"{MMDIT}/{{target}}/{LATENT}/input",
+    "block_range": f"{MMDIT}/{{target}}/{LATENT}/{BLOCK_RANGE}",
     "text_encoder": "text_encoders/{target}/{encoder}",
     "vae_decoder": f"vae/{{target}}/{LATENT}/VAEDecoder",
 }
@@ -44,6 +50,19 @@ COREML_MEASUREMENT = "coreml/{path}.{precision}.json"
 ANY_PACKAGE = "{package}.mlpackage"
 DEVICE_PROFILE = "device/{package}.json"
 COMPILED = "compiled/ios{deployment_target}/{package}.mlmodelc"
+# A budget's recipe: the calibration inputs (a folder), a piece's analysis, the recipe and its report.
+# A calibration is named by what determines it: the prompts (the first hex digits of the sha256
+# of their lines), the model's sampler steps and timestep shift, the seed and the latent size.
+CALIBRATION = "calibration/{model}/{calibration}"
+CALIBRATION_NAME = f"p{{prompts}}-steps{{steps}}-shift{{shift}}-seed{{seed}}-{LATENT}"
+PROMPTS_ID_DIGITS = 8
+ANALYSIS = "sensitivity/{model}/{calibration}/{piece}.per_tensor.json"
+# The pieces analysed apart: the last block's analysis also holds the head's weights.
+ANALYSIS_PIECES = ("conditioning", "input")
+ANALYSIS_BLOCK = "block{index}"
+ANALYSIS_PIECE_WILDCARD = "|".join((*ANALYSIS_PIECES, ANALYSIS_BLOCK.replace("{index}", r"\d+")))
+RECIPE = "recipes/{model}/{compression}.json"
+RECIPE_REPORT = "recipes/{model}/{compression}.report.json"
 # A job's name under logs/ and benchmarks/, by what it does to which artifact.
 JOBS = {
     "convert": "{path}",
@@ -53,6 +72,9 @@ JOBS = {
     "fidelity_coreml": "coreml/{path}.{precision}",
     "compile": "compile/ios{deployment_target}/{package}",
     "profile": "device/{package}",
+    "calibration": CALIBRATION,
+    "analysis": ANALYSIS.removesuffix(".json"),
+    "recipe": RECIPE.removesuffix(".json"),
 }
 # The synthetic inputs under output_root: the file name says which preset, distribution and seed.
 SYNTHETIC = {
@@ -65,7 +87,7 @@ SYNTHETIC_NAME = {
 }
 # The top folders of output_root that hold only what jobs generate (what cleanup may remove).
 GENERATED = ("mmdit", "text_encoders", "vae", "tokenizer", "compiled", "fidelity", "coreml", "device", "reports",
-             "checkpoints/normalized")  # fmt: skip
+             "checkpoints/normalized", "calibration", "sensitivity", "recipes")  # fmt: skip
 FOLDER_PREFIX = "coremlsd3_"
 FOLDER_KINDS = {"packages": "_packages", "app": ""}
 LOGS, BENCHMARKS = "logs", "benchmarks"
@@ -112,9 +134,46 @@ def block_range_of(name: str) -> BlockRange | None:
     return BlockRange(int(named[1]), int(named[2]), bool(named[3]), ATTENTION_FIELDS[named[4] or ""])
 
 
+def split_package(name: str) -> tuple[str, str]:
+    """(`<stem>`, `<slug>`) of a package's `<stem>.<slug>`: a slug may hold a dot (`recipe-bpw4.5`)."""
+    named = re.fullmatch(rf"(.+)\.({FP16}|{SLUG_PATTERN})", name)
+    return (named[1], named[2]) if named else tuple(name.rsplit(".", 1))
+
+
 def setting_of_package(package) -> CompressionSetting:
     """The compression setting a package's name carries (`<stem>.<slug>.mlpackage`)."""
-    return CompressionSetting.from_slug(Path(package).name.removesuffix(".mlpackage").rsplit(".", 1)[-1])
+    return CompressionSetting.from_slug(split_package(Path(package).name.removesuffix(".mlpackage"))[-1])
+
+
+def calibration_name(prompts: list[str], steps: int, shift: float, seed: int, latent) -> str:
+    """`p1f0e3a9c-steps4-shift3-seed0-latent64x64`: what determines a model's calibration inputs."""
+    digest = hashlib.sha256("\n".join(prompts).encode("utf-8")).hexdigest()[:PROMPTS_ID_DIGITS]
+    return fill(CALIBRATION_NAME, prompts=digest, steps=steps, shift=f"{shift:g}", seed=seed, height=latent[0],
+                width=latent[1])  # fmt: skip
+
+
+def analysis_pieces(depth: int) -> list[str]:
+    """The analysis pieces of an MMDiT of `depth` joint blocks."""
+    return [*ANALYSIS_PIECES, *(fill(ANALYSIS_BLOCK, index=index) for index in range(depth))]
+
+
+def check_outside_generated(path: str, root: str, key: str) -> None:
+    """A file a user gives (a recipe) lies outside the families under `root` that cleanup empties."""
+    parts = Path(path).parts
+    for family in GENERATED:
+        if parts[: len(Path(root, family).parts)] == Path(root, family).parts:
+            raise PipelineError(
+                f"config key '{key}' ({path}) lies in {root}/{family}/, which holds only what jobs make (cleanup "
+                "removes the rest); keep the file outside output_root's generated folders, e.g. recipes/"
+            )
+
+
+def piece_model(path: str) -> str:
+    """The model of an MMDiT piece's path (`{path}` of a package): a recipe compresses those only."""
+    named = re.match(fill(MMDIT, model="([^/]+)") + "/", path)
+    if not named:
+        raise PipelineError(f"{path}: no MMDiT piece; recipes compress the transformer's packages only")
+    return named[1]
 
 
 def sums_path(root: str, folder: str) -> str:
@@ -218,6 +277,34 @@ class Artifacts:
     def compiled_pattern(self) -> str:
         return self.under_root(COMPILED)
 
+    def calibration(self, model: str = "{model}", name: str = "{calibration}") -> str:
+        return self.under_root(fill(CALIBRATION, model=model, calibration=name))
+
+    def analysis(self, model: str = "{model}", name: str = "{calibration}", piece: str = "{piece}") -> str:
+        return self.under_root(fill(ANALYSIS, model=model, calibration=name, piece=piece))
+
+    def recipe(self, model: str = "{model}", slug: str = "{compression}", report: bool = False) -> str:
+        """A budget's recipe made for `model`, or (`report`) what its job reports of it."""
+        return self.under_root(fill(RECIPE_REPORT if report else RECIPE, model=model, compression=slug))
+
+    def calibration_name(self, sensitivity: dict, steps: int, shift: float) -> str:
+        """The calibration of a model sampled in `steps` at `shift`, under config `sensitivity`."""
+        return calibration_name(sensitivity["prompts"], steps, shift, sensitivity["seed"], self.latent)
+
+    def recipe_for_package(self, path: str, setting: CompressionSetting) -> CompressionSetting:
+        """A recipe package's setting with the file its job reads: a budget's is the recipe made for the
+        model of the package's piece `path`."""
+        if setting.budget is None:
+            return setting
+        return replace(setting, file=self.recipe(piece_model(path), setting.slug))
+
+    def generated_recipes(self, model: str, ranges) -> dict[str, str]:
+        """slug -> file of each budget's recipe a model's folder packages are compressed by (recorded in
+        its manifest); none for other settings."""
+        entries = [CONDITIONING, *(STAGE.format(index=index) for index in range(len(ranges) + 1))]
+        budgets = {setting.slug for entry in entries if (setting := self.compression_of(entry, "mmdit")).budget}
+        return {slug: self.recipe(model, slug) for slug in sorted(budgets)}
+
     def job_log(self, kind: str, **values) -> str:
         return self.log(job_stem(kind, **values))
 
@@ -237,7 +324,7 @@ class Artifacts:
 
     def package_parts(self, package: str) -> dict:
         """`path` (the piece's, relative) and `precision` (the slug) of a package under output_root."""
-        path, precision = self.relative(package).removesuffix(".mlpackage").rsplit(".", 1)
+        path, precision = split_package(self.relative(package).removesuffix(".mlpackage"))
         return {"path": path, "precision": precision}
 
     def compressed(self, stem: str, setting: CompressionSetting) -> str:

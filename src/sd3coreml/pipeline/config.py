@@ -29,7 +29,7 @@ from sd3coreml.inputs.download import downloaded_paths
 from sd3coreml.inputs.geometry import MMDiTShape
 from sd3coreml.inputs.normalize import DIFFUSERS, ORIGINAL, check_original_header_matches_config, detect_layout
 from sd3coreml.inputs.tokenizer import check_merges, check_same_tokenizers, check_vocab
-from sd3coreml.pipeline.artifacts import SYNTHETIC, SYNTHETIC_NAME
+from sd3coreml.pipeline.artifacts import SYNTHETIC, SYNTHETIC_NAME, check_outside_generated
 from sd3coreml.stages import JOINT, BlockRange, stage_ranges, with_attention
 from sd3coreml.synthetic.presets import PRESETS, shares_components
 
@@ -92,7 +92,16 @@ def check_targets(config: dict) -> None:
 
 def check_compression(config: dict) -> FolderCompression:
     """Each family's (and overridden entry's) compression is one coremltools 9 runs at the conversion target."""
-    return FolderCompression.from_config(config["compression"], config["conversion_target"])
+    compression = FolderCompression.from_config(config["compression"], config["conversion_target"])
+    check_recipe_files(compression.settings(), config)
+    return compression
+
+
+def check_recipe_files(settings, config: dict) -> None:
+    """Recipe files given among `settings` ((key, setting) pairs) lie where cleanup never looks."""
+    for key, setting in settings:
+        if setting.file is not None and setting.budget is None:
+            check_outside_generated(setting.file, config["output_root"].rstrip("/"), f"{key}.file")
 
 
 def check_overrides(config: dict, stage_counts: dict[str, int]) -> None:
@@ -105,6 +114,17 @@ def check_overrides(config: dict, stage_counts: dict[str, int]) -> None:
             raise PipelineError(
                 f"config key 'compression.overrides.{entry}' names no compressed folder entry; use {named} or "
                 f"{CONTRACT_STAGE.format(index=0)}..{fewest - 1}"
+            )
+
+
+def check_sensitivity(config: dict) -> None:
+    """What each analysis checks against a measurement is among what it measures."""
+    sensitivity = config["sensitivity"]
+    for width in sensitivity["probe_widths"]:
+        if width not in sensitivity["widths"]:
+            raise PipelineError(
+                f"config key 'sensitivity.probe_widths' holds {width}, not one of sensitivity.widths "
+                f"{sensitivity['widths']}; check a measured width"
             )
 
 
@@ -277,6 +297,7 @@ def plan_models(config: dict) -> dict[str, ModelPlan]:
     """Check the whole config and return each model's plan; raises PipelineError."""
     check_targets(config)
     compression = check_compression(config)
+    check_sensitivity(config)
     check_downloads_root(config)
     generated = "synthetic" in config
     downloaded = downloaded_paths(config)

@@ -57,7 +57,9 @@ def entry_settings(ranges, config: dict, compression: FolderCompression) -> dict
     return settings
 
 
-def manifest_request(model, config: dict, compression: FolderCompression, toolchain_record: str, kind: str) -> dict:
+def manifest_request(
+    model, config: dict, compression: FolderCompression, toolchain_record: str, kind: str, recipes: dict | None = None
+) -> dict:
     """What shaped a folder of `kind` (packages or app): no host paths, no times.
 
     `model` is the model's plan (config.ModelPlan): its key, block ranges and input files;
@@ -65,6 +67,9 @@ def manifest_request(model, config: dict, compression: FolderCompression, toolch
     read). An app folder also records its compiler settings (assemble-folder adds the versions).
     `toolchain_record` is the file of the toolchain that built the packages
     (`toolchain.record_path`): the folder records its exact versions, whichever host assembles it.
+    `recipes` ({slug: file}) are the recipes jobs made from budgets for its packages: each is an
+    input the folder records by hash, as `recipe <slug>` (none: nothing added, so the manifests
+    of other settings keep their bytes).
     """
     compiler = config["compiler"]
     compiled = {"compiler": {key: compiler[key] for key in ("command", "deployment_target")}} if kind == "app" else {}
@@ -87,6 +92,7 @@ def manifest_request(model, config: dict, compression: FolderCompression, toolch
             "transformer_weights": str(model.weights),
             "transformer_config": str(model.config_path),
             "components": config["components"],
+            **{f"recipe {slug}": path for slug, path in (recipes or {}).items()},
         },
     }
 

@@ -7,7 +7,9 @@ named by content (plan.py), so block ranges that layouts share are built once.
 A mode is a compression setting, or a per-stage mix: `{default: SETTINGS, stages: {K: SETTINGS}}`
 with K a stage index (0 is the input stage; negative counts from the last stage, so -1 is
 the head stage of every layout). A setting may be a recipe (`{mode: recipe, file: PATH}`,
-compress/recipes.py), checked against the sweep's model before any job.
+compress/recipes.py), checked against the sweep's model before any job, or a recipe made from
+a budget (`{mode: recipe, budget: {bits_per_weight: 4.5}}`, rules/sensitivity.smk) for the
+sweep's model: uniform modes and recipes side by side make the size-quality front.
 """
 
 from dataclasses import dataclass, field
@@ -18,6 +20,7 @@ import yaml
 from sd3coreml.compress.recipes import check_recipes_fit
 from sd3coreml.compress.settings import CompressionSetting, checked_setting
 from sd3coreml.errors import PipelineError
+from sd3coreml.pipeline.config import check_recipe_files
 from sd3coreml.stages import ATTENTIONS, JOINT, BlockRange, check_attention, stage_ranges
 
 
@@ -149,6 +152,7 @@ def plan_sweep(config: dict, models: dict) -> SweepPlan | None:
         for mode, value in modes.items()
     )
     check_recipes_fit(checked, [models[model]])
+    check_recipe_files(checked, config)
     return SweepPlan(name, model, layouts, parsed, parse_attentions(entry, key))
 
 

@@ -1,0 +1,94 @@
+# Recipes made from a budget (compression `{mode: recipe, budget: {bits_per_weight: 4.5}}`): the
+# calibration inputs of a model's chain, one analysis per MMDiT piece (conditioning, input and each
+# joint block, the last holding the head's weights too: one job each, so a cluster spreads them),
+# and the recipe of the budget over all of them. Planned only where a budget is configured: the
+# compress jobs of its packages read the recipe (rules/compress.smk). Each job fixes its threads
+# (config sensitivity.threads), so its figures do not follow the machine.
+
+
+rule capture_calibration:
+    input:
+        weights=get_transformer_weights,
+        components=config["components"],
+    output:
+        directory(ART.calibration()),
+    params:
+        config=get_transformer_config,
+        config_sha256=get_transformer_config_sha256,
+        code=step_code("capture-calibration"),
+        prompts=CALIBRATION_PROMPTS,
+        steps=get_sampler_steps,
+        shift=get_timestep_shift,
+        seed=config["sensitivity"]["seed"],
+        latent=config["latent_size"],
+        threads=config["sensitivity"]["threads"],
+        toolchain=TOOLCHAIN_FINGERPRINT,
+    log:
+        ART.job_log("calibration"),
+    benchmark:
+        ART.job_benchmark("calibration")
+    threads: config["sensitivity"]["threads"]
+    resources:
+        mem_mb=8000,
+    conda:
+        "../envs/convert.yaml"
+    shell:
+        "python -m sd3coreml capture-calibration --weights {input.weights} --config {params.config}"
+        " --components {input.components} {params.prompts} --steps {params.steps} --shift {params.shift}"
+        " --seed {params.seed} --latent {params.latent} --threads {params.threads} --out {output} > {log} 2>&1"
+
+
+rule analyse_weights:
+    input:
+        weights=get_transformer_weights,
+        calibration=ART.calibration(),
+    output:
+        ART.analysis(),
+    params:
+        config=get_transformer_config,
+        config_sha256=get_transformer_config_sha256,
+        code=step_code("analyse-weights"),
+        widths=config["sensitivity"]["widths"],
+        min_values=config["sensitivity"]["min_values"],
+        probe_widths=config["sensitivity"]["probe_widths"],
+        probe_samples=config["sensitivity"]["probe_samples"],
+        threads=config["sensitivity"]["threads"],
+        toolchain=TOOLCHAIN_FINGERPRINT,
+    log:
+        ART.job_log("analysis"),
+    benchmark:
+        ART.job_benchmark("analysis")
+    threads: config["sensitivity"]["threads"]
+    resources:
+        mem_mb=4000,
+    conda:
+        "../envs/convert.yaml"
+    shell:
+        "python -m sd3coreml analyse-weights --weights {input.weights} --config {params.config}"
+        " --calibration {input.calibration} --piece {wildcards.piece} --widths {params.widths}"
+        " --min-values {params.min_values} --probe-widths {params.probe_widths} --probe-samples {params.probe_samples}"
+        " --threads {params.threads} --out {output} > {log} 2>&1"
+
+
+rule recipe_from_budget:
+    input:
+        analyses=get_model_analyses,
+    output:
+        recipe=ART.recipe(),
+        report=ART.recipe(report=True),
+    params:
+        code=step_code("recipe-from-budget"),
+        budget=get_recipe_budget,
+    log:
+        ART.job_log("recipe"),
+    benchmark:
+        ART.job_benchmark("recipe")
+    wildcard_constraints:
+        compression=RECIPE_BUDGET_SLUG,
+    resources:
+        mem_mb=1000,
+    conda:
+        "../envs/convert.yaml"
+    shell:
+        "python -m sd3coreml recipe-from-budget --analyses {input.analyses} --budget {params.budget}"
+        " --out {output.recipe} --report {output.report} > {log} 2>&1"
