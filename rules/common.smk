@@ -227,6 +227,19 @@ def get_sweep_inputs(wildcards):
     return ART.sweep_inputs(SWEEP, ON_MACOS)
 
 
+def get_mode_check_inputs(wildcards):
+    return {side: list(entries.values()) for side, entries in ART.mode_check_packages(SWEEP, wildcards.mode).items()}
+
+
+def get_mode_check_spec(wildcards):
+    model = MODELS[SWEEP.model]
+    spec = {**ART.mode_check_packages(SWEEP, wildcards.mode), "mode": wildcards.mode, "layout": SWEEP.layouts[0].name,
+            "prompt": config["fidelity"]["prompt"], "seed": VERIFY_SEED, "steps": model.steps,
+            "shift": config["models"][SWEEP.model]["timestep_shift"], "latent": config["latent_size"],
+            "in_channels": model.shape.in_channels, "joint_attention_dim": model.shape.joint_attention_dim}  # fmt: skip
+    return json.dumps(spec, sort_keys=True)
+
+
 def get_sweep_plan_json(wildcards):
     return json.dumps(summary_plan(SWEEP, ART.sweep_rows(SWEEP, ON_MACOS), config), sort_keys=True)
 

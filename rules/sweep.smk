@@ -36,6 +36,26 @@ else:
             "echo {params.plan:q} | python -m sd3coreml sweep-summary --spec - --out-dir $(dirname {output.csv}) > {log} 2>&1"
 
 
+    # One per compression mode, on the sweep's first layout: the app's chain with the mode's MMDiT
+    # packages against the same chain with fp16 ones, encoders and VAE shared (the front's quality).
+    rule sweep_end_to_end:
+        input:
+            unpack(get_mode_check_inputs),
+        output:
+            ART.sweep_end_to_end("{mode}"),
+        params:
+            code=step_code("sweep-end-to-end"),
+            spec=get_mode_check_spec,
+        log:
+            ART.log("sweep/end_to_end/{mode}"),
+        benchmark:
+            ART.benchmark("sweep/end_to_end/{mode}")
+        conda:
+            "../envs/convert.yaml"
+        shell:
+            "echo {params.spec:q} | python -m sd3coreml sweep-end-to-end --spec - --out {output} > {log} 2>&1"
+
+
 # macOS only (ON_MACOS): Core ML's placement of each op, first load and predict time of one
 # stage package. One at a time (resource neural_engine, see profiles/mac): concurrent loads
 # would share the Neural Engine and distort the times.

@@ -5,12 +5,20 @@ from pathlib import Path
 from sd3coreml.frameworks import skip_unused_frameworks
 
 
+def fix_threads(threads: int) -> None:
+    """The job's own thread count, whatever OMP_NUM_THREADS says: float sums repeat only at one count."""
+    import torch
+
+    torch.set_num_threads(threads)
+
+
 def capture_calibration(args) -> None:
     skip_unused_frameworks("sklearn")
     from sd3coreml.sensitivity.calibration import ChainSettings, capture_calibration
 
+    fix_threads(args.threads)
     chain = ChainSettings(tuple(args.prompt), args.steps, args.shift, args.seed, tuple(args.latent))
-    capture_calibration(args.weights, args.config, args.components, chain, args.out, args.threads)
+    capture_calibration(args.weights, args.config, args.components, chain, args.out)
 
 
 def analyse_weights(args) -> None:
@@ -18,6 +26,7 @@ def analyse_weights(args) -> None:
     from sd3coreml.atomic import write_json
     from sd3coreml.sensitivity.analysis import analyse_piece
 
+    fix_threads(args.threads)
     record = analyse_piece(args.weights, args.config, args.calibration, args.piece, args.widths, args.min_values,
                            args.probe_widths, args.probe_samples, args.threads)  # fmt: skip
     write_json(args.out, record)

@@ -460,11 +460,32 @@ class Artifacts:
     def sweep_rows(self, sweep, on_macos: bool) -> list[dict]:
         return [
             {"layout": layout.name, "sizes": list(layout.sizes), "mode": mode.name, "attention": attention,
-             "stages": self.sweep_stages(sweep.model, layout, mode, on_macos, attention)}
+             "stages": self.sweep_stages(sweep.model, layout, mode, on_macos, attention),
+             "end_to_end": self.sweep_end_to_end(mode.name)}
             for layout in sweep.layouts
             for mode in sweep.modes
             for attention in sweep.attentions
         ]  # fmt: skip
+
+    def sweep_end_to_end(self, mode: str) -> str:
+        """One end-to-end check per compression mode (not per layout), on the sweep's first layout."""
+        return self.sweep_report(f"end_to_end/{mode}.json")
+
+    def mode_check_packages(self, sweep, mode_name: str) -> dict[str, dict[str, str]]:
+        """The app's folder entries of a mode's end-to-end check: shared (text encoders, VAE decoder,
+        tokenizer files, as the model's folder has them), and the MMDiT's, fp16 and under the mode,
+        on the sweep's first layout with joint attention (Conditioning under the mode's default)."""
+        mode = next(mode for mode in sweep.modes if mode.name == mode_name)
+        layout = sweep.layouts[0]
+        shared = {f"{name}.mlpackage": path for name, path in self.folder_packages(sweep.model, layout.ranges).items()
+                  if name in (*TEXT_ENCODERS, VAE_DECODER)}  # fmt: skip
+        conditioning = self.stem("conditioning", model=sweep.model)
+        sides = {"fp16": {f"{CONDITIONING}.mlpackage": self.compressed(conditioning, CompressionSetting())},
+                 "compressed": {f"{CONDITIONING}.mlpackage": self.compressed(conditioning, mode.default)}}  # fmt: skip
+        for stage in self.sweep_stages(sweep.model, layout, mode, on_macos=False):
+            name = f"{STAGE.format(index=stage['stage'])}.mlpackage"
+            sides["fp16"][name], sides["compressed"][name] = stage["fp16_package"], stage["package"]
+        return {"shared": {**shared, **self.tokenizer_files()}, **sides}
 
     def weights_to_convert(self, outputs, models: dict, components: Path) -> list:
         """The input weights of the conversions that write `outputs`: what the disk estimate is made from.
@@ -485,9 +506,11 @@ class Artifacts:
 
     def sweep_inputs(self, sweep, on_macos: bool) -> dict[str, list[str]]:
         """What the sweep's summary reads: every stage package, its fp16 twin, measurement and profile."""
-        stages = [stage for row in self.sweep_rows(sweep, on_macos) for stage in row["stages"]]
+        rows = self.sweep_rows(sweep, on_macos)
+        stages = [stage for row in rows for stage in row["stages"]]
         twins = ("package", "fp16_package", "joint_fp16_package")
         return {
+            "end_to_end": sorted({row["end_to_end"] for row in rows}),
             "packages": sorted({stage[key] for stage in stages for key in twins if key in stage}),
             "measurements": sorted({stage["measurement"] for stage in stages}),
             "against_joint": sorted({path for stage in stages for path in stage.get("against_joint", [])}),

@@ -15,7 +15,8 @@ A weight's effect at a width is its own NSR times its transfer: the predicted NS
 output, relative to the fp16 package. Pieces chain through the residual stream, so effects are
 summed across the transformer by the allocator (compress/allocation.py). The record holds
 prediction and measurement at every probe width, so the report can show how well one predicts
-the other. Figures are rounded to 6 significant digits; the job fixes its thread count.
+the other. Figures are rounded to 6 significant digits; the job fixes its thread count
+(commands/sensitivity.py), so they repeat on one machine whatever OMP_NUM_THREADS says.
 """
 
 import math
@@ -70,8 +71,9 @@ class Grams:
 
     def hook(self, name):
         def gather(module, args):
-            rows = args[0].reshape(-1, args[0].shape[-1]).double()
-            gram = rows.T @ rows
+            # Products in float32 (a float64 Gram of a 6144-wide input costs seconds a sample), sums in float64.
+            rows = args[0].reshape(-1, args[0].shape[-1])
+            gram = (rows.T @ rows).double()
             self.grams[name] = gram if self.grams[name] is None else self.grams[name] + gram
 
         return gather
@@ -108,6 +110,21 @@ def palettized(weight16: np.ndarray, nbits: int) -> np.ndarray:
 
     lut, indices = kmeans_palette(weight16, nbits)
     return lut[indices].reshape(weight16.shape)
+
+
+def palettes_of(linears: dict, widths, threads: int) -> dict[str, dict[int, np.ndarray]]:
+    """{weight: {width: palettized fp16 weight}}, on `threads` threads (the exact k-means is a C
+    call that lets others run); each result is the same whatever the count."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    weights = {name: linear.weight.detach().numpy().astype(np.float16) for name, linear in linears.items()}
+    tasks = [(name, width) for name in weights for width in widths]
+    with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
+        results = list(pool.map(lambda task: palettized(weights[task[0]], task[1]), tasks))
+    palettes = {name: {} for name in weights}
+    for (name, width), result in zip(tasks, results):
+        palettes[name][width] = result
+    return palettes
 
 
 def own_nsr(weight: np.ndarray, delta: np.ndarray, gram) -> float:
@@ -155,7 +172,6 @@ def analyse_piece(weights, config_path, calibration, piece, widths, min_values, 
     missing = [width for width in probe_widths if width not in widths]
     if missing:
         raise PipelineError(f"sensitivity.probe_widths holds {missing[0]}, which is not among widths {list(widths)}")
-    torch.set_num_threads(threads)
     description = read_description(calibration)
     shape = MMDiTShape.from_config(load_transformer_config(config_path), *description["latent"])
     module, call = build_piece(piece, shape, weights)
@@ -174,10 +190,11 @@ def analyse_piece(weights, config_path, calibration, piece, widths, min_values, 
     probes = sorted({round(i * (count - 1) / max(1, probe_samples - 1)) for i in range(min(probe_samples, count))})
     batch = samples(inputs, probes)
     reference = run(module, call, batch)
+    palettes = palettes_of(linears, widths, threads)
     records = {}
     for name, linear in linears.items():
         gram = grams.grams[name].float()
-        records[name] = weight_record(name, linear, gram, widths, probe_widths,
+        records[name] = weight_record(name, linear, gram, palettes[name], probe_widths,
                                       lambda: nsr(reference, run(module, call, batch)))  # fmt: skip
     return {"format": FORMAT, "piece": piece, "calibration": description, "probe_samples": probes,
             "samples": count, "widths": list(widths), "probe_widths": list(probe_widths),
@@ -185,16 +202,17 @@ def analyse_piece(weights, config_path, calibration, piece, widths, min_values, 
             "weights": records}  # fmt: skip
 
 
-def weight_record(name, linear, gram, widths, probe_widths, measure_piece) -> dict:
-    """One weight's curve: bytes, own NSR and predicted effect per width; measured at the probes."""
+def weight_record(name, linear, gram, palettes: dict, probe_widths, measure_piece) -> dict:
+    """One weight's curve from its palettized forms (`palettes`, by width): bytes, own NSR and
+    predicted effect per width; measured at the piece's output at the probe widths."""
     import torch
 
     original = linear.weight.detach().clone()
     weight16 = original.numpy().astype(np.float16)
     base = weight16.astype(np.float32)
-    own, measured = {}, {}
+    own, measured, widths = {}, {}, list(palettes)
     for width in widths:
-        compressed = palettized(weight16, width).astype(np.float32)
+        compressed = palettes[width].astype(np.float32)
         own[width] = own_nsr(base, compressed - base, gram)
         if width in probe_widths:
             with torch.no_grad():

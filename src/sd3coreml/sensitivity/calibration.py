@@ -74,17 +74,17 @@ def encode_prompts(components: Path, prompts, joint_attention_dim: int) -> list[
     from sd3coreml.verify.end_to_end.app_chain import as_mmdit_inputs, prompt_embeddings
     from sd3coreml.verify.end_to_end.app_tokenizer import app_token_ids
 
-    encoders = {name: TextEncoderForApp(load_text_encoder(components / folder)) for name, folder in TEXT_ENCODERS.items()}
-    encoded = []
-    for prompt in prompts:
-        ids = app_token_ids(components / "tokenizer", prompt)
-        outputs = {}
+    ids = [app_token_ids(components / "tokenizer", prompt) for prompt in prompts]
+    outputs = [{} for _ in prompts]
+    for name, folder in TEXT_ENCODERS.items():  # one at a time: CLIP-G alone is 2.8 GB in float32
+        encoder = TextEncoderForApp(load_text_encoder(components / folder))
         with torch.no_grad():
-            for name, encoder in encoders.items():
-                hidden, pooled = encoder(torch.tensor([ids[name]], dtype=torch.float32))
-                outputs[name] = {"hidden_embeds": hidden.numpy(), "pooled_outputs": pooled.numpy()}
-        first, second = (outputs[name] for name in TEXT_ENCODERS)
-        encoded.append(as_mmdit_inputs(*prompt_embeddings(first, second, joint_attention_dim)))
+            for prompt, output in zip(ids, outputs):
+                hidden, pooled = encoder(torch.tensor([prompt[name]], dtype=torch.float32))
+                output[name] = {"hidden_embeds": hidden.numpy(), "pooled_outputs": pooled.numpy()}
+        del encoder
+    encoded = [as_mmdit_inputs(*prompt_embeddings(*(output[name] for name in TEXT_ENCODERS), joint_attention_dim))
+               for output in outputs]  # fmt: skip
     return encoded
 
 
@@ -147,15 +147,14 @@ def run_chain(weights: Path, config_path: Path, components: Path, chain: ChainSe
     return record
 
 
-def capture_calibration(weights, config_path, components, chain: ChainSettings, out: Path, threads: int) -> None:
-    """Run the chain on `threads` threads and write the calibration folder `out`."""
+def capture_calibration(weights, config_path, components, chain: ChainSettings, out: Path) -> None:
+    """Run the chain and write the calibration folder `out`."""
     import torch
 
     from sd3coreml.inputs.checkpoint import save_safetensors
 
     if not chain.prompts:
         raise PipelineError("sensitivity.prompts is empty; give at least one prompt to calibrate with")
-    torch.set_num_threads(threads)
     record = run_chain(Path(weights), Path(config_path), Path(components), chain)
     with written_atomically(Path(out)) as folder:
         folder.mkdir()
