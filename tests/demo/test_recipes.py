@@ -1,0 +1,95 @@
+"""A recipe made from a budget, on a copy of the session build: the 4-step packages folder with
+`compression.mmdit: {mode: recipe, budget: {bits_per_weight: 4}}` (issue 26's chain, end to end)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from harness import copy_of_build, planned_jobs, snakemake, write_config
+
+from sd3coreml.checksums import file_sha256, tree_sha256
+from sd3coreml.compress.recipes import Recipe
+from sd3coreml.compress.weights import const_pattern, load_program
+from sd3coreml.convert.package import load_package
+
+BUDGET = {"mode": "recipe", "budget": {"bits_per_weight": 4}}
+FOLDER = "results/demo/coremlsd3_4step_packages"
+
+
+@pytest.fixture(scope="module")
+def recipe_build(demo_workdir, tmp_path_factory):
+    workdir = copy_of_build(demo_workdir, tmp_path_factory.mktemp("recipe"))
+    config = write_config(workdir, "recipe.yaml", compression={
+        "mmdit": BUDGET, "text_encoders": {"mode": "palettize", "nbits": 6, "granularity": "per_tensor"}})  # fmt: skip
+    result = snakemake(workdir, "-c2", "coremlsd3_4step_packages", config=config)
+    return workdir, planned_jobs(result)
+
+
+def test_the_budget_plans_one_calibration_an_analysis_per_piece_one_recipe_and_its_packages(recipe_build):
+    _, jobs = recipe_build
+    assert {rule: jobs.get(rule) for rule in ("capture_calibration", "analyse_weights", "recipe_from_budget",
+                                              "compress_by_recipe")} == {
+        "capture_calibration": 1, "analyse_weights": 5 + 2, "recipe_from_budget": 1, "compress_by_recipe": 5}
+    # Nothing of the int8 folder is converted again: the fp16 packages are the session build's.
+    assert not {rule for rule in jobs if rule.startswith("convert")}
+
+
+def recipe_of(workdir):
+    return Recipe.read(next((workdir / "results/demo/recipes/4step").glob("recipe-bpw4.json")), "test")
+
+
+def test_the_recipe_mixes_widths_within_the_budget_and_beats_the_threshold_rule(recipe_build):
+    workdir, _ = recipe_build
+    recipe = recipe_of(workdir)
+    widths = {setting.nbits for _, setting in recipe.weights if setting.mode == "palettize"}
+    assert len(widths) > 1, "a recipe counts only if it differs from every uniform mode"
+    report = json.loads((workdir / "results/demo/recipes/4step/recipe-bpw4.report.json").read_text())
+    assert report["recipe"]["bits_per_weight"] <= 4
+    rule = report["per_layer_threshold_rule"]
+    assert rule["bytes"] <= report["recipe"]["bytes"]
+    assert report["recipe"]["predicted_effect"] <= rule["predicted_effect"]
+    assert report["prediction_check"]["2"]["log_correlation"] > 0.8
+
+
+def test_each_package_holds_the_palette_width_the_recipe_gives_each_weight(recipe_build):
+    workdir, _ = recipe_build
+    recipe = recipe_of(workdir)
+    packages = sorted((workdir / "results/demo/mmdit/4step").rglob("*.recipe-bpw4.mlpackage"))
+    assert len(packages) == 5
+    seen = set()
+    for package in packages:
+        for function in load_program(load_package(package)).functions.values():
+            for op in function.find_ops(op_type="constexpr_lut_to_dense"):
+                const = op.name.removesuffix("_palettized")
+                (tensor,) = [name for name, _ in recipe.weights if const_pattern(name).fullmatch(const)]
+                assert op.lut.val.size == 2 ** recipe.setting_for(tensor).nbits, tensor
+                seen.add(tensor)
+    assert seen == {name for name, setting in recipe.weights if setting.mode == "palettize"}
+
+
+def test_the_folder_records_the_recipe_and_passes_its_checks(recipe_build):
+    workdir, _ = recipe_build
+    manifest = json.loads((workdir / FOLDER / "manifest.json").read_text())
+    assert manifest["config"]["compression"]["mmdit"] == {"mode": "recipe", "budget": {"bits_per_weight": 4.0}}
+    recipe_file = workdir / "results/demo/recipes/4step/recipe-bpw4.json"
+    assert manifest["inputs"]["recipe recipe-bpw4"] == file_sha256(recipe_file)
+    fidelity = json.loads((workdir / "results/demo/reports/coremlsd3_4step_packages/fidelity.json").read_text())
+    assert fidelity["passed"] is True
+
+
+def test_the_calibration_repeats_with_another_hash_seed_and_omp_thread_count(recipe_build, tmp_path):
+    workdir, _ = recipe_build
+    (built,) = (workdir / "results/demo/calibration/4step").iterdir()
+    description = json.loads((built / "calibration.json").read_text())
+    again = tmp_path / "calibration"
+    command = [sys.executable, "-m", "sd3coreml", "capture-calibration",
+               "--weights", "results/demo/checkpoints/tiny-seed4.safetensors",
+               "--config", "config/transformers/sd3-tiny.json", "--components", "results/demo/checkpoints/tiny-components-seed0",
+               *[arg for prompt in description["prompts"] for arg in ("--prompt", prompt)],
+               "--steps", str(description["steps"]), "--shift", str(description["shift"]), "--seed", "0",
+               "--latent", "16", "16", "--out", str(again)]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "2", "PYTHONHASHSEED": "11"}
+    subprocess.run(command, check=True, capture_output=True, env=env, cwd=workdir)
+    assert tree_sha256(again) == tree_sha256(built)
