@@ -145,10 +145,17 @@ def row_record(row: dict, stages: list[dict]) -> dict:
 
 
 def end_to_end_figure(row: dict):
-    """The row's mode's end-to-end PSNR of the final latent (sweep/end_to_end.py), where the sweep measured it."""
+    """The row's mode's end-to-end PSNR of the final latent (verify/end_to_end/compression_check.py),
+    where the sweep measured it."""
     if "end_to_end" not in row:
         return NOT_MEASURED
     return json.loads(Path(row["end_to_end"]).read_text())["final_latent_db"]
+
+
+def end_to_end_layout(plan: dict) -> str | None:
+    """The layout the sweep's per-mode end-to-end checks ran on (one per mode, not per layout)."""
+    checked = [row["end_to_end"] for row in plan["rows"] if "end_to_end" in row]
+    return json.loads(Path(checked[0]).read_text())["layout"] if checked else None
 
 
 def row_weight_limit(stages: list[dict]) -> str:
@@ -237,7 +244,10 @@ def markdown(plan: dict, rows: list[dict], cost: dict) -> str:
     rule = "|" + "|".join("---" if column in left else "---:" for column in ROW_COLUMNS) + "|"
     body = ["| " + " | ".join(shown(row[column]) for column in ROW_COLUMNS) + " |" for row in rows]
     title = f"# Sweep `{plan['sweep']}` of model `{plan['model']}`"
-    front = ["## Size-quality front", "", *front_lines(rows)]
+    layout = end_to_end_layout(plan)
+    where = [f"Quality: each mode's final latent through the app's chain against the same chain with fp16 MMDiT "
+             f"packages, measured once per mode on layout {layout}.", ""] if layout else []  # fmt: skip
+    front = ["## Size-quality front", "", *where, *front_lines(rows)]
     return "\n".join([title, "", header, rule, *body, "", *front, "", "## Cost", "", *cost_lines(cost), ""])
 
 
