@@ -171,7 +171,7 @@ def get_fidelity_measurements(wildcards):
 
 
 def get_fidelity_report_spec(wildcards):
-    return jobs.fidelity_report_spec(get_fidelity_measurements(wildcards), config)
+    return jobs.fidelity_report_spec(get_fidelity_measurements(wildcards), config, ART.compression)
 
 
 def get_coreml_measurements(wildcards):
@@ -185,7 +185,9 @@ def get_coreml_report_inputs(wildcards):
 
 
 def get_coreml_report_spec(wildcards):
-    return jobs.fidelity_report_spec(get_fidelity_measurements(wildcards), config, get_coreml_measurements(wildcards))
+    return jobs.fidelity_report_spec(
+        get_fidelity_measurements(wildcards), config, ART.compression, get_coreml_measurements(wildcards)
+    )
 
 
 def get_fidelity_gates(wildcards):

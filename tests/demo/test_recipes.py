@@ -14,7 +14,7 @@ from sd3coreml.compress.recipes import Recipe
 from sd3coreml.compress.weights import const_pattern, load_program
 from sd3coreml.convert.package import load_package
 
-BUDGET = {"mode": "recipe", "budget": {"bits_per_weight": 4}}
+BUDGET = {"mode": "recipe", "budget": {"bits_per_weight": 4}, "min_psnr_db": 26}
 FOLDER = "results/demo/coremlsd3_4step_packages"
 
 
@@ -72,11 +72,13 @@ def test_each_package_holds_the_palette_width_the_recipe_gives_each_weight(recip
 def test_the_folder_records_the_recipe_and_passes_its_checks(recipe_build):
     workdir, _ = recipe_build
     manifest = json.loads((workdir / FOLDER / "manifest.json").read_text())
-    assert manifest["config"]["compression"]["mmdit"] == {"mode": "recipe", "budget": {"bits_per_weight": 4.0}}
+    assert manifest["config"]["compression"]["mmdit"] == {**BUDGET, "min_psnr_db": 26.0}
     recipe_file = workdir / "results/demo/recipes/4step/recipe-bpw4.json"
     assert manifest["inputs"]["recipe recipe-bpw4"] == file_sha256(recipe_file)
     fidelity = json.loads((workdir / "results/demo/reports/coremlsd3_4step_packages/fidelity.json").read_text())
-    assert fidelity["passed"] is True
+    assert fidelity["passed"] is True and fidelity["thresholds_db"]["recipe-bpw4"] == 26  # the recipe's own bar
+    recipe_rows = [row for row in fidelity["outputs"] if ".recipe-bpw4." in row["package"]]
+    assert len(recipe_rows) >= 5 and {row["min_psnr_db"] for row in recipe_rows} == {26}
 
 
 def test_the_calibration_repeats_with_another_hash_seed_and_omp_thread_count(recipe_build, tmp_path):

@@ -170,6 +170,8 @@ class CompressionSetting:
     budget: tuple[str, float | int] | None = None  # a generated recipe's budget: (kind, value)
     file: str | None = field(default=None, compare=False)
     content: "Recipe | None" = field(default=None, compare=False, repr=False)
+    # A recipe's own fidelity bar (config `min_psnr_db` beside it), fixed before anything is measured.
+    min_psnr_db: float | None = field(default=None, compare=False)
 
     @classmethod
     def from_config(cls, value, key: str = "compression") -> "CompressionSetting":
@@ -216,19 +218,21 @@ class CompressionSetting:
         # recipes.py builds on this module (a recipe's entries are settings), hence the late import.
         from sd3coreml.compress.recipes import Recipe
 
-        extra = sorted(set(value) - {"mode", "file", "budget"})
+        extra = sorted(set(value) - {"mode", "file", "budget", "min_psnr_db"})
         if extra:
             raise PipelineError(f"config key '{key}.{extra[0]}': a recipe gives each weight its own setting; drop it")
         if "file" in value and "budget" in value:
             raise PipelineError(f"config key '{key}': a recipe is given as a file or made from a budget; drop one")
+        bar = recipe_bar(value.get("min_psnr_db"), f"{key}.min_psnr_db")
         if "budget" in value:
-            return cls.from_budget_config(value["budget"], f"{key}.budget")
+            return replace(cls.from_budget_config(value["budget"], f"{key}.budget"), min_psnr_db=bar)
         if not isinstance(value.get("file"), str) or not value["file"]:
             raise PipelineError(
                 f"config key '{key}.file' is missing; name the recipe's JSON file, e.g. recipes/r.json, "
                 "or give a budget, e.g. budget: {bits_per_weight: 4.5}"
             )
-        return Recipe.read(Path(value["file"]), f"config key '{key}.file'").setting(value["file"])
+        setting = Recipe.read(Path(value["file"]), f"config key '{key}.file'").setting(value["file"])
+        return replace(setting, min_psnr_db=bar)
 
     @classmethod
     def from_budget_config(cls, budget, key: str) -> "CompressionSetting":
@@ -342,14 +346,13 @@ class CompressionSetting:
 
     @property
     def precision(self) -> str:
-        """The class whose fidelity bar judges a package: fp16, int8, int4 or palettized.
-
-        A recipe mixes widths and is judged by the palettes' bar, known from its slug alone (the
-        fidelity figures name a package's class by its path); a bar per recipe is planned (issue 26).
-        """
+        """The class whose fidelity bar judges a package: fp16, int8, int4, palettized, or a recipe's
+        own slug: each recipe has its bar, its `min_psnr_db` or else the palettes' (`recipe_bars`)."""
         if self.mode == NONE:
             return FP16
-        return "palettized" if self.mode in (PALETTIZE, RECIPE) else f"int{self.nbits}"
+        if self.mode == RECIPE:
+            return self.slug
+        return "palettized" if self.mode == PALETTIZE else f"int{self.nbits}"
 
     @property
     def size_key(self) -> str | None:
@@ -379,11 +382,12 @@ class CompressionSetting:
         file's name and content hash, since the path is the host's)."""
         if self.mode == NONE:
             return {"mode": NONE}
+        bar = {} if self.min_psnr_db is None else {"min_psnr_db": self.min_psnr_db}
         if self.budget is not None:
             # The recipe it was made into is recorded by its hash among the folder's inputs (release/manifest.py).
-            return {"mode": RECIPE, "budget": {self.budget[0]: self.budget[1]}}
+            return {"mode": RECIPE, "budget": {self.budget[0]: self.budget[1]}, **bar}
         if self.mode == RECIPE:
-            return {"mode": RECIPE, "file": Path(self.file).name, "sha256": self.recipe_content.sha256}
+            return {"mode": RECIPE, "file": Path(self.file).name, "sha256": self.recipe_content.sha256, **bar}
         sized = {self.size_key: self.size} if self.size_key else {}
         return {"mode": self.mode, "nbits": self.nbits, "granularity": self.granularity, **sized}
 
@@ -418,6 +422,31 @@ class CompressionSetting:
         if self.holds_palettes and not exact_kmeans_installed():
             # Without its exact k-means, coremltools palettizes with a randomised one: refuse up front.
             raise PipelineError(f"config key '{key}': {NO_EXACT_KMEANS}")
+
+
+def recipe_bar(value, key: str) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < 200:
+        raise PipelineError(f"config key '{key}' is {value!r}; give the recipe's bar in dB, e.g. 30")
+    return float(value)
+
+
+def recipe_bars(settings, thresholds: dict) -> dict[str, float]:
+    """{recipe slug: its bar} of the recipes among `settings` ((key, setting) pairs): its own
+    `min_psnr_db`, else `thresholds`' palettes bar; one recipe given two bars is refused."""
+    bars, given = {}, {}
+    for key, setting in settings:
+        if setting.mode != RECIPE:
+            continue
+        bar = thresholds["palettized"] if setting.min_psnr_db is None else setting.min_psnr_db
+        if bars.get(setting.slug, bar) != bar:
+            raise PipelineError(
+                f"config key '{key}': {setting.slug} has the bar {bar:g} dB here and {bars[setting.slug]:g} dB at "
+                f"'{given[setting.slug]}'; give one recipe one min_psnr_db"
+            )
+        bars[setting.slug], given[setting.slug] = bar, key
+    return bars
 
 
 def checked_setting(value, key: str, target: str) -> CompressionSetting:

@@ -130,7 +130,7 @@ def test_a_recipe_setting_is_named_by_its_content_and_carries_its_file(tmp_path)
     twin = CompressionSetting.from_config({"mode": "recipe", "file": str(second)})
     assert re.fullmatch(RECIPE_SLUG, setting.slug) and re.fullmatch(SLUG_PATTERN, setting.slug)
     assert setting == twin == CompressionSetting.from_slug(setting.slug) and setting.file != twin.file
-    assert setting.label == setting.slug and setting.precision == "palettized" and setting.uses_threads
+    assert setting.label == setting.slug == setting.precision and setting.uses_threads
     assert setting.flags == f"--compression {setting.slug} --recipe {first}"
     sha256 = setting.recipe_content.sha256
     assert setting.slug == f"recipe-{sha256[:12]}"
@@ -211,7 +211,7 @@ def test_a_budgets_recipe_is_named_by_its_budget_and_round_trips(budget, slug, a
     from sd3coreml.compress.settings import RECIPE_BUDGET_SLUG, RECIPE_CONTENT_SLUG
 
     setting = CompressionSetting.from_config({"mode": "recipe", "budget": budget}, "compression.mmdit")
-    assert (setting.slug, setting.budget_arg, setting.label, setting.precision) == (slug, argument, slug, "palettized")
+    assert (setting.slug, setting.budget_arg, setting.label, setting.precision) == (slug, argument, slug, slug)
     assert setting.uses_threads and setting.file is None and setting.content is None
     for pattern in (RECIPE_SLUG, RECIPE_BUDGET_SLUG, SLUG_PATTERN):
         assert re.fullmatch(pattern, slug), pattern
@@ -304,3 +304,20 @@ def test_a_budgets_recipe_compresses_the_mmdit_only_and_is_found_by_its_slug():
     assert compression.to_config()["mmdit"] == {"mode": "recipe", "budget": {"bits_per_weight": 4.5}}
     with pytest.raises(PipelineError, match=r"^recipe-bpw4: no recipe of this content is configured"):
         configured_recipe("recipe-bpw4", compression)
+
+
+def test_each_recipe_is_judged_by_its_own_bar_fixed_in_the_config_else_the_palettes_bar():
+    from sd3coreml.compress.settings import recipe_bars
+
+    own = CompressionSetting.from_config({"mode": "recipe", "budget": {"bits_per_weight": 4}, "min_psnr_db": 31})
+    plain = CompressionSetting.from_config({"mode": "recipe", "budget": {"bytes": 1000}})
+    uniform = CompressionSetting.from_config({"mode": "palettize", "nbits": 4})
+    thresholds = {"palettized": 25}
+    settings = [("a", own), ("b", plain), ("c", uniform)]
+    assert recipe_bars(settings, thresholds) == {"recipe-bpw4": 31.0, "recipe-bytes1000": 25}
+    assert own.to_config() == {"mode": "recipe", "budget": {"bits_per_weight": 4}, "min_psnr_db": 31.0}
+    again = CompressionSetting.from_config({"mode": "recipe", "budget": {"bits_per_weight": 4}, "min_psnr_db": 30})
+    with pytest.raises(PipelineError, match=r"^config key 'd': recipe-bpw4 has the bar 30 dB here and 31 dB at 'a'"):
+        recipe_bars([*settings, ("d", again)], thresholds)
+    with pytest.raises(PipelineError, match=r"^config key 'k.min_psnr_db' is 'high'; give the recipe's bar in dB"):
+        CompressionSetting.from_config({"mode": "recipe", "budget": {"bytes": 1}, "min_psnr_db": "high"}, "k")
