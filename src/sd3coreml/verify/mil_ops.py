@@ -1,8 +1,9 @@
 """Own evaluations of MIL ops, for `mil_executor`: one short function per op type.
 
 Only for op types of our packages that coremltools cannot evaluate (silu, conv, batch_norm,
-gather_nd, upsample_nearest_neighbor) and for those whose coremltools evaluation is far too
-slow or accumulates in fp16 (the matmul-like ops, gelu, reductions, weight decompression).
+gather_nd, upsample_nearest_neighbor), for those whose coremltools evaluation is far too
+slow or accumulates in fp16 (the matmul-like ops, gelu, reductions, weight decompression), and
+for `quantize`, which must divide in its input's own dtype.
 Each computes in fp32; `mil_executor` rounds the result to the dtype the program declares.
 Each is tested against PyTorch in tests/unit/verify/test_mil_executor.py.
 """
@@ -155,6 +156,13 @@ def _lut_to_dense(op):
     return np.moveaxis(dense, -1, axis + 1).reshape(shape)
 
 
+def _quantize(op):
+    # An activation's quantize (W8A8) divides by its scale in the input's own dtype, as coremltools
+    # defines it: an fp16 quotient such as -2.5006 rounds to -2.5 before rounding half to even, so
+    # the fp32 widening every other op gets would move it to another integer.
+    return op.value_inference()
+
+
 def _gather_nd(op):
     x, indices = op.x.val, op.indices.val.astype(np.intp)
     batch_dims, depth = int(op.batch_dims.val), indices.shape[-1]
@@ -189,6 +197,7 @@ OWN_EVALUATIONS = {
     "upsample_nearest_neighbor": _upsample_nearest_neighbor,
     "constexpr_blockwise_shift_scale": _blockwise_shift_scale,
     "constexpr_lut_to_dense": _lut_to_dense,
+    "quantize": _quantize,
     **{f"reduce_{kind}": _reduce for kind in _REDUCTIONS},
 }
 

@@ -314,3 +314,29 @@ def test_outputs_come_in_the_declared_dtype_and_values_are_released(tmp_path):
     assert output.dtype == np.float16
     assert all(var.val is None for op in main.operations if op.op_type != "const" for var in op.outputs)
     assert all(op.outputs[0].val is not None for op in main.operations if op.op_type == "const")
+
+
+@pytest.mark.parametrize("zero_point", [None, 3])
+def test_activation_quantize_and_dequantize_are_evaluated_as_coremltools_defines_them(tmp_path, zero_point):
+    """What an 8-bit activation (W8A8) pair computes: rounding half to even, saturation at the
+    int8 range, per-tensor scale. Held against coremltools' own numpy definitions of the two ops."""
+    from coremltools.optimize import _utils as optimize_utils
+
+    scale = np.float16(0.05)
+    # Halfway points (x.5 after the division), values past the range on both sides, zeros.
+    x = np.array([[0.025, 0.075, -0.125, 0.0, 9.0, -9.0, 6.35, -6.4, 1.2345, 0.124]], dtype=np.float16)
+    offset = None if zero_point is None else np.int8(zero_point)
+
+    @mb.program(input_specs=[mb.TensorSpec(x.shape, dtype=ct.converters.mil.mil.types.fp16)],
+                opset_version=ct.target.iOS17)  # fmt: skip
+    def program(x0):
+        quantized = mb.quantize(input=x0, scale=scale, zero_point=offset, output_dtype="int8")
+        return mb.dequantize(input=quantized, scale=scale, zero_point=offset)
+
+    package = convert_and_save(program, [x], tmp_path)
+    assert {"quantize", "dequantize"} <= op_types(package)
+    output = run_single_output(package, [x])
+    quantized = optimize_utils.quantize_by_scale_and_zp(x, scale, offset, "int8")
+    expected = optimize_utils.dequantize_by_scale_and_zp(quantized, scale, offset)
+    assert output.dtype == np.float16 and np.array_equal(output, expected)
+    assert quantized.min() == -128 and quantized.max() == 127  # saturated, not wrapped
