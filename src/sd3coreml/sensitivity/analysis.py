@@ -127,16 +127,13 @@ def palettes_of(linears: dict, widths, threads: int) -> dict[str, dict[int, np.n
     return palettes
 
 
-def own_nsr(weight: np.ndarray, delta: np.ndarray, gram) -> float:
-    """tr(dW G dW^T) / tr(W G W^T): the products in float32 (the cost), the sums in float64."""
+def output_energy(matrix: np.ndarray, gram) -> float:
+    """tr(M G M^T), a weight's (or its error's) output energy over the calibration inputs: the
+    product in float32 (the cost: out x in x in), the sum in float64."""
     import torch
 
-    def energy(matrix):
-        m = torch.from_numpy(matrix)
-        return float(((m @ gram) * m).double().sum())
-
-    signal = energy(weight)
-    return energy(delta) / signal if signal > 0 else 0.0
+    m = torch.from_numpy(matrix)
+    return float(((m @ gram) * m).double().sum())
 
 
 def refuse_non_finite(linears: dict) -> None:
@@ -211,9 +208,10 @@ def weight_record(name, linear, gram, palettes: dict, probe_widths, measure_piec
     weight16 = original.numpy().astype(np.float16)
     base = weight16.astype(np.float32)
     own, measured, widths = {}, {}, list(palettes)
+    signal = output_energy(base, gram)
     for width in widths:
         compressed = palettes[width].astype(np.float32)
-        own[width] = own_nsr(base, compressed - base, gram)
+        own[width] = output_energy(compressed - base, gram) / signal if signal > 0 else 0.0
         if width in probe_widths:
             with torch.no_grad():
                 linear.weight.copy_(torch.from_numpy(compressed))
