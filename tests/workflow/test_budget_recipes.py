@@ -60,8 +60,10 @@ def test_a_sweep_takes_a_budget_as_a_mode(tmp_path):
         "capture_calibration": 1,
         "analyse_weights": tiny_depth() + 2,
         "recipe_from_budget": 1,
-        "compress_by_recipe": len(stems) + 1,  # and the input stage
+        # and the input stage, and Conditioning for the mode's end-to-end check
+        "compress_by_recipe": len(stems) + 2,
     }
+    assert planned.get("sweep_end_to_end") == 2  # one per mode, not per layout
 
 
 def zip_starts(sizes: list[int]):
