@@ -10,6 +10,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import harness
 import pytest
 import yaml
 from harness import (
@@ -34,11 +35,26 @@ def pytest_collection_modifyitems(items):
 
 
 @pytest.fixture(scope="session")
-def demo_workdir(tmp_path_factory) -> Path:
+def job_server():
+    """One warm job server for the session's Snakemake runs (harness.snakemake() hands it to their jobs),
+    stopped at the end: a demo job then skips 3-5 s of imports."""
+    server = harness.JobServer()
+    try:
+        server.wait_until_ready()
+        harness.SESSION_JOB_SERVER = server
+        yield server
+    finally:
+        harness.SESSION_JOB_SERVER = None
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def demo_workdir(tmp_path_factory, job_server) -> Path:
     """The demo's two packages folders and its sweep, built once from nothing like `make demo` does,
     then the tiny SD3.5's packages folder beside them (it builds only its own transformer's jobs).
 
-    SD3COREML_DEMO_WORKDIR names a folder to build in and keep, for quick reruns by hand.
+    SD3COREML_DEMO_WORKDIR names a folder to build in and keep, for quick reruns by hand. Its jobs run
+    in the session's job server (tests/demo/test_served_jobs.py holds their bytes against jobs of their own).
     """
     kept = os.environ.get("SD3COREML_DEMO_WORKDIR")
     workdir = new_workdir(Path(kept) if kept else tmp_path_factory.mktemp("demo"))

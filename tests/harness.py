@@ -9,6 +9,8 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
 
 import yaml
@@ -35,11 +37,67 @@ SD35_TARGETS = [SD35_FOLDER, f"results/demo/reports/{SD35_FOLDER}/end_to_end.jso
 STAGE = "MultiModalDiffusionTransformerStage"
 
 
+class JobServer:
+    """A warm job server (sd3coreml/job_server.py) for this session's Snakemake runs, in a temporary folder.
+
+    It runs in the environment a test's job has (the job hooks on PYTHONPATH, one thread, the
+    temporary folder Snakemake gives); a job whose run changes what it pins runs on its own.
+    """
+
+    def __init__(self):
+        self.folder = Path(tempfile.mkdtemp(prefix="sd3coreml-jobs-"))  # short: a socket's path has ~100 bytes
+        self.socket, self.log = self.folder / "socket", self.folder / "requests.log"
+        command = [sys.executable, "-m", "sd3coreml.job_server", "--socket", str(self.socket), "--job-threads", "1"]
+        with (self.folder / "server.err").open("wb") as stderr:
+            self.process = subprocess.Popen(
+                [*command, "--log", str(self.log)], env={**os.environ, **self.environment(with_socket=False)},
+                stdin=subprocess.DEVNULL, stdout=stderr, stderr=stderr,
+            )  # fmt: skip
+
+    def environment(self, with_socket: bool = True) -> dict:
+        """What a Snakemake run adds to hand its jobs to the server."""
+        return {"PYTHONPATH": str(JOB_HOOKS), **({"SD3COREML_JOB_SERVER": str(self.socket)} if with_socket else {})}
+
+    def wait_until_ready(self, timeout_s: float = 120) -> None:
+        """Jobs that start before the server listens run on their own: wait, so that every job is served."""
+        deadline = time.monotonic() + timeout_s
+        while not self.socket.exists():
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                errors = (self.folder / "server.err").read_text()[-3000:]
+                raise AssertionError(f"the job server did not start:\n{errors}")
+            time.sleep(0.1)
+
+    def served(self) -> dict[int, str]:
+        """{child pid: step} of every job the server ran."""
+        text = self.log.read_text() if self.log.exists() else ""
+        return {int(pid): step for step, pid in re.findall(r"served \['([\w-]+)'\] as (\d+)", text)}
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait()
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+# The session's job server, once conftest.py's `job_server` fixture started one: snakemake() hands it to the jobs.
+SESSION_JOB_SERVER: JobServer | None = None
+
+
 def snakemake(
-    workdir: Path, *args: str, config: str = "config/demo.yaml", check: bool = True, env=None, snakefile=None
+    workdir: Path,
+    *args: str,
+    config: str = "config/demo.yaml",
+    check: bool = True,
+    env=None,
+    snakefile=None,
+    job_server: bool = True,
 ):
-    """Run the project's Snakefile (or `snakefile`) in `workdir`; shell steps find this interpreter's `python`."""
-    env = {**os.environ, **(env or {})}
+    """Run the project's Snakefile (or `snakefile`) in `workdir`; shell steps find this interpreter's `python`.
+
+    The jobs go to the session's job server if one runs (unless `job_server` is false); a job whose
+    `env` changes what the server pins (its hash seed, PYTHONPATH, a test hook) runs on its own.
+    """
+    served = SESSION_JOB_SERVER.environment() if job_server and SESSION_JOB_SERVER else {}
+    env = {**os.environ, **served, **(env or {})}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
     command = [sys.executable, "-m", "snakemake", "--snakefile", str(snakefile or REPO / "Snakefile")]
     command += ["--directory", str(workdir), "--configfile", str(workdir / config), *args]

@@ -38,8 +38,14 @@ class _WithoutFrameworks:
         return self._loader.create_module(spec)
 
     def exec_module(self, module) -> None:
-        # A framework already imported is no cost to probe; one hidden by an enclosing probe stays so.
-        hidden = [name for name in self._names if name not in sys.modules]
+        # Hidden even when imported already: in a child of the job server (job_server.py) torch and
+        # transformers were imported before the step began, where a job of its own has not imported
+        # them at the probe. sys.modules then looks as in that process: the name None, no submodules.
+        # One hidden by an enclosing probe (None) stays so.
+        hidden = [name for name in self._names if sys.modules.get(name, False) is not None]
+        imported = {
+            name: sys.modules.pop(name) for name in [name for name in sys.modules if name.split(".")[0] in hidden]
+        }
         for name in hidden:
             sys.modules[name] = None
         try:
@@ -48,6 +54,7 @@ class _WithoutFrameworks:
             for name in hidden:
                 if name in sys.modules and sys.modules[name] is None:
                     del sys.modules[name]
+            sys.modules.update(imported)
 
     def __getattr__(self, attribute):
         # importlib.resources and tracebacks ask a module's loader for its files and source.

@@ -6,7 +6,9 @@ On PYTHONPATH of the runs that want them (tests/harness.py, tests/workflow/test_
   complete under its temporary name and about to be moved into place, so a test can SIGKILL
   a job exactly mid-write (writes of tiny demo packages last milliseconds).
 - SD3COREML_TEST_RECORD_MODULES=DIR: every `python -m sd3coreml STEP` writes, at exit, the
-  step and the sd3coreml modules it loaded, to hold each step's code closure against them.
+  step and the sd3coreml modules it loaded, to hold each step's code closure against them. Read
+  at exit, not here: a job server's child (sd3coreml/job_server.py) runs this file's exit
+  handlers with its job's environment, and its client writes no record.
 - SD3COREML_TEST_TOOLCHAIN_DRIFT: every package version importlib.metadata reports reads one
   patch release on, as on a Mac whose pip resolved other wheels.
 - SD3COREML_TEST_MAC_TOOLCHAIN: the same releases as a Mac installs them: no local version label
@@ -17,6 +19,7 @@ On PYTHONPATH of the runs that want them (tests/harness.py, tests/workflow/test_
   machine (the memory check before any job reads it).
 """
 
+import atexit
 import os
 import sys
 
@@ -33,20 +36,22 @@ if os.environ.get("SD3COREML_TEST_STOP_BEFORE_MOVE"):
 
     atomic.replace_path = stop_then_move
 
-if records := os.environ.get("SD3COREML_TEST_RECORD_MODULES"):
-    import atexit
+
+def record_modules() -> None:
+    """Read SD3COREML_TEST_RECORD_MODULES at exit: a job server's child takes its job's environment later."""
     import json
     from pathlib import Path
 
-    def record_modules() -> None:
-        if Path(sys.argv[0]).parts[-2:] != ("sd3coreml", "__main__.py") or len(sys.argv) < 2:
-            return
-        loaded = sorted(name for name in sys.modules if name == "sd3coreml" or name.startswith("sd3coreml."))
-        out = Path(records) / f"{sys.argv[1]}-{os.getpid()}.json"
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps({"step": sys.argv[1], "modules": loaded}))
+    records = os.environ.get("SD3COREML_TEST_RECORD_MODULES")
+    if not records or Path(sys.argv[0]).parts[-2:] != ("sd3coreml", "__main__.py") or len(sys.argv) < 2:
+        return
+    loaded = sorted(name for name in sys.modules if name == "sd3coreml" or name.startswith("sd3coreml."))
+    out = Path(records) / f"{sys.argv[1]}-{os.getpid()}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"step": sys.argv[1], "modules": loaded}))
 
-    atexit.register(record_modules)
+
+atexit.register(record_modules)
 
 if os.environ.get("SD3COREML_TEST_TOOLCHAIN_DRIFT"):
     import importlib.metadata

@@ -33,7 +33,8 @@ def within(module: str, package: str) -> bool:
 
 
 def in_library(module: str) -> bool:
-    return not within(module, COMMANDS) and module != f"{PACKAGE}.__main__"
+    # The entry points run the command line: `python -m sd3coreml`, and the job server's children.
+    return not within(module, COMMANDS) and module not in {f"{PACKAGE}.__main__", f"{PACKAGE}.job_server"}
 
 
 def pipeline_may_not_import(imported: str) -> bool:
