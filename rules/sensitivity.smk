@@ -29,7 +29,8 @@ rule capture_calibration:
         ART.job_benchmark("calibration")
     threads: config["sensitivity"]["threads"]
     resources:
-        mem_mb=8000,
+        # SD3 Medium size, 1 prompt: 4.97 GB with both encoders loaded at once (now one at a time).
+        mem_mb=6000,
     conda:
         "../envs/convert.yaml"
     shell:
@@ -60,6 +61,7 @@ rule analyse_weights:
         ART.job_benchmark("analysis")
     threads: config["sensitivity"]["threads"]
     resources:
+        # One SD3 Medium joint block, default settings, 2 threads: 3.14 GB.
         mem_mb=4000,
     conda:
         "../envs/convert.yaml"
