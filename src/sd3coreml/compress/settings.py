@@ -449,6 +449,12 @@ def recipe_bars(settings, thresholds: dict) -> dict[str, float]:
     return bars
 
 
+def fidelity_bars(thresholds: dict, settings) -> dict[str, float]:
+    """The bar of each precision class (config fidelity.min_psnr_db) and of each recipe among
+    `settings` ((key, setting) pairs): what a fidelity report or a sweep summary judges by."""
+    return {**thresholds, **recipe_bars(settings, thresholds)}
+
+
 def checked_setting(value, key: str, target: str) -> CompressionSetting:
     """A setting from config, checked against the conversion target."""
     setting = CompressionSetting.from_config(value, key)

@@ -5,7 +5,7 @@ Each is read from the config (and, for memory, from an input's size) at parse ti
 
 from pathlib import Path
 
-from sd3coreml.compress.settings import recipe_bars
+from sd3coreml.compress.settings import fidelity_bars
 from sd3coreml.pipeline.artifacts import ATTENTION_FIELDS, folder_name
 from sd3coreml.step_spec import write_spec
 
@@ -23,12 +23,6 @@ def attention_args(wildcards: dict) -> str:
     return f"--attention {ATTENTION_FIELDS[field]}" if field else ""
 
 
-def fidelity_bars(config: dict, settings) -> dict[str, float]:
-    """The bar of each precision class, and of each recipe among `settings` ((key, setting) pairs)."""
-    thresholds = config["fidelity"]["min_psnr_db"]
-    return {**thresholds, **recipe_bars(settings, thresholds)}
-
-
 def fidelity_report_spec(
     measurements: dict[str, str], config: dict, compression, coreml_measurements: dict | None = None
 ) -> str:
@@ -36,7 +30,7 @@ def fidelity_report_spec(
     its Core ML measurement; the bars (`compression`'s recipes have their own), Core ML's own bar."""
     fidelity = config["fidelity"]
     coreml = {"min_psnr_db": fidelity["coreml_min_psnr_db"], "enforce": fidelity["enforce_coreml"]}
-    thresholds = fidelity_bars(config, compression.settings())
+    thresholds = fidelity_bars(fidelity["min_psnr_db"], compression.settings())
     spec = {"measurements": measurements, "thresholds": thresholds, "coreml": coreml}
     return write_spec({**spec, "coreml_measurements": coreml_measurements} if coreml_measurements else spec)
 

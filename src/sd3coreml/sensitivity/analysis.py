@@ -24,17 +24,13 @@ from pathlib import Path
 
 import numpy as np
 
+from sd3coreml.compress.allocation import rounded
 from sd3coreml.compress.palettes import EXACT_KMEANS_MIN_VALUES
+from sd3coreml.compress.settings import FP16
 from sd3coreml.errors import PipelineError
 from sd3coreml.sensitivity.calibration import BLOCK, CONDITIONING, INPUT, piece_kind, read_description, read_piece_inputs
 
 FORMAT = "sd3coreml-sensitivity/1"
-FP16 = "fp16"
-DIGITS = 6
-
-
-def figure(value: float) -> float:
-    return float(f"{value:.{DIGITS}g}")
 
 
 def palette_bytes(values: int, nbits: int) -> int:
@@ -181,7 +177,9 @@ def analyse_piece(weights, config_path, calibration, piece, widths, min_values, 
             linear.weight.copy_(linear.weight.half().float())
     grams = Grams(linears)
     try:
-        run(module, call, samples(inputs, range(count)))
+        with torch.no_grad():  # only the hooks' sums are wanted of this pass
+            for sample in samples(inputs, range(count)):
+                call(module, sample)
     finally:
         grams.remove()
     probes = sorted({round(i * (count - 1) / max(1, probe_samples - 1)) for i in range(min(probe_samples, count))})
@@ -205,8 +203,7 @@ def weight_record(name, linear, gram, palettes: dict, probe_widths, measure_piec
     import torch
 
     original = linear.weight.detach().clone()
-    weight16 = original.numpy().astype(np.float16)
-    base = weight16.astype(np.float32)
+    base = original.numpy()  # already the fp16 package's values (analyse_piece rounded them)
     own, measured, widths = {}, {}, list(palettes)
     signal = output_energy(base, gram)
     for width in widths:
@@ -220,9 +217,9 @@ def weight_record(name, linear, gram, palettes: dict, probe_widths, measure_piec
         linear.weight.copy_(original)
     first = probe_widths[0]
     transfer = measured[first] / own[first] if own[first] > 0 else 1.0
-    values = int(weight16.size)
-    curve = {str(width): {"bytes": palette_bytes(values, width), "own_nsr": figure(own[width]),
-                          "effect": figure(transfer * own[width])} for width in widths}  # fmt: skip
+    values = int(base.size)
+    curve = {str(width): {"bytes": palette_bytes(values, width), "own_nsr": rounded(own[width]),
+                          "effect": rounded(transfer * own[width])} for width in widths}  # fmt: skip
     curve[FP16] = {"bytes": 2 * values, "own_nsr": 0.0, "effect": 0.0}
-    return {"values": values, "shape": list(weight16.shape), "transfer": figure(transfer), "curve": curve,
-            "measured": {str(width): figure(value) for width, value in measured.items()}}  # fmt: skip
+    return {"values": values, "shape": list(base.shape), "transfer": rounded(transfer), "curve": curve,
+            "measured": {str(width): rounded(value) for width, value in measured.items()}}  # fmt: skip

@@ -23,23 +23,23 @@ from sd3coreml.compress.allocation import (
     total_effect,
     weight_values,
 )
+from sd3coreml.compress.settings import BUDGETS, FP16, CompressionSetting
 from sd3coreml.errors import PipelineError
-from sd3coreml.sensitivity.analysis import FORMAT, FP16
-
-BUDGET_KINDS = ("bits_per_weight", "bytes", "min_snr_db")
+from sd3coreml.sensitivity.analysis import FORMAT
 
 
 def parse_budget(text: str) -> Budget:
-    """`KIND=VALUE`, KIND one of BUDGET_KINDS."""
+    """`KIND=VALUE` as a budget setting's `budget_arg` writes it, checked by the setting's own rules."""
     kind, _, value = text.partition("=")
-    if kind not in BUDGET_KINDS or not value:
-        raise PipelineError(f"--budget {text!r}: write KIND=VALUE with KIND one of {', '.join(BUDGET_KINDS)}")
+    if kind not in BUDGETS or not value:
+        raise PipelineError(f"--budget {text!r}: write KIND=VALUE with KIND one of {', '.join(BUDGETS)}")
     try:
-        number = float(value)
+        number = int(value) if BUDGETS[kind].integer else float(value)
     except ValueError:
         raise PipelineError(f"--budget {text!r}: {value!r} is not a number") from None
+    _, number = CompressionSetting.budget_setting(kind, number, f"--budget {text!r}").budget
     if kind == "bytes":
-        return Budget(total_bytes=int(number))
+        return Budget(total_bytes=number)
     if kind == "bits_per_weight":
         return Budget(bits_per_weight=number)
     return Budget(max_effect=10 ** (-number / 10))

@@ -18,7 +18,7 @@ from pathlib import Path
 import yaml
 
 from sd3coreml.compress.recipes import check_recipes_fit
-from sd3coreml.compress.settings import CompressionSetting, checked_setting, recipe_bars
+from sd3coreml.compress.settings import CompressionSetting, checked_setting, fidelity_bars
 from sd3coreml.errors import PipelineError
 from sd3coreml.pipeline.config import check_recipe_files
 from sd3coreml.stages import ATTENTIONS, JOINT, BlockRange, check_attention, stage_ranges
@@ -168,7 +168,6 @@ def parse_attentions(entry: dict, key: str) -> tuple[str, ...]:
 
 def summary_plan(sweep: SweepPlan, rows: list[dict], config: dict) -> dict:
     """What `sweep-summary` reads: the rows (artifacts.sweep_rows), the bars and the device thresholds."""
-    thresholds = config["fidelity"]["min_psnr_db"]
-    bars = {**thresholds, **recipe_bars(sweep.settings(), thresholds)}  # each recipe has its own bar
+    bars = fidelity_bars(config["fidelity"]["min_psnr_db"], sweep.settings())  # each recipe has its own bar
     return {"sweep": sweep.name, "model": sweep.model, "rows": rows, "min_psnr_db": bars,
             "device": config["device"], "max_stage_weight_bytes": config["sweep"]["max_stage_weight_bytes"]}  # fmt: skip

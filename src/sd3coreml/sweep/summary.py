@@ -23,7 +23,7 @@ from sd3coreml.pipeline.artifacts import setting_of_package
 from sd3coreml.stages import JOINT
 from sd3coreml.sweep.bench_report import read_benchmark
 from sd3coreml.sweep.device_verdict import DEVICE_COLUMNS, VERDICTS, worst
-from sd3coreml.sweep.front import on_front
+from sd3coreml.sweep.front import SIZE, on_front, quality
 from sd3coreml.sweep.program_stats import attention_ops, largest_attention_scores, program_stats
 
 MIB = 1024 * 1024
@@ -253,8 +253,6 @@ def markdown(plan: dict, rows: list[dict], cost: dict) -> str:
 
 def front_lines(rows: list[dict]) -> list[str]:
     """The rows on the front, fewest MMDiT bytes first: the folders worth choosing between."""
-    from sd3coreml.sweep.front import SIZE, quality
-
     front = sorted((row for row in rows if row["on_front"]), key=lambda row: row[SIZE])
     return [f"- {row['layout']} {row['mode']}: {row[SIZE]:.2f} MiB of MMDiT weights, {quality(row):.2f} dB" +
             ("" if row["end_to_end_db"] != NOT_MEASURED else " (lowest stage PSNR; no end-to-end figure)")
