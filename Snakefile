@@ -12,6 +12,8 @@
 #   coremlsd3_<model>_packages/, coremlsd3_<model>/ (the folders)   reports/<folder>/ (their reports)
 #   calibration/<model>/<calibration>/, sensitivity/<model>/<calibration>/<piece>.per_tensor.json,
 #   recipes/<model>/recipe-<budget>{,.report}.json   a recipe made from a budget (rules/sensitivity.smk)
+#   calibration/text_encoders/p<hex>/, sensitivity/text_encoders/p<hex>/<encoder>.per_tensor.json,
+#   recipes/text_encoders/recipe-<budget>/{TextEncoder,TextEncoder2,report}.json   the text encoders' twins
 #   logs/ and benchmarks/ by job: <piece>, compress/<piece>.<setting>, fidelity/<piece>.<setting>, ...
 # <setting> is a compression setting's slug (fp16, int8_linear_symmetric_per_channel, recipe-bpw4.5, ...).
 

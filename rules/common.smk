@@ -32,6 +32,7 @@ from sd3coreml.pipeline.artifacts import (
     Artifacts,
     analysis_pieces,
     folder_name,
+    prompts_id,
 )
 from sd3coreml.pipeline.config import plan_models, schema_problem
 from sd3coreml.pipeline.disk import check_host, job_outputs, planned_memory
@@ -82,6 +83,8 @@ CALIBRATIONS = {
     for key, plan in MODELS.items()
 }
 CALIBRATION_WILDCARD = "|".join(map(re.escape, CALIBRATIONS.values()))
+# The text encoders' calibration is named by the prompts alone (rules/sensitivity.smk).
+TEXT_PROMPTS_ID = prompts_id(config["sensitivity"]["prompts"])
 CALIBRATION_PROMPTS = " ".join(f"--prompt {shlex.quote(prompt)}" for prompt in config["sensitivity"]["prompts"])
 # verify-package's and end-to-end's runner arguments: what predicts, and for Core ML under what.
 EXECUTOR_RUNNER = "executor"
@@ -273,6 +276,10 @@ def get_recipe_flags(wildcards):
 def get_model_analyses(wildcards):
     model = MODELS[wildcards.model]
     return [ART.analysis(model.key, CALIBRATIONS[model.key], piece) for piece in analysis_pieces(model.shape.depth)]
+
+
+def get_text_analyses(wildcards):
+    return [ART.text_analysis(TEXT_PROMPTS_ID, entry) for entry in TEXT_ENCODERS]
 
 
 def get_recipe_budget(wildcards):

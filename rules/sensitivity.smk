@@ -94,3 +94,93 @@ rule recipe_from_budget:
     shell:
         "python -m sd3coreml recipe-from-budget --analyses {input.analyses} --budget {params.budget}"
         " --out {output.recipe} --report {output.report} > {log} 2>&1"
+
+
+# The text encoders' twins (a budget given to compression.text_encoders): calibrated on the prompts
+# alone, each encoder analysed apart, and one budget allocated over both, a recipe per encoder.
+
+
+rule capture_text_calibration:
+    input:
+        components=config["components"],
+    output:
+        directory(ART.text_calibration()),
+    params:
+        code=step_code("capture-text-calibration"),
+        prompts=CALIBRATION_PROMPTS,
+        threads=config["sensitivity"]["threads"],
+        toolchain=TOOLCHAIN_FINGERPRINT,
+    log:
+        ART.job_log("text_calibration"),
+    benchmark:
+        ART.job_benchmark("text_calibration")
+    wildcard_constraints:
+        prompts=TEXT_PROMPTS_ID,
+    threads: config["sensitivity"]["threads"]
+    resources:
+        # CLIP-G alone in float32 is 2.8 GB at SD3 Medium size; the encoders run one at a time.
+        mem_mb=4000,
+    conda:
+        "../envs/convert.yaml"
+    shell:
+        "python -m sd3coreml capture-text-calibration --components {input.components} {params.prompts}"
+        " --threads {params.threads} --out {output} > {log} 2>&1"
+
+
+rule analyse_text_encoder:
+    input:
+        components=config["components"],
+        calibration=ART.text_calibration(),
+    output:
+        ART.text_analysis(),
+    params:
+        code=step_code("analyse-text-encoder"),
+        widths=config["sensitivity"]["widths"],
+        min_values=config["sensitivity"]["min_values"],
+        probe_widths=config["sensitivity"]["probe_widths"],
+        probe_samples=config["sensitivity"]["probe_samples"],
+        threads=config["sensitivity"]["threads"],
+        toolchain=TOOLCHAIN_FINGERPRINT,
+    log:
+        ART.job_log("text_analysis"),
+    benchmark:
+        ART.job_benchmark("text_analysis")
+    wildcard_constraints:
+        prompts=TEXT_PROMPTS_ID,
+    threads: config["sensitivity"]["threads"]
+    resources:
+        # CLIP-G in float32 (2.8 GB) and one group of weights (sensitivity/analysis.py: 1.75 GB at most).
+        mem_mb=5000,
+    conda:
+        "../envs/convert.yaml"
+    shell:
+        "python -m sd3coreml analyse-text-encoder --components {input.components} --calibration {input.calibration}"
+        " --encoder {wildcards.encoder} --widths {params.widths} --min-values {params.min_values}"
+        " --probe-widths {params.probe_widths} --probe-samples {params.probe_samples}"
+        " --threads {params.threads} --out {output} > {log} 2>&1"
+
+
+rule text_recipe_from_budget:
+    input:
+        analyses=get_text_analyses,
+    output:
+        TextEncoder=ART.text_recipe(encoder="TextEncoder"),
+        TextEncoder2=ART.text_recipe(encoder="TextEncoder2"),
+        report=ART.text_recipe(report=True),
+    params:
+        code=step_code("recipe-from-budget"),
+        budget=get_recipe_budget,
+    log:
+        ART.job_log("text_recipe"),
+    benchmark:
+        ART.job_benchmark("text_recipe")
+    wildcard_constraints:
+        compression=RECIPE_BUDGET_SLUG,
+    resources:
+        mem_mb=1000,
+    conda:
+        "../envs/convert.yaml"
+    shell:
+        "python -m sd3coreml recipe-from-budget --analyses {input.analyses} --budget {params.budget}"
+        " --recipe-of TextEncoder {output.TextEncoder} --recipe-of TextEncoder2 {output.TextEncoder2}"
+        " --report {output.report} > {log} 2>&1"

@@ -1,5 +1,6 @@
-"""A recipe made from a budget, on a copy of the session build: the 4-step packages folder with
-`compression.mmdit: {mode: recipe, budget: {bits_per_weight: 4}}` (issue 26's chain, end to end)."""
+"""Recipes made from budgets, on a copy of the session build: the 4-step packages folder with
+`compression.mmdit: {mode: recipe, budget: {bits_per_weight: 4}}` and the text encoders' own budget
+(issue 26's chains, end to end)."""
 
 import json
 import os
@@ -15,23 +16,25 @@ from sd3coreml.compress.weights import const_pattern, load_program
 from sd3coreml.convert.package import load_package
 
 BUDGET = {"mode": "recipe", "budget": {"bits_per_weight": 4}, "min_psnr_db": 26}
+TEXT_BUDGET = {"mode": "recipe", "budget": {"bits_per_weight": 6}, "min_psnr_db": 25}
 FOLDER = "results/demo/coremlsd3_4step_packages"
 
 
 @pytest.fixture(scope="module")
 def recipe_build(demo_workdir, tmp_path_factory):
     workdir = copy_of_build(demo_workdir, tmp_path_factory.mktemp("recipe"))
-    config = write_config(workdir, "recipe.yaml", compression={
-        "mmdit": BUDGET, "text_encoders": {"mode": "palettize", "nbits": 6, "granularity": "per_tensor"}})  # fmt: skip
+    config = write_config(workdir, "recipe.yaml", compression={"mmdit": BUDGET, "text_encoders": TEXT_BUDGET})
     result = snakemake(workdir, "-c2", "coremlsd3_4step_packages", config=config)
     return workdir, planned_jobs(result)
 
 
 def test_the_budget_plans_one_calibration_an_analysis_per_piece_one_recipe_and_its_packages(recipe_build):
     _, jobs = recipe_build
-    assert {rule: jobs.get(rule) for rule in ("capture_calibration", "analyse_weights", "recipe_from_budget",
-                                              "compress_by_recipe")} == {
-        "capture_calibration": 1, "analyse_weights": 5 + 2, "recipe_from_budget": 1, "compress_by_recipe": 5}
+    rules = ("capture_calibration", "analyse_weights", "recipe_from_budget", "capture_text_calibration",
+             "analyse_text_encoder", "text_recipe_from_budget", "compress_by_recipe")  # fmt: skip
+    assert {rule: jobs.get(rule) for rule in rules} == {
+        "capture_calibration": 1, "analyse_weights": 5 + 2, "recipe_from_budget": 1, "capture_text_calibration": 1,
+        "analyse_text_encoder": 2, "text_recipe_from_budget": 1, "compress_by_recipe": 5 + 2}  # fmt: skip
     # Nothing of the int8 folder is converted again: the fp16 packages are the session build's.
     assert not {rule for rule in jobs if rule.startswith("convert")}
 
@@ -79,6 +82,31 @@ def test_the_folder_records_the_recipe_and_passes_its_checks(recipe_build):
     assert fidelity["passed"] is True and fidelity["thresholds_db"]["recipe-bpw4"] == 26  # the recipe's own bar
     recipe_rows = [row for row in fidelity["outputs"] if ".recipe-bpw4." in row["package"]]
     assert len(recipe_rows) >= 5 and {row["min_psnr_db"] for row in recipe_rows} == {26}
+
+
+def test_each_text_encoder_gets_its_part_of_one_budget_over_both(recipe_build):
+    workdir, _ = recipe_build
+    made = workdir / "results/demo/recipes/text_encoders/recipe-bpw6"
+    report = json.loads((made / "report.json").read_text())
+    assert report["recipe"]["bits_per_weight"] <= 6 and report["pieces"] == ["TextEncoder", "TextEncoder2"]
+    manifest = json.loads((workdir / FOLDER / "manifest.json").read_text())
+    widths = set()
+    for entry in ("TextEncoder", "TextEncoder2"):
+        recipe = Recipe.read(made / f"{entry}.json", "test")
+        assert manifest["inputs"][f"recipe recipe-bpw6 {entry}"] == file_sha256(made / f"{entry}.json")
+        (package,) = (workdir / "results/demo/text_encoders").rglob(f"{entry}.recipe-bpw6.mlpackage")
+        luts = {op.name.removesuffix("_palettized"): op.lut.val.size
+                for function in load_program(load_package(package)).functions.values()
+                for op in function.find_ops(op_type="constexpr_lut_to_dense")}  # fmt: skip
+        assert len(luts) == len(recipe.weights) == 4
+        for tensor, setting in recipe.weights:
+            (const,) = [name for name in luts if const_pattern(tensor).fullmatch(name)]
+            assert luts[const] == 2**setting.nbits
+            widths.add(setting.nbits)
+    assert len(widths) > 1, "a recipe counts only if it differs from every uniform mode"
+    fidelity = json.loads((workdir / "results/demo/reports/coremlsd3_4step_packages/fidelity.json").read_text())
+    rows = [row for row in fidelity["outputs"] if ".recipe-bpw6." in row["package"]]
+    assert len(rows) == 4 and {row["min_psnr_db"] for row in rows} == {25}
 
 
 def test_the_calibration_repeats_with_another_hash_seed_and_omp_thread_count(recipe_build, tmp_path):

@@ -26,7 +26,10 @@ GROUPS = {
         "cleanup",
     ),
     "sd3coreml.commands.sweep": ("sweep-summary", "sweep-end-to-end", "profile-on-device", "bench-report"),
-    "sd3coreml.commands.sensitivity": ("capture-calibration", "analyse-weights", "recipe-from-budget"),
+    "sd3coreml.commands.sensitivity": (
+        "capture-calibration", "analyse-weights", "capture-text-calibration", "analyse-text-encoder",
+        "recipe-from-budget",
+    ),
 }  # fmt: skip
 # Step -> the command group module that registers it (code_closure.py reads this table).
 STEP_MODULES = {step: module for module, steps in GROUPS.items() for step in steps}

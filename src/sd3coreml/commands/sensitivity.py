@@ -1,7 +1,9 @@
-"""`capture-calibration`, `analyse-weights`, `recipe-from-budget`: compression chosen by measurement."""
+"""`capture-calibration`, `analyse-weights`, `recipe-from-budget` and their text encoders' twins:
+compression chosen by measurement."""
 
 from pathlib import Path
 
+from sd3coreml.errors import PipelineError
 from sd3coreml.frameworks import skip_unused_frameworks
 
 
@@ -21,6 +23,25 @@ def capture_calibration(args) -> None:
     capture_calibration(args.weights, args.config, args.components, chain, args.out)
 
 
+def capture_text_calibration(args) -> None:
+    skip_unused_frameworks("sklearn")
+    from sd3coreml.sensitivity.calibration import capture_text_calibration
+
+    fix_threads(args.threads)
+    capture_text_calibration(args.components, tuple(args.prompt), args.out)
+
+
+def analyse_text_encoder(args) -> None:
+    skip_unused_frameworks("sklearn")
+    from sd3coreml.atomic import write_json
+    from sd3coreml.sensitivity.text_encoders import analyse_text_encoder
+
+    fix_threads(args.threads)
+    record = analyse_text_encoder(args.components, args.calibration, args.encoder, args.widths, args.min_values,
+                                  args.probe_widths, args.probe_samples, args.threads)  # fmt: skip
+    write_json(args.out, record)
+
+
 def analyse_weights(args) -> None:
     skip_unused_frameworks("sklearn", "transformers")
     from sd3coreml.atomic import write_json
@@ -38,9 +59,17 @@ def recipe_from_budget(args) -> None:
     from sd3coreml.compress.recipes import Recipe, write_recipe
     from sd3coreml.sensitivity.budget import recipe_from_budget
 
-    recipe, report = recipe_from_budget(args.analyses, args.budget)
+    recipes, report = recipe_from_budget(args.analyses, args.budget)
+    outputs = {"": args.out} if args.out else dict(args.recipe_of or ())
+    if sorted(recipes) != sorted(outputs):
+        given = ", ".join(sorted(outputs)) or "the transformer (--out)"
+        raise PipelineError(f"the analyses hold weights of {', '.join(sorted(recipes)) or 'the transformer'}; "
+                            f"the command was given recipes for {given}: give --out for the transformer's pieces, "
+                            "--recipe-of ENTRY FILE for each text encoder")  # fmt: skip
+    recipe_files = {piece: Recipe.from_json(recipe, outputs[piece]) for piece, recipe in recipes.items()}
     write_json(args.report, report)
-    write_recipe(Recipe.from_json(recipe, args.out), args.out)
+    for piece, recipe in recipe_files.items():
+        write_recipe(recipe, outputs[piece])
 
 
 def register_cli(subparsers) -> None:
@@ -70,9 +99,31 @@ def register_cli(subparsers) -> None:
     step.add_argument("--out", type=Path, required=True, help="the sensitivity JSON to write")
     step.set_defaults(func=analyse_weights)
 
+    step = subparsers.add_parser("capture-text-calibration", help="what each text encoder receives and returns")
+    step.add_argument("--components", type=Path, required=True, help="SD3 components folder (text encoders, tokenizer)")
+    step.add_argument("--prompt", action="append", required=True, help="a calibration prompt (repeat for more)")
+    step.add_argument("--threads", type=int, default=1)
+    step.add_argument("--out", type=Path, required=True, help="the calibration folder to write")
+    step.set_defaults(func=capture_text_calibration)
+
+    step = subparsers.add_parser("analyse-text-encoder", help="each weight of one text encoder palettized alone")
+    step.add_argument("--components", type=Path, required=True)
+    step.add_argument("--calibration", type=Path, required=True, help="a capture-text-calibration folder")
+    step.add_argument("--encoder", required=True, help="the folder entry: TextEncoder or TextEncoder2")
+    step.add_argument("--widths", type=int, nargs="+", default=[1, 2, 4, 6, 8])
+    step.add_argument("--min-values", type=int, default=10_000, help="analyse weights of more values than this")
+    step.add_argument("--probe-widths", type=int, nargs="+", default=[4, 2])
+    step.add_argument("--probe-samples", type=int, default=2)
+    step.add_argument("--threads", type=int, default=1)
+    step.add_argument("--out", type=Path, required=True, help="the sensitivity JSON to write")
+    step.set_defaults(func=analyse_text_encoder)
+
     step = subparsers.add_parser("recipe-from-budget", help="a per-weight recipe from sensitivity records")
     step.add_argument("--analyses", type=Path, nargs="+", required=True)
     step.add_argument("--budget", required=True, help="bits_per_weight=X, bytes=N or min_snr_db=D")
-    step.add_argument("--out", type=Path, required=True, help="the recipe JSON to write")
+    recipes = step.add_mutually_exclusive_group(required=True)
+    recipes.add_argument("--out", type=Path, help="the recipe JSON to write (the transformer's pieces)")
+    recipes.add_argument("--recipe-of", nargs=2, action="append", metavar=("ENTRY", "FILE"),
+                         help="the recipe JSON of text encoder ENTRY to write (repeat for each)")  # fmt: skip
     step.add_argument("--report", type=Path, required=True, help="the report JSON to write")
     step.set_defaults(func=recipe_from_budget)

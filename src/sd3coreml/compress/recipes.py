@@ -1,6 +1,7 @@
 """Per-weight compression recipes: the JSON artifact, what it is checked against, and its setting.
 
-A recipe gives weights of the transformer their own compression, by checkpoint tensor name:
+A recipe gives weights of the transformer, or of a text encoder, their own compression, by
+checkpoint tensor name:
 
     {"format": "sd3coreml-recipe/1",
      "weights": {"transformer_blocks.0.attn.to_q.weight": {"nbits": 4, "granularity": "per_tensor"},
@@ -14,7 +15,9 @@ the entries of the weights that package holds (compress/weights.py). A recipe is
 content, `recipe-<first 12 hex digits of the sha256 of its canonical JSON>`, so spelling
 (key order, spaces, a left-out `mode`) does not change the name and an edit does.
 
-Before any job a recipe file is checked against each model's tensor table (`check_recipes_fit`):
+Before any job a recipe file is checked against the tensor table of each model it is given to, or
+of each text encoder (a text encoder's names are its own checkpoint's, e.g.
+`text_model.encoder.layers.0.mlp.fc1.weight`; `check_recipes_fit`):
 its names exist, are linear or convolution weights (2-D or 4-D), float, and large enough that
 coremltools compresses them at all. Torch-free: the workflow reads recipes at parse time.
 """
@@ -27,7 +30,18 @@ from functools import cached_property
 from pathlib import Path
 
 from sd3coreml.compress.palettes import EXACT_KMEANS_MIN_VALUES
-from sd3coreml.compress.settings import FP16, LINEAR, NONE, PALETTIZE, RECIPE, RECIPE_ID_DIGITS, CompressionSetting
+from sd3coreml.compress.settings import (
+    FP16,
+    LINEAR,
+    NONE,
+    PALETTIZE,
+    RECIPE,
+    RECIPE_ID_DIGITS,
+    TEXT_ENCODER_OVERRIDES,
+    TEXT_ENCODERS_KEY,
+    CompressionSetting,
+)
+from sd3coreml.contract import TEXT_ENCODERS
 from sd3coreml.errors import PipelineError
 from sd3coreml.inputs.checkpoint import load_transformer_config, read_tensor_table, sd3_tensor_shapes
 from sd3coreml.inputs.normalize import DIFFUSERS
@@ -156,7 +170,7 @@ class Recipe:
         for name, setting in self.weights:
             where = f"{self.path}{f' ({key})' if key else ''}: weights.{name}"
             if name not in table:
-                example = next((n for n in examples if ".attn.to_q." in n), examples[0] if examples else "")
+                example = next((n for n in examples if ".attn.to_q." in n or ".q_proj." in n), examples[0] if examples else "")
                 raise PipelineError(
                     f"{where} is no tensor of {model}; a recipe names checkpoint tensors, e.g. {example}"
                 )
@@ -202,11 +216,32 @@ def plan_table(plan) -> dict[str, dict]:
     return transformer_table(plan.config_path, plan.weights if header else None)
 
 
-def check_recipes_fit(settings, plans) -> None:
-    """Each recipe file among `settings` ((config key, setting) pairs) fits every model of `plans`; a
-    budget's recipe does not exist yet: its job makes it from the model's own weights."""
+def encoder_tables(components: Path) -> dict[str, tuple[Path, dict]]:
+    """{entry: (its folder, its tensor table)} of the text encoders `components` holds already; one
+    a job makes or downloads later is checked by its compress job (compress/weights.py)."""
+    tables = {}
+    for entry, name in TEXT_ENCODERS.items():
+        folder = Path(components) / name
+        files = sorted(folder.glob("*.safetensors"))
+        if files:
+            tables[entry] = (folder, {tensor: row for file in files for tensor, row in read_tensor_table(file).items()})
+    return tables
+
+
+def check_recipes_fit(settings, plans, components: Path | None = None) -> None:
+    """Each recipe file among `settings` ((config key, setting) pairs) fits what it is given to: the
+    transformer of every model of `plans`, or a text encoder of `components` (both for the family's
+    key). A budget's recipe does not exist yet: its job makes it from the weights themselves."""
     recipes = [(key, setting) for key, setting in settings if setting.mode == RECIPE and setting.budget is None]
-    for plan in plans if recipes else ():
+    transformer = [(key, setting) for key, setting in recipes if key != TEXT_ENCODERS_KEY and key not in TEXT_ENCODER_OVERRIDES]
+    for plan in plans if transformer else ():
         table = plan_table(plan)
-        for key, setting in recipes:
+        for key, setting in transformer:
             setting.recipe_content.check_fits(table, f"model '{plan.key}' ({plan.weights})", key)
+    encoders = [(key, setting) for key, setting in recipes if (key, setting) not in transformer]
+    tables = encoder_tables(components) if encoders and components is not None else {}
+    for key, setting in encoders:
+        for entry in [TEXT_ENCODER_OVERRIDES[key]] if key in TEXT_ENCODER_OVERRIDES else list(TEXT_ENCODERS):
+            if entry in tables:
+                folder, table = tables[entry]
+                setting.recipe_content.check_fits(table, f"text encoder {entry} ({folder})", key)

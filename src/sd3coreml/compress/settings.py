@@ -82,8 +82,10 @@ NO_EXACT_KMEANS = (
 )
 
 
-# Keys whose entries are text encoders: a recipe names the transformer's tensors.
-TEXT_ENCODER_KEYS = {"compression.text_encoders", *(f"compression.overrides.{entry}" for entry in TEXT_ENCODERS)}
+# Keys whose entries are text encoders: a recipe there names an encoder's tensors, and a budget is
+# allocated over both encoders at once, so only the family takes one.
+TEXT_ENCODERS_KEY = "compression.text_encoders"
+TEXT_ENCODER_OVERRIDES = {f"compression.overrides.{entry}": entry for entry in TEXT_ENCODERS}
 
 
 def _slug_head(mode: str, nbits) -> str:
@@ -127,8 +129,8 @@ class BudgetKind:
 
 # Each prefix holds a letter beyond f (bpw, bytes, snr): no budget's slug is a content's.
 BUDGETS = {
-    "bits_per_weight": BudgetKind("average bits per MMDiT weight", "bpw", maximum=16),
-    "bytes": BudgetKind("bytes of the MMDiT's weights", "bytes", integer=True, example="900000000"),
+    "bits_per_weight": BudgetKind("average bits per weight", "bpw", maximum=16),
+    "bytes": BudgetKind("bytes of the weights", "bytes", integer=True, example="900000000"),
     "min_snr_db": BudgetKind("the quality floor in dB", "snr", "dB", example="30"),
 }
 BUDGET_SLUGS = "|".join(kind.pattern for kind in BUDGETS.values())
@@ -478,7 +480,9 @@ def configured_recipe(slug: str, *sources) -> CompressionSetting:
 class FolderCompression:
     """A folder's compression (config `compression`): a setting per family, overridden per entry.
 
-    Recipes name the transformer's tensors, so only the MMDiT's entries take one.
+    A recipe file names the tensors of the entries it is given to (the transformer's, or a text
+    encoder's); a budget's recipe for the text encoders is allocated over both, so it is given
+    to the family, not to one encoder.
     """
 
     families: dict[str, CompressionSetting]
@@ -490,10 +494,10 @@ class FolderCompression:
 
         def parse(value, key):
             setting = checked_setting(value, key, target) if target else CompressionSetting.from_config(value, key)
-            if setting.mode == RECIPE and key in TEXT_ENCODER_KEYS:
+            if setting.budget is not None and key in TEXT_ENCODER_OVERRIDES:
                 raise PipelineError(
-                    f"config key '{key}': a recipe names the transformer's tensors, not a text encoder's; "
-                    "give the text encoders a uniform setting"
+                    f"config key '{key}': a budget's recipe is allocated over both text encoders at once; give "
+                    f"the budget to {TEXT_ENCODERS_KEY}, or this encoder a recipe file (mode recipe, file: PATH)"
                 )
             return setting
 

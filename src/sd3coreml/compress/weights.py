@@ -10,6 +10,7 @@ from pathlib import Path
 
 from sd3coreml.compress.palettes import EXACT_KMEANS_MIN_VALUES, PrecomputedPalettes
 from sd3coreml.compress.settings import LINEAR, NO_EXACT_KMEANS, PALETTIZE, RECIPE, CompressionSetting
+from sd3coreml.contract import INPUT_IDS
 from sd3coreml.convert.package import load_package, save_package
 from sd3coreml.errors import PipelineError
 
@@ -145,22 +146,36 @@ def const_pattern(tensor: str) -> re.Pattern:
     return re.compile(rf"(?:\w+_)?{re.escape(tensor.replace('.', '_'))}(?:{CAST_SUFFIX})?")
 
 
+def holds_whole_model(program) -> bool:
+    """A text encoder's package holds every weight of its checkpoint (it reads token ids); an MMDiT
+    piece's holds some of the transformer's."""
+    return any(INPUT_IDS in function.inputs for function in program.functions.values())
+
+
 def recipe_consts(program, recipe) -> dict[str, tuple[str, CompressionSetting]]:
     """{const name: (checkpoint tensor, setting)} for the weights of `program` the recipe names.
 
-    A name no const matches is a tensor of another package, and is left to it. Refused in one
-    line: a name matching two consts, a const matched by two names, a named weight too small for
-    its setting to compress.
+    In an MMDiT piece, a name no const matches is a tensor of another package, and is left to it;
+    in a text encoder, which holds all its weights, it is refused. Refused in one line too: a name
+    matching two consts, a const matched by two names, a named weight too small for its setting
+    to compress.
     """
     from sd3coreml.compress.recipes import COMPRESSED_ABOVE
 
     weights = weight_consts(program)
+    whole = holds_whole_model(program)
     named = {}
     for tensor, setting in recipe.weights:
         pattern = const_pattern(tensor)
         matches = sorted(name for name in weights if pattern.fullmatch(name))
         if len(matches) > 1:
             raise PipelineError(f"{recipe.path}: weights.{tensor} matches consts {matches[:2]} of one package")
+        if not matches and whole:
+            raise PipelineError(
+                f"{recipe.path}: weights.{tensor} is no weight this text encoder's package compresses (none of its "
+                "linear weights' consts); name this encoder's own linear weights, or give it its own recipe "
+                "(compression.overrides)"
+            )
         if not matches:
             continue
         const = matches[0]

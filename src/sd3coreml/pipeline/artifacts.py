@@ -63,6 +63,12 @@ ANALYSIS_BLOCK = "block{index}"
 ANALYSIS_PIECE_WILDCARD = "|".join((*ANALYSIS_PIECES, ANALYSIS_BLOCK.replace("{index}", r"\d+")))
 RECIPE = "recipes/{model}/{compression}.json"
 RECIPE_REPORT = "recipes/{model}/{compression}.report.json"
+# The text encoders' twins: calibrated on the prompts alone (p<hex digits>), a recipe per encoder
+# from one budget over both (their tensors share names), with one report.
+TEXT_CALIBRATION = "calibration/text_encoders/p{prompts}"
+TEXT_ANALYSIS = "sensitivity/text_encoders/p{prompts}/{encoder}.per_tensor.json"
+TEXT_RECIPE = "recipes/text_encoders/{compression}/{encoder}.json"
+TEXT_RECIPE_REPORT = "recipes/text_encoders/{compression}/report.json"
 # A job's name under logs/ and benchmarks/, by what it does to which artifact.
 JOBS = {
     "convert": "{path}",
@@ -75,6 +81,9 @@ JOBS = {
     "calibration": CALIBRATION,
     "analysis": ANALYSIS.removesuffix(".json"),
     "recipe": RECIPE.removesuffix(".json"),
+    "text_calibration": TEXT_CALIBRATION,
+    "text_analysis": TEXT_ANALYSIS.removesuffix(".json"),
+    "text_recipe": TEXT_RECIPE_REPORT.removesuffix("/report.json"),
 }
 # The synthetic inputs under output_root: the file name says which preset, distribution and seed.
 SYNTHETIC = {
@@ -145,10 +154,14 @@ def setting_of_package(package) -> CompressionSetting:
     return CompressionSetting.from_slug(split_package(Path(package).name.removesuffix(".mlpackage"))[-1])
 
 
+def prompts_id(prompts: list[str]) -> str:
+    """The first hex digits of the sha256 of the prompts' lines: what names a prompt set."""
+    return hashlib.sha256("\n".join(prompts).encode("utf-8")).hexdigest()[:PROMPTS_ID_DIGITS]
+
+
 def calibration_name(prompts: list[str], steps: int, shift: float, seed: int, latent) -> str:
     """`p1f0e3a9c-steps4-shift3-seed0-latent64x64`: what determines a model's calibration inputs."""
-    digest = hashlib.sha256("\n".join(prompts).encode("utf-8")).hexdigest()[:PROMPTS_ID_DIGITS]
-    return fill(CALIBRATION_NAME, prompts=digest, steps=steps, shift=f"{shift:g}", seed=seed, height=latent[0],
+    return fill(CALIBRATION_NAME, prompts=prompts_id(prompts), steps=steps, shift=f"{shift:g}", seed=seed, height=latent[0],
                 width=latent[1])  # fmt: skip
 
 
@@ -169,11 +182,17 @@ def check_outside_generated(path: str, root: str, key: str) -> None:
 
 
 def piece_model(path: str) -> str:
-    """The model of an MMDiT piece's path (`{path}` of a package): a recipe compresses those only."""
+    """The model of an MMDiT piece's path (`{path}` of a package)."""
     named = re.match(fill(MMDIT, model="([^/]+)") + "/", path)
     if not named:
-        raise PipelineError(f"{path}: no MMDiT piece; recipes compress the transformer's packages only")
+        raise PipelineError(f"{path}: neither an MMDiT piece nor a text encoder; recipes compress those only")
     return named[1]
+
+
+def text_encoder_of(path: str) -> str | None:
+    """The folder entry of a text encoder piece's path (`{path}` of a package), else None."""
+    named = re.fullmatch(fill(PIECES["text_encoder"], target="[^/]+", encoder="([^/]+)"), path)
+    return named[1] if named and named[1] in TEXT_ENCODERS else None
 
 
 def sums_path(root: str, folder: str) -> str:
@@ -287,6 +306,18 @@ class Artifacts:
         """A budget's recipe made for `model`, or (`report`) what its job reports of it."""
         return self.under_root(fill(RECIPE_REPORT if report else RECIPE, model=model, compression=slug))
 
+    def text_calibration(self, prompts: str = "{prompts}") -> str:
+        return self.under_root(fill(TEXT_CALIBRATION, prompts=prompts))
+
+    def text_analysis(self, prompts: str = "{prompts}", encoder: str = "{encoder}") -> str:
+        return self.under_root(fill(TEXT_ANALYSIS, prompts=prompts, encoder=encoder))
+
+    def text_recipe(self, slug: str = "{compression}", encoder: str = "{encoder}", report: bool = False) -> str:
+        """A budget's recipe made for text encoder `encoder`, or (`report`) what its job reports of both."""
+        if report:
+            return self.under_root(fill(TEXT_RECIPE_REPORT, compression=slug))
+        return self.under_root(fill(TEXT_RECIPE, compression=slug, encoder=encoder))
+
     def calibration_name(self, sensitivity: dict, steps: int, shift: float) -> str:
         """The calibration of a model sampled in `steps` at `shift`, under config `sensitivity`."""
         return calibration_name(sensitivity["prompts"], steps, shift, sensitivity["seed"], self.latent)
@@ -296,14 +327,23 @@ class Artifacts:
         model of the package's piece `path`."""
         if setting.budget is None:
             return setting
+        encoder = text_encoder_of(path)
+        if encoder:
+            return replace(setting, file=self.text_recipe(setting.slug, encoder))
         return replace(setting, file=self.recipe(piece_model(path), setting.slug))
 
     def generated_recipes(self, model: str, ranges) -> dict[str, str]:
-        """slug -> file of each budget's recipe a model's folder packages are compressed by (recorded in
-        its manifest); none for other settings."""
+        """Label -> file of each budget's recipe a model's folder packages are compressed by (recorded in
+        its manifest): the slug for the transformer's, `<slug> <entry>` for a text encoder's; none
+        for other settings."""
         entries = [CONDITIONING, *(STAGE.format(index=index) for index in range(len(ranges) + 1))]
         budgets = {setting.slug for entry in entries if (setting := self.compression_of(entry, "mmdit")).budget}
-        return {slug: self.recipe(model, slug) for slug in sorted(budgets)}
+        recipes = {slug: self.recipe(model, slug) for slug in sorted(budgets)}
+        for entry in TEXT_ENCODERS:
+            setting = self.compression_of(entry, "text_encoders")
+            if setting.budget:
+                recipes[f"{setting.slug} {entry}"] = self.text_recipe(setting.slug, entry)
+        return dict(sorted(recipes.items()))
 
     def job_log(self, kind: str, **values) -> str:
         return self.log(job_stem(kind, **values))

@@ -313,6 +313,6 @@ def plan_models(config: dict) -> dict[str, ModelPlan]:
     models = config["models"]
     plans = {key: plan_model(config, key, generated or Path(models[key]["weights"]) in downloaded) for key in models}
     check_overrides(config, {key: len(plan.ranges) + 1 for key, plan in plans.items()})
-    # A recipe names checkpoint tensors: every model's must hold them.
-    check_recipes_fit(compression.settings(), plans.values())
+    # A recipe names checkpoint tensors: every model's (or text encoder's) it is given to must hold them.
+    check_recipes_fit(compression.settings(), plans.values(), components)
     return plans

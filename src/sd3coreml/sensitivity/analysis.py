@@ -150,13 +150,7 @@ def eligible_linears(module, min_values: int) -> dict:
             if isinstance(linear, nn.Linear) and linear.weight.numel() > min_values}  # fmt: skip
 
 
-def analyse_piece(weights, config_path, calibration, piece, widths, min_values, probe_widths, probe_samples, threads):
-    """The piece's sensitivity record (see the module's docstring); `widths` palette widths."""
-    import torch
-
-    from sd3coreml.inputs.checkpoint import load_transformer_config
-    from sd3coreml.inputs.geometry import MMDiTShape
-
+def check_widths(widths, min_values: int, probe_widths) -> None:
     if min_values < EXACT_KMEANS_MIN_VALUES:
         raise PipelineError(
             f"sensitivity.min_values is {min_values}; coremltools palettizes only weights of more than "
@@ -165,32 +159,88 @@ def analyse_piece(weights, config_path, calibration, piece, widths, min_values, 
     missing = [width for width in probe_widths if width not in widths]
     if missing:
         raise PipelineError(f"sensitivity.probe_widths holds {missing[0]}, which is not among widths {list(widths)}")
+
+
+def probe_indices(count: int, probe_samples: int) -> list[int]:
+    """`probe_samples` samples spread evenly over `count`, first and last included."""
+    return sorted({round(i * (count - 1) / max(1, probe_samples - 1)) for i in range(min(probe_samples, count))})
+
+
+# What one group of weights analysed together may hold (weight_groups): their Gram matrices (float64)
+# and their palettized copies (fp16, one per width). A joint block of SD3 Medium is one group;
+# CLIP-G's 32 layers are several, each paying one more pass over the samples.
+GROUP_GRAM_BYTES = 1 << 30
+GROUP_PALETTE_BYTES = 3 << 28
+
+
+def weight_groups(linears: dict, widths) -> list[dict]:
+    """`linears` cut, in order, into groups within the memory bounds above."""
+    groups, current, grams, palettes = [], {}, 0, 0
+    for name, linear in linears.items():
+        out_features, in_features = linear.weight.shape
+        gram, palette = 8 * in_features * in_features, 2 * out_features * in_features * len(widths)
+        if current and (grams + gram > GROUP_GRAM_BYTES or palettes + palette > GROUP_PALETTE_BYTES):
+            groups.append(current)
+            current, grams, palettes = {}, 0, 0
+        current[name] = linear
+        grams, palettes = grams + gram, palettes + palette
+    return [*groups, current] if current else groups
+
+
+def gathered_grams(module, call, all_samples: list, linears: dict) -> dict:
+    """{name: the Gram matrix of that linear's inputs over `all_samples`}, by one pass over them."""
+    import torch
+
+    grams = Grams(linears)
+    try:
+        with torch.no_grad():  # only the hooks' sums are wanted of this pass
+            for sample in all_samples:
+                call(module, sample)
+    finally:
+        grams.remove()
+    return grams.grams
+
+
+def weight_records(module, call, all_samples: list, probe_batch: list, effect, linears: dict, widths, probe_widths,
+                   threads: int) -> dict:  # fmt: skip
+    """{weight name: its record (weight_record)} for `linears` (name -> nn.Linear of `module`).
+
+    `call(module, sample)` runs the module; the Gram matrices gather over `all_samples`, the probes
+    run `probe_batch`, and `effect(reference, outputs)` is what a probe measures at the module's
+    outputs (lists over the batch of lists of tensors). The reference is the fp16 package's weights.
+    A weight's record does not depend on the group it is measured in.
+    """
+    import torch
+
+    refuse_non_finite(linears)
+    with torch.no_grad():
+        for linear in linears.values():
+            linear.weight.copy_(linear.weight.half().float())
+    reference = run(module, call, probe_batch)
+    records = {}
+    for group in weight_groups(linears, widths):
+        grams = gathered_grams(module, call, all_samples, group)
+        palettes = palettes_of(group, widths, threads)
+        for name, linear in group.items():
+            records[name] = weight_record(name, linear, grams.pop(name).float(), palettes.pop(name), probe_widths,
+                                          lambda: effect(reference, run(module, call, probe_batch)))  # fmt: skip
+    return records
+
+
+def analyse_piece(weights, config_path, calibration, piece, widths, min_values, probe_widths, probe_samples, threads):
+    """The piece's sensitivity record (see the module's docstring); `widths` palette widths."""
+    from sd3coreml.inputs.checkpoint import load_transformer_config
+    from sd3coreml.inputs.geometry import MMDiTShape
+
+    check_widths(widths, min_values, probe_widths)
     description = read_description(calibration)
     shape = MMDiTShape.from_config(load_transformer_config(config_path), *description["latent"])
     module, call = build_piece(piece, shape, weights)
     inputs = read_piece_inputs(calibration, piece)
     count = len(next(iter(inputs.values())))
-    linears = eligible_linears(module, min_values)
-    refuse_non_finite(linears)
-    with torch.no_grad():
-        for linear in linears.values():  # the reference is the fp16 package's weights
-            linear.weight.copy_(linear.weight.half().float())
-    grams = Grams(linears)
-    try:
-        with torch.no_grad():  # only the hooks' sums are wanted of this pass
-            for sample in samples(inputs, range(count)):
-                call(module, sample)
-    finally:
-        grams.remove()
-    probes = sorted({round(i * (count - 1) / max(1, probe_samples - 1)) for i in range(min(probe_samples, count))})
-    batch = samples(inputs, probes)
-    reference = run(module, call, batch)
-    palettes = palettes_of(linears, widths, threads)
-    records = {}
-    for name, linear in linears.items():
-        gram = grams.grams[name].float()
-        records[name] = weight_record(name, linear, gram, palettes[name], probe_widths,
-                                      lambda: nsr(reference, run(module, call, batch)))  # fmt: skip
+    probes = probe_indices(count, probe_samples)
+    records = weight_records(module, call, samples(inputs, range(count)), samples(inputs, probes), nsr,
+                             eligible_linears(module, min_values), widths, probe_widths, threads)  # fmt: skip
     return {"format": FORMAT, "piece": piece, "calibration": description, "probe_samples": probes,
             "samples": count, "widths": list(widths), "probe_widths": list(probe_widths),
             "effect": "predicted noise-to-signal ratio at the piece's output, against the fp16 weights",

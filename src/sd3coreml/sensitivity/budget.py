@@ -1,8 +1,10 @@
 """A recipe from a budget: the pieces' sensitivity records -> curves -> widths -> recipe and report.
 
-A budget is one of `bits_per_weight` (average over the analysed weights), `bytes` (the analysed
-weights' bytes) or `min_snr_db` (a floor on the predicted signal-to-noise ratio, summed over the
-pieces: -10 log10 of the summed effects). The allocation spans every piece at once
+The analyses are the MMDiT's pieces, or both text encoders (whose weights' names are qualified by
+their entry, and whose recipes are written one per encoder). A budget is one of `bits_per_weight`
+(average over the analysed weights), `bytes` (the analysed weights' bytes) or `min_snr_db` (a
+floor on the predicted signal-to-noise ratio, summed over the pieces: -10 log10 of the summed
+effects). The allocation spans every piece at once
 (compress/allocation.py). The report sets the recipe beside what the same records predict for
 ml-stable-diffusion's per-layer threshold rule at (nearly) the same bytes and for each uniform
 width, and shows, per probe width, how the predicted effect compares with the one measured at
@@ -24,6 +26,7 @@ from sd3coreml.compress.allocation import (
     weight_values,
 )
 from sd3coreml.compress.settings import BUDGETS, FP16, CompressionSetting
+from sd3coreml.contract import TEXT_ENCODERS
 from sd3coreml.errors import PipelineError
 from sd3coreml.sensitivity.analysis import FORMAT
 
@@ -65,11 +68,18 @@ def read_records(paths) -> list[dict]:
     return records
 
 
+def curve_name(piece: str, name: str) -> str:
+    """A weight's name in one allocation: a text encoder's is qualified by its entry, as both
+    encoders name their tensors alike (`TextEncoder2/text_model.encoder.layers.0.mlp.fc1.weight`)."""
+    return f"{piece}/{name}" if piece in TEXT_ENCODERS else name
+
+
 def curves_of(records) -> dict:
     """{weight: {width: (bytes, effect)}}, widths as ints or "fp16"."""
     curves = {}
     for record in records:
-        for name, weight in record["weights"].items():
+        for tensor, weight in record["weights"].items():
+            name = curve_name(record["piece"], tensor)
             if name in curves:
                 raise PipelineError(f"weight {name} is in two analyses; give each piece once")
             curves[name] = {
@@ -117,8 +127,18 @@ def correlation(pairs) -> float:
     return sxy / math.sqrt(sxx * syy) if sxx > 0 and syy > 0 else 1.0
 
 
-def recipe_from_budget(analyses, budget_text: str) -> tuple[dict, dict]:
-    """(recipe JSON, report) for the budget over the analyses' weights."""
+def recipes_by_piece(widths: dict) -> dict[str, dict]:
+    """{text encoder entry, or "" for the transformer: its recipe JSON} of the chosen widths."""
+    grouped = {}
+    for name, width in widths.items():
+        piece, _, tensor = name.partition("/") if name.split("/", 1)[0] in TEXT_ENCODERS else ("", "", name)
+        grouped.setdefault(piece, {})[tensor] = width
+    return {piece: recipe_of(group) for piece, group in sorted(grouped.items())}
+
+
+def recipe_from_budget(analyses, budget_text: str) -> tuple[dict[str, dict], dict]:
+    """({piece: recipe JSON}, report) for the budget over the analyses' weights, allocated over all of
+    them at once: one recipe for the transformer's pieces (piece ""), one per text encoder."""
     records = read_records(analyses)
     curves = round_curves(curves_of(records))
     widths = allocate(curves, parse_budget(budget_text))
@@ -135,4 +155,4 @@ def recipe_from_budget(analyses, budget_text: str) -> tuple[dict, dict]:
         "prediction_check": prediction_check(records),
         "pieces": sorted(record["piece"] for record in records),
     }
-    return recipe_of(widths), report
+    return recipes_by_piece(widths), report

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from sd3coreml.atomic import written_atomically
-from sd3coreml.contract import TEXT_ENCODERS
+from sd3coreml.contract import HIDDEN_EMBEDS, INPUT_IDS, POOLED_OUTPUTS, TEXT_ENCODERS
 from sd3coreml.errors import PipelineError
 
 FORMAT = "sd3coreml-calibration/1"
@@ -66,26 +66,37 @@ class ChainSettings:
                 "seed": self.seed, "latent": list(self.latent)}  # fmt: skip
 
 
-def encode_prompts(components: Path, prompts, joint_attention_dim: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Each prompt as the MMDiT receives it: (tokens (1, C, 1, 154), pooled (1, 2048, 1, 1)), float32."""
+def encoder_outputs(components: Path, prompts) -> dict[str, dict[str, np.ndarray]]:
+    """What each text encoder receives and returns for every prompt, in float32, stacked over the
+    prompts: {entry: {input_ids (N, 77), hidden_embeds (N, 77, C), pooled_outputs (N, P)}}."""
     import torch
 
     from sd3coreml.convert.text_encoder import TextEncoderForApp, load_text_encoder
-    from sd3coreml.verify.end_to_end.app_chain import as_mmdit_inputs, prompt_embeddings
     from sd3coreml.verify.end_to_end.app_tokenizer import app_token_ids
 
     ids = [app_token_ids(components / "tokenizer", prompt) for prompt in prompts]
-    outputs = [{} for _ in prompts]
-    for name, folder in TEXT_ENCODERS.items():  # one at a time: CLIP-G alone is 2.8 GB in float32
+    outputs = {}
+    for entry, folder in TEXT_ENCODERS.items():  # one at a time: CLIP-G alone is 2.8 GB in float32
         encoder = TextEncoderForApp(load_text_encoder(components / folder))
+        batch = np.array([prompt[entry] for prompt in ids], dtype=np.float32)
         with torch.no_grad():
-            for prompt, output in zip(ids, outputs):
-                hidden, pooled = encoder(torch.tensor([prompt[name]], dtype=torch.float32))
-                output[name] = {"hidden_embeds": hidden.numpy(), "pooled_outputs": pooled.numpy()}
+            hidden, pooled = zip(*(encoder(torch.from_numpy(row[None])) for row in batch))
+        outputs[entry] = {INPUT_IDS: batch, HIDDEN_EMBEDS: torch.cat(hidden).numpy(),
+                          POOLED_OUTPUTS: torch.cat(pooled).numpy()}  # fmt: skip
         del encoder
-    encoded = [as_mmdit_inputs(*prompt_embeddings(*(output[name] for name in TEXT_ENCODERS), joint_attention_dim))
-               for output in outputs]  # fmt: skip
-    return encoded
+    return outputs
+
+
+def encode_prompts(components: Path, prompts, joint_attention_dim: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Each prompt as the MMDiT receives it: (tokens (1, C, 1, 154), pooled (1, 2048, 1, 1)), float32."""
+    from sd3coreml.verify.end_to_end.app_chain import as_mmdit_inputs, prompt_embeddings
+
+    outputs = encoder_outputs(components, prompts)
+    per_prompt = [
+        [{name: outputs[entry][name][i : i + 1] for name in (HIDDEN_EMBEDS, POOLED_OUTPUTS)} for entry in TEXT_ENCODERS]
+        for i in range(len(prompts))
+    ]
+    return [as_mmdit_inputs(*prompt_embeddings(*encoders, joint_attention_dim)) for encoders in per_prompt]
 
 
 class PieceInputs:
@@ -164,6 +175,40 @@ def capture_calibration(weights, config_path, components, chain: ChainSettings, 
         samples = [{"prompt": p, "step": s} for p in range(len(chain.prompts)) for s in range(chain.steps)]
         description = {**chain.describe(), "samples": samples}
         (folder / DESCRIPTION).write_text(json.dumps(description, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def capture_text_calibration(components, prompts, out: Path) -> None:
+    """Write the text encoders' calibration folder `out`: what the app feeds each encoder (its
+    tokenizer's ids) and what the encoder returns, one safetensors file per folder entry; the
+    outputs are the references an encoder's analysis measures its effect against."""
+    import torch
+
+    from sd3coreml.inputs.checkpoint import save_safetensors
+
+    if not prompts:
+        raise PipelineError("sensitivity.prompts is empty; give at least one prompt to calibrate with")
+    outputs = encoder_outputs(Path(components), prompts)
+    with written_atomically(Path(out)) as folder:
+        folder.mkdir()
+        for entry, tensors in outputs.items():
+            save_safetensors({name: torch.from_numpy(np.ascontiguousarray(value)) for name, value in tensors.items()},
+                             folder / f"{entry}.safetensors")  # fmt: skip
+        description = {"format": FORMAT, "prompts": list(prompts), "encoders": list(TEXT_ENCODERS)}
+        (folder / DESCRIPTION).write_text(json.dumps(description, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def read_encoder_calibration(calibration: Path, entry: str) -> dict[str, np.ndarray]:
+    """One text encoder's calibration: input_ids, hidden_embeds, pooled_outputs over the prompts."""
+    from safetensors.numpy import load_file
+
+    path = Path(calibration) / f"{entry}.safetensors"
+    if not path.is_file():
+        raise PipelineError(f"{path}: missing; the calibration folder {calibration} is incomplete, rerun its job")
+    tensors = load_file(str(path))
+    expected = sorted((INPUT_IDS, HIDDEN_EMBEDS, POOLED_OUTPUTS))
+    if sorted(tensors) != expected:
+        raise PipelineError(f"{path}: holds {sorted(tensors)}, not {expected}; rerun the calibration job")
+    return tensors
 
 
 def read_piece_inputs(calibration: Path, piece: str) -> dict[str, np.ndarray]:

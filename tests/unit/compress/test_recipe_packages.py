@@ -163,3 +163,36 @@ def test_no_tensor_name_written_as_a_const_ends_another(config):
     endings = {name[index + 1 :] for name in names for index, char in enumerate(name) if char == "_"}
     assert len(names) == len(table) > 600 and "attn_to_q_weight" in endings
     assert not names & endings
+
+
+def test_a_text_encoders_package_holds_every_weight_its_recipe_names(tmp_path):
+    """A text encoder's package reads token ids and holds its whole checkpoint: a name matching no
+    const there is a mistake, where an MMDiT piece leaves it to another piece."""
+    import coremltools as ct
+    from coremltools.converters.mil import Builder as mb
+
+    from sd3coreml.compress.weights import recipe_consts
+
+    fc1 = np.random.default_rng(0).standard_normal((WIDTH, WIDTH)).astype(np.float16)
+
+    def program(input_name: str):
+        @mb.program(input_specs=[mb.TensorSpec((1, WIDTH))], opset_version=ct.target.iOS18)
+        def encoder(x):
+            weight = mb.const(val=fc1, name="text_model_encoder_layers_0_mlp_fc1_weight_to_fp16")
+            return mb.linear(x=x, weight=weight)
+
+        encoder.functions["main"].inputs[input_name] = encoder.functions["main"].inputs.pop("x")
+        return encoder
+
+    named = "text_model.encoder.layers.0.mlp.fc1.weight"
+    recipe = recipe_setting(tmp_path, {named: {"nbits": 4}, "text_model.encoder.layers.1.mlp.fc1.weight": {"nbits": 2}})
+    with pytest.raises(PipelineError) as error:
+        recipe_consts(program("input_ids"), recipe.recipe_content)
+    assert str(error.value) == (
+        f"{tmp_path / 'r.json'}: weights.text_model.encoder.layers.1.mlp.fc1.weight is no weight this text encoder's "
+        "package compresses (none of its linear weights' consts); name this encoder's own linear weights, or give "
+        "it its own recipe (compression.overrides)"
+    )
+    assert list(recipe_consts(program("latent_image_embeddings"), recipe.recipe_content).values()) == [
+        (named, recipe.recipe_content.setting_for(named))
+    ]

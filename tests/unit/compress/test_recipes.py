@@ -160,9 +160,37 @@ def test_a_config_with_a_recipe_is_planned_and_a_recipe_that_does_not_fit_is_ref
     )
     with pytest.raises(PipelineError, match=r"^recipe.json: key 'default' \(palettize, per_grouped_channel\) needs"):
         plan_models(with_recipe(GOOD) | {"conversion_target": "iOS17", "compiler": {"deployment_target": "17.0"}})
-    recipe = {"mode": "recipe", "file": "recipe.json"}
-    with pytest.raises(PipelineError, match=r"^config key 'compression.overrides.TextEncoder': a recipe names"):
-        plan_models(with_recipe(GOOD, overrides={"TextEncoder": recipe}))
+
+
+def test_a_text_encoders_recipe_is_checked_against_each_encoder_it_is_given_to(tmp_path):
+    """A family's recipe must fit both encoders; an override's, its own (tables from the components' headers)."""
+    from sd3coreml.compress.recipes import check_recipes_fit
+
+    components = tmp_path / "components"
+    for folder, layers in (("text_encoder", 1), ("text_encoder_2", 2)):
+        (components / folder).mkdir(parents=True)
+        tensors = {f"text_model.encoder.layers.{i}.mlp.fc1.weight": np.zeros((256, 64), np.float16) for i in range(layers)}
+        save_file({**tensors, "text_model.final_layer_norm.weight": np.zeros(64, np.float16)},
+                  str(components / folder / "model.safetensors"))  # fmt: skip
+    clip_g = written(tmp_path, {**GOOD, "weights": {"text_model.encoder.layers.1.mlp.fc1.weight": {"nbits": 4}}})
+
+    def check(compression: dict):
+        settings = FolderCompression.from_config({"mmdit": {"mode": "none"}, **compression}).settings()
+        check_recipes_fit(settings, [], components)
+
+    given = {"mode": "recipe", "file": str(clip_g)}
+    check({"overrides": {"TextEncoder2": given}})
+    with pytest.raises(PipelineError) as error:
+        check({"text_encoders": given})
+    assert str(error.value) == (
+        f"{clip_g} (compression.text_encoders): weights.text_model.encoder.layers.1.mlp.fc1.weight is no tensor of "
+        f"text encoder TextEncoder ({components / 'text_encoder'}); a recipe names checkpoint tensors, e.g. "
+        "text_model.encoder.layers.0.mlp.fc1.weight"
+    )
+    rank1 = written(tmp_path, {**GOOD, "weights": {"text_model.final_layer_norm.weight": {"nbits": 4}}}, "rank1.json")
+    with pytest.raises(PipelineError, match=r"weights.text_model.final_layer_norm.weight is a 1-D tensor \[64\] of "
+                                            r"text encoder TextEncoder "):  # fmt: skip
+        check({"text_encoders": {"mode": "recipe", "file": str(rank1)}})
 
 
 def test_a_sweep_mode_may_be_a_recipe_checked_against_the_sweeps_model(workdir):

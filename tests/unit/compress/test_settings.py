@@ -183,17 +183,23 @@ def test_bad_recipe_settings_name_their_key(value, message, tmp_path, monkeypatc
     assert str(error.value).startswith(message) and "\n" not in str(error.value)
 
 
-def test_only_the_mmdits_entries_take_a_recipe(tmp_path):
+def test_every_entry_takes_a_recipe_file_and_only_the_text_encoders_family_a_budget(tmp_path):
     import json
 
     (tmp_path / "r.json").write_text(json.dumps(RECIPE_JSON))
     recipe = {"mode": "recipe", "file": str(tmp_path / "r.json")}
-    for config, key in (({"text_encoders": recipe}, "compression.text_encoders"),
-                        ({"overrides": {"TextEncoder2": recipe}}, "compression.overrides.TextEncoder2")):  # fmt: skip
-        with pytest.raises(PipelineError, match=rf"^config key '{key}': a recipe names the transformer's tensors"):
-            FolderCompression.from_config({"mmdit": {"mode": "none"}, **config})
-    compression = FolderCompression.from_config({"mmdit": {"mode": "none"}, "overrides": {"Conditioning": recipe}})
-    assert compression.for_entry("Conditioning", "mmdit").mode == "recipe"
+    for config, entry in (({"text_encoders": recipe}, "TextEncoder"), ({"overrides": {"TextEncoder2": recipe}}, "TextEncoder2"),
+                          ({"overrides": {"Conditioning": recipe}}, "Conditioning")):  # fmt: skip
+        compression = FolderCompression.from_config({"mmdit": {"mode": "none"}, "text_encoders": {"mode": "none"}, **config})
+        family = "mmdit" if entry == "Conditioning" else "text_encoders"
+        assert compression.for_entry(entry, family).mode == "recipe"
+    budget = {"mode": "recipe", "budget": {"bits_per_weight": 6}}
+    with pytest.raises(PipelineError) as error:
+        FolderCompression.from_config({"mmdit": {"mode": "none"}, "overrides": {"TextEncoder2": budget}})
+    assert str(error.value) == (
+        "config key 'compression.overrides.TextEncoder2': a budget's recipe is allocated over both text encoders at "
+        "once; give the budget to compression.text_encoders, or this encoder a recipe file (mode recipe, file: PATH)"
+    )
 
 
 BUDGET_CASES = [
@@ -255,7 +261,7 @@ def test_the_job_takes_whatever_recipe_was_made_for_a_budget(tmp_path):
 
 
 KEY = "config key 'compression.mmdit.budget"
-BPW = "average bits per MMDiT weight as a number above 0 and at most 16, e.g. 4.5"
+BPW = "average bits per weight as a number above 0 and at most 16, e.g. 4.5"
 SIX_DIGITS = "a recipe's name keeps 6 significant digits"
 ONE = "{bits_per_weight: 4.5} or {bytes: 900000000} or {min_snr_db: 30}"
 
@@ -263,12 +269,12 @@ ONE = "{bits_per_weight: 4.5} or {bytes: 900000000} or {min_snr_db: 30}"
 @pytest.mark.parametrize(
     "budget, message",
     [
-        ({"bits_per_weight": 17}, f"{KEY}.bits_per_weight' is 17; write average bits per MMDiT weight as a number"),
+        ({"bits_per_weight": 17}, f"{KEY}.bits_per_weight' is 17; write average bits per weight as a number"),
         ({"bits_per_weight": 16.5}, f"{KEY}.bits_per_weight' is 16.5; write {BPW}"),
         ({"bits_per_weight": 0}, f"{KEY}.bits_per_weight' is 0; write"),
         ({"bits_per_weight": "4"}, f"{KEY}.bits_per_weight' is '4'; write"),
         ({"bits_per_weight": 4.1234567}, f"{KEY}.bits_per_weight' is 4.1234567; {SIX_DIGITS}: write 4.12346"),
-        ({"bytes": 1.5e9}, f"{KEY}.bytes' is 1500000000.0; write bytes of the MMDiT's weights as an integer above 0"),
+        ({"bytes": 1.5e9}, f"{KEY}.bytes' is 1500000000.0; write bytes of the weights as an integer above 0"),
         ({"bytes": True}, f"{KEY}.bytes' is True; write"),
         ({"min_snr_db": float("inf")}, f"{KEY}.min_snr_db' is inf; write the quality floor in dB"),
         ({"min_snr_db": -3}, f"{KEY}.min_snr_db' is -3; write"),
@@ -295,10 +301,10 @@ def test_a_recipe_is_a_file_or_a_budget_and_a_slug_has_one_spelling(tmp_path):
         CompressionSetting.from_slug("recipe-bpw20")
 
 
-def test_a_budgets_recipe_compresses_the_mmdit_only_and_is_found_by_its_slug():
+def test_a_budgets_recipe_is_found_by_its_slug():
     budget = {"mode": "recipe", "budget": {"bits_per_weight": 4.5}}
-    with pytest.raises(PipelineError, match=r"^config key 'compression.text_encoders': a recipe names the transformer's"):
-        FolderCompression.from_config({"mmdit": {"mode": "none"}, "text_encoders": budget})
+    text = FolderCompression.from_config({"mmdit": {"mode": "none"}, "text_encoders": budget})
+    assert configured_recipe("recipe-bpw4.5", text).budget == ("bits_per_weight", 4.5)
     compression = FolderCompression.from_config({"mmdit": budget, "text_encoders": {"mode": "none"}}, "iOS18")
     assert configured_recipe("recipe-bpw4.5", compression) == CompressionSetting.from_config(budget)
     assert compression.to_config()["mmdit"] == {"mode": "recipe", "budget": {"bits_per_weight": 4.5}}

@@ -83,8 +83,10 @@ def test_a_budgets_package_reads_the_recipe_made_for_its_model():
     made = art.recipe_for_package("mmdit/2step/iOS18/latent16x16/blocks0-1", setting)
     assert made.file == "results/x/recipes/2step/recipe-bpw4.5.json"
     assert made.flags == "--compression recipe-bpw4.5 --recipe results/x/recipes/2step/recipe-bpw4.5.json"
-    with pytest.raises(PipelineError, match=r"^text_encoders/iOS18/TextEncoder: no MMDiT piece"):
-        art.recipe_for_package("text_encoders/iOS18/TextEncoder", setting)
+    text = art.recipe_for_package("text_encoders/iOS18/TextEncoder2", setting)
+    assert text.file == "results/x/recipes/text_encoders/recipe-bpw4.5/TextEncoder2.json"
+    with pytest.raises(PipelineError, match=r"^vae/iOS18/latent16x16/VAEDecoder: neither an MMDiT piece nor a text"):
+        art.recipe_for_package("vae/iOS18/latent16x16/VAEDecoder", setting)
 
 
 def test_a_folder_records_each_recipe_made_for_it_and_nothing_otherwise():
@@ -106,6 +108,10 @@ def test_a_folder_records_each_recipe_made_for_it_and_nothing_otherwise():
     overrides = {entry: INT8 for entry in ("MultiModalDiffusionTransformerConditioning",
                                            *(f"MultiModalDiffusionTransformerStage{index}" for index in range(3)))}  # fmt: skip
     assert artifacts(mmdit=BPW, overrides=overrides).generated_recipes("4step", RANGES) == {}
+    # The text encoders' budget: a recipe per encoder, labelled by the encoder too.
+    text = artifacts(text_encoders=BPW).generated_recipes("4step", RANGES)
+    assert text == {f"recipe-bpw4.5 {entry}": f"results/x/recipes/text_encoders/recipe-bpw4.5/{entry}.json"
+                    for entry in ("TextEncoder", "TextEncoder2")}  # fmt: skip
 
 
 def test_the_sensitivity_defaults_are_spelled_alike_and_agree_with_the_code():

@@ -135,7 +135,9 @@ def test_bad_settings_are_refused_in_one_line(tiny):
 def test_a_budget_gives_a_recipe_within_it_and_a_report_beside_the_threshold_rule(record, tmp_path):
     path = tmp_path / "block2.json"
     path.write_text(json.dumps(record))
-    recipe, report = recipe_from_budget([path], "bits_per_weight=3")
+    recipes, report = recipe_from_budget([path], "bits_per_weight=3")
+    assert list(recipes) == [""]  # the transformer's pieces: one recipe
+    recipe = recipes[""]
     assert report["recipe"]["bits_per_weight"] <= 3
     assert report["per_layer_threshold_rule"]["bytes"] <= report["recipe"]["bytes"]
     assert report["recipe"]["predicted_effect"] <= report["per_layer_threshold_rule"]["predicted_effect"]
