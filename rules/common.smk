@@ -12,6 +12,8 @@ from snakemake.utils import validate
 
 from sd3coreml.checksums import file_sha256
 from sd3coreml.compress.settings import (
+    A8_SLUG,
+    RECIPE,
     RECIPE_BUDGET_SLUG,
     RECIPE_SLUG,
     SINGLE_THREAD_SLUG,
@@ -31,8 +33,11 @@ from sd3coreml.pipeline.artifacts import (
     PIECES,
     Artifacts,
     analysis_pieces,
+    calibration_piece,
     folder_name,
+    piece_model,
     prompts_id,
+    text_encoder_of,
 )
 from sd3coreml.pipeline.config import plan_models, schema_problem
 from sd3coreml.pipeline.disk import check_host, job_outputs, planned_memory
@@ -276,6 +281,29 @@ def get_recipe_flags(wildcards):
 def get_model_analyses(wildcards):
     model = MODELS[wildcards.model]
     return [ART.analysis(model.key, CALIBRATIONS[model.key], piece) for piece in analysis_pieces(model.shape.depth)]
+
+
+def get_activation_calibration(wildcards):
+    """The calibration whose inputs a package's piece receives: its model's, or the text encoders'."""
+    if text_encoder_of(wildcards.path):
+        return ART.text_calibration(TEXT_PROMPTS_ID)
+    model = piece_model(wildcards.path)
+    return ART.calibration(model, CALIBRATIONS[model])
+
+
+def get_activation_piece(wildcards):
+    return calibration_piece(wildcards.path)
+
+
+def get_activations_recipe(wildcards):
+    """An 8-bit-activation package's recipe file, where its weights' setting is a recipe."""
+    setting = CompressionSetting.from_slug(wildcards.compression)
+    return [get_recipe_file(wildcards)] if setting.mode == RECIPE else []
+
+
+def get_activations_flags(wildcards):
+    setting = CompressionSetting.from_slug(wildcards.compression)
+    return get_recipe_flags(wildcards) if setting.mode == RECIPE else setting.flags
 
 
 def get_text_analyses(wildcards):

@@ -44,3 +44,17 @@ use rule compress_package as compress_by_recipe with:
     wildcard_constraints:
         compression=RECIPE_SLUG,
     threads: 1
+
+
+# 8-bit activations (a setting's slug ends in _a8): the activations quantized by the package's
+# ranges (rules/sensitivity.smk), then the weights by the rest of the setting, in one job.
+use rule compress_package as quantize_activations_and_weights with:
+    input:
+        package=ART.package_pattern("fp16"),
+        ranges=ART.activation_ranges(),
+        recipe=get_activations_recipe,
+    params:
+        compression=lambda wildcards, input: f"{get_activations_flags(wildcards)} --activation-ranges {input.ranges}",
+    wildcard_constraints:
+        compression=A8_SLUG,
+    threads: 1

@@ -184,3 +184,29 @@ rule text_recipe_from_budget:
         "python -m sd3coreml recipe-from-budget --analyses {input.analyses} --budget {params.budget}"
         " --recipe-of TextEncoder {output.TextEncoder} --recipe-of TextEncoder2 {output.TextEncoder2}"
         " --report {output.report} > {log} 2>&1"
+
+
+# The activation ranges of an fp16 package (compression `activations: int8`): the extremes of the
+# tensors coremltools' activation passes read, over the calibration inputs of the package's first
+# piece (its model's calibration, or the text encoders'), computed by the executor.
+rule activation_ranges:
+    input:
+        package=ART.package_pattern("fp16"),
+        calibration=get_activation_calibration,
+    output:
+        ART.activation_ranges(),
+    params:
+        code=step_code("activation-ranges"),
+        piece=get_activation_piece,
+        toolchain=TOOLCHAIN_FINGERPRINT,
+    log:
+        ART.job_log("activation_ranges"),
+    benchmark:
+        ART.job_benchmark("activation_ranges")
+    resources:
+        mem_mb=4000,
+    conda:
+        "../envs/convert.yaml"
+    shell:
+        "python -m sd3coreml activation-ranges --package {input.package} --calibration {input.calibration}"
+        " --piece {params.piece} --out {output} > {log} 2>&1"

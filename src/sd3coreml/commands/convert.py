@@ -74,7 +74,12 @@ def compress_package(args):
     skip_unused_frameworks("transformers", *([] if setting.uses_grouped_palettes else ["torch", "sklearn"]))
     from sd3coreml.compress.weights import compress_package
 
-    compress_package(args.package, args.out, setting, workers=args.threads)
+    ranges = None
+    if args.activation_ranges is not None:
+        from sd3coreml.sensitivity.activation_ranges import read_ranges
+
+        ranges = read_ranges(args.activation_ranges)
+    compress_package(args.package, args.out, setting, workers=args.threads, activation_ranges=ranges)
 
 
 def compression_setting(slug: str):
@@ -156,4 +161,7 @@ def register_cli(subparsers) -> None:
         "--threads", type=int, default=1, help="threads computing palettes per tensor (the job's threads)"
     )
     step.add_argument("--recipe", type=Path, help="with --compression recipe-<id>: the recipe file of that content")
+    step.add_argument(
+        "--activation-ranges", type=Path, help="with a setting ending in _a8: the activation-ranges record of this package"
+    )
     step.set_defaults(func=compress_package)

@@ -28,7 +28,7 @@ GROUPS = {
     "sd3coreml.commands.sweep": ("sweep-summary", "sweep-end-to-end", "profile-on-device", "bench-report"),
     "sd3coreml.commands.sensitivity": (
         "capture-calibration", "analyse-weights", "capture-text-calibration", "analyse-text-encoder",
-        "recipe-from-budget",
+        "recipe-from-budget", "activation-ranges",
     ),
 }  # fmt: skip
 # Step -> the command group module that registers it (code_closure.py reads this table).

@@ -42,6 +42,14 @@ def analyse_text_encoder(args) -> None:
     write_json(args.out, record)
 
 
+def activation_ranges(args) -> None:
+    skip_unused_frameworks("torch", "sklearn", "transformers")
+    from sd3coreml.atomic import write_json
+    from sd3coreml.sensitivity.activation_ranges import activation_ranges
+
+    write_json(args.out, activation_ranges(args.package, args.calibration, args.piece))
+
+
 def analyse_weights(args) -> None:
     skip_unused_frameworks("sklearn", "transformers")
     from sd3coreml.atomic import write_json
@@ -117,6 +125,14 @@ def register_cli(subparsers) -> None:
     step.add_argument("--threads", type=int, default=1)
     step.add_argument("--out", type=Path, required=True, help="the sensitivity JSON to write")
     step.set_defaults(func=analyse_text_encoder)
+
+    step = subparsers.add_parser("activation-ranges", help="a package's activation ranges over its calibration inputs")
+    step.add_argument("--package", type=Path, required=True, help="the fp16 .mlpackage (iOS17 or later)")
+    step.add_argument("--calibration", type=Path, required=True, help="a capture-(text-)calibration folder")
+    step.add_argument("--piece", required=True, help="the package's first piece: conditioning, input, block<i>, "
+                      "TextEncoder or TextEncoder2")  # fmt: skip
+    step.add_argument("--out", type=Path, required=True, help="the ranges JSON to write")
+    step.set_defaults(func=activation_ranges)
 
     step = subparsers.add_parser("recipe-from-budget", help="a per-weight recipe from sensitivity records")
     step.add_argument("--analyses", type=Path, nargs="+", required=True)

@@ -56,6 +56,22 @@ def _reads_dequantized(var) -> bool:
     return var.op is not None and var.op.op_type == "dequantize"
 
 
+def always_kept(program) -> frozenset[str]:
+    """Ops the passes handle that stay as they are in any case: those computing on integers (the
+    text encoders' token-id arithmetic: coremltools' prefix pass would give them a quantize op of a
+    float scale, which MIL refuses, and an id is no activation), and those whose output is a
+    program output (coremltools 9.0's suffix pass fails on them: "cannot delete op ... that's
+    block's output"; the text encoders' hidden_embeds comes from a residual add)."""
+    from coremltools.converters.mil.mil import types
+
+    prefix, _ = _insert_passes()
+    function = program.functions["main"]
+    outputs = {var.name for var in function.outputs}
+    floats = (types.fp16, types.fp32)
+    return frozenset(op.name for op in function.operations if op.op_type in prefix.SUPPORTED_OP_TYPES
+                     and (op.outputs[0].dtype not in floats or op.outputs[0].name in outputs))  # fmt: skip
+
+
 def ranges_read(program, keep_fp16=frozenset()) -> dict[str, list[str]]:
     """{tensor: the ops on whose behalf the insert passes read its range}, in program order.
 
@@ -64,6 +80,7 @@ def ranges_read(program, keep_fp16=frozenset()) -> dict[str, list[str]]:
     the op's output, or that of an allowed activation right behind it.
     """
     prefix, suffix = _insert_passes()
+    keep_fp16 = keep_fp16 | always_kept(program)
     reads: dict[str, list[str]] = {}
     for op in program.functions["main"].operations:
         if op.op_type not in prefix.SUPPORTED_OP_TYPES or op.name in keep_fp16 or _is_const(op.x):
@@ -168,9 +185,14 @@ def check_stats(program, stats, keep_fp16=frozenset()) -> None:
     handled = {op.name for op in program.functions["main"].operations if op.op_type in prefix.SUPPORTED_OP_TYPES}
     if unknown := sorted(set(keep_fp16) - handled):
         raise PipelineError(f"keep_fp16 names {unknown[:3]}: no op of these names takes 8-bit activations here")
+    # An `add` of a const is read but left alone by the passes (the text encoders' token-id arithmetic,
+    # int32, is one): its range needs no 8-bit scale.
+    left_alone = {op.name for op in program.functions["main"].find_ops(op_type="add") if _is_const(op.y)}
     for name, ops in ranges_read(program, keep_fp16).items():
         if name not in stats:
             raise PipelineError(f"activation stats hold no range for tensor {name}: gather them on this package")
+        if set(ops) <= left_alone:
+            continue
         # The scale is max |range| / 127 in fp16: 0 or inf would quantize the tensor to garbage.
         peak = float(np.float16(max(abs(stats[name]["rmin"]), abs(stats[name]["rmax"]))))
         if not 0.0 < peak < np.inf:
@@ -193,6 +215,7 @@ def quantize_activations(model, stats, keep_fp16=frozenset()):
     refuse_below_ios17(model)
     program = load_program(model)
     check_stats(program, stats, keep_fp16)
+    keep_fp16 = frozenset(keep_fp16) | always_kept(program)
     options = [PassOption("config", activation_config(keep_fp16)), PassOption("activation_stats", dict(stats))]
     passes = [PASS_REGISTRY[name] for name in PASSES]
     for insert in passes[:2]:

@@ -71,6 +71,20 @@ COMPRESSION_MINIMUM_TARGET = {
 }
 GRANULARITY_MINIMUM_TARGET = {"per_block": "iOS18", "per_grouped_channel": "iOS18"}
 
+# 8-bit activations (`activations: int8` beside any compressed setting; compress/activations.py):
+# coremltools' quantize/dequantize ops are iOS17's. The slug adds `_a8`, the precision class is
+# its own (config fidelity.min_psnr_db.a8), and the Neural Engine computes on them only from the
+# A17 Pro and M4 on (older ones run the same package, dequantizing).
+ACTIVATIONS = ("int8",)
+A8_SUFFIX = "_a8"
+A8 = "a8"
+ACTIVATIONS_MINIMUM_TARGET = "iOS17"
+A8_NEEDS = "A17 Pro / M4 or later Neural Engine (int8 activations); older devices run it dequantized, no faster"
+A8_COVERS = (
+    "inputs and outputs of linears and of adds of two activations (the residual and modulation adds); "
+    "attention's matmuls, softmax, norms and gelus compute in fp16, some on 8-bit-rounded inputs"
+)
+
 
 # coremltools 9 ships its own compiled, exact 1-D k-means (coremltools._deps.kmeans1d; the
 # kmeans1d PyPI package is not what it calls). Where that extension does not load
@@ -142,13 +156,15 @@ RECIPE_SLUG = f"{RECIPE}-(?:[0-9a-f]{{{RECIPE_ID_DIGITS}}}|{BUDGET_SLUGS})"
 # its recipe file and may hold palettes per tensor.
 TENSOR_PALETTE_SLUG = slug_pattern(PALETTIZE, ["per_tensor"])
 SINGLE_THREAD_SLUG = f"{slug_pattern(LINEAR)}|{slug_pattern(PALETTIZE, ['per_grouped_channel'])}"
-SLUG_PATTERN = f"{SINGLE_THREAD_SLUG}|{TENSOR_PALETTE_SLUG}|{RECIPE_SLUG}"
+WEIGHT_SLUG = f"{SINGLE_THREAD_SLUG}|{TENSOR_PALETTE_SLUG}|{RECIPE_SLUG}"
+A8_SLUG = f"(?:{WEIGHT_SLUG}){A8_SUFFIX}"
+SLUG_PATTERN = f"{WEIGHT_SLUG}|{A8_SLUG}"
 SLUG_GRAMMAR = (
     f"{FP16}, int<{'|'.join(map(str, NBITS[LINEAR]))}>_{LINEAR}_per_<{_granularity_pattern(LINEAR)}>"
     f", palettize<{'|'.join(map(str, NBITS[PALETTIZE]))}>_per_<{_granularity_pattern(PALETTIZE)}>"
     f" or {RECIPE}-<{RECIPE_ID_DIGITS} hex digits> or {RECIPE}-<"
     + "|".join(f"{kind.prefix}N{kind.suffix}" for kind in BUDGETS.values())
-    + "> (with --recipe FILE)"
+    + f"> (with --recipe FILE), each but {FP16} optionally followed by {A8_SUFFIX} (int8 activations)"
 ).replace(r"\d+", "N")
 
 
@@ -170,6 +186,7 @@ class CompressionSetting:
     size: int | None = None  # block_size (per_block) or group_size (per_grouped_channel)
     recipe: str | None = None  # a recipe's id, the slug's hex digits
     budget: tuple[str, float | int] | None = None  # a generated recipe's budget: (kind, value)
+    activations: str | None = None  # "int8": activations quantized too (W8A8 with int8 weights)
     file: str | None = field(default=None, compare=False)
     content: "Recipe | None" = field(default=None, compare=False, repr=False)
     # A recipe's own fidelity bar (config `min_psnr_db` beside it), fixed before anything is measured.
@@ -177,12 +194,30 @@ class CompressionSetting:
 
     @classmethod
     def from_config(cls, value, key: str = "compression") -> "CompressionSetting":
+        if isinstance(value, dict) and "activations" in value:
+            return cls.with_activations(value, key)
         if isinstance(value, dict) and value.get("mode") == RECIPE:
             return cls.from_recipe_config(value, key)
         if isinstance(value, dict) and value.get("mode") not in (NONE, *MODES, None):
             offered = f"none, {', '.join(MODES)} or {RECIPE}"
             raise PipelineError(f"config key '{key}.mode' is {value['mode']!r}; use {offered}")
         return cls.uniform_from_config(value, key)
+
+    @classmethod
+    def with_activations(cls, value: dict, key: str) -> "CompressionSetting":
+        """A compressed setting with `activations: int8` beside it: its activations quantized too."""
+        activations = value["activations"]
+        if activations not in ACTIVATIONS:
+            raise PipelineError(
+                f"config key '{key}.activations' is {activations!r}; write int8 (8-bit activations) or drop it"
+            )
+        weights = cls.from_config({name: v for name, v in value.items() if name != "activations"}, key)
+        if weights.mode == NONE:
+            raise PipelineError(
+                f"config key '{key}.activations' goes with compressed weights; W8A8 is "
+                "{mode: linear_symmetric, nbits: 8, granularity: per_channel, activations: int8}"
+            )
+        return replace(weights, activations=activations)
 
     @classmethod
     def uniform_from_config(cls, value, key: str, where: str = "config key") -> "CompressionSetting":
@@ -266,6 +301,8 @@ class CompressionSetting:
         """The setting a compressed package's name stands for (`int8_linear_symmetric_per_channel`)."""
         if slug == FP16:
             return cls()
+        if slug.endswith(A8_SUFFIX) and slug != FP16 + A8_SUFFIX:
+            return replace(cls.from_slug(slug.removesuffix(A8_SUFFIX)), activations=ACTIVATIONS[0])
         if re.fullmatch(RECIPE_CONTENT_SLUG, slug):
             return cls(RECIPE, recipe=slug.removeprefix(f"{RECIPE}-"))
         for kind, spec in BUDGETS.items():
@@ -299,7 +336,7 @@ class CompressionSetting:
 
         if self.budget is not None:
             return replace(self, file=str(file), content=Recipe.read(Path(file), "--recipe"))
-        setting = Recipe.read(Path(file), "--recipe").setting(str(file))
+        setting = replace(Recipe.read(Path(file), "--recipe").setting(str(file)), activations=self.activations)
         if setting != self:
             raise PipelineError(
                 f"{file}: holds {setting.slug}, not the {self.slug} this package is named after: the recipe changed "
@@ -309,6 +346,11 @@ class CompressionSetting:
 
     @property
     def slug(self) -> str:
+        return self.weights_slug + (A8_SUFFIX if self.activations else "")
+
+    @property
+    def weights_slug(self) -> str:
+        """The slug of the weights' compression alone."""
         if self.mode == NONE:
             return FP16
         if self.budget is not None:
@@ -342,9 +384,11 @@ class CompressionSetting:
     def label(self) -> str:
         """The package's `sd3coreml.compression` metadata, e.g. `palettize 4-bit per_grouped_channel 16`
         (a recipe's: its slug)."""
+        activations = f" + {self.activations} activations" if self.activations else ""
         if self.mode == RECIPE:
-            return self.slug
-        return f"{self.mode} {self.nbits}-bit {self.granularity}" + (f" {self.size}" if self.size else "")
+            return self.weights_slug + activations
+        sized = f" {self.size}" if self.size else ""
+        return f"{self.mode} {self.nbits}-bit {self.granularity}{sized}{activations}"
 
     @property
     def precision(self) -> str:
@@ -352,6 +396,8 @@ class CompressionSetting:
         own slug: each recipe has its bar, its `min_psnr_db` or else the palettes' (`recipe_bars`)."""
         if self.mode == NONE:
             return FP16
+        if self.activations:
+            return A8
         if self.mode == RECIPE:
             return self.slug
         return "palettized" if self.mode == PALETTIZE else f"int{self.nbits}"
@@ -384,6 +430,8 @@ class CompressionSetting:
         file's name and content hash, since the path is the host's)."""
         if self.mode == NONE:
             return {"mode": NONE}
+        if self.activations:
+            return {**replace(self, activations=None).to_config(), "activations": self.activations}
         bar = {} if self.min_psnr_db is None else {"min_psnr_db": self.min_psnr_db}
         if self.budget is not None:
             # The recipe it was made into is recorded by its hash among the folder's inputs (release/manifest.py).
@@ -402,6 +450,12 @@ class CompressionSetting:
 
     def target_problem(self, target: str) -> str | None:
         """Why coremltools 9 cannot apply this uniform setting to a package converted for `target`, or None."""
+        needs = ACTIVATIONS_MINIMUM_TARGET
+        if self.activations and CONVERSION_TARGETS[needs] > CONVERSION_TARGETS[target]:
+            return (
+                f"(activations {self.activations}) needs conversion_target {needs} or newer (coremltools 9's quantize "
+                f"ops), but it is {target}; raise conversion_target to {needs} or drop activations"
+            )
         if self.mode not in MODES:
             return None
         for reason, minimum in (
@@ -419,7 +473,7 @@ class CompressionSetting:
         """What coremltools 9 needs to apply this setting to a package converted for `target`."""
         if self.mode == RECIPE and self.budget is None:
             self.recipe_content.check(target)
-        elif self.target_problem(target):
+        if self.target_problem(target):
             raise PipelineError(f"config key '{key}' {self.target_problem(target)}")
         if self.holds_palettes and not exact_kmeans_installed():
             # Without its exact k-means, coremltools palettizes with a randomised one: refuse up front.

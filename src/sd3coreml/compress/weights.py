@@ -252,12 +252,26 @@ def compress_by_recipe(model, setting: CompressionSetting, workers: int):
         return _apply_graph_pass(model, passes, pymil_load_func=lambda *args, **kwargs: program)
 
 
-def compress_package(package: Path, out: Path, setting: CompressionSetting, workers: int = 1) -> None:
-    """Compress a saved fp16 package by `setting` into `out`, the setting's label in its metadata."""
+def compress_package(
+    package: Path, out: Path, setting: CompressionSetting, workers: int = 1, activation_ranges: dict | None = None
+) -> None:
+    """Compress a saved fp16 package by `setting` into `out`, the setting's label in its metadata.
+
+    A setting with 8-bit activations takes their ranges ({tensor: {"rmin", "rmax"}}): activations
+    are quantized first and the weights after, coremltools' order for joint W8A8.
+    """
     import coremltools.optimize.coreml as cto
     from threadpoolctl import threadpool_limits
 
     model = load_package(package)
+    if setting.activations:
+        from sd3coreml.compress.activations import quantize_activations
+
+        if activation_ranges is None:
+            raise PipelineError(f"compression {setting.slug} quantizes activations: give their ranges (--activation-ranges)")
+        model = quantize_activations(model, activation_ranges)
+    elif activation_ranges is not None:
+        raise PipelineError(f"--activation-ranges goes with a setting of 8-bit activations (_a8), not {setting.slug}")
     if setting.mode == RECIPE:
         compressed = compress_by_recipe(model, setting, workers)
     elif setting.mode == LINEAR:

@@ -69,6 +69,9 @@ TEXT_CALIBRATION = "calibration/text_encoders/p{prompts}"
 TEXT_ANALYSIS = "sensitivity/text_encoders/p{prompts}/{encoder}.per_tensor.json"
 TEXT_RECIPE = "recipes/text_encoders/{compression}/{encoder}.json"
 TEXT_RECIPE_REPORT = "recipes/text_encoders/{compression}/report.json"
+# The activation ranges of a package (compression `activations: int8`), over the calibration inputs
+# of its first piece: `{path}` is the piece's, as a package's.
+ACTIVATION_RANGES = "activations/{path}.json"
 # A job's name under logs/ and benchmarks/, by what it does to which artifact.
 JOBS = {
     "convert": "{path}",
@@ -84,6 +87,7 @@ JOBS = {
     "text_calibration": TEXT_CALIBRATION,
     "text_analysis": TEXT_ANALYSIS.removesuffix(".json"),
     "text_recipe": TEXT_RECIPE_REPORT.removesuffix("/report.json"),
+    "activation_ranges": ACTIVATION_RANGES.removesuffix(".json"),
 }
 # The synthetic inputs under output_root: the file name says which preset, distribution and seed.
 SYNTHETIC = {
@@ -96,7 +100,7 @@ SYNTHETIC_NAME = {
 }
 # The top folders of output_root that hold only what jobs generate (what cleanup may remove).
 GENERATED = ("mmdit", "text_encoders", "vae", "tokenizer", "compiled", "fidelity", "coreml", "device", "reports",
-             "checkpoints/normalized", "calibration", "sensitivity", "recipes")  # fmt: skip
+             "checkpoints/normalized", "calibration", "sensitivity", "recipes", "activations")  # fmt: skip
 FOLDER_PREFIX = "coremlsd3_"
 FOLDER_KINDS = {"packages": "_packages", "app": ""}
 LOGS, BENCHMARKS = "logs", "benchmarks"
@@ -193,6 +197,22 @@ def text_encoder_of(path: str) -> str | None:
     """The folder entry of a text encoder piece's path (`{path}` of a package), else None."""
     named = re.fullmatch(fill(PIECES["text_encoder"], target="[^/]+", encoder="([^/]+)"), path)
     return named[1] if named and named[1] in TEXT_ENCODERS else None
+
+
+def calibration_piece(path: str) -> str:
+    """The calibration piece whose inputs a package of piece `path` receives: a text encoder's
+    entry, `conditioning`, `input`, or `block<start>` of a block range."""
+    encoder = text_encoder_of(path)
+    if encoder:
+        return encoder
+    piece_model(path)
+    name = path.rsplit("/", 1)[-1]
+    if name in ANALYSIS_PIECES:
+        return name
+    block_range = block_range_of(name)
+    if block_range is None:
+        raise PipelineError(f"{path}: no piece with calibration inputs (an MMDiT piece or a text encoder)")
+    return fill(ANALYSIS_BLOCK, index=block_range.start)
 
 
 def sums_path(root: str, folder: str) -> str:
@@ -318,6 +338,9 @@ class Artifacts:
             return self.under_root(fill(TEXT_RECIPE_REPORT, compression=slug))
         return self.under_root(fill(TEXT_RECIPE, compression=slug, encoder=encoder))
 
+    def activation_ranges(self, path: str = "{path}") -> str:
+        return self.under_root(fill(ACTIVATION_RANGES, path=path))
+
     def calibration_name(self, sensitivity: dict, steps: int, shift: float) -> str:
         """The calibration of a model sampled in `steps` at `shift`, under config `sensitivity`."""
         return calibration_name(sensitivity["prompts"], steps, shift, sensitivity["seed"], self.latent)
@@ -329,20 +352,20 @@ class Artifacts:
             return setting
         encoder = text_encoder_of(path)
         if encoder:
-            return replace(setting, file=self.text_recipe(setting.slug, encoder))
-        return replace(setting, file=self.recipe(piece_model(path), setting.slug))
+            return replace(setting, file=self.text_recipe(setting.weights_slug, encoder))
+        return replace(setting, file=self.recipe(piece_model(path), setting.weights_slug))
 
     def generated_recipes(self, model: str, ranges) -> dict[str, str]:
         """Label -> file of each budget's recipe a model's folder packages are compressed by (recorded in
         its manifest): the slug for the transformer's, `<slug> <entry>` for a text encoder's; none
         for other settings."""
         entries = [CONDITIONING, *(STAGE.format(index=index) for index in range(len(ranges) + 1))]
-        budgets = {setting.slug for entry in entries if (setting := self.compression_of(entry, "mmdit")).budget}
+        budgets = {setting.weights_slug for entry in entries if (setting := self.compression_of(entry, "mmdit")).budget}
         recipes = {slug: self.recipe(model, slug) for slug in sorted(budgets)}
         for entry in TEXT_ENCODERS:
             setting = self.compression_of(entry, "text_encoders")
             if setting.budget:
-                recipes[f"{setting.slug} {entry}"] = self.text_recipe(setting.slug, entry)
+                recipes[f"{setting.weights_slug} {entry}"] = self.text_recipe(setting.weights_slug, entry)
         return dict(sorted(recipes.items()))
 
     def job_log(self, kind: str, **values) -> str:

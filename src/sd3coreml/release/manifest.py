@@ -15,7 +15,7 @@ import json
 from pathlib import Path
 
 from sd3coreml import checksums
-from sd3coreml.compress.settings import FolderCompression
+from sd3coreml.compress.settings import A8_COVERS, A8_NEEDS, FolderCompression
 from sd3coreml.contract import CLIENT, CONDITIONING, STAGE, TEXT_ENCODERS, TOKENIZER_FILES, VAE_DECODER
 from sd3coreml.errors import PipelineError
 from sd3coreml.stages import JOINT
@@ -33,13 +33,20 @@ class ManifestError(PipelineError):
         self.why = why
 
 
+def activations_record(setting) -> dict:
+    """What an entry's 8-bit activations cover and what they need to run faster (compress/activations.py)."""
+    return {"dtype": setting.activations, "covers": A8_COVERS, "gains_speed_on": A8_NEEDS}
+
+
 def entry_settings(ranges, config: dict, compression: FolderCompression) -> dict[str, dict]:
     """Contract name (without suffix) -> the config values that shaped that folder entry."""
     target, latent = config["conversion_target"], config["latent_size"]
 
     def compressed(entry: str, family: str, source: str) -> dict:
-        setting = compression.for_entry(entry, family).to_config()
-        return {"conversion_target": target, "compression": setting, "source": source}
+        setting = compression.for_entry(entry, family)
+        # Said only where activations are quantized, so other folders' manifests keep their bytes.
+        activations = {"activations": activations_record(setting)} if setting.activations else {}
+        return {"conversion_target": target, "compression": setting.to_config(), "source": source, **activations}
 
     settings = {name: compressed(name, "text_encoders", f"components/{folder}") for name, folder in TEXT_ENCODERS.items()}
     settings[VAE_DECODER] = {"conversion_target": target, "source": "components/vae", "latent_size": latent}

@@ -141,11 +141,10 @@ def test_concat_members_share_one_range(fp16_package, samples, stats):
 
 
 def test_only_linears_and_the_residual_add_compute_on_8bit(quantized):
-    assert activation_quantized_ops(quantized) == {
-        "proj_in": "linear", "proj_out": "linear", "proj_q": "linear", "residual": "add",
-    }  # fmt: skip
+    # proj_out makes the program's output, which coremltools 9.0's suffix pass cannot replace: kept.
+    assert activation_quantized_ops(quantized) == {"proj_in": "linear", "proj_q": "linear", "residual": "add"}
     summary = quantization_summary(quantized)
-    assert summary["quantized"] == {"add": 1, "linear": 3}
+    assert summary["quantized"] == {"add": 1, "linear": 2}
     # Attention and the norm compute in fp16, though some read a tensor rounded to 8 bits.
     computed_fp16 = {**summary["fp16_reading_8bit"], **summary["fp16"]}
     assert {"matmul", "softmax", "layer_norm"} <= set(computed_fp16)
@@ -153,11 +152,10 @@ def test_only_linears_and_the_residual_add_compute_on_8bit(quantized):
 
 
 def test_keep_fp16_drops_the_named_ops_pairs(fp16_package, stats):
-    kept = as_program(quantize_activations(load_package(fp16_package), stats, keep_fp16={"proj_out"}))
-    assert "proj_out" not in activation_quantized_ops(kept)
-    assert set(activation_quantized_ops(kept)) == {"proj_in", "proj_q", "residual"}
-    (proj_out,) = [op for op in kept.functions["main"].operations if op.name == "proj_out"]
-    assert proj_out.x.op.op_type == "layer_norm"
+    kept = as_program(quantize_activations(load_package(fp16_package), stats, keep_fp16={"proj_q"}))
+    assert set(activation_quantized_ops(kept)) == {"proj_in", "residual"}
+    (proj_q,) = [op for op in kept.functions["main"].operations if op.name == "proj_q"]
+    assert proj_q.x.op.op_type != "dequantize"
     with pytest.raises(PipelineError, match="keep_fp16 names"):
         quantize_activations(load_package(fp16_package), stats, keep_fp16={"probs"})
 
@@ -168,7 +166,7 @@ def test_w8a8_package_runs_in_the_executor_close_to_fp16(fp16_package, stats, tm
     program = as_program(path)
     op_types = {op.op_type for op in program.functions["main"].operations}
     assert {"quantize", "dequantize", "constexpr_affine_dequantize"} <= op_types  # activations; iOS17's int8 weights
-    assert set(activation_quantized_ops(program)) == {"proj_in", "proj_out", "proj_q", "residual"}
+    assert set(activation_quantized_ops(program)) == {"proj_in", "proj_q", "residual"}
     feeds = sample(7)  # not a calibration sample
     (reference,) = run_program(as_program(fp16_package), feeds).values()
     (output,) = run_program(program, feeds).values()

@@ -11,6 +11,8 @@ import yaml
 
 from sd3coreml.commands.main import build_parser
 from sd3coreml.compress.settings import (
+    A8_SLUG,
+    ACTIVATIONS,
     GRANULARITIES,
     MODES,
     NBITS,
@@ -36,7 +38,9 @@ def schema_settings():
         PROPERTIES["mode"]["enum"], PROPERTIES["nbits"]["enum"], PROPERTIES["granularity"]["enum"]
     ):
         for sizes in ({}, {"block_size": 32}, {"group_size": 16}):
-            yield {"mode": mode, "nbits": nbits, "granularity": granularity, **sizes}
+            for activations in (None, *PROPERTIES["activations"]["enum"]):
+                given = {"activations": activations} if activations else {}
+                yield {"mode": mode, "nbits": nbits, "granularity": granularity, **sizes, **given}
     yield {"mode": "none"}
 
 
@@ -54,12 +58,14 @@ def test_the_schema_enums_are_the_settings_tables():
     assert PROPERTIES["mode"]["enum"] == ["none", *MODES, RECIPE]
     assert sorted(PROPERTIES["nbits"]["enum"]) == sorted({nbits for widths in NBITS.values() for nbits in widths})
     assert sorted(PROPERTIES["granularity"]["enum"]) == sorted({g for offered in GRANULARITIES.values() for g in offered})
+    assert PROPERTIES["activations"]["enum"] == list(ACTIVATIONS)
 
 
 def test_every_buildable_setting_round_trips_through_slug_flags_argparse_and_config():
     settings = buildable()
-    # none, int8 x3, int4 x3, palettes 5 widths (1, 2, 4, 6, 8) x 2 granularities
-    assert len(settings) == 1 + 3 + 3 + 5 * 2
+    # none, int8 x3, int4 x3, palettes 5 widths (1, 2, 4, 6, 8) x 2 granularities; each compressed one
+    # also with 8-bit activations
+    assert len(settings) == 1 + 2 * (3 + 3 + 5 * 2)
     for setting in settings:
         assert CompressionSetting.from_slug(setting.slug) == setting
         assert CompressionSetting.from_config(setting.to_config()) == setting
@@ -67,8 +73,11 @@ def test_every_buildable_setting_round_trips_through_slug_flags_argparse_and_con
             assert setting.slug == "fp16" and setting.precision == "fp16"
             continue
         assert re.fullmatch(SLUG_PATTERN, setting.slug), setting.slug
-        assert bool(re.fullmatch(TENSOR_PALETTE_SLUG, setting.slug)) == setting.uses_threads
-        assert bool(re.fullmatch(SINGLE_THREAD_SLUG, setting.slug)) != setting.uses_threads
+        # Each slug is one rule's: 8-bit activations' own, else by the threads its weights use.
+        assert bool(re.fullmatch(A8_SLUG, setting.slug)) == bool(setting.activations)
+        weights_only = not setting.activations
+        assert bool(re.fullmatch(TENSOR_PALETTE_SLUG, setting.slug)) == (weights_only and setting.uses_threads)
+        assert bool(re.fullmatch(SINGLE_THREAD_SLUG, setting.slug)) == (weights_only and not setting.uses_threads)
         argv = ["compress-package", "--package", "in.mlpackage", "--out", "out.mlpackage", *shlex.split(setting.flags)]
         assert build_parser("compress-package").parse_args(argv).compression == setting
 
@@ -97,6 +106,39 @@ def test_slug_label_and_precision_of_known_settings(value, slug, label, precisio
     # The slug names packages on disk and the label is package metadata: both are release bytes.
     setting = CompressionSetting.from_config(value)
     assert (setting.slug, setting.label, setting.precision) == (slug, label, precision)
+
+
+@pytest.mark.parametrize(
+    "value, slug, label",
+    [
+        ({"mode": "linear_symmetric", "nbits": 8, "activations": "int8"}, "int8_linear_symmetric_per_channel_a8",
+         "linear_symmetric 8-bit per_channel + int8 activations"),
+        ({"mode": "palettize", "nbits": 6, "activations": "int8"}, "palettize6_per_tensor_a8",
+         "palettize 6-bit per_tensor + int8 activations"),
+        ({"mode": "recipe", "budget": {"bits_per_weight": 4.5}, "activations": "int8"}, "recipe-bpw4.5_a8",
+         "recipe-bpw4.5 + int8 activations"),
+    ],
+)  # fmt: skip
+def test_eight_bit_activations_compose_with_every_weight_setting(value, slug, label):
+    setting = CompressionSetting.from_config(value, "compression.mmdit")
+    assert (setting.slug, setting.label, setting.precision) == (slug, label, "a8")
+    assert CompressionSetting.from_slug(slug) == setting == CompressionSetting.from_config(setting.to_config())
+    assert setting.to_config()["activations"] == "int8"
+    with pytest.raises(PipelineError) as error:
+        checked_setting(value, "compression.mmdit", "iOS16")
+    assert str(error.value).startswith("config key 'compression.mmdit' (activations int8) needs conversion_target iOS17")
+    checked_setting(value, "compression.mmdit", "iOS17")
+
+
+def test_eight_bit_activations_are_refused_without_compressed_weights_or_of_another_width():
+    with pytest.raises(PipelineError, match=r"^config key 'compression.mmdit.activations' goes with compressed weights"):
+        CompressionSetting.from_config({"mode": "none", "activations": "int8"}, "compression.mmdit")
+    with pytest.raises(PipelineError, match=r"^config key 'compression.mmdit.activations' is 'int4'; write int8"):
+        CompressionSetting.from_config({"mode": "palettize", "nbits": 4, "activations": "int4"}, "compression.mmdit")
+    with pytest.raises(PipelineError, match=r"^'fp16_a8' names no compression setting"):
+        CompressionSetting.from_slug("fp16_a8")
+
+
 
 
 def test_a_folders_compression_takes_an_entrys_override_before_its_family():
