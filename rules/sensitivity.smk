@@ -188,7 +188,8 @@ rule text_recipe_from_budget:
 
 # The activation ranges of an fp16 package (compression `activations: int8`): the extremes of the
 # tensors coremltools' activation passes read, over the calibration inputs of the package's first
-# piece (its model's calibration, or the text encoders'), computed by the executor.
+# piece (its model's calibration, or the text encoders'), computed by the executor; and the ops
+# kept fp16 by their measured effect (sensitivity.activation_*).
 rule activation_ranges:
     input:
         package=ART.package_pattern("fp16"),
@@ -198,6 +199,8 @@ rule activation_ranges:
     params:
         code=step_code("activation-ranges"),
         piece=get_activation_piece,
+        probe_samples=config["sensitivity"]["activation_probe_samples"],
+        min_snr_db=config["sensitivity"]["activation_min_snr_db"],
         toolchain=TOOLCHAIN_FINGERPRINT,
     log:
         ART.job_log("activation_ranges"),
@@ -209,4 +212,5 @@ rule activation_ranges:
         "../envs/convert.yaml"
     shell:
         "python -m sd3coreml activation-ranges --package {input.package} --calibration {input.calibration}"
-        " --piece {params.piece} --out {output} > {log} 2>&1"
+        " --piece {params.piece} --probe-samples {params.probe_samples} --min-snr-db {params.min_snr_db}"
+        " --out {output} > {log} 2>&1"

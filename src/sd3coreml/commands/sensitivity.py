@@ -47,7 +47,8 @@ def activation_ranges(args) -> None:
     from sd3coreml.atomic import write_json
     from sd3coreml.sensitivity.activation_ranges import activation_ranges
 
-    write_json(args.out, activation_ranges(args.package, args.calibration, args.piece))
+    write_json(args.out, activation_ranges(args.package, args.calibration, args.piece, args.probe_samples,
+                                           args.min_snr_db))  # fmt: skip
 
 
 def analyse_weights(args) -> None:
@@ -131,6 +132,9 @@ def register_cli(subparsers) -> None:
     step.add_argument("--calibration", type=Path, required=True, help="a capture-(text-)calibration folder")
     step.add_argument("--piece", required=True, help="the package's first piece: conditioning, input, block<i>, "
                       "TextEncoder or TextEncoder2")  # fmt: skip
+    step.add_argument("--probe-samples", type=int, default=1, help="calibration samples each op's effect is measured on")
+    step.add_argument("--min-snr-db", type=float, default=30.0,
+                      help="keep the most sensitive ops fp16 until the rest's predicted SNR reaches this")  # fmt: skip
     step.add_argument("--out", type=Path, required=True, help="the ranges JSON to write")
     step.set_defaults(func=activation_ranges)
 

@@ -72,6 +72,24 @@ def always_kept(program) -> frozenset[str]:
                      and (op.outputs[0].dtype not in floats or op.outputs[0].name in outputs))  # fmt: skip
 
 
+def quantizable_ops(program) -> list:
+    """The ops the passes give 8-bit activations when none is kept fp16, in program order."""
+    prefix, _ = _insert_passes()
+    skipped = always_kept(program) | read_not_quantized(program)
+    return [op for op in program.functions["main"].operations
+            if op.op_type in prefix.SUPPORTED_OP_TYPES and op.name not in skipped and not _is_const(op.x)]  # fmt: skip
+
+
+def suffix_tensor(op) -> str:
+    """The tensor the suffix pass puts a pair after, for `op`: its output, or that of an allowed
+    activation (relu, sigmoid, ...) right behind it, which it then quantizes instead."""
+    _, suffix = _insert_passes()
+    children = op.outputs[0].child_ops
+    if children and children[0].op_type in suffix._allowed_activations:
+        return children[0].outputs[0].name
+    return op.outputs[0].name
+
+
 def ranges_read(program, keep_fp16=frozenset()) -> dict[str, list[str]]:
     """{tensor: the ops on whose behalf the insert passes read its range}, in program order.
 
@@ -179,15 +197,19 @@ def refuse_below_ios17(model) -> None:
         )
 
 
+def read_not_quantized(program) -> frozenset[str]:
+    """The `add`s of a const: the prefix pass reads their ranges but leaves them alone (a causal
+    mask's add holds -inf), so their ranges need no 8-bit scale and quantizing them means nothing."""
+    return frozenset(op.name for op in program.functions["main"].find_ops(op_type="add") if _is_const(op.y))
+
+
 def check_stats(program, stats, keep_fp16=frozenset()) -> None:
     """Refuse unknown `keep_fp16` names, and any range the passes read that is missing or unusable."""
     prefix, _ = _insert_passes()
     handled = {op.name for op in program.functions["main"].operations if op.op_type in prefix.SUPPORTED_OP_TYPES}
     if unknown := sorted(set(keep_fp16) - handled):
         raise PipelineError(f"keep_fp16 names {unknown[:3]}: no op of these names takes 8-bit activations here")
-    # An `add` of a const is read but left alone by the passes (the text encoders' token-id arithmetic,
-    # int32, is one): its range needs no 8-bit scale.
-    left_alone = {op.name for op in program.functions["main"].find_ops(op_type="add") if _is_const(op.y)}
+    left_alone = read_not_quantized(program)
     for name, ops in ranges_read(program, keep_fp16).items():
         if name not in stats:
             raise PipelineError(f"activation stats hold no range for tensor {name}: gather them on this package")

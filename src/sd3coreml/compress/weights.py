@@ -253,12 +253,13 @@ def compress_by_recipe(model, setting: CompressionSetting, workers: int):
 
 
 def compress_package(
-    package: Path, out: Path, setting: CompressionSetting, workers: int = 1, activation_ranges: dict | None = None
+    package: Path, out: Path, setting: CompressionSetting, workers: int = 1, activation_ranges: tuple | None = None
 ) -> None:
     """Compress a saved fp16 package by `setting` into `out`, the setting's label in its metadata.
 
-    A setting with 8-bit activations takes their ranges ({tensor: {"rmin", "rmax"}}): activations
-    are quantized first and the weights after, coremltools' order for joint W8A8.
+    A setting with 8-bit activations takes their ranges and the ops kept fp16 (`({tensor: {"rmin",
+    "rmax"}}, {op})`, sensitivity/activation_ranges.py): activations are quantized first and the
+    weights after, coremltools' order for joint W8A8.
     """
     import coremltools.optimize.coreml as cto
     from threadpoolctl import threadpool_limits
@@ -269,7 +270,8 @@ def compress_package(
 
         if activation_ranges is None:
             raise PipelineError(f"compression {setting.slug} quantizes activations: give their ranges (--activation-ranges)")
-        model = quantize_activations(model, activation_ranges)
+        ranges, keep_fp16 = activation_ranges
+        model = quantize_activations(model, ranges, keep_fp16)
     elif activation_ranges is not None:
         raise PipelineError(f"--activation-ranges goes with a setting of 8-bit activations (_a8), not {setting.slug}")
     if setting.mode == RECIPE:

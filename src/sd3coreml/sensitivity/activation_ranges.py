@@ -7,7 +7,17 @@ the package's first piece: an MMDiT block range starts where `block<start>` rece
 inputs, the input stage and Conditioning are pieces of their own, and a text encoder receives
 its ids (sensitivity/calibration.py). The record is JSON: extremes of fp16 tensors, exact, so it
 repeats on any machine.
+
+The same job chooses which ops keep fp16 activations, as ml-stable-diffusion's layer-wise
+analysis does for UNets: each op the passes would quantize is quantized alone (the tensors it
+reads and writes rounded to 8 bits by coremltools' own scale, every other op fp16), its effect
+measured at the package's outputs as a noise-to-signal ratio over the probe samples, and the
+most sensitive ops are kept fp16 until the predicted SNR of the rest (the effects summed)
+reaches `sensitivity.activation_min_snr_db`. Effects are rounded to 6 digits and ties go to the
+op name that sorts first, so the choice repeats like a recipe.
 """
+
+import math
 
 import numpy as np
 
@@ -64,8 +74,89 @@ def package_samples(program, calibration, piece: str) -> list[dict[str, np.ndarr
     return [{name: value[i : i + 1].astype(dtypes[name]) for name, value in tensors.items()} for i in range(count)]
 
 
-def activation_ranges(package, calibration, piece: str) -> dict:
-    """The record of `package`'s activation ranges over the calibration samples of `piece`."""
+def fake_quantized(value: np.ndarray, stat: dict) -> np.ndarray:
+    """`value` through a quantize/dequantize pair as coremltools' insert passes build it: the
+    symmetric int8 scale of the range [rmin, rmax] read as the tensor's dtype, MIL's rounding."""
+    from coremltools.converters.mil.mil import types
+    from coremltools.optimize import _utils as optimize_utils
+
+    extremes = np.array([stat["rmin"], stat["rmax"]], dtype=value.dtype)
+    _, scale, _ = optimize_utils.quantize_weight_by_dtype(extremes, axes=0, dtype=types.int8,
+                                                          quantization_mode="LINEAR_SYMMETRIC")  # fmt: skip
+    scale = np.asarray(scale).astype(value.dtype).reshape(())
+    if scale == 0:
+        return value
+    return (np.clip(np.round(value / scale), -128, 127) * scale).astype(value.dtype)
+
+
+def noise_to_signal(reference: list[dict], outputs: list[dict]) -> float:
+    noise = math.fsum(float(((o[k].astype(np.float64) - r[k].astype(np.float64)) ** 2).sum())
+                      for r, o in zip(reference, outputs) for k in r)  # fmt: skip
+    signal = math.fsum(float((r[k].astype(np.float64) ** 2).sum()) for r in reference for k in r)
+    return noise / signal if signal > 0 else 0.0
+
+
+def quantized_alone(op, stats: dict) -> tuple[dict, str]:
+    """What quantizing `op` alone changes, as coremltools' passes do: ({input name: its range's
+    name}) the inputs `op` itself reads through a pair (the prefix pass's, on that edge only), and
+    the tensor every consumer then reads through a pair (the suffix pass's: the op's output, or
+    that of an allowed activation right behind it)."""
+    from sd3coreml.compress.activations import suffix_tensor
+
+    inputs = [op.x] if op.op_type != "add" else [op.x, op.y]
+    return {var.name: var.name for var in inputs}, suffix_tensor(op)
+
+
+def outputs_quantized_alone(program, target, samples: list[dict], stats: dict) -> list[dict]:
+    """The program's outputs for each of `samples` when only op `target` has 8-bit activations."""
+    from sd3coreml.verify.mil_executor import run_program
+
+    prefixed, suffixed = quantized_alone(target, stats)
+
+    def reads(op):
+        if op is not target:
+            return None
+        return {var.name: fake_quantized(var.val, stats[var.name]) for var in op.get_flattened_inputs()
+                if var.name in prefixed}  # fmt: skip
+
+    def substitute(op, values):
+        return [fake_quantized(v, stats[var.name]) if var.name == suffixed else v for var, v in zip(op.outputs, values)]
+
+    return [run_program(program, sample, reads=reads, substitute=substitute) for sample in samples]
+
+
+def activation_effects(program, samples: list[dict], stats: dict) -> dict[str, float]:
+    """{op: the NSR at the outputs when only that op's activations are 8-bit}, over `samples`."""
+    from sd3coreml.compress.activations import quantizable_ops
+    from sd3coreml.compress.allocation import rounded
+    from sd3coreml.verify.mil_executor import run_program
+
+    reference = [run_program(program, sample) for sample in samples]
+    effects = {op.name: rounded(noise_to_signal(reference, outputs_quantized_alone(program, op, samples, stats)))
+               for op in quantizable_ops(program)}  # fmt: skip
+    return dict(sorted(effects.items()))
+
+
+def kept_fp16(effects: dict[str, float], min_snr_db: float) -> list[str]:
+    """The most sensitive ops, fewest first, kept fp16 until the rest's summed effect meets the floor."""
+    ceiling = 10 ** (-min_snr_db / 10)
+    order = sorted(effects, key=lambda name: (-effects[name], name))
+    remaining, kept = math.fsum(effects.values()), []
+    for name in order:
+        if remaining <= ceiling:
+            break
+        kept.append(name)
+        remaining = math.fsum(effects[other] for other in order[len(kept) :])
+    return sorted(kept)
+
+
+def snr_db(effect: float) -> float | None:
+    return None if effect <= 0 else round(-10 * math.log10(effect), 3)
+
+
+def activation_ranges(package, calibration, piece: str, probe_samples: int = 1, min_snr_db: float = 30.0) -> dict:
+    """The record of `package`'s activation ranges over the calibration samples of `piece`, each
+    quantizable op's effect on `probe_samples` of them, and the ops kept fp16 for `min_snr_db`."""
     from sd3coreml.compress.activations import gather_activation_stats, refuse_below_ios17
     from sd3coreml.compress.weights import load_program
     from sd3coreml.convert.package import load_package
@@ -73,13 +164,22 @@ def activation_ranges(package, calibration, piece: str) -> dict:
     model = load_package(package)
     refuse_below_ios17(model)
     program = load_program(model)
+    from sd3coreml.sensitivity.analysis import probe_indices
+
     samples = package_samples(program, calibration, piece)
+    stats = gather_activation_stats(program, samples)
+    probes = probe_indices(len(samples), probe_samples)
+    effects = activation_effects(program, [samples[i] for i in probes], stats)
+    keep = kept_fp16(effects, min_snr_db)
+    rest = math.fsum(effect for name, effect in effects.items() if name not in keep)
     return {"format": FORMAT, "piece": piece, "calibration": read_description(calibration), "samples": len(samples),
-            "ranges": gather_activation_stats(program, samples)}  # fmt: skip
+            "ranges": stats, "probe_samples": probes, "effects": effects, "min_snr_db": min_snr_db,
+            "keep_fp16": keep, "predicted_snr_db": snr_db(rest),
+            "predicted_snr_db_all_quantized": snr_db(math.fsum(effects.values()))}  # fmt: skip
 
 
-def read_ranges(path) -> dict[str, dict[str, float]]:
-    """The ranges of an activation-ranges record, refused in one line if it is not one."""
+def read_ranges(path) -> tuple[dict[str, dict[str, float]], frozenset[str]]:
+    """(ranges, ops kept fp16) of an activation-ranges record, refused in one line if it is not one."""
     import json
     from pathlib import Path
 
@@ -89,4 +189,4 @@ def read_ranges(path) -> dict[str, dict[str, float]]:
         raise PipelineError(f"{path}: cannot be read ({error}); rerun its activation-ranges job") from None
     if not isinstance(record, dict) or record.get("format") != FORMAT:
         raise PipelineError(f"{path}: not an activation-ranges record ({FORMAT}); rerun its activation-ranges job")
-    return record["ranges"]
+    return record["ranges"], frozenset(record["keep_fp16"])

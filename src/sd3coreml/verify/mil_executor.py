@@ -90,10 +90,16 @@ def run_program(
     inputs: Mapping[str, np.ndarray],
     *,
     observe: Callable | None = None,
+    substitute: Callable | None = None,
+    reads: Callable | None = None,
     label: str = "program",
     ties: str = "first",
 ) -> dict[str, np.ndarray]:
-    """Evaluate `program`'s main function; `observe(op, outputs)` sees every non-const op."""
+    """Evaluate `program`'s main function; `observe(op, outputs)` sees every non-const op.
+
+    A sensitivity analysis perturbs tensors so: `substitute(op, outputs)` returns what the op's
+    consumers read instead of its outputs, and `reads(op)` ({input name: value} or None) what
+    that one op reads instead of some of its inputs, its other consumers unaffected."""
     function = program.functions["main"]
     ops = [op for op in function.operations if op.op_type != "const"]
     release = _release_schedule(function, ops)
@@ -105,7 +111,9 @@ def run_program(
         with np.errstate(all="ignore"), warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
             for step, op in enumerate(ops):
-                values = _evaluate(op, label, ties)
+                values = _evaluate_reading(op, reads(op) if reads else None, label, ties)
+                if substitute is not None:
+                    values = substitute(op, values)
                 _follow_non_finite(op, values, origins, label)
                 for var, value in zip(op.outputs, values):
                     _bind(var, value)
@@ -120,6 +128,20 @@ def run_program(
     finally:
         for var in [*function.inputs.values(), *(var for op in ops for var in op.outputs)]:
             _bind(var, None)
+
+
+def _evaluate_reading(op, instead: Mapping[str, np.ndarray] | None, label: str, ties: str) -> list[np.ndarray]:
+    """The outputs of `op` evaluated on `instead`'s values for the inputs it names."""
+    if not instead:
+        return _evaluate(op, label, ties)
+    swapped = {var: var.val for var in op.get_flattened_inputs() if var.name in instead}
+    try:
+        for var in swapped:
+            _bind(var, instead[var.name])
+        return _evaluate(op, label, ties)
+    finally:
+        for var, value in swapped.items():
+            _bind(var, value)
 
 
 def _bind(var, value) -> None:

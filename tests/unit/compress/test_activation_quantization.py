@@ -200,3 +200,39 @@ def test_w8a8_package_repeats_byte_for_byte(fp16_package, stats, tmp_path):
     first, second = build("first"), build("second")
     for relative in (SPEC_PATH, SPEC_PATH.parent / "weights" / "weight.bin"):
         assert (first / relative).read_bytes() == (second / relative).read_bytes(), relative
+
+
+def test_one_ops_effect_is_measured_as_the_package_with_only_that_op_quantized_computes(fp16_package, samples, stats):
+    """The sensitivity analysis rounds what one op reads and writes as coremltools' pairs do (the
+    prefix pair on that op's own input edge, the suffix pair for every consumer). A linear's
+    package computes the same outputs bit for bit; for an add, coremltools' pipeline factors the
+    common scale out of its two input pairs (dequantize scales 1.08 and 1.0 instead of 0.0976 and
+    0.0904 here), which moves ties by one step: the measured effect agrees within 20%."""
+    from sd3coreml.sensitivity.activation_ranges import activation_effects, noise_to_signal, outputs_quantized_alone
+
+    program = as_program(fp16_package)
+    effects = activation_effects(program, samples[1:2], stats)
+    assert sorted(effects) == ["proj_in", "proj_q", "residual"] and all(effect > 0 for effect in effects.values())
+    reference = [run_program(program, feeds) for feeds in samples]
+    for target in effects:
+        others = set(effects) - {target}
+        alone = as_program(quantize_activations(load_package(fp16_package), stats, keep_fp16=others))
+        assert set(activation_quantized_ops(alone)) == {target}
+        (op,) = [op for op in program.functions["main"].operations if op.name == target]
+        emulated = outputs_quantized_alone(program, op, samples, stats)
+        built = [run_program(alone, feeds) for feeds in samples]
+        if op.op_type == "linear":
+            for mine, theirs in zip(emulated, built):
+                np.testing.assert_array_equal(*mine.values(), *theirs.values(), err_msg=target)
+        ratio = noise_to_signal(reference, emulated) / noise_to_signal(reference, built)
+        assert 0.8 < ratio < 1.25, (target, ratio)
+
+
+def test_the_most_sensitive_ops_keep_fp16_until_the_floor_is_met_ties_by_name():
+    from sd3coreml.sensitivity.activation_ranges import kept_fp16
+
+    effects = {"a": 1e-3, "b": 1e-3, "c": 1e-5, "d": 1e-4}
+    assert kept_fp16(effects, 25) == []  # 2.11e-3 is under 10**-2.5
+    assert kept_fp16(effects, 30) == ["a", "b"]  # the rest, 1.1e-4, is under 1e-3
+    assert kept_fp16(effects, 40) == ["a", "b", "d"]  # 1.1e-4 is over 1e-4: d goes too
+    assert kept_fp16({"y": 2e-3, "x": 2e-3}, 26) == ["x"]  # the name that sorts first goes first
