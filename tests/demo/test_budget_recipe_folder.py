@@ -182,3 +182,16 @@ def test_activation_ranges_repeat_with_another_hash_seed_and_omp_thread_count(re
     subprocess.run(command, check=True, capture_output=True, env=env, cwd=workdir)
     assert again.read_bytes() == built.read_bytes()
     assert json.loads(built.read_text())["samples"] == 16  # 4 prompts x 4 steps
+
+
+def test_a_w8a8_package_is_made_again_byte_identical(recipe_build, tmp_path):
+    workdir, _ = recipe_build
+    mmdit = workdir / "results/demo/mmdit/4step"
+    (built,) = mmdit.rglob("conditioning.int8_linear_symmetric_per_channel_a8.mlpackage")
+    (package,) = mmdit.rglob("conditioning.fp16.mlpackage")
+    (ranges,) = (workdir / "results/demo/activations").rglob("conditioning.json")
+    again = tmp_path / built.name
+    command = [sys.executable, "-m", "sd3coreml", "compress-package", "--package", str(package), "--out", str(again),
+               "--compression", "int8_linear_symmetric_per_channel_a8", "--activation-ranges", str(ranges)]  # fmt: skip
+    subprocess.run(command, check=True, capture_output=True, env={**os.environ, "PYTHONHASHSEED": "5"}, cwd=workdir)
+    assert tree_sha256(again) == tree_sha256(built)

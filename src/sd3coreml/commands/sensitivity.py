@@ -81,6 +81,16 @@ def recipe_from_budget(args) -> None:
         write_recipe(recipe, outputs[piece])
 
 
+def add_analysis_flags(step) -> None:
+    """What every weight analysis (an MMDiT piece's, a text encoder's) takes besides its inputs."""
+    step.add_argument("--widths", type=int, nargs="+", default=[1, 2, 4, 6, 8])
+    step.add_argument("--min-values", type=int, default=10_000, help="analyse weights of more values than this")
+    step.add_argument("--probe-widths", type=int, nargs="+", default=[4, 2])
+    step.add_argument("--probe-samples", type=int, default=2)
+    step.add_argument("--threads", type=int, default=1)
+    step.add_argument("--out", type=Path, required=True, help="the sensitivity JSON to write")
+
+
 def register_cli(subparsers) -> None:
     step = subparsers.add_parser("capture-calibration", help="what each MMDiT piece receives in the app's chain")
     step.add_argument("--weights", type=Path, required=True, help="transformer .safetensors (diffusers layout)")
@@ -100,12 +110,7 @@ def register_cli(subparsers) -> None:
     step.add_argument("--config", type=Path, required=True)
     step.add_argument("--calibration", type=Path, required=True, help="a capture-calibration folder")
     step.add_argument("--piece", required=True, help="conditioning, input or block<i>")
-    step.add_argument("--widths", type=int, nargs="+", default=[1, 2, 4, 6, 8])
-    step.add_argument("--min-values", type=int, default=10_000, help="analyse weights of more values than this")
-    step.add_argument("--probe-widths", type=int, nargs="+", default=[4, 2])
-    step.add_argument("--probe-samples", type=int, default=2)
-    step.add_argument("--threads", type=int, default=1)
-    step.add_argument("--out", type=Path, required=True, help="the sensitivity JSON to write")
+    add_analysis_flags(step)
     step.set_defaults(func=analyse_weights)
 
     step = subparsers.add_parser("capture-text-calibration", help="what each text encoder receives and returns")
@@ -119,12 +124,7 @@ def register_cli(subparsers) -> None:
     step.add_argument("--components", type=Path, required=True)
     step.add_argument("--calibration", type=Path, required=True, help="a capture-text-calibration folder")
     step.add_argument("--encoder", required=True, help="the folder entry: TextEncoder or TextEncoder2")
-    step.add_argument("--widths", type=int, nargs="+", default=[1, 2, 4, 6, 8])
-    step.add_argument("--min-values", type=int, default=10_000, help="analyse weights of more values than this")
-    step.add_argument("--probe-widths", type=int, nargs="+", default=[4, 2])
-    step.add_argument("--probe-samples", type=int, default=2)
-    step.add_argument("--threads", type=int, default=1)
-    step.add_argument("--out", type=Path, required=True, help="the sensitivity JSON to write")
+    add_analysis_flags(step)
     step.set_defaults(func=analyse_text_encoder)
 
     step = subparsers.add_parser("activation-ranges", help="a package's activation ranges over its calibration inputs")
