@@ -33,6 +33,9 @@ def test_sweep_writes_table_plot_and_stage_rows(demo_sweep):
     assert (reports / "summary.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     table = (reports / "summary.md").read_text()
     assert "| 1-4 | mix |" in table and "Sharing saved" in table
+    # The peer's key/value chunking beside the split, for the demo's attention (4 heads, 218 tokens).
+    reference = table.split("## Reference: the peer's key/value chunking", 1)[1].split("## Cost")[0]
+    assert "(4 heads, 218 queries, 218 keys;" in reference and "- 2 chunks: about 34 ops per attention" in reference
     assert len(read_rows(reports / "stages.csv")) == 4 + 4 + 3 + 3
 
 

@@ -170,6 +170,19 @@ def scores_bytes(operation, types: dict) -> int:
     return int(math.prod(dims[:-1]) * key.dimensions[-2].constant.size * dtype_bytes(query.dataType))
 
 
+def attention_shape(package: Path) -> tuple[int, int, int] | None:
+    """(heads, queries, keys) of the package's first fused attention op, or None without one."""
+    function, block = main_block(read_spec(Path(package)))
+    types = {value.name: value.type for value in function.inputs}
+    types.update({value.name: value.type for operation in block.operations for value in operation.outputs})
+    for operation in block.operations:
+        if operation.type == "scaled_dot_product_attention":
+            query, key = (types[operation.inputs[name].arguments[0].name].tensorType for name in ("query", "key"))
+            dims = [dimension.constant.size for dimension in query.dimensions]
+            return math.prod(dims[:-2]), dims[-2], key.dimensions[-2].constant.size
+    return None
+
+
 def largest_attention_scores(package: Path) -> int:
     """Bytes of the largest attention scores one op of the package makes (0 without attention):
     what a Neural Engine must hold at once for that op."""

@@ -24,7 +24,8 @@ from sd3coreml.stages import JOINT
 from sd3coreml.sweep.bench_report import read_benchmark
 from sd3coreml.sweep.device_verdict import DEVICE_COLUMNS, VERDICTS, worst
 from sd3coreml.sweep.front import SIZE, on_front, quality
-from sd3coreml.sweep.program_stats import attention_ops, largest_attention_scores, program_stats
+from sd3coreml.sweep import kv_chunking
+from sd3coreml.sweep.program_stats import attention_ops, attention_shape, largest_attention_scores, program_stats
 
 MIB = 1024 * 1024
 NEEDS_A_MAC = "needs a Mac"
@@ -248,7 +249,19 @@ def markdown(plan: dict, rows: list[dict], cost: dict) -> str:
     where = [f"Quality: each mode's final latent through the app's chain against the same chain with fp16 MMDiT "
              f"packages, measured once per mode on layout {layout}.", ""] if layout else []  # fmt: skip
     front = ["## Size-quality front", "", *where, *front_lines(rows)]
-    return "\n".join([title, "", header, rule, *body, "", *front, "", "## Cost", "", *cost_lines(cost), ""])
+    chunking = kv_chunking.reference_lines(sweep_attention_shape(plan))
+    reference = ["", "## Reference: the peer's key/value chunking", "", *chunking] if chunking else []
+    return "\n".join([title, "", header, rule, *body, "", *front, *reference, "", "## Cost", "", *cost_lines(cost), ""])
+
+
+def sweep_attention_shape(plan: dict):
+    """(heads, queries, keys) of the first stage with attention, from its fp16 package."""
+    for row in plan["rows"]:
+        for stage in row["stages"]:
+            shape = attention_shape(Path(stage["fp16_package"]))
+            if shape is not None:
+                return shape
+    return None
 
 
 def front_lines(rows: list[dict]) -> list[str]:
