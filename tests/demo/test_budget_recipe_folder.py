@@ -14,8 +14,8 @@ from harness import copy_of_build, planned_jobs, snakemake, write_config
 
 from sd3coreml.checksums import file_sha256, tree_sha256
 from sd3coreml.compress.recipes import Recipe
-from sd3coreml.compress.weights import const_pattern, load_program
-from sd3coreml.convert.package import load_package
+from sd3coreml.compress.weights import const_pattern
+from sd3coreml.convert.package import load_package, load_program
 from sd3coreml.inputs.checkpoint import CONDITIONING_PREFIXES
 
 BUDGET = {"mode": "recipe", "budget": {"bits_per_weight": 4}, "min_psnr_db": 26}

@@ -129,7 +129,7 @@ def concat_groups(program) -> list[list[str]]:
 
 def as_program(program_or_package):
     """A loaded MIL program from a program, an MLModel or a saved package's path."""
-    from sd3coreml.compress.weights import load_program as model_program
+    from sd3coreml.convert.package import load_program as model_program
     from sd3coreml.verify.mil_executor import load_program
 
     if isinstance(program_or_package, (str, Path)):
@@ -232,7 +232,7 @@ def quantize_activations(model, stats, keep_fp16=frozenset()):
     from coremltools.converters.mil.mil.passes.pass_registry import PASS_REGISTRY
     from coremltools.models.utils import _apply_graph_pass
 
-    from sd3coreml.compress.weights import load_program
+    from sd3coreml.convert.package import load_program
 
     refuse_below_ios17(model)
     program = load_program(model)

@@ -11,7 +11,7 @@ from pathlib import Path
 from sd3coreml.compress.palettes import EXACT_KMEANS_MIN_VALUES, PrecomputedPalettes
 from sd3coreml.compress.settings import LINEAR, NO_EXACT_KMEANS, PALETTIZE, RECIPE, CompressionSetting
 from sd3coreml.contract import INPUT_IDS
-from sd3coreml.convert.package import load_package, save_package
+from sd3coreml.convert.package import load_package, load_program, save_package
 from sd3coreml.errors import PipelineError
 
 # Weights smaller than coremltools' exact k-means threshold stay fp16 (palette_config says why).
@@ -71,16 +71,6 @@ def optimization_config(setting: CompressionSetting, lut_function=None):
     import coremltools.optimize.coreml as cto
 
     return cto.OptimizationConfig(global_config=op_config(setting, lut_function), op_type_configs={"gather": None})
-
-
-def load_program(model):
-    """The package's MIL program, as coremltools' compression passes load it."""
-    from coremltools.converters.mil.frontend.milproto.load import load
-    from coremltools.models.utils import _SPECIFICATION_VERSION_IOS_16
-
-    spec = model.get_spec()
-    version = max(spec.specificationVersion, _SPECIFICATION_VERSION_IOS_16)
-    return load(spec, specification_version=version, file_weights_dir=model.weights_dir)
 
 
 def weight_consts(program) -> dict:

@@ -104,3 +104,14 @@ def load_package(path: Path):
     import coremltools as ct
 
     return ct.models.MLModel(str(path), skip_model_load=True)
+
+
+def load_program(model):
+    """A loaded MLModel's MIL program, as coremltools' compression passes load it (compressing and
+    calibrating transform or read this program, then save the model)."""
+    from coremltools.converters.mil.frontend.milproto.load import load
+    from coremltools.models.utils import _SPECIFICATION_VERSION_IOS_16
+
+    spec = model.get_spec()
+    version = max(spec.specificationVersion, _SPECIFICATION_VERSION_IOS_16)
+    return load(spec, specification_version=version, file_weights_dir=model.weights_dir)

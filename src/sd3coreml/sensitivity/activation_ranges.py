@@ -158,7 +158,7 @@ def activation_ranges(package, calibration, piece: str, probe_samples: int = 1, 
     """The record of `package`'s activation ranges over the calibration samples of `piece`, each
     quantizable op's effect on `probe_samples` of them, and the ops kept fp16 for `min_snr_db`."""
     from sd3coreml.compress.activations import gather_activation_stats, refuse_below_ios17
-    from sd3coreml.compress.weights import load_program
+    from sd3coreml.convert.package import load_program
     from sd3coreml.convert.package import load_package
 
     model = load_package(package)

@@ -130,7 +130,8 @@ def test_palettes_refuse_a_weight_holding_nan_by_its_const_and_write_nothing(lin
 
     import numpy as np
 
-    from sd3coreml.compress.weights import compress_package, load_program, weight_consts
+    from sd3coreml.compress.weights import compress_package, weight_consts
+    from sd3coreml.convert.package import load_program
     from sd3coreml.convert.package import load_package
 
     # ct.convert refuses a NaN weight, so one is written into the fp16 package's weight file.

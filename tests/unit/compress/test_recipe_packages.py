@@ -54,7 +54,7 @@ def recipe_setting(tmp_path, weights: dict, default="fp16", name="r.json") -> Co
 
 def decompressions(package) -> dict[str, tuple]:
     """{weight const: (the op that makes it, palette entries or None)} of a saved package."""
-    from sd3coreml.compress.weights import load_program
+    from sd3coreml.convert.package import load_program
     from sd3coreml.convert.package import load_package
 
     found = {}
@@ -97,7 +97,8 @@ def test_two_bit_palettes_per_tensor_are_the_bytes_of_coremltools_kmeans_mode(tm
 
 def test_a_recipe_gives_each_named_weight_its_setting_and_the_others_the_default(mmdit_like, tmp_path):
     from sd3coreml.compress.palettes import kmeans_palette
-    from sd3coreml.compress.weights import compress_package, load_program, weight_consts
+    from sd3coreml.compress.weights import compress_package, weight_consts
+    from sd3coreml.convert.package import load_program
     from sd3coreml.convert.package import load_package, read_spec
 
     weights = {
@@ -134,7 +135,8 @@ def test_a_recipe_of_only_a_default_makes_the_uniform_packages_weights(mmdit_lik
 
 
 def test_the_job_refuses_a_named_weight_its_setting_would_leave_fp16(mmdit_like, tmp_path):
-    from sd3coreml.compress.weights import load_program, recipe_consts
+    from sd3coreml.compress.weights import recipe_consts
+    from sd3coreml.convert.package import load_program
     from sd3coreml.convert.package import load_package
 
     program = load_program(load_package(mmdit_like))
