@@ -118,8 +118,8 @@ rule capture_text_calibration:
         prompts=TEXT_PROMPTS_ID,
     threads: config["sensitivity"]["threads"]
     resources:
-        # CLIP-G alone in float32 is 2.8 GB at SD3 Medium size; the encoders run one at a time.
-        mem_mb=4000,
+        # SD3 Medium size, 4 prompts, encoders one at a time: 4.58 GB peak (CLIP-G loaded in float32).
+        mem_mb=5000,
     conda:
         "../envs/convert.yaml"
     shell:
@@ -149,7 +149,7 @@ rule analyse_text_encoder:
         prompts=TEXT_PROMPTS_ID,
     threads: config["sensitivity"]["threads"]
     resources:
-        # CLIP-G in float32 (2.8 GB) and one group of weights (sensitivity/analysis.py: 1.75 GB at most).
+        # SD3 Medium size: CLIP-G 4.48 GB peak (in float32, with the text encoders' group bounds).
         mem_mb=5000,
     conda:
         "../envs/convert.yaml"

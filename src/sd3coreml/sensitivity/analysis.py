@@ -166,20 +166,21 @@ def probe_indices(count: int, probe_samples: int) -> list[int]:
     return sorted({round(i * (count - 1) / max(1, probe_samples - 1)) for i in range(min(probe_samples, count))})
 
 
-# What one group of weights analysed together may hold (weight_groups): their Gram matrices (float64)
-# and their palettized copies (fp16, one per width). A joint block of SD3 Medium is one group;
-# CLIP-G's 32 layers are several, each paying one more pass over the samples.
-GROUP_GRAM_BYTES = 1 << 30
-GROUP_PALETTE_BYTES = 3 << 28
+# What one group of weights analysed together may hold (weight_groups): (bytes of their Gram
+# matrices, float64; bytes of their palettized copies, fp16, one per width). A joint block of SD3
+# Medium is one group; a text encoder (sensitivity/text_encoders.py) takes half as much, as its
+# whole module stays loaded (CLIP-G: 2.8 GB in float32), paying more passes over its prompts.
+GROUP_BYTES = (1 << 30, 3 << 28)
 
 
-def weight_groups(linears: dict, widths) -> list[dict]:
-    """`linears` cut, in order, into groups within the memory bounds above."""
+def weight_groups(linears: dict, widths, bounds=GROUP_BYTES) -> list[dict]:
+    """`linears` cut, in order, into groups within `bounds` (see GROUP_BYTES)."""
+    gram_bound, palette_bound = bounds
     groups, current, grams, palettes = [], {}, 0, 0
     for name, linear in linears.items():
         out_features, in_features = linear.weight.shape
         gram, palette = 8 * in_features * in_features, 2 * out_features * in_features * len(widths)
-        if current and (grams + gram > GROUP_GRAM_BYTES or palettes + palette > GROUP_PALETTE_BYTES):
+        if current and (grams + gram > gram_bound or palettes + palette > palette_bound):
             groups.append(current)
             current, grams, palettes = {}, 0, 0
         current[name] = linear
@@ -202,7 +203,7 @@ def gathered_grams(module, call, all_samples: list, linears: dict) -> dict:
 
 
 def weight_records(module, call, all_samples: list, probe_batch: list, effect, linears: dict, widths, probe_widths,
-                   threads: int) -> dict:  # fmt: skip
+                   threads: int, bounds=GROUP_BYTES) -> dict:  # fmt: skip
     """{weight name: its record (weight_record)} for `linears` (name -> nn.Linear of `module`).
 
     `call(module, sample)` runs the module; the Gram matrices gather over `all_samples`, the probes
@@ -218,7 +219,7 @@ def weight_records(module, call, all_samples: list, probe_batch: list, effect, l
             linear.weight.copy_(linear.weight.half().float())
     reference = run(module, call, probe_batch)
     records = {}
-    for group in weight_groups(linears, widths):
+    for group in weight_groups(linears, widths, bounds):
         grams = gathered_grams(module, call, all_samples, group)
         palettes = palettes_of(group, widths, threads)
         for name, linear in group.items():
