@@ -72,44 +72,53 @@ def always_kept(program) -> frozenset[str]:
                      and (op.outputs[0].dtype not in floats or op.outputs[0].name in outputs))  # fmt: skip
 
 
-def quantizable_ops(program) -> list:
-    """The ops the passes give 8-bit activations when none is kept fp16, in program order."""
+def handled_ops(program, keep_fp16=frozenset()) -> list:
+    """The ops the insert passes visit, in program order: of their types, with a live `x`, neither
+    in `keep_fp16` nor always kept."""
     prefix, _ = _insert_passes()
-    skipped = always_kept(program) | read_not_quantized(program)
+    skipped = frozenset(keep_fp16) | always_kept(program)
     return [op for op in program.functions["main"].operations
             if op.op_type in prefix.SUPPORTED_OP_TYPES and op.name not in skipped and not _is_const(op.x)]  # fmt: skip
 
 
-def suffix_tensor(op) -> str:
-    """The tensor the suffix pass puts a pair after, for `op`: its output, or that of an allowed
-    activation (relu, sigmoid, ...) right behind it, which it then quantizes instead."""
+def quantizable_ops(program) -> list:
+    """The ops the passes give 8-bit activations when none is kept fp16, in program order."""
+    return handled_ops(program, read_not_quantized(program))
+
+
+def prefix_inputs(op) -> list:
+    """The inputs the prefix pass reads the ranges of for `op`: its `x`, and the `y` of a binary op
+    (an `add`) when that is live."""
+    prefix, _ = _insert_passes()
+    return [op.x] + ([op.y] if op.op_type in prefix.SUPPORTED_BINARY_OP_TYPES and not _is_const(op.y) else [])
+
+
+def activation_behind(op):
+    """The allowed activation (relu, sigmoid, ...) right behind `op`, which the suffix pass
+    quantizes instead of `op`'s output, or None."""
     _, suffix = _insert_passes()
     children = op.outputs[0].child_ops
-    if children and children[0].op_type in suffix._allowed_activations:
-        return children[0].outputs[0].name
-    return op.outputs[0].name
+    return children[0] if children and children[0].op_type in suffix._allowed_activations else None
+
+
+def suffix_tensor(op) -> str:
+    """The tensor the suffix pass puts a pair after, for `op`."""
+    behind = activation_behind(op)
+    return (behind or op).outputs[0].name
 
 
 def ranges_read(program, keep_fp16=frozenset()) -> dict[str, list[str]]:
     """{tensor: the ops on whose behalf the insert passes read its range}, in program order.
 
-    The prefix pass reads the `x` of each op it handles (also of an `add` whose `y` is a const,
-    which it then leaves alone) and the `y` of an `add` of two live inputs; the suffix pass reads
-    the op's output, or that of an allowed activation right behind it.
+    The prefix pass reads its inputs (`prefix_inputs`; also an `add`'s `x` whose `y` is a const,
+    which it then leaves alone); the suffix pass reads the op's output, and that of an allowed
+    activation right behind it.
     """
-    prefix, suffix = _insert_passes()
-    keep_fp16 = keep_fp16 | always_kept(program)
     reads: dict[str, list[str]] = {}
-    for op in program.functions["main"].operations:
-        if op.op_type not in prefix.SUPPORTED_OP_TYPES or op.name in keep_fp16 or _is_const(op.x):
-            continue
-        names = [op.x.name]
-        if op.op_type in prefix.SUPPORTED_BINARY_OP_TYPES and not _is_const(op.y):
-            names.append(op.y.name)
-        names.append(op.outputs[0].name)
-        children = op.outputs[0].child_ops
-        if children and children[0].op_type in suffix._allowed_activations:
-            names.append(children[0].outputs[0].name)
+    for op in handled_ops(program, keep_fp16):
+        behind = activation_behind(op)
+        names = [var.name for var in prefix_inputs(op)] + [op.outputs[0].name]
+        names += [behind.outputs[0].name] if behind else []
         for name in names:
             reads.setdefault(name, []).append(op.name)
     return reads
@@ -247,25 +256,6 @@ def quantize_activations(model, stats, keep_fp16=frozenset()):
         model, passes, spec_version=_SPECIFICATION_VERSION_IOS_17,
         pymil_load_func=lambda *args, **kwargs: program, skip_model_load=True,
     )  # fmt: skip
-
-
-def w8a8(model, stats, keep_fp16=frozenset()):
-    """Activations quantized, then every weight int8 per channel (token embeddings stay fp16).
-
-    The order is coremltools' (its docs-guides "Quantizing weights and activations" and the
-    linear_quantize_activations docstring): activations first, then `linear_quantize_weights` on
-    the result. `joint_compression` stays False: it quantizes an already compressed weight (a
-    palette's LUT, iOS18 only), while these weights are plain fp16 consts; the activation scales
-    are scalars, which the weight pass never takes (rank <= 1). Ops in `keep_fp16` keep fp16
-    activations, not fp16 weights.
-    """
-    import coremltools.optimize.coreml as cto
-
-    weights = cto.OptimizationConfig(
-        global_config=cto.OpLinearQuantizerConfig(mode="linear_symmetric", dtype="int8", granularity="per_channel"),
-        op_type_configs={"gather": None},
-    )
-    return cto.linear_quantize_weights(quantize_activations(model, stats, keep_fp16), weights)
 
 
 def activation_quantized_ops(program) -> dict[str, str]:

@@ -37,9 +37,8 @@ from sd3coreml.compress.settings import (
     PALETTIZE,
     RECIPE,
     RECIPE_ID_DIGITS,
-    TEXT_ENCODER_OVERRIDES,
-    TEXT_ENCODERS_KEY,
     CompressionSetting,
+    text_encoders_of,
 )
 from sd3coreml.contract import TEXT_ENCODERS
 from sd3coreml.errors import PipelineError
@@ -233,15 +232,15 @@ def check_recipes_fit(settings, plans, components: Path | None = None) -> None:
     transformer of every model of `plans`, or a text encoder of `components` (both for the family's
     key). A budget's recipe does not exist yet: its job makes it from the weights themselves."""
     recipes = [(key, setting) for key, setting in settings if setting.mode == RECIPE and setting.budget is None]
-    transformer = [(key, setting) for key, setting in recipes if key != TEXT_ENCODERS_KEY and key not in TEXT_ENCODER_OVERRIDES]
+    transformer = [(key, setting) for key, setting in recipes if not text_encoders_of(key)]
     for plan in plans if transformer else ():
         table = plan_table(plan)
         for key, setting in transformer:
             setting.recipe_content.check_fits(table, f"model '{plan.key}' ({plan.weights})", key)
-    encoders = [(key, setting) for key, setting in recipes if (key, setting) not in transformer]
+    encoders = [(key, setting) for key, setting in recipes if text_encoders_of(key)]
     tables = encoder_tables(components) if encoders and components is not None else {}
     for key, setting in encoders:
-        for entry in [TEXT_ENCODER_OVERRIDES[key]] if key in TEXT_ENCODER_OVERRIDES else list(TEXT_ENCODERS):
+        for entry in text_encoders_of(key):
             if entry in tables:
                 folder, table = tables[entry]
                 setting.recipe_content.check_fits(table, f"text encoder {entry} ({folder})", key)

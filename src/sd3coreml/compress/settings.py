@@ -76,8 +76,8 @@ GRANULARITY_MINIMUM_TARGET = {"per_block": "iOS18", "per_grouped_channel": "iOS1
 # its own (config fidelity.min_psnr_db.a8), and the Neural Engine computes on them only from the
 # A17 Pro and M4 on (older ones run the same package, dequantizing).
 ACTIVATIONS = ("int8",)
-A8_SUFFIX = "_a8"
 A8 = "a8"
+A8_SUFFIX = f"_{A8}"
 ACTIVATIONS_MINIMUM_TARGET = "iOS17"
 A8_NEEDS = "A17 Pro / M4 or later Neural Engine (int8 activations); older devices run it dequantized, no faster"
 A8_COVERS = (
@@ -100,6 +100,13 @@ NO_EXACT_KMEANS = (
 # allocated over both encoders at once, so only the family takes one.
 TEXT_ENCODERS_KEY = "compression.text_encoders"
 TEXT_ENCODER_OVERRIDES = {f"compression.overrides.{entry}": entry for entry in TEXT_ENCODERS}
+
+
+def text_encoders_of(key: str) -> list[str]:
+    """The text encoder entries a config key compresses (both for the family's), else none."""
+    if key == TEXT_ENCODERS_KEY:
+        return list(TEXT_ENCODERS)
+    return [TEXT_ENCODER_OVERRIDES[key]] if key in TEXT_ENCODER_OVERRIDES else []
 
 
 def _slug_head(mode: str, nbits) -> str:
@@ -473,8 +480,9 @@ class CompressionSetting:
         """What coremltools 9 needs to apply this setting to a package converted for `target`."""
         if self.mode == RECIPE and self.budget is None:
             self.recipe_content.check(target)
-        if self.target_problem(target):
-            raise PipelineError(f"config key '{key}' {self.target_problem(target)}")
+        problem = self.target_problem(target)
+        if problem:
+            raise PipelineError(f"config key '{key}' {problem}")
         if self.holds_palettes and not exact_kmeans_installed():
             # Without its exact k-means, coremltools palettizes with a randomised one: refuse up front.
             raise PipelineError(f"config key '{key}': {NO_EXACT_KMEANS}")

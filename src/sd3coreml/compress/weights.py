@@ -249,7 +249,9 @@ def compress_package(
 
     A setting with 8-bit activations takes their ranges and the ops kept fp16 (`({tensor: {"rmin",
     "rmax"}}, {op})`, sensitivity/activation_ranges.py): activations are quantized first and the
-    weights after, coremltools' order for joint W8A8.
+    weights after, coremltools' order for joint W8A8 (docs-guides "Quantizing weights and
+    activations"). The weight passes keep `joint_compression` False: it is for an already
+    compressed weight (a palette's LUT), and the activation scales are scalars no weight pass takes.
     """
     import coremltools.optimize.coreml as cto
     from threadpoolctl import threadpool_limits

@@ -96,28 +96,17 @@ def noise_to_signal(reference: list[dict], outputs: list[dict]) -> float:
     return noise / signal if signal > 0 else 0.0
 
 
-def quantized_alone(op, stats: dict) -> tuple[dict, str]:
-    """What quantizing `op` alone changes, as coremltools' passes do: ({input name: its range's
-    name}) the inputs `op` itself reads through a pair (the prefix pass's, on that edge only), and
-    the tensor every consumer then reads through a pair (the suffix pass's: the op's output, or
-    that of an allowed activation right behind it)."""
-    from sd3coreml.compress.activations import suffix_tensor
-
-    inputs = [op.x] if op.op_type != "add" else [op.x, op.y]
-    return {var.name: var.name for var in inputs}, suffix_tensor(op)
-
-
 def outputs_quantized_alone(program, target, samples: list[dict], stats: dict) -> list[dict]:
-    """The program's outputs for each of `samples` when only op `target` has 8-bit activations."""
+    """The program's outputs for each of `samples` when only op `target` has 8-bit activations, as
+    coremltools' passes would build it: what `target` reads through the prefix pass's pairs (on
+    its own input edges only), and the tensor every consumer reads through the suffix pass's pair."""
+    from sd3coreml.compress.activations import prefix_inputs, suffix_tensor
     from sd3coreml.verify.mil_executor import run_program
 
-    prefixed, suffixed = quantized_alone(target, stats)
+    prefixed, suffixed = prefix_inputs(target), suffix_tensor(target)
 
     def reads(op):
-        if op is not target:
-            return None
-        return {var.name: fake_quantized(var.val, stats[var.name]) for var in op.get_flattened_inputs()
-                if var.name in prefixed}  # fmt: skip
+        return {var.name: fake_quantized(var.val, stats[var.name]) for var in prefixed} if op is target else None
 
     def substitute(op, values):
         return [fake_quantized(v, stats[var.name]) if var.name == suffixed else v for var, v in zip(op.outputs, values)]
@@ -150,22 +139,17 @@ def kept_fp16(effects: dict[str, float], min_snr_db: float) -> list[str]:
     return sorted(kept)
 
 
-def snr_db(effect: float) -> float | None:
-    return None if effect <= 0 else round(-10 * math.log10(effect), 3)
-
-
 def activation_ranges(package, calibration, piece: str, probe_samples: int = 1, min_snr_db: float = 30.0) -> dict:
     """The record of `package`'s activation ranges over the calibration samples of `piece`, each
     quantizable op's effect on `probe_samples` of them, and the ops kept fp16 for `min_snr_db`."""
     from sd3coreml.compress.activations import gather_activation_stats, refuse_below_ios17
-    from sd3coreml.convert.package import load_program
-    from sd3coreml.convert.package import load_package
+    from sd3coreml.convert.package import load_package, load_program
+    from sd3coreml.sensitivity.analysis import probe_indices
+    from sd3coreml.sensitivity.budget import snr_db
 
     model = load_package(package)
     refuse_below_ios17(model)
     program = load_program(model)
-    from sd3coreml.sensitivity.analysis import probe_indices
-
     samples = package_samples(program, calibration, piece)
     stats = gather_activation_stats(program, samples)
     probes = probe_indices(len(samples), probe_samples)

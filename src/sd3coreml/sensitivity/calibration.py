@@ -160,69 +160,60 @@ def run_chain(weights: Path, config_path: Path, components: Path, chain: ChainSe
 
 def capture_calibration(weights, config_path, components, chain: ChainSettings, out: Path) -> None:
     """Run the chain and write the calibration folder `out`."""
-    import torch
-
-    from sd3coreml.inputs.checkpoint import save_safetensors
-
     if not chain.prompts:
         raise PipelineError("sensitivity.prompts is empty; give at least one prompt to calibrate with")
     record = run_chain(Path(weights), Path(config_path), Path(components), chain)
-    with written_atomically(Path(out)) as folder:
-        folder.mkdir()
-        for piece in sorted(record.inputs):
-            tensors = {name: torch.from_numpy(np.ascontiguousarray(value)) for name, value in record.stacked(piece).items()}
-            save_safetensors(tensors, folder / f"{piece}.safetensors")
-        samples = [{"prompt": p, "step": s} for p in range(len(chain.prompts)) for s in range(chain.steps)]
-        description = {**chain.describe(), "samples": samples}
-        (folder / DESCRIPTION).write_text(json.dumps(description, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    samples = [{"prompt": p, "step": s} for p in range(len(chain.prompts)) for s in range(chain.steps)]
+    files = {piece: record.stacked(piece) for piece in record.inputs}
+    write_calibration(Path(out), files, {**chain.describe(), "samples": samples})
 
 
 def capture_text_calibration(components, prompts, out: Path) -> None:
     """Write the text encoders' calibration folder `out`: what the app feeds each encoder (its
     tokenizer's ids) and what the encoder returns, one safetensors file per folder entry; the
     outputs are the references an encoder's analysis measures its effect against."""
+    if not prompts:
+        raise PipelineError("sensitivity.prompts is empty; give at least one prompt to calibrate with")
+    outputs = encoder_outputs(Path(components), prompts)
+    write_calibration(Path(out), outputs, {"format": FORMAT, "prompts": list(prompts), "encoders": list(TEXT_ENCODERS)})
+
+
+def write_calibration(out: Path, files: dict[str, dict[str, np.ndarray]], description: dict) -> None:
+    """A calibration folder `out`, whole or not at all: one safetensors file per piece ({piece:
+    {tensor name: array}}) and the description, both written in a fixed order."""
     import torch
 
     from sd3coreml.inputs.checkpoint import save_safetensors
 
-    if not prompts:
-        raise PipelineError("sensitivity.prompts is empty; give at least one prompt to calibrate with")
-    outputs = encoder_outputs(Path(components), prompts)
-    with written_atomically(Path(out)) as folder:
+    with written_atomically(out) as folder:
         folder.mkdir()
-        for entry, tensors in outputs.items():
+        for piece, tensors in sorted(files.items()):
             save_safetensors({name: torch.from_numpy(np.ascontiguousarray(value)) for name, value in tensors.items()},
-                             folder / f"{entry}.safetensors")  # fmt: skip
-        description = {"format": FORMAT, "prompts": list(prompts), "encoders": list(TEXT_ENCODERS)}
+                             folder / f"{piece}.safetensors")  # fmt: skip
         (folder / DESCRIPTION).write_text(json.dumps(description, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
-def read_encoder_calibration(calibration: Path, entry: str) -> dict[str, np.ndarray]:
-    """One text encoder's calibration: input_ids, hidden_embeds, pooled_outputs over the prompts."""
-    from safetensors.numpy import load_file
-
-    path = Path(calibration) / f"{entry}.safetensors"
-    if not path.is_file():
-        raise PipelineError(f"{path}: missing; the calibration folder {calibration} is incomplete, rerun its job")
-    tensors = load_file(str(path))
-    expected = sorted((INPUT_IDS, HIDDEN_EMBEDS, POOLED_OUTPUTS))
-    if sorted(tensors) != expected:
-        raise PipelineError(f"{path}: holds {sorted(tensors)}, not {expected}; rerun the calibration job")
-    return tensors
-
-
-def read_piece_inputs(calibration: Path, piece: str) -> dict[str, np.ndarray]:
-    """The inputs of `piece` in the calibration folder, as float32 arrays [samples, ...]."""
+def read_tensors(calibration: Path, piece: str, expected: list[str]) -> dict[str, np.ndarray]:
+    """The tensors of `piece`'s file in the calibration folder, which must be those `expected`."""
     from safetensors.numpy import load_file
 
     path = Path(calibration) / f"{piece}.safetensors"
     if not path.is_file():
         raise PipelineError(f"{path}: missing; the calibration folder {calibration} is incomplete, rerun its job")
     tensors = load_file(str(path))
-    expected = PIECE_INPUTS[piece_kind(piece)]
     if sorted(tensors) != sorted(expected):
-        raise PipelineError(f"{path}: holds {sorted(tensors)}, not {list(expected)}; rerun the calibration job")
+        raise PipelineError(f"{path}: holds {sorted(tensors)}, not {expected}; rerun the calibration job")
     return tensors
+
+
+def read_encoder_calibration(calibration: Path, entry: str) -> dict[str, np.ndarray]:
+    """One text encoder's calibration: input_ids, hidden_embeds, pooled_outputs over the prompts."""
+    return read_tensors(calibration, entry, sorted((INPUT_IDS, HIDDEN_EMBEDS, POOLED_OUTPUTS)))
+
+
+def read_piece_inputs(calibration: Path, piece: str) -> dict[str, np.ndarray]:
+    """The inputs of `piece` in the calibration folder, as float32 arrays [samples, ...]."""
+    return read_tensors(calibration, piece, list(PIECE_INPUTS[piece_kind(piece)]))
 
 
 def read_description(calibration: Path) -> dict:

@@ -8,7 +8,6 @@ chunk's scores are heads x queries x keys/n. The sweep's summary shows those est
 stages' own attention shape, so a user sees the trade beside the split's measured ops.
 """
 
-FP16_BYTES = 2
 MIB = 1 << 20
 
 
@@ -25,15 +24,16 @@ def chunk_counts(heads: int, keys: int) -> list[int]:
     return sorted(set(fewest + per_head))
 
 
-def reference_lines(shape: tuple[int, int, int] | None) -> list[str]:
-    """Markdown lines of the estimate for (heads, queries, keys); none without attention."""
+def reference_lines(shape: tuple[int, int, int, int] | None) -> list[str]:
+    """Markdown lines of the estimate for (heads, queries, keys, bytes per score) (program_stats'
+    `attention_shape`); none without attention."""
     if shape is None:
         return []
-    heads, queries, keys = shape
-    one_head = queries * keys * FP16_BYTES / MIB
+    heads, queries, keys, score_bytes = shape
+    one_head = queries * keys * score_bytes / MIB
     lines = [f"Not built (docs/ATTENTION.md): estimates for this sweep's attention ({heads} heads, {queries} queries, "
              f"{keys} keys; one head's scores {one_head:.2f} MiB).", ""]  # fmt: skip
     for chunks in chunk_counts(heads, keys):
-        scores = heads * queries * (keys // chunks) * FP16_BYTES / MIB
+        scores = heads * queries * (keys // chunks) * score_bytes / MIB
         lines.append(f"- {chunks} chunks: about {ops_per_attention(chunks)} ops per attention, {scores:.2f} MiB of scores per chunk")
     return lines

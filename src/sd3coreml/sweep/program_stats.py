@@ -158,35 +158,45 @@ def attention_ops(package: Path) -> dict[str, int]:
     return {attention: len(core) for attention, core in attention_cores(block).items()}
 
 
+FUSED_ATTENTION = "scaled_dot_product_attention"
+
+
+def value_types(function, block) -> dict:
+    """{value name: its type} of the function's inputs and every op's outputs."""
+    types = {value.name: value.type for value in function.inputs}
+    types.update({value.name: value.type for operation in block.operations for value in operation.outputs})
+    return types
+
+
+def fused_attention_shape(operation, types: dict) -> tuple[int, int, int, int]:
+    """(heads, queries, keys, bytes per score) of a scaled_dot_product_attention op: its query's
+    leading dimensions, the key count, and the query's dtype."""
+    query, key = (types[operation.inputs[name].arguments[0].name].tensorType for name in ("query", "key"))
+    dims = [dimension.constant.size for dimension in query.dimensions]
+    return math.prod(dims[:-2]), dims[-2], key.dimensions[-2].constant.size, dtype_bytes(query.dataType)
+
+
 def scores_bytes(operation, types: dict) -> int:
     """The attention scores one op holds: a softmax's output, or what a fused
     scaled_dot_product_attention makes inside (heads x queries x keys, in its query's dtype)."""
     if operation.type == "softmax":
         return tensor_bytes(operation.outputs[0].type)
-    if operation.type != "scaled_dot_product_attention":
+    if operation.type != FUSED_ATTENTION:
         return 0
-    query, key = (types[operation.inputs[name].arguments[0].name].tensorType for name in ("query", "key"))
-    dims = [dimension.constant.size for dimension in query.dimensions]
-    return int(math.prod(dims[:-1]) * key.dimensions[-2].constant.size * dtype_bytes(query.dataType))
+    return int(math.prod(fused_attention_shape(operation, types)))
 
 
-def attention_shape(package: Path) -> tuple[int, int, int] | None:
-    """(heads, queries, keys) of the package's first fused attention op, or None without one."""
+def attention_shape(package: Path) -> tuple[int, int, int, int] | None:
+    """`fused_attention_shape` of the package's first fused attention op, or None without one."""
     function, block = main_block(read_spec(Path(package)))
-    types = {value.name: value.type for value in function.inputs}
-    types.update({value.name: value.type for operation in block.operations for value in operation.outputs})
-    for operation in block.operations:
-        if operation.type == "scaled_dot_product_attention":
-            query, key = (types[operation.inputs[name].arguments[0].name].tensorType for name in ("query", "key"))
-            dims = [dimension.constant.size for dimension in query.dimensions]
-            return math.prod(dims[:-2]), dims[-2], key.dimensions[-2].constant.size
-    return None
+    types = value_types(function, block)
+    fused = (operation for operation in block.operations if operation.type == FUSED_ATTENTION)
+    return next((fused_attention_shape(operation, types) for operation in fused), None)
 
 
 def largest_attention_scores(package: Path) -> int:
     """Bytes of the largest attention scores one op of the package makes (0 without attention):
     what a Neural Engine must hold at once for that op."""
     function, block = main_block(read_spec(Path(package)))
-    types = {value.name: value.type for value in function.inputs}
-    types.update({value.name: value.type for operation in block.operations for value in operation.outputs})
+    types = value_types(function, block)
     return max((scores_bytes(operation, types) for operation in block.operations), default=0)

@@ -18,9 +18,8 @@ from sd3coreml.compress.activations import (
     quantization_summary,
     quantize_activations,
     ranges_read,
-    w8a8,
 )
-from sd3coreml.convert.package import SPEC_PATH, load_package, save_package
+from sd3coreml.convert.package import SPEC_PATH, load_package
 from sd3coreml.errors import PipelineError
 from sd3coreml.verify.measure import psnr
 from sd3coreml.verify.mil_executor import run_program
@@ -160,9 +159,20 @@ def test_keep_fp16_drops_the_named_ops_pairs(fp16_package, stats):
         quantize_activations(load_package(fp16_package), stats, keep_fp16={"probs"})
 
 
+W8A8 = "int8_linear_symmetric_per_channel_a8"
+
+
+def w8a8(package, stats, out):
+    """The pipeline's W8A8 package (compress/weights.py): activations, then int8 weights per channel."""
+    from sd3coreml.compress.settings import CompressionSetting
+    from sd3coreml.compress.weights import compress_package
+
+    compress_package(package, out, CompressionSetting.from_slug(W8A8), activation_ranges=(stats, frozenset()))
+    return out
+
+
 def test_w8a8_package_runs_in_the_executor_close_to_fp16(fp16_package, stats, tmp_path):
-    path = tmp_path / "tiny.w8a8.mlpackage"
-    save_package(w8a8(load_package(fp16_package), stats), path)
+    path = w8a8(fp16_package, stats, tmp_path / "tiny.w8a8.mlpackage")
     program = as_program(path)
     op_types = {op.op_type for op in program.functions["main"].operations}
     assert {"quantize", "dequantize", "constexpr_affine_dequantize"} <= op_types  # activations; iOS17's int8 weights
@@ -186,16 +196,14 @@ def test_a_range_without_a_scale_is_refused_by_tensor(fp16_package, stats):
 def test_below_ios17_is_refused_in_one_line(tmp_path, stats):
     package = convert(tiny_program(ct.target.iOS16), ct.target.iOS16, tmp_path, "tiny.ios16")
     with pytest.raises(PipelineError) as refused:
-        w8a8(load_package(package), stats)
+        w8a8(package, stats, tmp_path / "tiny.ios16.w8a8.mlpackage")
     message = str(refused.value)
     assert "\n" not in message and "conversion_target: iOS17" in message
 
 
 def test_w8a8_package_repeats_byte_for_byte(fp16_package, stats, tmp_path):
     def build(name):
-        path = tmp_path / f"{name}.mlpackage"
-        save_package(w8a8(load_package(fp16_package), stats), path)
-        return path
+        return w8a8(fp16_package, stats, tmp_path / f"{name}.mlpackage")
 
     first, second = build("first"), build("second")
     for relative in (SPEC_PATH, SPEC_PATH.parent / "weights" / "weight.bin"):

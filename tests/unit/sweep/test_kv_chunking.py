@@ -7,7 +7,7 @@ def test_sd3_mediums_keys_allow_2_chunks_and_31_for_a_head_sized_chunk():
     # 1,178 keys = 2 x 19 x 31: argmaxtools' default of 4 does not divide them.
     assert chunk_counts(24, 1178) == [2, 31]
     assert [ops_per_attention(n) for n in (2, 19, 31)] == [34, 204, 324]
-    lines = reference_lines((24, 1178, 1178))
+    lines = reference_lines((24, 1178, 1178, 2))
     assert "one head's scores 2.65 MiB" in lines[0]
     assert lines[2:] == ["- 2 chunks: about 34 ops per attention, 31.76 MiB of scores per chunk",
                          "- 31 chunks: about 324 ops per attention, 2.05 MiB of scores per chunk"]  # fmt: skip
