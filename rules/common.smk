@@ -238,12 +238,23 @@ def get_sweep_inputs(wildcards):
 
 
 def get_mode_check_inputs(wildcards):
-    return {side: list(entries.values()) for side, entries in ART.mode_check_packages(SWEEP, wildcards.mode).items()}
+    packages = ART.mode_check_packages(SWEEP, wildcards.mode)
+    return {"shared": list(packages["shared"].values()), "compressed": list(packages["compressed"].values()),
+            "fp16_chain": ART.sweep_fp16_chain()}  # fmt: skip
+
+
+def get_fp16_chain_inputs(wildcards):
+    packages = ART.mode_check_packages(SWEEP, SWEEP.modes[0].name)
+    return {side: list(packages[side].values()) for side in ("shared", "fp16")}
 
 
 def get_mode_check_spec(wildcards):
+    """The end-to-end chain's spec: for one mode, or (no `mode` wildcard) the fp16 side every mode shares."""
     model = MODELS[SWEEP.model]
-    spec = {**ART.mode_check_packages(SWEEP, wildcards.mode), "mode": wildcards.mode, "layout": SWEEP.layouts[0].name,
+    mode = getattr(wildcards, "mode", SWEEP.modes[0].name)
+    packages = ART.mode_check_packages(SWEEP, mode)
+    sides = {"compressed": packages["compressed"], "mode": mode} if hasattr(wildcards, "mode") else {"fp16": packages["fp16"]}
+    spec = {"shared": packages["shared"], **sides, "layout": SWEEP.layouts[0].name,
             "prompt": config["fidelity"]["prompt"], "seed": VERIFY_SEED, "steps": model.steps,
             "shift": config["models"][SWEEP.model]["timestep_shift"], "latent": config["latent_size"],
             "in_channels": model.shape.in_channels, "joint_attention_dim": model.shape.joint_attention_dim}  # fmt: skip

@@ -36,8 +36,28 @@ else:
             "echo {params.plan:q} | python -m sd3coreml sweep-summary --spec - --out-dir $(dirname {output.csv}) > {log} 2>&1"
 
 
+    # The app's chain with the fp16 MMDiT packages of the sweep's first layout, once per sweep:
+    # what every mode's end-to-end check is held against.
+    rule sweep_fp16_chain:
+        input:
+            unpack(get_fp16_chain_inputs),
+        output:
+            ART.sweep_fp16_chain(),
+        params:
+            code=step_code("sweep-fp16-chain"),
+            spec=get_mode_check_spec,
+        log:
+            ART.log("sweep/fp16_chain"),
+        benchmark:
+            ART.benchmark("sweep/fp16_chain")
+        conda:
+            "../envs/convert.yaml"
+        shell:
+            "echo {params.spec:q} | python -m sd3coreml sweep-fp16-chain --spec - --out {output} > {log} 2>&1"
+
+
     # One per compression mode, on the sweep's first layout: the app's chain with the mode's MMDiT
-    # packages against the same chain with fp16 ones, encoders and VAE shared (the front's quality).
+    # packages against the fp16 chain, encoders and VAE shared (the front's quality).
     rule sweep_end_to_end:
         input:
             unpack(get_mode_check_inputs),
@@ -53,7 +73,8 @@ else:
         conda:
             "../envs/convert.yaml"
         shell:
-            "echo {params.spec:q} | python -m sd3coreml sweep-end-to-end --spec - --out {output} > {log} 2>&1"
+            "echo {params.spec:q} | python -m sd3coreml sweep-end-to-end --spec - --fp16-chain {input.fp16_chain}"
+            " --out {output} > {log} 2>&1"
 
 
 # macOS only (ON_MACOS): Core ML's placement of each op, first load and predict time of one

@@ -8,9 +8,11 @@ from pathlib import Path
 import pytest
 import yaml
 from harness import snakemake
+from safetensors.numpy import load_file
 
 from sd3coreml.sweep.device_verdict import DEVICE_COLUMNS
 from sd3coreml.sweep.program_stats import program_stats
+from sd3coreml.verify.end_to_end.compression_check import JUDGED
 
 
 @pytest.fixture(scope="module")
@@ -96,6 +98,8 @@ def test_each_mode_is_measured_end_to_end_once_and_the_front_holds_the_undominat
     for row in rows:
         check = json.loads((demo_sweep / "end_to_end" / f"{row['mode']}.json").read_text())
         assert check["layout"] == "1-2-2" and float(row["end_to_end_db"]) == pytest.approx(check["final_latent_db"], abs=0.01)
+    # Every mode is held against one run of the fp16 chain, written once for the sweep.
+    assert sorted(load_file(str(demo_sweep / "fp16_chain.safetensors"))) == sorted(JUDGED)
     by_mode = {row["mode"]: float(row["end_to_end_db"]) for row in rows}
     assert by_mode["int8"] > by_mode["mix"] + 5  # int4 blocks and 4-bit palettes cost more than int8
     # The CSV's figures are rounded: a row off the front is matched or beaten on both axes by one on it.

@@ -64,6 +64,7 @@ def test_a_sweep_takes_a_budget_as_a_mode(tmp_path):
         "compress_by_recipe": len(stems) + 2,
     }
     assert planned.get("sweep_end_to_end") == 2  # one per mode, not per layout
+    assert planned.get("sweep_fp16_chain") == 1  # the side every mode is held against, once
 
 
 def zip_starts(sizes: list[int]):

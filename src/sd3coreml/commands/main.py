@@ -25,7 +25,9 @@ GROUPS = {
         "assemble-folder", "verify-folder", "compile-package", "compile-folder", "release-check", "mac-selfcheck",
         "cleanup",
     ),
-    "sd3coreml.commands.sweep": ("sweep-summary", "sweep-end-to-end", "profile-on-device", "bench-report"),
+    "sd3coreml.commands.sweep": (
+        "sweep-summary", "sweep-fp16-chain", "sweep-end-to-end", "profile-on-device", "bench-report",
+    ),
     "sd3coreml.commands.sensitivity": (
         "capture-calibration", "analyse-weights", "capture-text-calibration", "analyse-text-encoder",
         "recipe-from-budget", "activation-ranges",

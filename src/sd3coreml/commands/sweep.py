@@ -1,4 +1,4 @@
-"""`sweep-summary`, `sweep-end-to-end`, `profile-on-device`, `bench-report`: what layouts cost and where they run."""
+"""`sweep-summary`, `sweep-fp16-chain`, `sweep-end-to-end`, `profile-on-device`, `bench-report`: what layouts cost and where they run."""
 
 from pathlib import Path
 
@@ -13,13 +13,21 @@ def sweep_summary(args) -> None:
     write_summary(read_spec(args.spec, "sweep-summary"), args.out_dir)
 
 
+def sweep_fp16_chain(args) -> None:
+    skip_unused_frameworks("torch", "sklearn", "transformers")
+    from sd3coreml.step_spec import read_spec
+    from sd3coreml.verify.end_to_end.compression_check import write_fp16_chain
+
+    write_fp16_chain(read_spec(args.spec, "sweep-fp16-chain"), args.out)
+
+
 def sweep_end_to_end(args) -> None:
     skip_unused_frameworks("torch", "sklearn", "transformers")
     from sd3coreml.atomic import write_json
     from sd3coreml.step_spec import read_spec
     from sd3coreml.verify.end_to_end.compression_check import compression_check
 
-    write_json(args.out, compression_check(read_spec(args.spec, "sweep-end-to-end")))
+    write_json(args.out, compression_check(read_spec(args.spec, "sweep-end-to-end"), args.fp16_chain))
 
 
 def profile_on_device(args) -> None:
@@ -42,8 +50,14 @@ def register_cli(subparsers) -> None:
     step.add_argument("--out-dir", type=Path, required=True)
     step.set_defaults(func=sweep_summary)
 
+    step = subparsers.add_parser("sweep-fp16-chain", help="the app's chain with fp16 MMDiT packages, once per sweep")
+    step.add_argument("--spec", required=True, help="the chain's JSON spec (file, or - for stdin)")
+    step.add_argument("--out", type=Path, required=True, help="the safetensors file of its judged values to write")
+    step.set_defaults(func=sweep_fp16_chain)
+
     step = subparsers.add_parser("sweep-end-to-end", help="a compression mode's MMDiT against fp16, through the app's chain")
     step.add_argument("--spec", required=True, help="the check's JSON spec (file, or - for stdin)")
+    step.add_argument("--fp16-chain", type=Path, required=True, help="the sweep-fp16-chain file to compare with")
     step.add_argument("--out", type=Path, required=True, help="the figures JSON to write")
     step.set_defaults(func=sweep_end_to_end)
 

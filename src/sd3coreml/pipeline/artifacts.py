@@ -534,6 +534,10 @@ class Artifacts:
         """One end-to-end check per compression mode (not per layout), on the sweep's first layout."""
         return self.sweep_report(f"end_to_end/{mode}.json")
 
+    def sweep_fp16_chain(self) -> str:
+        """The app's chain with fp16 MMDiT packages: what every mode's end-to-end check is held against."""
+        return self.sweep_report("fp16_chain.safetensors")
+
     def mode_check_packages(self, sweep, mode_name: str) -> dict[str, dict[str, str]]:
         """The app's folder entries of a mode's end-to-end check: shared (text encoders, VAE decoder,
         tokenizer files, as the model's folder has them), and the MMDiT's, fp16 and under the mode,
