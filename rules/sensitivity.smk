@@ -96,6 +96,30 @@ rule recipe_from_budget:
         " --out {output.recipe} --report {output.report} > {log} 2>&1"
 
 
+# ml-stable-diffusion's per-layer threshold rule at a budget recipe's bytes, from the same analyses:
+# built on request (`snakemake <root>/recipes/<model>/recipe-bpw4.per_layer_threshold.json`) and
+# given to a sweep as a file mode, so the allocation is measured against it (docs/COMPRESSION.md).
+rule threshold_recipe_from_budget:
+    input:
+        analyses=get_model_analyses,
+    output:
+        ART.threshold_recipe(),
+    params:
+        code=step_code("recipe-from-budget"),
+        budget=get_recipe_budget,
+    log:
+        ART.job_log("threshold_recipe"),
+    wildcard_constraints:
+        compression=RECIPE_BUDGET_SLUG,
+    resources:
+        mem_mb=1000,
+    conda:
+        "../envs/convert.yaml"
+    shell:
+        "python -m sd3coreml recipe-from-budget --analyses {input.analyses} --budget {params.budget}"
+        " --rule per_layer_threshold --out {output} > {log} 2>&1"
+
+
 # The text encoders' twins (a budget given to compression.text_encoders): calibrated on the prompts
 # alone, each encoder analysed apart, and one budget allocated over both, a recipe per encoder.
 

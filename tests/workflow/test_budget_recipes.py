@@ -40,6 +40,16 @@ def test_a_budget_plans_its_calibration_an_analysis_per_piece_its_recipe_and_its
     assert f'"recipe recipe-bpw4": "{RECIPE}"' in output
 
 
+def test_the_threshold_rule_recipe_of_a_budget_is_a_target_of_the_same_analyses(tmp_path):
+    workdir = new_workdir(tmp_path)
+    target = RECIPE.replace(".json", ".per_layer_threshold.json")
+    result = snakemake(workdir, "-n", "-p", target)
+    planned = planned_jobs(result)
+    assert planned.get("threshold_recipe_from_budget") == 1 and planned.get("analyse_weights") == tiny_depth() + 2
+    assert "recipe_from_budget" not in planned
+    assert f"--budget bits_per_weight=4 --rule per_layer_threshold --out {target} " in result.stdout
+
+
 def test_without_a_budget_nothing_of_it_is_planned(tmp_path):
     workdir = new_workdir(tmp_path)
     planned = planned_jobs(snakemake(workdir, "-n", *DEMO_TARGETS))

@@ -68,7 +68,7 @@ def recipe_from_budget(args) -> None:
     from sd3coreml.compress.recipes import Recipe, write_recipe
     from sd3coreml.sensitivity.budget import recipe_from_budget
 
-    recipes, report = recipe_from_budget(args.analyses, args.budget)
+    recipes, report = recipe_from_budget(args.analyses, args.budget, args.rule)
     outputs = {"": args.out} if args.out else dict(args.recipe_of or ())
     if sorted(recipes) != sorted(outputs):
         given = ", ".join(sorted(outputs)) or "the transformer (--out)"
@@ -76,7 +76,8 @@ def recipe_from_budget(args) -> None:
                             f"the command was given recipes for {given}: give --out for the transformer's pieces, "
                             "--recipe-of ENTRY FILE for each text encoder")  # fmt: skip
     recipe_files = {piece: Recipe.from_json(recipe, outputs[piece]) for piece, recipe in recipes.items()}
-    write_json(args.report, report)
+    if args.report:
+        write_json(args.report, report)
     for piece, recipe in recipe_files.items():
         write_recipe(recipe, outputs[piece])
 
@@ -145,5 +146,8 @@ def register_cli(subparsers) -> None:
     recipes.add_argument("--out", type=Path, help="the recipe JSON to write (the transformer's pieces)")
     recipes.add_argument("--recipe-of", nargs=2, action="append", metavar=("ENTRY", "FILE"),
                          help="the recipe JSON of text encoder ENTRY to write (repeat for each)")  # fmt: skip
-    step.add_argument("--report", type=Path, required=True, help="the report JSON to write")
+    step.add_argument("--report", type=Path, help="the report JSON to write")
+    step.add_argument("--rule", choices=("allocation", "per_layer_threshold"), default="allocation",
+                      help="whose widths: the allocation's, or ml-stable-diffusion's per-layer threshold rule at "
+                      "the allocation's bytes (to measure the allocation against)")  # fmt: skip
     step.set_defaults(func=recipe_from_budget)

@@ -63,6 +63,8 @@ ANALYSIS_BLOCK = "block{index}"
 ANALYSIS_PIECE_WILDCARD = "|".join((*ANALYSIS_PIECES, ANALYSIS_BLOCK.replace("{index}", r"\d+")))
 RECIPE = "recipes/{model}/{compression}.json"
 RECIPE_REPORT = "recipes/{model}/{compression}.report.json"
+# ml-stable-diffusion's per-layer threshold rule at a budget recipe's bytes: a file mode to measure it by.
+THRESHOLD_RECIPE = "recipes/{model}/{compression}.per_layer_threshold.json"
 # The text encoders' twins: calibrated on the prompts alone (p<hex digits>), a recipe per encoder
 # from one budget over both (their tensors share names), with one report.
 TEXT_CALIBRATION = "calibration/text_encoders/p{prompts}"
@@ -84,6 +86,7 @@ JOBS = {
     "calibration": CALIBRATION,
     "analysis": ANALYSIS.removesuffix(".json"),
     "recipe": RECIPE.removesuffix(".json"),
+    "threshold_recipe": THRESHOLD_RECIPE.removesuffix(".json"),
     "text_calibration": TEXT_CALIBRATION,
     "text_analysis": TEXT_ANALYSIS.removesuffix(".json"),
     "text_recipe": TEXT_RECIPE_REPORT.removesuffix("/report.json"),
@@ -325,6 +328,10 @@ class Artifacts:
     def recipe(self, model: str = "{model}", slug: str = "{compression}", report: bool = False) -> str:
         """A budget's recipe made for `model`, or (`report`) what its job reports of it."""
         return self.under_root(fill(RECIPE_REPORT if report else RECIPE, model=model, compression=slug))
+
+    def threshold_recipe(self, model: str = "{model}", slug: str = "{compression}") -> str:
+        """The per-layer threshold rule's recipe at the bytes of the budget recipe `slug` for `model`."""
+        return self.under_root(fill(THRESHOLD_RECIPE, model=model, compression=slug))
 
     def text_calibration(self, prompts: str = "{prompts}") -> str:
         return self.under_root(fill(TEXT_CALIBRATION, prompts=prompts))

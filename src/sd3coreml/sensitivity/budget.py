@@ -136,23 +136,31 @@ def recipes_by_piece(widths: dict) -> dict[str, dict]:
     return {piece: recipe_of(group) for piece, group in sorted(grouped.items())}
 
 
-def recipe_from_budget(analyses, budget_text: str) -> tuple[dict[str, dict], dict]:
+# The rules a recipe's widths may come from: the allocation (the recipe a budget names), or
+# ml-stable-diffusion's per-layer threshold rule at the allocation's bytes, to measure against it.
+ALLOCATION, PER_LAYER_THRESHOLD = "allocation", "per_layer_threshold"
+RULES = (ALLOCATION, PER_LAYER_THRESHOLD)
+
+
+def recipe_from_budget(analyses, budget_text: str, rule: str = ALLOCATION) -> tuple[dict[str, dict], dict]:
     """({piece: recipe JSON}, report) for the budget over the analyses' weights, allocated over all of
-    them at once: one recipe for the transformer's pieces (piece ""), one per text encoder."""
+    them at once: one recipe for the transformer's pieces (piece ""), one per text encoder. Under
+    `rule` PER_LAYER_THRESHOLD the recipes hold the threshold rule's widths at the allocation's bytes
+    (the report's `per_layer_threshold_rule`), the report being the same either way."""
     records = read_records(analyses)
     curves = round_curves(curves_of(records))
     widths = allocate(curves, parse_budget(budget_text))
     chosen = summary(curves, widths)
-    threshold, rule = threshold_at_bytes(curves, chosen["bytes"])
+    threshold, by_threshold = threshold_at_bytes(curves, chosen["bytes"])
     uniform = {str(width): summary(curves, {name: width for name in curves})
                for width in sorted({w for curve in curves.values() for w in curve}, key=str)}  # fmt: skip
     report = {
         "budget": budget_text,
         "weights": len(curves),
         "recipe": chosen,
-        "per_layer_threshold_rule": {"threshold": threshold, **summary(curves, rule)},
+        "per_layer_threshold_rule": {"threshold": threshold, **summary(curves, by_threshold)},
         "uniform": uniform,
         "prediction_check": prediction_check(records),
         "pieces": sorted(record["piece"] for record in records),
     }
-    return recipes_by_piece(widths), report
+    return recipes_by_piece(by_threshold if rule == PER_LAYER_THRESHOLD else widths), report

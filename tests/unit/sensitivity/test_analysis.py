@@ -148,3 +148,16 @@ def test_a_budget_gives_a_recipe_within_it_and_a_report_beside_the_threshold_rul
     with pytest.raises(PipelineError, match="KIND=VALUE"):
         recipe_from_budget([path], "bits=3")
     assert np.isclose(report["uniform"]["4"]["bits_per_weight"], 4, atol=0.1)
+
+
+def test_the_threshold_rule_recipe_holds_the_widths_the_report_predicts_for_it(record, tmp_path):
+    path = tmp_path / "block2.json"
+    path.write_text(json.dumps(record))
+    allocated, report = recipe_from_budget([path], "bits_per_weight=3")
+    by_threshold, same_report = recipe_from_budget([path], "bits_per_weight=3", "per_layer_threshold")
+    assert same_report == report
+    histogram = {}
+    for entry in by_threshold[""]["weights"].values():
+        width = "fp16" if entry == "fp16" else str(entry["nbits"])
+        histogram[width] = histogram.get(width, 0) + 1
+    assert histogram == report["per_layer_threshold_rule"]["widths"]
