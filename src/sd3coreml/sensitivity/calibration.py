@@ -111,8 +111,10 @@ class PieceInputs:
         for name, value in tensors.items():
             slots[name][prompt * self.steps + step] = np.asarray(value, dtype=np.float32)
 
-    def stacked(self, piece: str) -> dict[str, np.ndarray]:
-        return {name: np.concatenate(values, axis=0) for name, values in self.inputs[piece].items()}
+    def pop_stacked(self, piece: str) -> dict[str, np.ndarray]:
+        """`piece`'s inputs stacked [samples, ...], no longer held here: at SD3 Medium size the pieces'
+        inputs are gigabytes, so they are stacked and written one piece at a time."""
+        return {name: np.concatenate(values, axis=0) for name, values in self.inputs.pop(piece).items()}
 
 
 def run_chain(weights: Path, config_path: Path, components: Path, chain: ChainSettings) -> PieceInputs:
@@ -164,7 +166,7 @@ def capture_calibration(weights, config_path, components, chain: ChainSettings, 
         raise PipelineError("sensitivity.prompts is empty; give at least one prompt to calibrate with")
     record = run_chain(Path(weights), Path(config_path), Path(components), chain)
     samples = [{"prompt": p, "step": s} for p in range(len(chain.prompts)) for s in range(chain.steps)]
-    files = {piece: record.stacked(piece) for piece in record.inputs}
+    files = ((piece, record.pop_stacked(piece)) for piece in sorted(record.inputs))
     write_calibration(Path(out), files, {**chain.describe(), "samples": samples})
 
 
@@ -175,19 +177,21 @@ def capture_text_calibration(components, prompts, out: Path) -> None:
     if not prompts:
         raise PipelineError("sensitivity.prompts is empty; give at least one prompt to calibrate with")
     outputs = encoder_outputs(Path(components), prompts)
-    write_calibration(Path(out), outputs, {"format": FORMAT, "prompts": list(prompts), "encoders": list(TEXT_ENCODERS)})
+    description = {"format": FORMAT, "prompts": list(prompts), "encoders": list(TEXT_ENCODERS)}
+    write_calibration(Path(out), sorted(outputs.items()), description)
 
 
-def write_calibration(out: Path, files: dict[str, dict[str, np.ndarray]], description: dict) -> None:
-    """A calibration folder `out`, whole or not at all: one safetensors file per piece ({piece:
-    {tensor name: array}}) and the description, both written in a fixed order."""
+def write_calibration(out: Path, files, description: dict) -> None:
+    """A calibration folder `out`, whole or not at all: one safetensors file per piece, from
+    `files`, (piece, {tensor name: array}) pairs in sorted order (each may be made as it is
+    written), and the description."""
     import torch
 
     from sd3coreml.inputs.checkpoint import save_safetensors
 
     with written_atomically(out) as folder:
         folder.mkdir()
-        for piece, tensors in sorted(files.items()):
+        for piece, tensors in files:
             save_safetensors({name: torch.from_numpy(np.ascontiguousarray(value)) for name, value in tensors.items()},
                              folder / f"{piece}.safetensors")  # fmt: skip
         (folder / DESCRIPTION).write_text(json.dumps(description, indent=2, sort_keys=True) + "\n", encoding="utf-8")
