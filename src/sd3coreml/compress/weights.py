@@ -8,6 +8,7 @@ All run on the fp16 package by a separate step, so changing compression never re
 import re
 from pathlib import Path
 
+from sd3coreml.compress.linear_fp32 import float32_linear_quantization
 from sd3coreml.compress.palettes import EXACT_KMEANS_MIN_VALUES, PrecomputedPalettes
 from sd3coreml.compress.settings import LINEAR, NO_EXACT_KMEANS, PALETTIZE, RECIPE, CompressionSetting
 from sd3coreml.contract import INPUT_IDS
@@ -253,10 +254,17 @@ def compress_package(
     activations"). The weight passes keep `joint_compression` False: it is for an already
     compressed weight (a palette's LUT), and the activation scales are scalars no weight pass takes.
     """
+    model = load_package(package)
+    with float32_linear_quantization():
+        compressed = compressed_model(model, setting, workers, activation_ranges)
+    save_package(compressed, Path(out), {"sd3coreml.compression": setting.label})
+
+
+def compressed_model(model, setting: CompressionSetting, workers: int, activation_ranges: tuple | None):
+    """The loaded fp16 `model` as `setting` compresses it (compress_package says how)."""
     import coremltools.optimize.coreml as cto
     from threadpoolctl import threadpool_limits
 
-    model = load_package(package)
     if setting.activations:
         from sd3coreml.compress.activations import quantize_activations
 
@@ -275,4 +283,4 @@ def compress_package(
     else:
         with threadpool_limits(limits=1):
             compressed = cto.palettize_weights(model, config=optimization_config(setting))
-    save_package(compressed, Path(out), {"sd3coreml.compression": setting.label})
+    return compressed
