@@ -221,6 +221,10 @@ def get_end_to_end_bar(wildcards):
     return jobs.end_to_end_bar(config, wildcards.model)
 
 
+def get_app_chain_mem_mb(wildcards, input):
+    return jobs.app_chain_mem_mb([*input.shared, *input.get("fp16", []), *input.get("compressed", [])])
+
+
 def get_end_to_end_mem_mb(wildcards, input):
     return jobs.end_to_end_mem_mb(Path(input.weights))
 

@@ -50,6 +50,8 @@ else:
             ART.log("sweep/fp16_chain"),
         benchmark:
             ART.benchmark("sweep/fp16_chain")
+        resources:
+            mem_mb=get_app_chain_mem_mb,
         conda:
             "../envs/convert.yaml"
         shell:
@@ -70,6 +72,8 @@ else:
             ART.log("sweep/end_to_end/{mode}"),
         benchmark:
             ART.benchmark("sweep/end_to_end/{mode}")
+        resources:
+            mem_mb=get_app_chain_mem_mb,
         conda:
             "../envs/convert.yaml"
         shell:
