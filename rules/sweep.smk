@@ -52,6 +52,7 @@ else:
             ART.benchmark("sweep/fp16_chain")
         resources:
             mem_mb=get_app_chain_mem_mb,
+            app_chain=1,
         conda:
             "../envs/convert.yaml"
         shell:
@@ -74,6 +75,7 @@ else:
             ART.benchmark("sweep/end_to_end/{mode}")
         resources:
             mem_mb=get_app_chain_mem_mb,
+            app_chain=1,
         conda:
             "../envs/convert.yaml"
         shell:

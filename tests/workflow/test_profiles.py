@@ -60,7 +60,7 @@ def test_full_scale_profile_gives_two_threads_to_the_long_path_only(scratch):
 def test_default_profile_caps_memory_for_a_24_gb_machine():
     # Every other test's Snakemake run reads this profile; here only what it promises.
     settings = yaml.safe_load((PROFILES / "default" / "config.yaml").read_text())
-    assert settings["resources"] == ["mem_mb=22000"]
+    assert settings["resources"] == ["mem_mb=22000", "app_chain=1"]
 
 
 def test_a_broken_profile_is_refused(scratch, tmp_path):

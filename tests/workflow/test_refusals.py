@@ -76,8 +76,8 @@ def test_a_job_planned_with_more_memory_than_the_machine_has(tmp_path):
     assert only_error_line(result) == (
         "error: rule verify_vae_decoder (results/demo/fidelity/vae/iOS18/latent16x16/VAEDecoder.fp16.json) is "
         "planned with mem_mb=8000, more than this machine's 7000 MB of memory, where it would swap or be killed: "
-        "run with --resources mem_mb=5000 to hold every job to what this machine has (a job that truly needs more "
-        "still swaps), or build on a machine with more memory"
+        "run with --resources mem_mb=5000 app_chain=1 to hold every job to what this machine has (a job that truly "
+        "needs more still swaps), or build on a machine with more memory"
     )
     assert_no_job_ran(result, workdir)
 

@@ -175,8 +175,8 @@ def require_memory(planned: list[tuple[str, int]], physical_mb: int) -> None:
         fitting = max(1000, physical_mb * 85 // 100 // 1000 * 1000)
         raise PipelineError(
             f"{job} is planned with mem_mb={mem_mb}, more than this machine's {physical_mb} MB of memory, where it "
-            f"would swap or be killed: run with --resources mem_mb={fitting} to hold every job to what this machine "
-            "has (a job that truly needs more still swaps), or build on a machine with more memory"
+            f"would swap or be killed: run with --resources mem_mb={fitting} app_chain=1 to hold every job to what "
+            "this machine has (a job that truly needs more still swaps), or build on a machine with more memory"
         )
 
 
