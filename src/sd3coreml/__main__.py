@@ -24,27 +24,54 @@ def served_exit_code(path: str) -> int | None:
                "umask": umask, "sys_path": sys.path, "executable": sys.executable, "flags": list(sys.flags),
                "xoptions": sys._xoptions, "warnoptions": sys.warnoptions, "path": sys.path[1:], "limits": limits}  # fmt: skip
     body = json.dumps(request).encode()
+    # Snakemake cancels a job by signalling its shell's process group: the signal goes on to the
+    # child, and one that comes before the child's pid is held until the pid does.
+    relay = Relay()
     client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         client.connect(path)
         socket.send_fds(client, [len(body).to_bytes(4, "big")], [0, 1, 2])
         client.sendall(body)
     except OSError:  # no server there, or a standard stream closed: nothing to hand over
-        return None
-    child = None
+        return relay.give_back()
     for line in client.makefile("r"):
         reply = json.loads(line)
         if "refused" in reply:
-            return None
+            return relay.give_back()
         if "pid" in reply:
-            child = reply["pid"]
-            # Snakemake cancels a job by signalling its shell's process group: pass it on to the child.
-            for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-                signal.signal(signum, lambda signum, frame, pid=child: forward(signum, pid))
+            relay.to(reply["pid"])
         if "exit" in reply:
             return reply["exit"]
-    print(f"error: the job server at {path} ended before job {child} reported its end", file=sys.stderr)
+    print(f"error: the job server at {path} ended before job {relay.child} reported its end", file=sys.stderr)
     return 1
+
+
+class Relay:
+    """Passes SIGTERM, SIGINT and SIGHUP on to the served child once its pid is known."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+    def __init__(self):
+        self.child, self.pending = None, []
+        self.previous = {signum: signal.signal(signum, self.received) for signum in self.SIGNALS}
+
+    def received(self, signum, frame) -> None:
+        if self.child is None:
+            self.pending.append(signum)
+        else:
+            forward(signum, self.child)
+
+    def to(self, child: int) -> None:
+        self.child = child
+        for signum in self.pending:
+            forward(signum, child)
+
+    def give_back(self) -> None:
+        """Not served: the step runs here, under Python's own handlers, and a held signal arrives now."""
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)
+        for signum in self.pending:
+            os.kill(os.getpid(), signum)
 
 
 def forward(signum: int, pid: int) -> None:

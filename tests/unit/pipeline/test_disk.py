@@ -99,8 +99,8 @@ def test_the_largest_planned_job_is_refused_on_a_smaller_machine(monkeypatch):
         check_memory(planned)
     assert str(raised.value) == (
         "rule end_to_end (b) is planned with mem_mb=18000, more than this machine's 17179 MB of memory, where it "
-        "would swap or be killed: run with --resources mem_mb=14000 to hold every job to what this machine has "
-        "(a job that truly needs more still swaps), or build on a machine with more memory"
+        "would swap or be killed: run with --resources mem_mb=14000 app_chain=1 to hold every job to what this "
+        "machine has (a job that truly needs more still swaps), or build on a machine with more memory"
     )
     fake_machine(monkeypatch, 24 * 2**30)
     check_memory(planned)
