@@ -13,6 +13,12 @@ import time
 import pytest
 
 SIGNALS = [signal.SIGTERM, signal.SIGINT]
+# The served child's stand-in. A background shell's children start with SIGINT ignored (make
+# under `sh -c '...' &`), which Python keeps: it takes Python's own handler back first.
+SLEEPER = (
+    "import signal, sys, time; signal.signal(signal.SIGINT, signal.default_int_handler); "
+    "print('ready', flush=True); time.sleep(60)"
+)
 
 
 def request_of(connection: socket.socket) -> dict:
@@ -32,7 +38,8 @@ def test_a_signal_before_the_childs_pid_is_passed_on_when_the_pid_comes(tmp_path
     server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     server.bind(path)
     server.listen(1)
-    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    child = subprocess.Popen([sys.executable, "-c", SLEEPER], stdout=subprocess.PIPE)
+    assert child.stdout.readline() == b"ready\n"
     env = {**os.environ, "SD3COREML_JOB_SERVER": path}
     client = subprocess.Popen([sys.executable, "-m", "sd3coreml", "no-such-step"], env=env, stdin=subprocess.DEVNULL,
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
