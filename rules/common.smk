@@ -222,7 +222,7 @@ def get_end_to_end_bar(wildcards):
 
 
 def get_app_chain_mem_mb(wildcards, input):
-    return jobs.app_chain_mem_mb([*input.shared, *input.get("fp16", []), *input.get("compressed", [])])
+    return jobs.app_chain_mem_mb([*input.shared, *input.mmdit])
 
 
 def get_end_to_end_mem_mb(wildcards, input):
@@ -241,24 +241,22 @@ def get_sweep_inputs(wildcards):
     return ART.sweep_inputs(SWEEP, ON_MACOS)
 
 
-def get_mode_check_inputs(wildcards):
-    packages = ART.mode_check_packages(SWEEP, wildcards.mode)
-    return {"shared": list(packages["shared"].values()), "compressed": list(packages["compressed"].values()),
-            "fp16_chain": ART.sweep_fp16_chain()}  # fmt: skip
+def chain_inputs(packages: dict) -> dict[str, list[str]]:
+    return {part: list(entries.values()) for part, entries in packages.items()}
 
 
 def get_fp16_chain_inputs(wildcards):
-    packages = ART.mode_check_packages(SWEEP, SWEEP.modes[0].name)
-    return {side: list(packages[side].values()) for side in ("shared", "fp16")}
+    return chain_inputs(ART.app_chain_packages(SWEEP))
+
+
+def get_mode_check_inputs(wildcards):
+    return {**chain_inputs(ART.app_chain_packages(SWEEP, wildcards.mode)), "fp16_chain": ART.sweep_fp16_chain()}
 
 
 def get_mode_check_spec(wildcards):
-    """The end-to-end chain's spec: for one mode, or (no `mode` wildcard) the fp16 side every mode shares."""
-    model = MODELS[SWEEP.model]
-    mode = getattr(wildcards, "mode", SWEEP.modes[0].name)
-    packages = ART.mode_check_packages(SWEEP, mode)
-    sides = {"compressed": packages["compressed"], "mode": mode} if hasattr(wildcards, "mode") else {"fp16": packages["fp16"]}
-    spec = {"shared": packages["shared"], **sides, "layout": SWEEP.layouts[0].name,
+    """The end-to-end chain's spec: for one mode, or (no `mode` wildcard) the fp16 MMDiT every mode is held against."""
+    model, mode = MODELS[SWEEP.model], getattr(wildcards, "mode", None)
+    spec = {**ART.app_chain_packages(SWEEP, mode), "mode": mode, "layout": SWEEP.layouts[0].name,
             "prompt": config["fidelity"]["prompt"], "seed": VERIFY_SEED, "steps": model.steps,
             "shift": config["models"][SWEEP.model]["timestep_shift"], "latent": config["latent_size"],
             "in_channels": model.shape.in_channels, "joint_attention_dim": model.shape.joint_attention_dim}  # fmt: skip

@@ -545,21 +545,22 @@ class Artifacts:
         """The app's chain with fp16 MMDiT packages: what every mode's end-to-end check is held against."""
         return self.sweep_report("fp16_chain.safetensors")
 
-    def mode_check_packages(self, sweep, mode_name: str) -> dict[str, dict[str, str]]:
-        """The app's folder entries of a mode's end-to-end check: shared (text encoders, VAE decoder,
-        tokenizer files, as the model's folder has them), and the MMDiT's, fp16 and under the mode,
-        on the sweep's first layout with joint attention (Conditioning under the mode's default)."""
-        mode = next(mode for mode in sweep.modes if mode.name == mode_name)
+    def app_chain_packages(self, sweep, mode_name: str | None = None) -> dict[str, dict[str, str]]:
+        """The app's folder entries of a sweep's end-to-end chain, on its first layout with joint
+        attention: shared (text encoders, VAE decoder, tokenizer files, as the model's folder has
+        them) and the MMDiT's (Conditioning under the mode's default, each stage under its own
+        setting), under mode `mode_name` or, without one, fp16."""
         layout = sweep.layouts[0]
+        mode = None if mode_name is None else next(mode for mode in sweep.modes if mode.name == mode_name)
         shared = {f"{name}.mlpackage": path for name, path in self.folder_packages(sweep.model, layout.ranges).items()
                   if name in (*TEXT_ENCODERS, VAE_DECODER)}  # fmt: skip
-        conditioning = self.stem("conditioning", model=sweep.model)
-        sides = {"fp16": {f"{CONDITIONING}.mlpackage": self.compressed(conditioning, CompressionSetting())},
-                 "compressed": {f"{CONDITIONING}.mlpackage": self.compressed(conditioning, mode.default)}}  # fmt: skip
-        for stage in self.sweep_stages(sweep.model, layout, mode, on_macos=False):
-            name = f"{STAGE.format(index=stage['stage'])}.mlpackage"
-            sides["fp16"][name], sides["compressed"][name] = stage["fp16_package"], stage["package"]
-        return {"shared": {**shared, **self.tokenizer_files()}, **sides}
+        conditioning = self.compressed(self.stem("conditioning", model=sweep.model),
+                                       mode.default if mode else CompressionSetting())  # fmt: skip
+        mmdit = {f"{CONDITIONING}.mlpackage": conditioning}
+        for index, stem in enumerate(self.stage_stems(sweep.model, layout.ranges)):
+            setting = mode.for_stage(index, layout.stage_count) if mode else CompressionSetting()
+            mmdit[f"{STAGE.format(index=index)}.mlpackage"] = self.compressed(stem, setting)
+        return {"shared": {**shared, **self.tokenizer_files()}, "mmdit": mmdit}
 
     def weights_to_convert(self, outputs, models: dict, components: Path) -> list:
         """The input weights of the conversions that write `outputs`: what the disk estimate is made from.

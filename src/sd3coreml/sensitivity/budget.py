@@ -139,7 +139,6 @@ def recipes_by_piece(widths: dict) -> dict[str, dict]:
 # The rules a recipe's widths may come from: the allocation (the recipe a budget names), or
 # ml-stable-diffusion's per-layer threshold rule at the allocation's bytes, to measure against it.
 ALLOCATION, PER_LAYER_THRESHOLD = "allocation", "per_layer_threshold"
-RULES = (ALLOCATION, PER_LAYER_THRESHOLD)
 
 
 def recipe_from_budget(analyses, budget_text: str, rule: str = ALLOCATION) -> tuple[dict[str, dict], dict]:

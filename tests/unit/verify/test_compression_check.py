@@ -19,9 +19,8 @@ def chain_values(offset: float) -> dict[str, np.ndarray]:
 def test_a_mode_is_compared_with_the_fp16_chain_written_once(tmp_path, monkeypatch):
     fp16, compressed = chain_values(0.0), chain_values(0.0)
     compressed["image"] = compressed["image"] + np.float32(0.01)
-    sides = {"fp16": fp16, "compressed": compressed}
-    monkeypatch.setattr(check, "judged_values", lambda spec, side: sides[side])
-    check.write_fp16_chain(SPEC, tmp_path / "fp16_chain.safetensors")
+    monkeypatch.setattr(check, "judged_values", lambda spec: fp16 if spec["mode"] is None else compressed)
+    check.write_fp16_chain({**SPEC, "mode": None}, tmp_path / "fp16_chain.safetensors")
     figures = check.compression_check(SPEC, tmp_path / "fp16_chain.safetensors")
     assert figures["final_latent_db"] == "inf" and figures["decoded_latent_db"] == "inf"
     assert figures["image_db"] == pytest.approx(round(psnr(fp16["image"], compressed["image"]), 3))

@@ -32,10 +32,10 @@ def linked_folder(entries: dict[str, str], root: Path) -> Path:
     return root
 
 
-def judged_values(spec: dict, side: str) -> dict[str, np.ndarray]:
-    """The JUDGED values of the app's chain over the shared entries and `side`'s MMDiT packages.
+def judged_values(spec: dict) -> dict[str, np.ndarray]:
+    """The JUDGED values of the app's chain over the spec's shared entries and MMDiT packages.
 
-    `spec`: {"shared": {name: path}, side: {name: path}, "prompt", "seed", "steps", "shift",
+    `spec`: {"shared": {name: path}, "mmdit": {name: path}, "prompt", "seed", "steps", "shift",
     "latent": [H, W], "in_channels", "joint_attention_dim"}."""
     from sd3coreml.verify.end_to_end.app_chain import initial_latent, run_app_chain
     from sd3coreml.verify.end_to_end.app_tokenizer import app_token_ids
@@ -44,7 +44,7 @@ def judged_values(spec: dict, side: str) -> dict[str, np.ndarray]:
     schedule = AppSchedule(spec["steps"], spec["shift"])
     noise = initial_latent(spec["seed"], (1, spec["in_channels"], *spec["latent"]))
     with tempfile.TemporaryDirectory(prefix="sd3coreml-mode-") as scratch:
-        folder = linked_folder({**spec["shared"], **spec[side]}, Path(scratch) / side)
+        folder = linked_folder({**spec["shared"], **spec["mmdit"]}, Path(scratch) / "folder")
         record = run_app_chain(folder, app_token_ids(folder, spec["prompt"]), noise, schedule,
                                spec["joint_attention_dim"])  # fmt: skip
     return {name: record.values[(None, name)] for name in JUDGED}
@@ -56,7 +56,7 @@ def write_fp16_chain(spec: dict, out: Path) -> None:
 
     from sd3coreml.atomic import written_atomically
 
-    values = judged_values(spec, "fp16")
+    values = judged_values(spec)
     with written_atomically(Path(out)) as path:
         save_file({name: np.ascontiguousarray(value) for name, value in values.items()}, str(path))
 
@@ -71,10 +71,10 @@ def read_fp16_chain(path: Path) -> dict[str, np.ndarray]:
 
 
 def compression_check(spec: dict, fp16_chain: Path) -> dict:
-    """`spec` as `judged_values` takes it, with "compressed" as the side, "mode" and "layout";
-    `fp16_chain` the file `write_fp16_chain` wrote for the same spec."""
+    """`spec` as `judged_values` takes it, with the mode's MMDiT, "mode" and "layout"; `fp16_chain`
+    the file `write_fp16_chain` wrote for the same chain with the fp16 MMDiT."""
     reference = read_fp16_chain(fp16_chain)
-    compressed = judged_values(spec, "compressed")
+    compressed = judged_values(spec)
     figures = {f"{name}_db": json_figure(round(psnr(reference[name], compressed[name]), 3)) for name in JUDGED}
     return {"mode": spec["mode"], "layout": spec["layout"], "prompt": spec["prompt"], "seed": spec["seed"],
             "steps": spec["steps"], "against": "the same chain with fp16 MMDiT packages", **figures}  # fmt: skip
