@@ -6,8 +6,8 @@ k-means palette per tensor: compress/palettes.py) at each candidate width. Its e
 where it is cheap and scaled to where it matters:
 
 - at the weight's own output over every calibration sample, as a noise-to-signal ratio
-  tr(dW G dW^T) / tr(W G W^T), with G the Gram matrix of the weight's inputs gathered once:
-  out x in x in multiply-adds per width, no forward pass;
+  tr(dW G dW^T) / tr(W G W^T), with G = X^T X over the weight's inputs X gathered once, no
+  forward pass per width (see InputStatistics for the cheaper of two forms it is kept in);
 - at the piece's output over a few samples, at the probe widths only: the first probe gives the
   weight's transfer (piece NSR / own NSR), the others check the prediction.
 
@@ -58,21 +58,86 @@ def as_outputs(result) -> list:
     return list(result) if isinstance(result, tuple | list) else [result]
 
 
-class Grams:
-    """Forward hooks that gather each named linear's input Gram matrix over every sample."""
+# Columns of a Gram matrix per product: its upper triangle takes a product per block row, from
+# the diagonal on (about 54% of a full product's multiply-adds for a 6144-wide input).
+GRAM_COLUMNS = 512
 
-    def __init__(self, linears: dict):
-        self.grams = {name: None for name in linears}
+
+class InputStatistics:
+    """What tr(M G M^T) needs of one linear's inputs X over every calibration sample, G = X^T X.
+
+    The cheaper of two forms, by the rows X will hold (its calls' rows times `samples`): X itself
+    while it has no more rows than input features (out x rows x in multiply-adds a product: the
+    modulation linears read one row a sample, CLIP's linears 77), else G, gathered over its upper
+    triangle in float32 products summed in float64 (out x in x in a product). Either way every
+    figure is the same function of the inputs, so a record does not depend on its group.
+    """
+
+    def __init__(self, in_features: int, samples: int):
+        self.in_features, self.samples = in_features, samples
+        self.rows, self.gram, self.matrix, self.kept_rows = [], None, None, False
+
+    def add(self, inputs) -> None:
+        import torch
+
+        rows = inputs.detach().reshape(-1, self.in_features).float()
+        if self.gram is None and len(rows) * self.samples <= self.in_features:
+            self.rows.append(rows.clone())
+            return
+        if self.gram is None:
+            self.gram = torch.zeros(self.in_features, self.in_features, dtype=torch.float64)
+        for start in range(0, self.in_features, GRAM_COLUMNS):
+            stop = min(start + GRAM_COLUMNS, self.in_features)
+            self.gram[start:stop, start:] += (rows[:, start:stop].T @ rows[:, start:]).double()
+
+    def finish(self) -> None:
+        """The rows stacked, or the Gram matrix made symmetric from its upper triangle, in float32."""
+        import torch
+
+        if self.matrix is None:
+            self.kept_rows = self.gram is None
+            if self.kept_rows:
+                self.matrix = torch.cat(self.rows)
+            else:
+                self.matrix = (torch.triu(self.gram) + torch.triu(self.gram, 1).T).float()
+            self.rows, self.gram = [], None
+
+    def energy(self, matrix: np.ndarray) -> float:
+        """tr(M G M^T): the output energy of weight M (or of its error) over the calibration
+        inputs, products in float32, the sum in float64."""
+        import torch
+
+        self.finish()
+        m = torch.from_numpy(matrix)
+        if self.kept_rows:
+            return float(((self.matrix @ m.T).double() ** 2).sum())
+        return float(((m @ self.matrix) * m).double().sum())
+
+
+class GatheredInputs:
+    """Forward hooks that gather each named linear's InputStatistics over `samples` samples.
+
+    Linears that read one tensor (q, k and v read the same normalised states) share one
+    statistic, gathered once: the hook compares the tensor with the one the previous hook saw.
+    """
+
+    def __init__(self, linears: dict, samples: int):
+        self.statistics = {name: InputStatistics(linear.in_features, samples) for name, linear in linears.items()}
+        self.last = None
         self.handles = [module.register_forward_pre_hook(self.hook(name)) for name, module in linears.items()]
 
     def hook(self, name):
         def gather(module, args):
-            # Products in float32 (a float64 Gram of a 6144-wide input costs seconds a sample), sums in float64.
-            rows = args[0].reshape(-1, args[0].shape[-1])
-            gram = (rows.T @ rows).double()
-            self.grams[name] = gram if self.grams[name] is None else self.grams[name] + gram
+            if self.last is not None and self.last[0] is args[0]:
+                self.statistics[name] = self.last[1]
+                return
+            self.statistics[name].add(args[0])
+            self.last = (args[0], self.statistics[name])
 
         return gather
+
+    def next_sample(self) -> None:
+        self.last = None
 
     def remove(self):
         for handle in self.handles:
@@ -108,28 +173,14 @@ def palettized(weight16: np.ndarray, nbits: int) -> np.ndarray:
     return lut[indices].reshape(weight16.shape)
 
 
-def palettes_of(linears: dict, widths, threads: int) -> dict[str, dict[int, np.ndarray]]:
-    """{weight: {width: palettized fp16 weight}}, on `threads` threads (the exact k-means is a C
-    call that lets others run); each result is the same whatever the count."""
+def palettes_of(linear, widths, threads: int) -> dict[int, np.ndarray]:
+    """{width: the linear's fp16 weight palettized at that width}, on `threads` threads (the exact
+    k-means is a C call that lets others run); each result is the same whatever the count."""
     from concurrent.futures import ThreadPoolExecutor
 
-    weights = {name: linear.weight.detach().numpy().astype(np.float16) for name, linear in linears.items()}
-    tasks = [(name, width) for name in weights for width in widths]
+    weight = linear.weight.detach().numpy().astype(np.float16)
     with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
-        results = list(pool.map(lambda task: palettized(weights[task[0]], task[1]), tasks))
-    palettes = {name: {} for name in weights}
-    for (name, width), result in zip(tasks, results):
-        palettes[name][width] = result
-    return palettes
-
-
-def output_energy(matrix: np.ndarray, gram) -> float:
-    """tr(M G M^T), a weight's (or its error's) output energy over the calibration inputs: the
-    product in float32 (the cost: out x in x in), the sum in float64."""
-    import torch
-
-    m = torch.from_numpy(matrix)
-    return float(((m @ gram) * m).double().sum())
+        return dict(zip(widths, pool.map(lambda width: palettized(weight, width), widths)))
 
 
 def refuse_non_finite(linears: dict) -> None:
@@ -166,50 +217,50 @@ def probe_indices(count: int, probe_samples: int) -> list[int]:
     return sorted({round(i * (count - 1) / max(1, probe_samples - 1)) for i in range(min(probe_samples, count))})
 
 
-# What one group of weights analysed together may hold (weight_groups): (bytes of their Gram
-# matrices, float64; bytes of their palettized copies, fp16, one per width). A joint block of SD3
-# Medium is one group; a text encoder (sensitivity/text_encoders.py) takes half as much, as its
-# whole module stays loaded (CLIP-G: 2.8 GB in float32), paying more passes over its prompts.
-GROUP_BYTES = (1 << 30, 3 << 28)
+# What the input statistics of one group of weights analysed together may hold, counted as
+# float64 Gram matrices (kept rows take at most half of that). A joint block of SD3 Medium is one
+# group; a text encoder (sensitivity/text_encoders.py) takes half as much, as its whole module
+# stays loaded (CLIP-G: 2.8 GB in float32), paying more passes over its prompts.
+GROUP_BYTES = 1 << 30
 
 
-def weight_groups(linears: dict, widths, bounds=GROUP_BYTES) -> list[dict]:
-    """`linears` cut, in order, into groups within `bounds` (see GROUP_BYTES)."""
-    gram_bound, palette_bound = bounds
-    groups, current, grams, palettes = [], {}, 0, 0
+def weight_groups(linears: dict, bound: int = GROUP_BYTES) -> list[dict]:
+    """`linears` cut, in order, into groups whose statistics stay within `bound` bytes."""
+    groups, current, total = [], {}, 0
     for name, linear in linears.items():
-        out_features, in_features = linear.weight.shape
-        gram, palette = 8 * in_features * in_features, 2 * out_features * in_features * len(widths)
-        if current and (grams + gram > gram_bound or palettes + palette > palette_bound):
+        size = 8 * linear.in_features**2
+        if current and total + size > bound:
             groups.append(current)
-            current, grams, palettes = {}, 0, 0
+            current, total = {}, 0
         current[name] = linear
-        grams, palettes = grams + gram, palettes + palette
+        total += size
     return [*groups, current] if current else groups
 
 
-def gathered_grams(module, call, all_samples: list, linears: dict) -> dict:
-    """{name: the Gram matrix of that linear's inputs over `all_samples`}, by one pass over them."""
+def gathered_inputs(module, call, all_samples: list, linears: dict) -> dict:
+    """{name: InputStatistics of that linear's inputs over `all_samples`}, by one pass over them."""
     import torch
 
-    grams = Grams(linears)
+    gathered = GatheredInputs(linears, len(all_samples))
     try:
         with torch.no_grad():  # only the hooks' sums are wanted of this pass
             for sample in all_samples:
+                gathered.next_sample()
                 call(module, sample)
     finally:
-        grams.remove()
-    return grams.grams
+        gathered.remove()
+    return gathered.statistics
 
 
 def weight_records(module, call, all_samples: list, probe_batch: list, effect, linears: dict, widths, probe_widths,
-                   threads: int, bounds=GROUP_BYTES) -> dict:  # fmt: skip
+                   threads: int, bound: int = GROUP_BYTES) -> dict:  # fmt: skip
     """{weight name: its record (weight_record)} for `linears` (name -> nn.Linear of `module`).
 
-    `call(module, sample)` runs the module; the Gram matrices gather over `all_samples`, the probes
-    run `probe_batch`, and `effect(reference, outputs)` is what a probe measures at the module's
-    outputs (lists over the batch of lists of tensors). The reference is the fp16 package's weights.
-    A weight's record does not depend on the group it is measured in.
+    `call(module, sample)` runs the module; the input statistics gather over `all_samples`, the
+    probes run `probe_batch`, and `effect(reference, outputs)` is what a probe measures at the
+    module's outputs (lists over the batch of lists of tensors). The reference is the fp16
+    package's weights. A weight's record does not depend on the group it is measured in. Its
+    palettes are made when it is measured, so a group holds one weight's palettized copies.
     """
     import torch
 
@@ -219,11 +270,11 @@ def weight_records(module, call, all_samples: list, probe_batch: list, effect, l
             linear.weight.copy_(linear.weight.half().float())
     reference = run(module, call, probe_batch)
     records = {}
-    for group in weight_groups(linears, widths, bounds):
-        grams = gathered_grams(module, call, all_samples, group)
-        palettes = palettes_of(group, widths, threads)
+    for group in weight_groups(linears, bound):
+        statistics = gathered_inputs(module, call, all_samples, group)
         for name, linear in group.items():
-            records[name] = weight_record(name, linear, grams.pop(name).float(), palettes.pop(name), probe_widths,
+            records[name] = weight_record(name, linear, statistics.pop(name), palettes_of(linear, widths, threads),
+                                          probe_widths,
                                           lambda: effect(reference, run(module, call, probe_batch)))  # fmt: skip
     return records
 
@@ -248,7 +299,7 @@ def analyse_piece(weights, config_path, calibration, piece, widths, min_values, 
             "weights": records}  # fmt: skip
 
 
-def weight_record(name, linear, gram, palettes: dict, probe_widths, measure_piece) -> dict:
+def weight_record(name, linear, inputs: InputStatistics, palettes: dict, probe_widths, measure_piece) -> dict:
     """One weight's curve from its palettized forms (`palettes`, by width): bytes, own NSR and
     predicted effect per width; measured at the piece's output at the probe widths."""
     import torch
@@ -256,10 +307,10 @@ def weight_record(name, linear, gram, palettes: dict, probe_widths, measure_piec
     original = linear.weight.detach().clone()
     base = original.numpy()  # already the fp16 package's values (analyse_piece rounded them)
     own, measured, widths = {}, {}, list(palettes)
-    signal = output_energy(base, gram)
+    signal = inputs.energy(base)
     for width in widths:
         compressed = palettes[width].astype(np.float32)
-        own[width] = output_energy(compressed - base, gram) / signal if signal > 0 else 0.0
+        own[width] = inputs.energy(compressed - base) / signal if signal > 0 else 0.0
         if width in probe_widths:
             with torch.no_grad():
                 linear.weight.copy_(torch.from_numpy(compressed))

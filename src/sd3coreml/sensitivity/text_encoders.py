@@ -32,7 +32,7 @@ from sd3coreml.sensitivity.calibration import read_description, read_encoder_cal
 
 OUTPUTS = (HIDDEN_EMBEDS, POOLED_OUTPUTS)
 # Half a joint block's group: CLIP-G at SD3 Medium size peaked at 5.31 GB with the block's bounds.
-TEXT_ENCODER_GROUP_BYTES = tuple(bound // 2 for bound in GROUP_BYTES)
+TEXT_ENCODER_GROUP_BYTES = GROUP_BYTES // 2
 
 
 def joint_energies(calibration: Path, probes: list[int]) -> tuple[float, ...]:
