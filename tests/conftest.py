@@ -48,6 +48,17 @@ def job_server():
         server.stop()
 
 
+@pytest.fixture(scope="session", autouse=True)
+def snakemake_zygotes():
+    """Warm Snakemakes for the session's dry runs (harness.snakemake() hands them over)."""
+    harness.SESSION_ZYGOTES = harness.SnakemakeZygotes()
+    try:
+        yield harness.SESSION_ZYGOTES
+    finally:
+        harness.SESSION_ZYGOTES.stop()
+        harness.SESSION_ZYGOTES = None
+
+
 @pytest.fixture(scope="session")
 def demo_workdir(tmp_path_factory, job_server) -> Path:
     """The demo's two packages folders and its sweep, built once from nothing like `make demo` does,

@@ -4,12 +4,14 @@ planned, copies of a build, stand-in packages and packages folders, a one-linear
 Fixtures live in conftest.py; this module is importable from every test folder (pytest's
 `pythonpath` names tests/)."""
 
+import json
 import os
 import re
 import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -82,6 +84,81 @@ class JobServer:
 SESSION_JOB_SERVER: JobServer | None = None
 
 
+class SnakemakeZygote:
+    """A warm Snakemake (tests/snakemake_zygote.py) that forks a child per dry run: each skips the
+    second of imports and plugin discovery a `python -m snakemake` pays. A child keeps what its
+    interpreter read when it started, so a zygote takes only runs whose startup() is its own."""
+
+    def __init__(self, env: dict):
+        self.env, self.lock = env, threading.Lock()
+        self.folder = Path(tempfile.mkdtemp(prefix="sd3coreml-zygote-"))
+        self.process = subprocess.Popen(
+            [sys.executable, str(TESTS / "snakemake_zygote.py")], env=env, text=True,
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=(self.folder / "zygote.err").open("wb"),
+        )  # fmt: skip
+
+    def run(self, command: list[str], env: dict) -> subprocess.CompletedProcess:
+        with self.lock:  # one request at a time: the answer is the next line
+            return self.ask(command, env)
+
+    def ask(self, command: list[str], env: dict) -> subprocess.CompletedProcess:
+        out, err = self.folder / "stdout", self.folder / "stderr"
+        request = {"args": command[3:], "env": env, "cwd": os.getcwd(), "stdout": str(out), "stderr": str(err)}
+        self.process.stdin.write(json.dumps(request) + "\n")
+        self.process.stdin.flush()
+        answer = self.process.stdout.readline()
+        if not answer:
+            raise AssertionError(f"the Snakemake zygote died:\n{(self.folder / 'zygote.err').read_text()[-3000:]}")
+        code = json.loads(answer)["returncode"]
+        return subprocess.CompletedProcess(command, code, out.read_text(errors="replace"), err.read_text(errors="replace"))
+
+    def stop(self) -> None:
+        self.process.stdin.close()
+        self.process.wait()
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+# What an interpreter reads when it starts (Python's variables, the loader's, the test hooks'
+# of tests/job_hooks, Snakemake's, locale, clock, temporary and home folders). The test hooks'
+# SD3COREML_TEST_RECORD_MODULES is read at exit, by the library's steps only.
+STARTUP_PREFIXES = ("PYTHON", "LD_", "DYLD_", "SD3COREML_TEST_", "SNAKEMAKE", "LC_", "LANG", "TZ", "TMP", "TEMP",
+                    "XDG_", "HOME")  # fmt: skip
+
+
+def startup(env: dict) -> tuple:
+    return tuple(sorted((key, value) for key, value in env.items()
+                        if key.startswith(STARTUP_PREFIXES) and key != "SD3COREML_TEST_RECORD_MODULES"))  # fmt: skip
+
+
+class SnakemakeZygotes:
+    """The session's warm Snakemakes, one per startup environment met twice, for dry runs only: a
+    run that builds, or that a test interrupts, runs as its own process."""
+
+    def __init__(self):
+        self.zygotes, self.seen = {}, set()
+
+    def run(self, command: list[str], args, env: dict) -> subprocess.CompletedProcess | None:
+        """The dry run's result from a zygote, or None where it should run as its own process."""
+        if not any(arg in ("-n", "--dry-run", "--dryrun") for arg in args):
+            return None
+        key = startup(env)
+        if key not in self.zygotes:
+            if key not in self.seen:  # once: no zygote for a variant no other run shares
+                self.seen.add(key)
+                return None
+            self.zygotes[key] = SnakemakeZygote(env)
+        return self.zygotes[key].run(command, env)
+
+    def stop(self) -> None:
+        for zygote in self.zygotes.values():
+            zygote.stop()
+        self.zygotes.clear()
+
+
+# The session's warm Snakemakes, once conftest.py's `snakemake_zygotes` fixture made them.
+SESSION_ZYGOTES: SnakemakeZygotes | None = None
+
+
 def snakemake(
     workdir: Path,
     *args: str,
@@ -101,7 +178,9 @@ def snakemake(
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
     command = [sys.executable, "-m", "snakemake", "--snakefile", str(snakefile or REPO / "Snakefile")]
     command += ["--directory", str(workdir), "--configfile", str(workdir / config), *args]
-    result = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
+    result = SESSION_ZYGOTES.run(command, args, env) if SESSION_ZYGOTES else None
+    if result is None:
+        result = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
     if check and result.returncode != 0:
         raise AssertionError(f"snakemake {' '.join(args)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
     return result
