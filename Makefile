@@ -52,7 +52,7 @@ demo: $(STAMP)
 	@echo "demo folders: results/demo/coremlsd3_4step_packages results/demo/coremlsd3_2step_packages"
 
 test: $(STAMP)
-	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m pytest -q --durations=20
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m pytest -q --durations=20 -n $(CORES)
 
 # The demo's packages folders through profiles/slurm on a one-node Slurm cluster with accounting
 # that the test starts in a temporary folder and stops (tests/cluster/), checked against a

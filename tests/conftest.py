@@ -34,6 +34,33 @@ def pytest_collection_modifyitems(items):
             item.add_marker(pytest.mark.demo)
 
 
+def files_taking_the_build(root: Path) -> set[str]:
+    """The test files that name a build fixture, as pytest-xdist's node ids spell them."""
+    return {path.relative_to(root).as_posix() for path in sorted((root / "tests").rglob("test_*.py"))
+            if any(name in path.read_text() for name in BUILD_FIXTURES)}  # fmt: skip
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """Under pytest-xdist (`make test` runs `-n 2`): every file that takes the session build goes to
+    one worker, which builds it once and runs them in their usual order, so no two runs share the
+    build's folder at once; the other worker takes the remaining files, a file at a time (a
+    module's fixtures are made once). The controller sees node ids only, not fixtures, so a file
+    counts by naming a build fixture."""
+    if config.getvalue("dist") not in ("load", "loadscope"):
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    taking_the_build = files_taking_the_build(config.rootpath)
+
+    class BuildOnOneWorker(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            path = nodeid.split("::", 1)[0]
+            return "session-build" if path in taking_the_build else path
+
+    return BuildOnOneWorker(config, log)
+
+
 @pytest.fixture(scope="session")
 def job_server():
     """One warm job server for the session's Snakemake runs (harness.snakemake() hands it to their jobs),
