@@ -7,7 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-from sd3coreml.sensitivity.analysis import GRAM_COLUMNS, InputStatistics, gathered_inputs, nsr, weight_records
+from sd3coreml.sensitivity.analysis import nsr, weight_records
+from sd3coreml.sensitivity.input_statistics import GRAM_COLUMNS, InputStatistics, gathered_inputs
 
 
 def direct_energy(rows: list[torch.Tensor], matrix: np.ndarray) -> float:
