@@ -29,8 +29,15 @@ class InputStatistics:
         if self.gram is None and len(rows) * self.samples <= self.in_features:
             self.rows.append(rows.clone())
             return
-        if self.gram is None:
+        if self.gram is None:  # rows kept so far (a call with fewer rows than the others) go in too
             self.gram = torch.zeros(self.in_features, self.in_features, dtype=torch.float64)
+            kept, self.rows = self.rows, []
+            for earlier in kept:
+                self.add_to_gram(earlier)
+        self.add_to_gram(rows)
+
+    def add_to_gram(self, rows) -> None:
+        """The rows' products into the Gram matrix's upper triangle, a block row at a time."""
         for start in range(0, self.in_features, GRAM_COLUMNS):
             stop = min(start + GRAM_COLUMNS, self.in_features)
             self.gram[start:stop, start:] += (rows[:, start:stop].T @ rows[:, start:]).double()

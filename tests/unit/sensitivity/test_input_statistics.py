@@ -33,6 +33,17 @@ def test_both_forms_give_the_output_energy_of_their_inputs(rows_per_sample, samp
         assert torch.equal(statistics.matrix, statistics.matrix.T)  # symmetric to the bit
 
 
+def test_rows_kept_before_the_gram_matrix_starts_are_counted_in_it():
+    in_features, generator = 64, torch.Generator().manual_seed(3)
+    rows = [torch.randn(n, in_features, generator=generator) for n in (2, 40, 40)]  # the first call fits, then not
+    statistics = InputStatistics(in_features, 3)
+    for sample in rows:
+        statistics.add(sample)
+    matrix = np.random.default_rng(4).standard_normal((5, in_features)).astype(np.float32)
+    assert statistics.energy(matrix) == pytest.approx(direct_energy(rows, matrix), rel=1e-5)
+    assert not statistics.kept_rows
+
+
 class SharedInput(nn.Module):
     """q, k and v read one tensor, as in an attention block; `out` reads another."""
 
