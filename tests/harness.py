@@ -137,9 +137,9 @@ class SnakemakeZygotes:
     def __init__(self):
         self.zygotes, self.seen = {}, set()
 
-    def run(self, command: list[str], args, env: dict) -> subprocess.CompletedProcess | None:
+    def run(self, command: list[str], env: dict) -> subprocess.CompletedProcess | None:
         """The dry run's result from a zygote, or None where it should run as its own process."""
-        if not any(arg in ("-n", "--dry-run", "--dryrun") for arg in args):
+        if not any(arg in ("-n", "--dry-run", "--dryrun") for arg in command):
             return None
         key = startup(env)
         if key not in self.zygotes:
@@ -178,7 +178,7 @@ def snakemake(
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
     command = [sys.executable, "-m", "snakemake", "--snakefile", str(snakefile or REPO / "Snakefile")]
     command += ["--directory", str(workdir), "--configfile", str(workdir / config), *args]
-    result = SESSION_ZYGOTES.run(command, args, env) if SESSION_ZYGOTES else None
+    result = SESSION_ZYGOTES.run(command, env) if SESSION_ZYGOTES else None
     if result is None:
         result = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
     if check and result.returncode != 0:

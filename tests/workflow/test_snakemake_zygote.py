@@ -41,7 +41,7 @@ def test_a_dry_run_in_a_zygote_plans_and_fails_as_in_its_own_process(zygotes, tm
     # that builds: their own processes.
     (served,) = zygotes.zygotes.values()
     drifted = {**served.env, "SD3COREML_TEST_TOOLCHAIN_DRIFT": "1"}
-    assert zygotes.run(["python", "-m", "snakemake", "-n"], ["-n"], drifted) is None
-    assert zygotes.run(["python", "-m", "snakemake", "-c1"], ["-c1"], dict(served.env)) is None
+    assert zygotes.run(["python", "-m", "snakemake", "-n"], drifted) is None
+    assert zygotes.run(["python", "-m", "snakemake", "-c1"], dict(served.env)) is None
     assert len(zygotes.zygotes) == 1
     assert not (workdir / "results").exists()
