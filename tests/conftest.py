@@ -19,46 +19,62 @@ from harness import (
     MODULE_RECORDS,
     SD35_CONFIG,
     SD35_TARGETS,
+    copy_tree,
     new_workdir,
     recording_modules,
     snakemake,
 )
 from offline_hub import MODEL_REPO, SD3_FILES, SD3_REPO, UNPINNED, WEIGHTS, fill_cache
+from session_build import assert_unchanged, shared_build, shared_root
 
-BUILD_FIXTURES = {"demo_workdir", "demo_app_workdir"}
+# The session build's copy that tests run Snakemake in, and the shared build itself (read-only).
+WRITING_FIXTURES, READING_FIXTURES = {"demo_workdir", "demo_app_workdir"}, {"demo_build", "demo_build_record"}
 
 
 def pytest_collection_modifyitems(items):
     for item in items:
-        if BUILD_FIXTURES & set(item.fixturenames):
+        if (WRITING_FIXTURES | READING_FIXTURES) & set(item.fixturenames):
             item.add_marker(pytest.mark.demo)
 
 
-def files_taking_the_build(root: Path) -> set[str]:
-    """The test files that name a build fixture, as pytest-xdist's node ids spell them."""
+def files_naming(root: Path, fixtures: set[str]) -> set[str]:
+    """The test files that name one of `fixtures`, as pytest-xdist's node ids spell them."""
     return {path.relative_to(root).as_posix() for path in sorted((root / "tests").rglob("test_*.py"))
-            if any(name in path.read_text() for name in BUILD_FIXTURES)}  # fmt: skip
+            if any(name in path.read_text() for name in fixtures)}  # fmt: skip
 
 
 @pytest.hookimpl(optionalhook=True)
 def pytest_xdist_make_scheduler(config, log):
-    """Under pytest-xdist (`make test` runs `-n 2`): every file that takes the session build goes to
-    one worker, which builds it once and runs them in their usual order, so no two runs share the
-    build's folder at once; the other worker takes the remaining files, a file at a time (a
-    module's fixtures are made once). The controller sees node ids only, not fixtures, so a file
-    counts by naming a build fixture."""
+    """Under pytest-xdist (`make test` runs `-n 2`), a file at a time (a module's fixtures are made
+    once), with two changes to the order. Every file that runs Snakemake in the build's copy goes,
+    as one unit and first, to one worker, which builds the session build, copies it and runs them
+    in their usual order, so no two runs share that copy at once. Files that only read the shared
+    build come last, so the other worker does not wait for the build while other files remain.
+    The controller sees node ids only, not fixtures, so a file counts by naming a fixture."""
     if config.getvalue("dist") not in ("load", "loadscope"):
         return None
     from xdist.scheduler import LoadScopeScheduling
 
-    taking_the_build = files_taking_the_build(config.rootpath)
+    writing = files_naming(config.rootpath, WRITING_FIXTURES)
+    reading = files_naming(config.rootpath, READING_FIXTURES) - writing
 
-    class BuildOnOneWorker(LoadScopeScheduling):
+    class BuildFirstReadersLast(LoadScopeScheduling):
+        ordered = False
+
         def _split_scope(self, nodeid: str) -> str:
             path = nodeid.split("::", 1)[0]
-            return "session-build" if path in taking_the_build else path
+            return "session-build" if path in writing else path
 
-    return BuildOnOneWorker(config, log)
+        def _assign_work_unit(self, node) -> None:
+            if not self.ordered:
+                for scope in [scope for scope in self.workqueue if scope in reading]:
+                    self.workqueue.move_to_end(scope)
+                if "session-build" in self.workqueue:
+                    self.workqueue.move_to_end("session-build", last=False)
+                self.ordered = True
+            super()._assign_work_unit(node)
+
+    return BuildFirstReadersLast(config, log)
 
 
 @pytest.fixture(scope="session")
@@ -87,19 +103,40 @@ def snakemake_zygotes():
 
 
 @pytest.fixture(scope="session")
-def demo_workdir(tmp_path_factory, job_server) -> Path:
+def demo_build_record(tmp_path_factory, job_server) -> dict:
     """The demo's two packages folders and its sweep, built once from nothing like `make demo` does,
-    then the tiny SD3.5's packages folder beside them (it builds only its own transformer's jobs).
+    then the tiny SD3.5's packages folder beside them (it builds only its own transformer's jobs);
+    made once per run for every worker (tests/session_build.py), and its record: the folder, the
+    jobs the builder's job server served, its fingerprint.
 
     SD3COREML_DEMO_WORKDIR names a folder to build in and keep, for quick reruns by hand. Its jobs run
     in the session's job server (tests/demo/test_served_jobs.py holds their bytes against jobs of their own).
     """
+
+    def build(folder: Path) -> dict:
+        workdir = new_workdir(folder)
+        shutil.rmtree(workdir / MODULE_RECORDS, ignore_errors=True)  # records of this build's jobs only
+        snakemake(workdir, "-c2", *DEMO_TARGETS, env=recording_modules(workdir))
+        snakemake(workdir, "-c2", *SD35_TARGETS, config=SD35_CONFIG, env=recording_modules(workdir))
+        return {"served": job_server.served()}
+
+    root = shared_root(tmp_path_factory)
     kept = os.environ.get("SD3COREML_DEMO_WORKDIR")
-    workdir = new_workdir(Path(kept) if kept else tmp_path_factory.mktemp("demo"))
-    shutil.rmtree(workdir / MODULE_RECORDS, ignore_errors=True)  # records of this build's jobs only
-    snakemake(workdir, "-c2", *DEMO_TARGETS, env=recording_modules(workdir))
-    snakemake(workdir, "-c2", *SD35_TARGETS, config=SD35_CONFIG, env=recording_modules(workdir))
-    return workdir
+    record = shared_build(root, Path(kept) if kept else root / "demo", build)
+    yield record
+    assert_unchanged(record)
+
+
+@pytest.fixture(scope="session")
+def demo_build(demo_build_record) -> Path:
+    """The session build's folder, shared by every worker: read it or copy it (harness.copy_of_build)."""
+    return Path(demo_build_record["folder"])
+
+
+@pytest.fixture(scope="session")
+def demo_workdir(demo_build, tmp_path_factory) -> Path:
+    """This worker's copy of the session build, for the tests that run Snakemake in it."""
+    return copy_tree(demo_build, tmp_path_factory.mktemp("demo-workdir") / "demo")
 
 
 @pytest.fixture(scope="session")

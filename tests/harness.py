@@ -221,15 +221,29 @@ def new_workdir(path: Path) -> Path:
     return path
 
 
+# What coremltools writes beside a package's Manifest.json whenever it opens the package (then
+# renames it over Manifest.json, same bytes): another worker's test may be opening one of the
+# shared build's packages while a test copies it.
+MANIFEST_REWRITE = re.compile(r"Manifest\.[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
+def copy_tree(source: Path, destination: Path) -> Path:
+    """`source` at `destination`, times kept (copy2: Snakemake sees copied artifacts as up to date)."""
+
+    def rewrites(folder, names):
+        return [name for name in names if MANIFEST_REWRITE.fullmatch(name)]
+
+    return Path(shutil.copytree(source, destination, copy_function=shutil.copy2, symlinks=True, ignore=rewrites))
+
+
 def copy_of_build(workdir: Path, path: Path) -> Path:
     """`workdir`'s config, results and Snakemake's records at `path`, times kept: up to date there too.
 
     For a test that changes a build: the session build is shared by every test, so change a copy.
     """
     new_workdir(path)
-    # copy2 keeps the mtimes, so Snakemake sees the copied artifacts as up to date.
-    shutil.copytree(workdir / "results", path / "results", copy_function=shutil.copy2, symlinks=True)
-    shutil.copytree(workdir / ".snakemake" / "metadata", path / ".snakemake" / "metadata", copy_function=shutil.copy2)
+    copy_tree(workdir / "results", path / "results")
+    copy_tree(workdir / ".snakemake" / "metadata", path / ".snakemake" / "metadata")
     return path
 
 

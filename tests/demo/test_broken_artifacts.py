@@ -6,10 +6,10 @@ in a folder.
 """
 
 import re
-import shutil
 
 import pytest
 import torch
+from harness import copy_tree
 from safetensors.torch import load_file
 
 from sd3coreml.convert.conversion import TensorSpec, convert_module
@@ -55,16 +55,16 @@ def converted_with_changed_weight(paths, tmp_path, change):
 @pytest.mark.parametrize(
     "change", [lambda weight: weight * 1.25, lambda weight: weight.T], ids=["scaled", "transposed"]
 )
-def test_a_wrong_weight_in_a_stage_fails_verification(demo_workdir, tmp_path, change):
-    paths = demo_paths(demo_workdir)
+def test_a_wrong_weight_in_a_stage_fails_verification(demo_build, tmp_path, change):
+    paths = demo_paths(demo_build)
     package = converted_with_changed_weight(paths, tmp_path, change)
     check = block_range_check(paths["weights"], paths["config"], 1, 3, (16, 16), 0)
     with pytest.raises(PipelineError, match=r"blocks1-3\.fp16\.mlpackage \(MultiModalDiffusionTransformerStage2\)"):
         verify(package, check, tmp_path, "MultiModalDiffusionTransformerStage2")
 
 
-def test_the_intact_stage_passes(demo_workdir, tmp_path):
-    paths = demo_paths(demo_workdir)
+def test_the_intact_stage_passes(demo_build, tmp_path):
+    paths = demo_paths(demo_build)
     package = converted_with_changed_weight(paths, tmp_path, lambda weight: weight)
     verify(package, block_range_check(paths["weights"], paths["config"], 1, 3, (16, 16), 0), tmp_path, "Stage2")
 
@@ -75,8 +75,8 @@ class LastHiddenState(TextEncoderForApp):
         return outputs.hidden_states[-1], outputs.text_embeds
 
 
-def test_the_last_hidden_state_in_place_of_the_penultimate_fails(demo_workdir, tmp_path):
-    encoder_dir = demo_paths(demo_workdir)["components"] / "text_encoder"
+def test_the_last_hidden_state_in_place_of_the_penultimate_fails(demo_build, tmp_path):
+    encoder_dir = demo_paths(demo_build)["components"] / "text_encoder"
     module = LastHiddenState(load_text_encoder(encoder_dir))
     inputs, outputs = [TensorSpec("input_ids", (1, 77))], ["hidden_embeds", "pooled_outputs"]
     mlmodel = convert_module(module, inputs, outputs, "iOS18", example=(example_token_ids(),))
@@ -86,10 +86,10 @@ def test_the_last_hidden_state_in_place_of_the_penultimate_fails(demo_workdir, t
         verify(package, text_encoder_check(encoder_dir, 0), tmp_path, TEXT_ENCODER_ENTRY)
 
 
-def test_two_stages_swapped_in_a_folder_fail_end_to_end(demo_workdir, tmp_path):
-    paths = demo_paths(demo_workdir)
+def test_two_stages_swapped_in_a_folder_fail_end_to_end(demo_build, tmp_path):
+    paths = demo_paths(demo_build)
     folder = tmp_path / "coremlsd3_4step_packages"
-    shutil.copytree(paths["folder"], folder)
+    copy_tree(paths["folder"], folder)
     first, second = (folder / f"MultiModalDiffusionTransformerStage{index}.mlpackage" for index in (1, 2))
     first.rename(tmp_path / "aside.mlpackage")
     second.rename(first)

@@ -27,8 +27,8 @@ FOLDER = "results/demo/coremlsd3_4step_packages"
 
 
 @pytest.fixture(scope="module")
-def recipe_build(demo_workdir, tmp_path_factory):
-    workdir = copy_of_build(demo_workdir, tmp_path_factory.mktemp("recipe"))
+def recipe_build(demo_build, tmp_path_factory):
+    workdir = copy_of_build(demo_build, tmp_path_factory.mktemp("recipe"))
     # A floor above the demo's all-8-bit figures (about 28-30 dB), so some ops keep fp16 activations.
     sensitivity = {**yaml.safe_load((workdir / "config" / "demo.yaml").read_text())["sensitivity"],
                    "activation_min_snr_db": 40}  # fmt: skip

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
-from harness import DEMO_FOLDERS, MODULE_RECORDS, REPO, planned_jobs, snakemake
+from harness import DEMO_FOLDERS, MODULE_RECORDS, REPO, copy_tree, planned_jobs, snakemake
 
 from sd3coreml.pipeline.code_closure import CodeBase
 
@@ -26,9 +26,9 @@ VAE_JOBS = {
 CHECKOUT = ("Snakefile", "rules", "src", "config", "profiles", "report", "envs", "Makefile", "pyproject.toml")
 
 
-def test_every_module_a_demo_job_loaded_is_in_its_steps_closure(demo_workdir):
+def test_every_module_a_demo_job_loaded_is_in_its_steps_closure(demo_build):
     """The session build's jobs recorded their sys.modules at exit (tests/job_hooks/sitecustomize.py)."""
-    records = [json.loads(path.read_text()) for path in (demo_workdir / MODULE_RECORDS).glob("*.json")]
+    records = [json.loads(path.read_text()) for path in (demo_build / MODULE_RECORDS).glob("*.json")]
     for record in records:
         unseen = set(record["modules"]) - CODE.step_code(record["step"])
         assert not unseen, f"{record['step']} loaded {sorted(unseen)}, which its fingerprint leaves out"
@@ -41,7 +41,7 @@ def test_every_module_a_demo_job_loaded_is_in_its_steps_closure(demo_workdir):
     assert expected <= steps
 
 
-def copy_of_checkout(demo_workdir: Path, path: Path, record: bool = True) -> Path:
+def copy_of_checkout(demo_build: Path, path: Path, record: bool = True) -> Path:
     """The checkout moved to `path` with the session build's results beside it, times kept."""
     path.mkdir(parents=True)
     for name in CHECKOUT:
@@ -49,9 +49,9 @@ def copy_of_checkout(demo_workdir: Path, path: Path, record: bool = True) -> Pat
             shutil.copytree(REPO / name, path / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
         else:
             shutil.copy2(REPO / name, path / name)
-    shutil.copytree(demo_workdir / "results", path / "results", copy_function=shutil.copy2, symlinks=True)
+    copy_tree(demo_build / "results", path / "results")
     if record:
-        shutil.copytree(demo_workdir / ".snakemake" / "metadata", path / ".snakemake" / "metadata")
+        copy_tree(demo_build / ".snakemake" / "metadata", path / ".snakemake" / "metadata")
     return path
 
 
@@ -60,13 +60,13 @@ def planned(checkout: Path, *args: str) -> dict[str, int]:
 
 
 @pytest.mark.parametrize("profile", ["default", "mac"])
-def test_a_moved_checkout_with_its_record_plans_nothing(demo_workdir, tmp_path, profile):
-    checkout = copy_of_checkout(demo_workdir, tmp_path / "moved")
+def test_a_moved_checkout_with_its_record_plans_nothing(demo_build, tmp_path, profile):
+    checkout = copy_of_checkout(demo_build, tmp_path / "moved")
     assert planned(checkout, "--workflow-profile", str(checkout / "profiles" / profile)) == {}
 
 
-def test_a_fresh_clone_newer_than_the_results_plans_nothing(demo_workdir, tmp_path):
-    checkout = copy_of_checkout(demo_workdir, tmp_path / "clone", record=False)
+def test_a_fresh_clone_newer_than_the_results_plans_nothing(demo_build, tmp_path):
+    checkout = copy_of_checkout(demo_build, tmp_path / "clone", record=False)
     later = time.time() + 3600
     for name in CHECKOUT:
         for path in [checkout / name, *(checkout / name).rglob("*")]:
@@ -74,8 +74,8 @@ def test_a_fresh_clone_newer_than_the_results_plans_nothing(demo_workdir, tmp_pa
     assert planned(checkout) == {}
 
 
-def test_an_edit_replans_exactly_the_jobs_whose_code_holds_it(demo_workdir, tmp_path):
-    checkout = copy_of_checkout(demo_workdir, tmp_path / "edited")
+def test_an_edit_replans_exactly_the_jobs_whose_code_holds_it(demo_build, tmp_path):
+    checkout = copy_of_checkout(demo_build, tmp_path / "edited")
     vae = checkout / "src" / "sd3coreml" / "convert" / "vae.py"
     vae.write_text(vae.read_text() + "\n# an edit\n")
     assert planned(checkout) == VAE_JOBS

@@ -16,26 +16,26 @@ FOLDERS = ["coremlsd3_4step_packages", "coremlsd3_2step_packages", "coremlsd3_sd
 
 
 @pytest.mark.parametrize("folder", FOLDERS)
-def test_folder_holds_exactly_the_contract_files(demo_workdir, folder):
-    root = demo_workdir / "results" / "demo" / folder
+def test_folder_holds_exactly_the_contract_files(demo_build, folder):
+    root = demo_build / "results" / "demo" / folder
     assert {path.name for path in root.iterdir()} == folder_names(CONTRACT)
     assert not list(root.rglob(".snakemake_timestamp"))
 
 
 @pytest.mark.parametrize("folder", FOLDERS)
 @pytest.mark.parametrize("name", sorted(CONTRACT["packages"]))
-def test_package_meets_contract(demo_workdir, folder, name):
-    package = demo_workdir / "results" / "demo" / folder / f"{name}.mlpackage"
+def test_package_meets_contract(demo_build, folder, name):
+    package = demo_build / "results" / "demo" / folder / f"{name}.mlpackage"
     assert_package_meets(package, CONTRACT["packages"][name], CONTRACT["spec_version"])
 
 
 @pytest.mark.parametrize("folder", FOLDERS)
-def test_folder_meets_the_clients_requirements(demo_workdir, folder):
-    assert_client_requirements_met(demo_workdir / "results" / "demo" / folder, CONTRACT)
+def test_folder_meets_the_clients_requirements(demo_build, folder):
+    assert_client_requirements_met(demo_build / "results" / "demo" / folder, CONTRACT)
 
 
-def test_token_ids_are_cast_to_integers_before_any_fp16_op(demo_workdir):
-    spec = read_spec(demo_workdir / "results" / "demo" / FOLDERS[0] / "TextEncoder.mlpackage")
+def test_token_ids_are_cast_to_integers_before_any_fp16_op(demo_build):
+    spec = read_spec(demo_build / "results" / "demo" / FOLDERS[0] / "TextEncoder.mlpackage")
     block = next(iter(spec.mlProgram.functions["main"].block_specializations.values()))
     consumers = [
         op for op in block.operations if any(a.name == "input_ids" for v in op.inputs.values() for a in v.arguments)

@@ -19,10 +19,10 @@ from harness import REPO
 EXTRA_PACKAGES = REPO / "tests" / ".extra-packages"
 
 
-def test_vae_job_converts_with_peft_importable(demo_workdir, tmp_path):
+def test_vae_job_converts_with_peft_importable(demo_build, tmp_path):
     assert (EXTRA_PACKAGES / "peft").is_dir(), f"{EXTRA_PACKAGES} lacks peft: run `make .venv/.installed`"
-    config = yaml.safe_load((demo_workdir / "config" / "demo.yaml").read_text())
-    vae = demo_workdir / config["components"] / "vae"
+    config = yaml.safe_load((demo_build / "config" / "demo.yaml").read_text())
+    vae = demo_build / config["components"] / "vae"
     height, width = config["latent_size"]
     package = tmp_path / "VAEDecoder.mlpackage"
     path = os.pathsep.join(filter(None, [str(EXTRA_PACKAGES), os.environ.get("PYTHONPATH")]))
@@ -35,6 +35,6 @@ def test_vae_job_converts_with_peft_importable(demo_workdir, tmp_path):
     assert job.returncode == 0, failure
     assert re.search(r"^import time:.*\|\s+peft$", job.stderr, re.MULTILINE), "the job never imported peft"
     # The same weights as the session build's VAE, converted where peft is absent.
-    built = demo_workdir / config["output_root"] / "vae" / config["conversion_target"] / f"latent{height}x{width}"
+    built = demo_build / config["output_root"] / "vae" / config["conversion_target"] / f"latent{height}x{width}"
     weights = Path("Data", "com.apple.CoreML", "weights", "weight.bin")
     assert (package / weights).read_bytes() == (built / "VAEDecoder.fp16.mlpackage" / weights).read_bytes()

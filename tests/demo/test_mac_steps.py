@@ -12,8 +12,8 @@ from sd3coreml.sweep.mac_selfcheck import spelling_probe, with_spelling
 
 
 @pytest.mark.skipif(sys.platform == "darwin", reason="the refusal is what other hosts do")
-def test_off_macos_the_step_refuses_in_one_line_and_writes_nothing(demo_workdir, tmp_path):
-    package = next((demo_workdir / "results/demo/mmdit").rglob("input.fp16.mlpackage"))
+def test_off_macos_the_step_refuses_in_one_line_and_writes_nothing(demo_build, tmp_path):
+    package = next((demo_build / "results/demo/mmdit").rglob("input.fp16.mlpackage"))
     out = tmp_path / "profile.json"
     command = [sys.executable, "-m", "sd3coreml", "profile-on-device", "--package", str(package), "--out", str(out)]
     result = subprocess.run(command, capture_output=True, text=True, check=False)
@@ -22,8 +22,8 @@ def test_off_macos_the_step_refuses_in_one_line_and_writes_nothing(demo_workdir,
     assert not out.exists() and not list(tmp_path.iterdir())
 
 
-def test_inputs_follow_the_packages_declared_shapes_and_dtypes(demo_workdir):
-    package = next((demo_workdir / "results/demo/mmdit").rglob("blocks0-1.fp16.mlpackage"))
+def test_inputs_follow_the_packages_declared_shapes_and_dtypes(demo_build):
+    package = next((demo_build / "results/demo/mmdit").rglob("blocks0-1.fp16.mlpackage"))
     inputs = zero_inputs(package)
     # The demo's Stage1 at latent 16x16: 64 image tokens, 154 text tokens, width 64, fp32 inputs.
     assert {name: (array.shape, array.dtype) for name, array in inputs.items()} == {
@@ -34,8 +34,8 @@ def test_inputs_follow_the_packages_declared_shapes_and_dtypes(demo_workdir):
     assert not any(array.any() for array in inputs.values())
 
 
-def test_the_probe_compiles_with_each_spelling_and_records_what_the_compiler_took(demo_workdir):
-    package = next((demo_workdir / "results/demo/mmdit").rglob("input.fp16.mlpackage"))
+def test_the_probe_compiles_with_each_spelling_and_records_what_the_compiler_took(demo_build):
+    package = next((demo_build / "results/demo/mmdit").rglob("input.fp16.mlpackage"))
     probes = spelling_probe(package, FAKE_COMPILER_TEMPLATE)
     # The double accepts exactly the template's spelling, iOS.
     assert probes["iOS"]["exit"] == 0 and probes["iOS"]["tree"] == ["input.fp16.mlmodelc/metadata.json",

@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+from harness import copy_tree
 
 from sd3coreml.release.downloader import folder_files, listed_files, release_hazards
 
@@ -14,11 +15,11 @@ STAGE = "MultiModalDiffusionTransformerStage"
 
 
 @pytest.fixture(scope="module")
-def releases(demo_workdir, tmp_path_factory):
+def releases(demo_build, tmp_path_factory):
     """Copies of the demo folders: the 4-step and 2-step share a layout and differ in weights."""
     root = tmp_path_factory.mktemp("releases")
     for model in ("4step", "2step"):
-        shutil.copytree(demo_workdir / "results" / "demo" / f"coremlsd3_{model}_packages", root / model)
+        copy_tree(demo_build / "results" / "demo" / f"coremlsd3_{model}_packages", root / model)
     return root
 
 

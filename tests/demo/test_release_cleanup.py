@@ -8,11 +8,11 @@ from pathlib import Path
 from harness import copy_of_build, snakemake
 
 
-def test_cleanup_removes_an_old_layouts_stage_and_keeps_the_folders(demo_workdir, tmp_path):
+def test_cleanup_removes_an_old_layouts_stage_and_keeps_the_folders(demo_build, tmp_path):
     """A block range of no configured layout goes; everything the targets use stays."""
     # A copy: cleanup under demo.yaml also removes what only another config's targets use
     # (the session's tiny SD3.5, config/demo-sd3.5.yaml), which later tests read.
-    workdir = copy_of_build(demo_workdir, tmp_path / "copy")
+    workdir = copy_of_build(demo_build, tmp_path / "copy")
     stages = workdir / "results/demo/mmdit/4step/iOS18/latent16x16"
     stale = stages / "blocks0-4.fp16.mlpackage"
     shutil.copytree(stages / "blocks0-1.fp16.mlpackage", stale)

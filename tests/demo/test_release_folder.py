@@ -3,7 +3,7 @@
 import shutil
 
 import pytest
-from harness import FAKE_COMPILER_TEMPLATE, STAGE, new_workdir, snakemake
+from harness import FAKE_COMPILER_TEMPLATE, STAGE, copy_tree, new_workdir, snakemake
 
 from sd3coreml import checksums
 from sd3coreml.errors import PipelineError
@@ -11,10 +11,10 @@ from sd3coreml.release import compile, folder_check
 
 
 @pytest.fixture
-def demo_packages(demo_workdir, tmp_path):
+def demo_packages(demo_build, tmp_path):
     """A copy of the session's 4-step packages folder, real packages and manifest."""
     copy = tmp_path / "coremlsd3_4step_packages"
-    shutil.copytree(demo_workdir / "results" / "demo" / copy.name, copy)
+    copy_tree(demo_build / "results" / "demo" / copy.name, copy)
     return copy
 
 
@@ -59,11 +59,11 @@ def test_two_stages_swapped_in_a_built_folder_are_named_by_the_blocks_they_hold(
     ]
 
 
-def test_snakemake_verify_folders_checks_the_configured_folders_and_builds_nothing(demo_workdir, tmp_path):
+def test_snakemake_verify_folders_checks_the_configured_folders_and_builds_nothing(demo_build, tmp_path):
     workdir = new_workdir(tmp_path / "work")
     clean, stale = (workdir / "results" / "demo" / f"coremlsd3_{model}_packages" for model in ("4step", "2step"))
     for folder_path in (clean, stale):
-        shutil.copytree(demo_workdir / "results" / "demo" / folder_path.name, folder_path)
+        copy_tree(demo_build / "results" / "demo" / folder_path.name, folder_path)
     shutil.copytree(stale / f"{STAGE}3.mlpackage", stale / f"{STAGE}7.mlpackage")
     result = snakemake(workdir, "-c1", "verify_folders", check=False)
     output = result.stdout + result.stderr

@@ -29,18 +29,19 @@ REBUILT = (
 JOBS = {"text_encoder": 1, "mmdit_conditioning": 1, "compress_package": 1, "tokenizer_files": 1}
 
 
-def test_every_job_of_the_session_build_ran_in_the_job_server(demo_workdir, job_server):
-    """Each job wrote its module record as `<step>-<pid>.json` (tests/job_hooks): its pid is a child's of the server."""
+def test_every_job_of_the_session_build_ran_in_the_job_server(demo_build, demo_build_record):
+    """Each job wrote its module record as `<step>-<pid>.json` (tests/job_hooks): its pid is a child's of the
+    server that the building worker started (its log, read when the build ended)."""
     jobs = {
-        int(re.search(r"-(\d+)$", path.stem).group(1)): path.stem for path in (demo_workdir / MODULE_RECORDS).iterdir()
+        int(re.search(r"-(\d+)$", path.stem).group(1)): path.stem for path in (demo_build / MODULE_RECORDS).iterdir()
     }
-    served = job_server.served()
+    served = {int(pid) for pid in demo_build_record["served"]}
     assert jobs, "the session build recorded no job"
     assert [name for pid, name in jobs.items() if pid not in served] == []
 
 
-def test_served_jobs_write_the_bytes_of_jobs_of_their_own(demo_workdir, tmp_path):
-    workdir = copy_of_build(demo_workdir, tmp_path / "own-processes")
+def test_served_jobs_write_the_bytes_of_jobs_of_their_own(demo_build, tmp_path):
+    workdir = copy_of_build(demo_build, tmp_path / "own-processes")
     for path in REBUILT:
         remove_path(workdir / ROOT / path)
     result = snakemake(workdir, "-c2", *(f"{ROOT}/{path}" for path in REBUILT), job_server=False)
@@ -48,6 +49,6 @@ def test_served_jobs_write_the_bytes_of_jobs_of_their_own(demo_workdir, tmp_path
     differing = [
         path
         for path in REBUILT
-        if checksums.tree_sha256(workdir / ROOT / path) != checksums.tree_sha256(demo_workdir / ROOT / path)
+        if checksums.tree_sha256(workdir / ROOT / path) != checksums.tree_sha256(demo_build / ROOT / path)
     ]
     assert differing == []

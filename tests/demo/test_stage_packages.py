@@ -28,8 +28,8 @@ def checkpoint_sizes(weights: Path, prefixes: tuple[str, ...]) -> int:
 
 @pytest.mark.parametrize("model, checkpoint", [("4step", "tiny-seed4"), ("sd35", "sd3.5-tiny-seed4")])
 @pytest.mark.parametrize("start, end, head", [(0, 1, ""), (1, 3, ""), (3, 5, "_head")])
-def test_stage_package_holds_only_its_block_range(demo_workdir, model, checkpoint, start, end, head):
-    root = demo_workdir / "results" / "demo"
+def test_stage_package_holds_only_its_block_range(demo_build, model, checkpoint, start, end, head):
+    root = demo_build / "results" / "demo"
     package = root / "mmdit" / model / "iOS18" / "latent16x16" / f"blocks{start}-{end}{head}.fp16.mlpackage"
     prefixes = tuple(f"transformer_blocks.{index}." for index in range(start, end))
     prefixes += ("norm_out.", "proj_out.") if head else ()

@@ -14,8 +14,8 @@ FP16_BAR_DB = 60
 
 
 @pytest.fixture(scope="module")
-def encoders(demo_workdir):
-    root = demo_workdir / "results" / "demo"
+def encoders(demo_build):
+    root = demo_build / "results" / "demo"
     components = root / "checkpoints" / "tiny-components-seed0"
     packages = root / "text_encoders" / "iOS18"
     return {

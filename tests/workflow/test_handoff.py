@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from harness import FAKE_COMPILER_TEMPLATE, JOB_HOOKS, STAGE, new_workdir, planned_jobs, snakemake
+from harness import FAKE_COMPILER_TEMPLATE, JOB_HOOKS, STAGE, copy_tree, new_workdir, planned_jobs, snakemake
 
 from sd3coreml import checksums
 from sd3coreml.release import folder_check
@@ -15,10 +15,10 @@ FOLDER = "coremlsd3_4step_packages"
 
 
 @pytest.fixture
-def mac(demo_workdir, tmp_path):
+def mac(demo_build, tmp_path):
     """A fresh checkout's working directory holding only a packages folder copied from the build."""
     workdir = new_workdir(tmp_path / "mac")
-    shutil.copytree(demo_workdir / "results" / "demo" / FOLDER, workdir / "results" / FOLDER)
+    copy_tree(demo_build / "results" / "demo" / FOLDER, workdir / "results" / FOLDER)
     config = yaml.safe_load((workdir / "config" / "handoff.yaml").read_text())
     config["handoff"]["folders"] = {"4step": f"results/{FOLDER}"}
     config["compiler"]["command"] = FAKE_COMPILER_TEMPLATE

@@ -56,11 +56,11 @@ def test_planning_as_a_mac_is_refused_for_a_real_run_before_any_job(tmp_path):
     assert "the one host to plan as is macos" in only_error_line(result)
 
 
-def test_a_mac_over_the_built_demo_replans_only_core_ml_s_checks(demo_workdir, tmp_path):
+def test_a_mac_over_the_built_demo_replans_only_core_ml_s_checks(demo_build, tmp_path):
     """The finding: the runner param (executor+coreml on macOS) reran every fidelity job, report,
     end-to-end check and folder, and `torch 2.13.0+cpu` against a Mac's `torch 2.13.0` (and another
     Python patch level) reconverted everything."""
-    workdir = copy_of_build(demo_workdir, tmp_path / "work")
+    workdir = copy_of_build(demo_build, tmp_path / "work")
     mac = {**PLAN_AS_MAC, **MAC_TOOLCHAIN}
     assert planned_jobs(snakemake(workdir, "-n", *DEMO_TARGETS, env=MAC_TOOLCHAIN)) == {}
     assert planned_jobs(snakemake(workdir, "-n", *DEMO_TARGETS[:2], env=mac)) == {}
@@ -84,17 +84,17 @@ def test_a_mac_over_the_built_demo_replans_only_core_ml_s_checks(demo_workdir, t
     assert enforced == {**COREML_FIDELITY, **folders}
 
 
-def test_another_release_on_the_mac_still_reconverts(demo_workdir, tmp_path):
-    workdir = copy_of_build(demo_workdir, tmp_path / "work")
+def test_another_release_on_the_mac_still_reconverts(demo_build, tmp_path):
+    workdir = copy_of_build(demo_build, tmp_path / "work")
     drifted = {**HOOKS, "SD3COREML_TEST_TOOLCHAIN_DRIFT": "1", **PLAN_AS_MAC}
     planned = planned_jobs(snakemake(workdir, "-n", "coremlsd3_4step_packages", env=drifted))
     assert planned["mmdit_block_range"] == 3 and planned["text_encoder"] == 2 and planned["toolchain_record"] == 1
 
 
-def test_a_folder_assembled_with_a_mac_s_toolchain_records_the_one_that_built_its_packages(demo_workdir, tmp_path):
+def test_a_folder_assembled_with_a_mac_s_toolchain_records_the_one_that_built_its_packages(demo_build, tmp_path):
     """The manifest keeps exact versions: those of the toolchain record the converting run wrote, so the
     folder's bytes do not follow the assembling host's wheels or patch level."""
-    workdir = copy_of_build(demo_workdir, tmp_path / "work")
+    workdir = copy_of_build(demo_build, tmp_path / "work")
     folder = workdir / "results" / "demo" / DEMO_TARGETS[0]
     sums, manifest = (folder / "SHA256SUMS").read_bytes(), json.loads((folder / "manifest.json").read_text())
     shutil.rmtree(folder)

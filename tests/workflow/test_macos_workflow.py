@@ -40,9 +40,9 @@ def test_every_sd3coreml_command_exists_with_its_options():
         cli.build_parser(arguments[0]).parse_args(arguments)  # exits on an unknown step or option
 
 
-def test_every_snakemake_run_plans_on_the_session_build(demo_workdir, tmp_path):
+def test_every_snakemake_run_plans_on_the_session_build(demo_build, tmp_path):
     """Each snakemake command of the workflow, dry, on a copy of the demo build: configs and targets exist."""
-    workdir = copy_of_build(demo_workdir, tmp_path / "work")
+    workdir = copy_of_build(demo_build, tmp_path / "work")
     runs = [command[1:] for command in COMMANDS if command[0] == "snakemake"]
     assert len(runs) == 2
     for arguments in runs:

@@ -86,10 +86,10 @@ def file_times(root: Path) -> dict[str, tuple[int, int]]:
     return {str(path.relative_to(root)): (path.stat().st_mtime_ns, path.stat().st_size) for path in root.rglob("*")}
 
 
-def test_a_bad_components_folder_leaves_the_build_as_it_was(demo_workdir, tmp_path):
+def test_a_bad_components_folder_leaves_the_build_as_it_was(demo_build, tmp_path):
     """Under the demo's synthetic config a job failing on the folder would first have removed the built
     tokenizer files, and the good config would then rebuild them: refused at parse time, nothing is lost."""
-    workdir = copy_of_build(demo_workdir, tmp_path / "work")
+    workdir = copy_of_build(demo_build, tmp_path / "work")
     generated = workdir / "results" / "demo" / "checkpoints" / "tiny-components-seed0"
     (workdir / "a_file").write_text("not a folder\n")
     shutil.copytree(generated, workdir / "bad_vocab", copy_function=shutil.copy2)

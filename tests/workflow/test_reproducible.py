@@ -147,8 +147,8 @@ def unlock(workdir: Path, env: dict) -> None:
 
 
 @pytest.fixture(scope="module")
-def interrupted_rebuild(demo_workdir, tmp_path_factory):
-    workdir = copy_of_build(demo_workdir, tmp_path_factory.mktemp("elsewhere").resolve())
+def interrupted_rebuild(demo_build, tmp_path_factory):
+    workdir = copy_of_build(demo_build, tmp_path_factory.mktemp("elsewhere").resolve())
     for pattern in REBUILT_ARTIFACTS:
         for path in (workdir / ROOT).glob(pattern):
             remove_path(path)
@@ -188,13 +188,13 @@ def interrupted_rebuild(demo_workdir, tmp_path_factory):
     return workdir, events
 
 
-def test_an_interrupted_rebuild_elsewhere_a_year_later_is_bit_identical(demo_workdir, interrupted_rebuild):
+def test_an_interrupted_rebuild_elsewhere_a_year_later_is_bit_identical(demo_build, interrupted_rebuild):
     workdir, events = interrupted_rebuild
     assert events["killed mid-write"], "the killed job had no output under a temporary name"
     assert events["job killed"] != 0
     assert "--unlock" in events["locked after snakemake was killed"]
     assert events["rerun"].returncode == 0, events["rerun"].stderr[-3000:]
-    rebuilt, original = workdir / ROOT / REBUILT, demo_workdir / ROOT / REBUILT
+    rebuilt, original = workdir / ROOT / REBUILT, demo_build / ROOT / REBUILT
     assert (rebuilt / "SHA256SUMS").read_bytes() == (original / "SHA256SUMS").read_bytes()
     assert folder_check.folder_problems(rebuilt) == []
     # The host-and-time record lies outside the folder, and it did see the other year.
@@ -209,8 +209,8 @@ def test_killed_writers_leave_nothing_that_looks_finished(interrupted_rebuild):
     assert leftovers == []
 
 
-def test_palettes_are_bit_identical_elsewhere_a_year_later(demo_workdir, tmp_path):
-    packages = demo_workdir / ROOT / "text_encoders" / "iOS18"
+def test_palettes_are_bit_identical_elsewhere_a_year_later(demo_build, tmp_path):
+    packages = demo_build / ROOT / "text_encoders" / "iOS18"
     out = tmp_path / "TextEncoder2.palettize6_per_tensor.mlpackage"
     command = [sys.executable, "-m", "sd3coreml", "compress-package", "--compression", "palettize6_per_tensor"]
     command += ["--package", str(packages / "TextEncoder2.fp16.mlpackage")]
@@ -221,15 +221,15 @@ def test_palettes_are_bit_identical_elsewhere_a_year_later(demo_workdir, tmp_pat
     assert checksums.tree_sha256(out) == checksums.tree_sha256(packages / out.name)
 
 
-def test_manifest_holds_no_host_paths_or_names(demo_workdir):
-    manifest = (demo_workdir / ROOT / REBUILT / "manifest.json").read_text()
-    assert str(demo_workdir) not in manifest and str(REPO) not in manifest
+def test_manifest_holds_no_host_paths_or_names(demo_build):
+    manifest = (demo_build / ROOT / REBUILT / "manifest.json").read_text()
+    assert str(demo_build) not in manifest and str(REPO) not in manifest
     assert os.uname().nodename not in manifest
     assert not re.search(r'"/', manifest), "an absolute path reached manifest.json"
 
 
-def test_manifest_records_what_shaped_each_entry(demo_workdir):
-    manifest = json.loads((demo_workdir / ROOT / REBUILT / "manifest.json").read_text())
+def test_manifest_records_what_shaped_each_entry(demo_build):
+    manifest = json.loads((demo_build / ROOT / REBUILT / "manifest.json").read_text())
     entries = {path.split("/")[0] for path in manifest["files"]}
     assert {name.removesuffix(".mlpackage") for name in entries} == set(manifest["artifacts"])
     ranges = manifest["config"]["stage_block_ranges"]
@@ -250,11 +250,11 @@ def test_manifest_records_what_shaped_each_entry(demo_workdir):
 
 
 @pytest.mark.slow
-def test_clean_rebuilds_with_one_core_are_bit_identical(demo_workdir, tmp_path_factory):
+def test_clean_rebuilds_with_one_core_are_bit_identical(demo_build, tmp_path_factory):
     workdir = new_workdir(tmp_path_factory.mktemp("one-core")).resolve()
     result = run(workdir, other_conditions(), "-c1", *DEMO_FOLDERS)
     assert result.returncode == 0, result.stderr[-3000:]
     for target in DEMO_FOLDERS:
-        rebuilt, original = workdir / ROOT / target, demo_workdir / ROOT / target
+        rebuilt, original = workdir / ROOT / target, demo_build / ROOT / target
         assert (rebuilt / "SHA256SUMS").read_bytes() == (original / "SHA256SUMS").read_bytes()
         assert checksums.tree_sha256(rebuilt) == checksums.tree_sha256(original)
