@@ -8,7 +8,8 @@ the quotient is rounded to fp16 before `rint` as coremltools rounds it, and the 
 arrays (range, scale) are computed by coremltools' own fp16 expressions. Only fp16 weights,
 signed dtypes and `LINEAR_SYMMETRIC` take this route; anything else (NaN, unsigned, `LINEAR`,
 another float type) is coremltools' own function. `float32_linear_quantization` installs it for
-a `with` block, the one place this project replaces coremltools code (docs/TOOL_FACTS.md).
+a `with` block, one of the two places this project replaces coremltools code (docs/TOOL_FACTS.md;
+the other is convert/fp16_overflow.py).
 """
 
 from contextlib import contextmanager

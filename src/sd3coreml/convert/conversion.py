@@ -12,6 +12,8 @@ import coremltools as ct
 import numpy as np
 import torch
 
+from sd3coreml.convert.fp16_overflow import vectorized_fp16_overflow
+
 
 @dataclass(frozen=True)
 class TensorSpec:
@@ -61,12 +63,13 @@ def convert_module(
     example = example if example is not None else random_inputs([spec.shape for spec in inputs])
     with torch.no_grad():
         traced = torch.jit.trace(module.eval(), example, check_trace=False)
-    return ct.convert(
-        traced,
-        inputs=[ct.TensorType(name=s.name, shape=s.shape, dtype=np.float32) for s in inputs],
-        outputs=[ct.TensorType(name=name, dtype=np.float16) for name in output_names],
-        minimum_deployment_target=getattr(ct.target, target),
-        compute_precision=compute_precision or ct.precision.FLOAT16,
-        convert_to="mlprogram",
-        skip_model_load=True,
-    )
+    with vectorized_fp16_overflow():
+        return ct.convert(
+            traced,
+            inputs=[ct.TensorType(name=s.name, shape=s.shape, dtype=np.float32) for s in inputs],
+            outputs=[ct.TensorType(name=name, dtype=np.float16) for name in output_names],
+            minimum_deployment_target=getattr(ct.target, target),
+            compute_precision=compute_precision or ct.precision.FLOAT16,
+            convert_to="mlprogram",
+            skip_model_load=True,
+        )
