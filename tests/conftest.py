@@ -29,6 +29,9 @@ from session_build import assert_unchanged, shared_build, shared_root
 
 # The session build's copy that tests run Snakemake in, and the shared build itself (read-only).
 WRITING_FIXTURES, READING_FIXTURES = {"demo_workdir", "demo_app_workdir"}, {"demo_build", "demo_build_record"}
+# Reading files that build in a copy of their own (about a minute each): first among the readers,
+# so that neither is the run's tail. A file missing here only keeps its place in collection order.
+LONG_READERS = ("tests/workflow/test_reproducible.py", "tests/demo/test_budget_recipe_folder.py")
 
 
 def pytest_collection_modifyitems(items):
@@ -49,8 +52,9 @@ def pytest_xdist_make_scheduler(config, log):
     once), with two changes to the order. Every file that runs Snakemake in the build's copy goes,
     as one unit and first, to one worker, which builds the session build, copies it and runs them
     in their usual order, so no two runs share that copy at once. Files that only read the shared
-    build come last, so the other worker does not wait for the build while other files remain.
-    The controller sees node ids only, not fixtures, so a file counts by naming a fixture."""
+    build come last, the long ones first among them, so the other worker does not wait for the
+    build while other files remain. The controller sees node ids only, not fixtures, so a file
+    counts by naming a fixture."""
     if config.getvalue("dist") not in ("load", "loadscope"):
         return None
     from xdist.scheduler import LoadScopeScheduling
@@ -67,7 +71,8 @@ def pytest_xdist_make_scheduler(config, log):
 
         def _assign_work_unit(self, node) -> None:
             if not self.ordered:
-                for scope in [scope for scope in self.workqueue if scope in reading]:
+                readers = [scope for scope in self.workqueue if scope in reading]
+                for scope in sorted(readers, key=lambda path: path not in LONG_READERS):
                     self.workqueue.move_to_end(scope)
                 if "session-build" in self.workqueue:
                     self.workqueue.move_to_end("session-build", last=False)
