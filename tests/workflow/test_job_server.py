@@ -5,6 +5,7 @@ in its environment, one thread, the temporary folder Snakemake gives. Whether th
 is read from the server's log; a refused job runs in its client's own process.
 """
 
+import errno
 import json
 import os
 import signal
@@ -12,6 +13,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 import psutil
 import pytest
@@ -89,20 +91,38 @@ def test_a_served_step_uses_the_clients_stdin_stdout_stderr_and_exit_code(job_se
     assert misused.returncode == 2 and "invalid choice: 'no-such-step'" in misused.stderr
 
 
+def opened_for_writing(fifo: Path) -> int | None:
+    """A writer's descriptor of `fifo` once a reader has it open (or waits in its open), else None."""
+    try:
+        return os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+    except OSError as error:
+        if error.errno == errno.ENXIO:
+            return None
+        raise
+
+
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
-def test_a_signal_to_the_client_ends_the_job_and_the_client_alike(job_server, signum):
+def test_a_signal_to_the_client_ends_the_job_and_the_client_alike(job_server, signum, tmp_path):
     """Snakemake cancels a job by signalling its shell's process group, which holds the client, not the child."""
-    command = [sys.executable, "-m", "sd3coreml", "fidelity-report", "--spec", "-", "--out-json", "x", "--out-md", "y"]
+    spec = tmp_path / "spec"
+    os.mkfifo(spec)
+    command = [sys.executable, "-m", "sd3coreml", "fidelity-report", "--spec", str(spec), "--out-json", "x"]
     before = set(job_server.served())
-    # stdin stays open: the job waits for its spec until the signal.
     env = job_environment(job_server)
     client = subprocess.Popen(
-        command, stdin=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=tempfile.gettempdir()
+        [*command, "--out-md", "y"], stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, cwd=tmp_path
     )
     job = wait_for_new_job(job_server, before)
-    wait_until(lambda: psutil.Process(job).num_threads() == 2, "the job watching its client")  # it runs its step
-    client.send_signal(signum)
-    _, stderr = client.communicate(timeout=WAIT_S)
+    # Signalled once the step opens its spec (the FIFO, whose writer holds it empty): earlier, the
+    # signal can land in one of the step's imports, where a library's bare `except` may swallow
+    # the KeyboardInterrupt (seen once under load: the job read on and exited 1).
+    writer = wait_until(lambda: opened_for_writing(spec), "the job opening its spec")
+    try:
+        wait_until(lambda: psutil.Process(job).num_threads() == 2, "the job watching its client")
+        client.send_signal(signum)
+        _, stderr = client.communicate(timeout=WAIT_S)
+    finally:
+        os.close(writer)
     assert client.returncode == -signum
     assert gone(job)
     if signum == signal.SIGINT:  # the step's KeyboardInterrupt, printed as Python prints it
