@@ -110,7 +110,9 @@ class SnakemakeZygote:
         if not answer:
             raise AssertionError(f"the Snakemake zygote died:\n{(self.folder / 'zygote.err').read_text()[-3000:]}")
         code = json.loads(answer)["returncode"]
-        return subprocess.CompletedProcess(command, code, out.read_text(errors="replace"), err.read_text(errors="replace"))
+        return subprocess.CompletedProcess(
+            command, code, out.read_text(errors="replace"), err.read_text(errors="replace")
+        )
 
     def stop(self) -> None:
         self.process.stdin.close()

@@ -26,12 +26,14 @@ def holds_fp16_overflow(value) -> bool:
 
 def fp16_overflow(op) -> bool:
     """FP16ComputePrecision.fp16_overflow's answer for `op`: an fp32 const input would overflow fp16."""
-    for inputs in op.inputs.values():
-        for var in inputs if isinstance(inputs, (list, tuple)) else [inputs]:
-            if var.op is not None and var.op.op_type == "const" and var.is_tensor_or_scalar_of(dtype="fp32"):
-                if holds_fp16_overflow(var.op.val.val):
-                    return True
-    return False
+    return any(
+        var.op is not None
+        and var.op.op_type == "const"
+        and var.is_tensor_or_scalar_of(dtype="fp32")
+        and holds_fp16_overflow(var.op.val.val)
+        for inputs in op.inputs.values()
+        for var in (inputs if isinstance(inputs, (list, tuple)) else [inputs])
+    )
 
 
 @contextmanager

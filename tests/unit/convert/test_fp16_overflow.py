@@ -82,4 +82,3 @@ def test_a_conversion_under_it_is_the_program_of_coremltools_own(monkeypatch):
     assert ours.SerializeToString(deterministic=True) == theirs.SerializeToString(deterministic=True)
     ops = [op.type for op in ours.mlProgram.functions["main"].block_specializations["CoreML8"].operations]
     assert ops.count("cast") >= 2, "the overflowing linear should run in fp32 between casts"
-
