@@ -40,10 +40,11 @@ def pytest_collection_modifyitems(items):
             item.add_marker(pytest.mark.demo)
 
 
-def files_naming(root: Path, fixtures: set[str]) -> set[str]:
-    """The test files that name one of `fixtures`, as pytest-xdist's node ids spell them."""
-    return {path.relative_to(root).as_posix() for path in sorted((root / "tests").rglob("test_*.py"))
-            if any(name in path.read_text() for name in fixtures)}  # fmt: skip
+def files_naming(root: Path, *fixture_sets: set[str]) -> list[set[str]]:
+    """For each set of fixtures, the test files that name one of them, as pytest-xdist's node ids spell them."""
+    texts = {path.relative_to(root).as_posix(): path.read_text() for path in (root / "tests").rglob("test_*.py")}
+    return [{name for name, text in texts.items() if any(fixture in text for fixture in fixtures)}
+            for fixtures in fixture_sets]  # fmt: skip
 
 
 @pytest.hookimpl(optionalhook=True)
@@ -59,8 +60,8 @@ def pytest_xdist_make_scheduler(config, log):
         return None
     from xdist.scheduler import LoadScopeScheduling
 
-    writing = files_naming(config.rootpath, WRITING_FIXTURES)
-    reading = files_naming(config.rootpath, READING_FIXTURES) - writing
+    writing, reading = files_naming(config.rootpath, WRITING_FIXTURES, READING_FIXTURES)
+    reading -= writing
 
     class BuildFirstReadersLast(LoadScopeScheduling):
         ordered = False

@@ -17,6 +17,8 @@ from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
 
+from sd3coreml.atomic import write_json
+
 RECORD, FAILURE, LOCK = "demo-build.json", "demo-build.failed", "demo-build.lock"
 MANIFEST = "Manifest.json"
 
@@ -37,7 +39,8 @@ def fingerprint(folder: Path) -> dict[str, list]:
 def state(path: Path) -> list:
     if path.name == MANIFEST and path.parent.suffix == ".mlpackage":
         return [hashlib.sha256(path.read_bytes()).hexdigest()]
-    return [path.lstat().st_size, path.lstat().st_mtime_ns]
+    status = path.lstat()
+    return [status.st_size, status.st_mtime_ns]
 
 
 @contextmanager
@@ -64,8 +67,7 @@ def shared_build(root: Path, folder: Path, build: Callable[[Path], dict]) -> dic
             failure.write_text(f"{type(error).__name__}: {error}"[-6000:])
             raise
         made["fingerprint"] = fingerprint(folder)
-        record.with_suffix(".tmp").write_text(json.dumps(made))
-        record.with_suffix(".tmp").rename(record)
+        write_json(record, made)
         return made
 
 
